@@ -1,0 +1,154 @@
+"""Typed, frozen configuration for every stage: one place for defaults.
+
+Every default carries a one-line comment saying why it is that value. A config can be
+loaded from a TOML file (``--config``) whose tables mirror the dataclasses::
+
+    [model]
+    isize = 64
+    [train]
+    epochs = 15
+
+Command-line options override values from the file, which override these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from skipgan_edge.errors import ConfigError
+
+VALID_ISIZES = (32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network shape. Defaults are the paper's except ngf/ndf, which are sized for CPU."""
+
+    arch: str = "skipganomaly"  # the paper's model; the registry in model/ lists others
+    isize: int = 32  # input side in pixels; the UNet depth is log2(isize)
+    channels: int = 3  # 3 = BGR camera frames, 1 = grayscale / X-ray
+    ngf: int = 64  # generator base width, the authors' default
+    ndf: int = 64  # discriminator base width, the authors' default
+    nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
+
+    def validate(self) -> None:
+        if self.isize not in VALID_ISIZES:
+            raise ConfigError(f"isize must be one of {VALID_ISIZES}, got {self.isize}")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        for name in ("ngf", "ndf", "nz"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def depth(self) -> int:
+        return int(math.log2(self.isize))
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How the anomaly score is formed from the two terms (see model/scorer.py)."""
+
+    lam: float = 0.9  # the paper's weight of the reconstruction term in s(x)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. Defaults are the paper's (Akçay et al. 2019, section 4)."""
+
+    epochs: int = 15  # the authors' default niter
+    batch: int = 64  # the authors' default batch size
+    lr: float = 2e-4  # Adam learning rate, the paper's
+    beta1: float = 0.5  # Adam beta1, DCGAN practice used by the paper
+    beta2: float = 0.999  # Adam beta2, the PyTorch default the paper keeps
+    w_adv: float = 1.0  # weight of the adversarial term in the generator loss
+    w_con: float = 50.0  # weight of the L1 reconstruction term
+    w_lat: float = 1.0  # weight of the latent (feature-matching) term
+    d_reinit_below: float = 1e-5  # re-initialise D when its loss collapses below this
+    seed: int = 0  # every random choice derives from it: runs are reproducible
+    device: str = "auto"  # auto = CUDA when present, else CPU
+    val_fraction: float = 0.1  # share of the normal training images held out for validation
+    precision: str = "fp32"  # fp32, or bf16 (CPU autocast) / amp (CUDA autocast fp16)
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch < 2:
+            raise ConfigError(f"batch must be at least 2 (BatchNorm needs it), got {self.batch}")
+        if not 0.0 < self.val_fraction < 0.9:
+            raise ConfigError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
+        if self.precision not in ("fp32", "bf16", "amp"):
+            raise ConfigError(f"precision must be fp32, bf16 or amp, got {self.precision!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``train`` needs; stored whole in the model card."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(
+            model=_build(ModelConfig, data.get("model", {}), "model"),
+            train=_build(TrainConfig, data.get("train", {}), "train"),
+            score=_build(ScoreConfig, data.get("score", {}), "score"),
+        )
+
+
+def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{table}]: {', '.join(unknown)}; known: {', '.join(known)}")
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(cls(), name)
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(default) is not type(value):
+            raise ConfigError(
+                f"[{table}] {name} must be {type(default).__name__}, got {type(value).__name__} ({value!r})"
+            )
+        out[name] = value
+    return cls(**out)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into nested dicts; a bad file is a one-line error."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Overlay non-None override values (from CLI options) onto a config dict."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for table, values in overrides.items():
+        tbl = out.setdefault(table, {})
+        for key, value in values.items():
+            if value is not None:
+                tbl[key] = value
+    return out

@@ -1,0 +1,1 @@
+"""Datasets: MVTec-style folders, Fashion-MNIST leave-one-class-out, synthetic defect textures."""

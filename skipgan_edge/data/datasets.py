@@ -1,0 +1,169 @@
+"""Datasets as the trainer and evaluator see them: uint8 NHWC arrays with labels and masks.
+
+Layouts accepted by ``--data``:
+
+* an MVTec-style folder: ``train/good/`` (required), ``test/good/`` and ``test/<defect>/``,
+  optional ``ground_truth/<defect>/<name>_mask.png``, and optionally ``val/good/`` plus
+  ``val/<defect>/`` (labelled validation images: then the threshold is F1-optimal on them and
+  model selection uses validation AUROC). Without ``val/``, a seeded ``val_fraction`` of
+  ``train/good`` is held out (normal only).
+* ``fmnist:<class>``: Fashion-MNIST leave-one-class-out (see :mod:`skipgan_edge.data.fmnist`),
+  with a seeded 10 % of the normal training images held out for validation. The test split is
+  never used for training, validation or model selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from skipgan_edge.data import fmnist
+from skipgan_edge.data.images import convert_channels, list_images, load_images, load_masks
+from skipgan_edge.errors import DataError
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64, 1 = anomalous
+    masks: np.ndarray | None  # (N, H, W) bool, or None when the data has no masks
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def has_anomalies(self) -> bool:
+        return bool((self.labels == 1).any())
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split | None
+    skipped: int = 0  # unreadable files skipped while loading
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the training images as the model saw them (order included)."""
+        h = hashlib.sha256()
+        h.update(str(self.train.images.shape).encode())
+        h.update(self.train.images.tobytes())
+        return h.hexdigest()
+
+
+def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(2, int(round(n * fraction)))
+    if n - n_val < 2:
+        raise DataError(f"only {n} normal training images: need at least 4 to hold some out for validation")
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _labelled_split(root: Path, split: str, isize: int, channels: int) -> tuple[Split | None, int]:
+    base = root / split
+    if not base.is_dir():
+        return None, 0
+    images, labels, masks, names = [], [], [], []
+    any_mask = False
+    skipped = 0
+    for sub in sorted(d for d in base.iterdir() if d.is_dir()):
+        label = 0 if sub.name == "good" else 1
+        arr, ok, bad = load_images(list_images(sub), isize, channels, what=f"{split}/{sub.name}")
+        skipped += len(bad)
+        mask_paths: list[Path | None] = []
+        for p in ok:
+            m = root / "ground_truth" / sub.name / f"{p.stem}_mask.png"
+            if label and m.exists():
+                any_mask = True
+                mask_paths.append(m)
+            else:
+                mask_paths.append(None)
+        images.append(arr)
+        labels.append(np.full(len(arr), label, np.int64))
+        masks.append(load_masks(mask_paths, isize))
+        names += [f"{split}/{sub.name}/{p.name}" for p in ok]
+    if not names:
+        return None, skipped
+    return (
+        Split(np.concatenate(images), np.concatenate(labels), np.concatenate(masks) if any_mask else None, names),
+        skipped,
+    )
+
+
+def load_folder(root: Path, isize: int, channels: int, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Load an MVTec-style folder (see the module docstring)."""
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    good = root / "train" / "good"
+    if not good.is_dir():
+        raise DataError(
+            f"{root} has no train/good/ folder: expected an MVTec-style layout (train/good, test/good, test/<defect>); "
+            "write one with: skipgan-edge data synthetic --out DIR"
+        )
+    files = list_images(good)
+    arr, ok, bad = load_images(files, isize, channels, what="train/good")
+    if len(arr) == 0:
+        raise DataError(f"no readable image in {good} ({len(files)} file(s) tried); add PNG/JPEG/TIFF images there")
+    skipped = len(bad)
+    names = [f"train/good/{p.name}" for p in ok]
+    val, s_val = _labelled_split(root, "val", isize, channels)
+    skipped += s_val
+    if val is None:
+        tr_idx, va_idx = _holdout(len(arr), val_fraction, seed)
+        train = Split(arr[tr_idx], np.zeros(len(tr_idx), np.int64), None, [names[i] for i in tr_idx])
+        val = Split(arr[va_idx], np.zeros(len(va_idx), np.int64), None, [names[i] for i in va_idx])
+    else:
+        train = Split(arr, np.zeros(len(arr), np.int64), None, names)
+    test, s_test = _labelled_split(root, "test", isize, channels)
+    skipped += s_test
+    return Dataset(str(root), train, val, test, skipped)
+
+
+def _fit(images: np.ndarray, isize: int, channels: int) -> np.ndarray:
+    out = np.empty((len(images), isize, isize, channels), np.uint8)
+    for i, img in enumerate(images):
+        r = cv2.resize(img, (isize, isize), interpolation=cv2.INTER_LINEAR)
+        out[i] = convert_channels(r, channels)
+    return out
+
+
+def load_fmnist(
+    anomaly: int, isize: int, channels: int, val_fraction: float = 0.1, seed: int = 0,
+    max_train: int | None = None, max_test: int | None = None,
+) -> Dataset:
+    """Fashion-MNIST leave-one-class-out; ``max_*`` take a seeded subset (for CPU budgets)."""
+    d = fmnist.leave_one_out(anomaly)
+    rng = np.random.default_rng(seed)
+    train = d["train"]
+    if max_train is not None and max_train < len(train):
+        train = train[np.sort(rng.permutation(len(train))[:max_train])]
+    test, labels = d["test"], d["test_labels"]
+    if max_test is not None and max_test < len(test):
+        # keep the anomaly share of the full test set
+        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        n_pos = int(round(max_test * len(pos) / len(labels)))
+        idx = np.sort(np.concatenate([rng.permutation(pos)[:n_pos], rng.permutation(neg)[: max_test - n_pos]]))
+        test, labels = test[idx], labels[idx]
+    train = _fit(train, isize, channels)
+    tr_idx, va_idx = _holdout(len(train), val_fraction, seed)
+    name = f"fmnist:{anomaly}"
+    return Dataset(
+        name,
+        Split(train[tr_idx], np.zeros(len(tr_idx), np.int64), None, [f"train/{i}" for i in tr_idx]),
+        Split(train[va_idx], np.zeros(len(va_idx), np.int64), None, [f"val/{i}" for i in va_idx]),
+        Split(_fit(test, isize, channels), labels, None, [f"test/{i}" for i in range(len(test))]),
+    )
+
+
+def load_data(spec: str, isize: int, channels: int, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Dispatch on ``--data``: a folder path, or ``fmnist:<class>``."""
+    if spec.startswith("fmnist:"):
+        return load_fmnist(fmnist.class_index(spec.split(":", 1)[1]), isize, channels, val_fraction, seed)
+    return load_folder(Path(spec), isize, channels, val_fraction, seed)

@@ -1,0 +1,148 @@
+"""Skip-GANomaly networks (Akçay, Atapour-Abarghouei, Breckon, IJCNN 2019).
+
+Generator: a UNet encoder-decoder with skip connections, depth log2(isize), widths
+ngf·(1, 2, 4, 8, 8, …), 4×4 stride-2 convolutions, BatchNorm, LeakyReLU(0.2) going down,
+ReLU going up, Tanh out. Discriminator: a DCGAN encoder whose last convolution gives the
+nz-dimensional feature f(x) (used by the latent loss and the score); a 3×3 classifier conv
+and a sigmoid on top give D(x).
+
+With isize 32, 3 channels and ngf = ndf = 64, nz = 100 the generator has 16,659,075 and the
+discriminator 1,069,700 parameters, the counts of the authors' released code (tested).
+
+What we do not copy from the official code: it adds an *uninitialised* noise tensor to the
+generator input during training (its values are whatever memory held); we add none.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skipgan_edge.config import ModelConfig
+
+
+class UnetBlock(nn.Module):
+    """One level of the UNet: down, the inner levels, up, then concatenation with the input."""
+
+    def __init__(
+        self,
+        outer: int,
+        inner: int,
+        sub: nn.Module | None,
+        *,
+        in_ch: int | None = None,
+        outermost: bool = False,
+    ) -> None:
+        super().__init__()
+        in_ch = outer if in_ch is None else in_ch
+        self.outermost = outermost
+        down_conv = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=False)
+        if outermost:
+            up_conv = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1)  # bias: nothing normalises it
+            layers: list[nn.Module] = [down_conv, sub, nn.ReLU(), up_conv, nn.Tanh()]  # type: ignore[list-item]
+        elif sub is None:  # innermost: no norm on the 1×1 bottleneck going down
+            up_conv = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False)
+            layers = [nn.LeakyReLU(0.2), down_conv, nn.ReLU(), up_conv, nn.BatchNorm2d(outer)]
+        else:
+            up_conv = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False)
+            layers = [
+                nn.LeakyReLU(0.2), down_conv, nn.BatchNorm2d(inner),
+                sub,
+                nn.ReLU(), up_conv, nn.BatchNorm2d(outer),
+            ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)  # (B, outer + outer, H, W)
+
+
+class UnetGenerator(nn.Module):
+    """G: x ↦ x̂, same shape, values in [-1, 1]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ngf = cfg.ngf
+        block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None)  # innermost, 2×2 → 1×1
+        for _ in range(cfg.depth - 5):
+            block = UnetBlock(ngf * 8, ngf * 8, block)
+        block = UnetBlock(ngf * 4, ngf * 8, block)
+        block = UnetBlock(ngf * 2, ngf * 4, block)
+        block = UnetBlock(ngf, ngf * 2, block)
+        self.model = UnetBlock(cfg.channels, ngf, block, in_ch=cfg.channels, outermost=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (B, C, H, W)
+
+
+class Discriminator(nn.Module):
+    """D: x ↦ (D(x) ∈ (0, 1) of shape (B,), f(x) of shape (B, nz))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ndf = cfg.ndf
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        size, width = cfg.isize // 2, ndf
+        while size > 4:
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2)]
+            width, size = width * 2, size // 2
+        layers.append(nn.Conv2d(width, cfg.nz, 4, 1, 0, bias=False))  # (B, nz, 1, 1)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Conv2d(cfg.nz, 1, 3, 1, 1, bias=False), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.features(x)  # (B, nz, 1, 1)
+        pred = self.classifier(feat).flatten()  # (B,)
+        return pred, feat.flatten(1)  # (B,), (B, nz)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation, as the authors': N(0, 0.02) convs, N(1, 0.02) BatchNorm scales."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class SkipGANomaly(nn.Module):
+    """The pair (G, D) with the interface every architecture offers the scorer and exporter.
+
+    ``terms(x)`` returns the reconstruction x̂ and the two feature vectors the score compares.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.generator = UnetGenerator(cfg)
+        self.discriminator = Discriminator(cfg)
+        init_weights(self)
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fake = self.generator(x)  # (B, C, H, W)
+        _, f_real = self.discriminator(x)  # (B, nz)
+        _, f_fake = self.discriminator(fake)  # (B, nz)
+        return fake, f_real, f_fake
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"skipganomaly": SkipGANomaly}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate the architecture named by ``cfg.arch``."""
+    from skipgan_edge.errors import ConfigError
+
+    try:
+        cls = ARCHITECTURES[cfg.arch]
+    except KeyError:
+        raise ConfigError(f"unknown arch {cfg.arch!r}; known: {', '.join(ARCHITECTURES)}") from None
+    return cls(cfg)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

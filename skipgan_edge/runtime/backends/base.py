@@ -1,0 +1,71 @@
+"""The backend contract: every backend runs the scorer graph and returns a :class:`ScoreBatch`.
+
+A backend is a context manager: creating one allocates nothing; ``__enter__`` (``activate``)
+loads the model and allocates; ``infer(images)`` takes uint8 NHWC [B, H, W, C] with B up to
+``max_batch`` and returns a ScoreBatch of numpy arrays; ``__exit__`` frees. One shared test
+(tests/test_backends.py) runs every backend present on the machine through the same frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.model.scorer import ScoreBatch
+
+
+class Backend:
+    """Base class; subclasses set ``name`` and implement ``activate``, ``infer``, ``deactivate``."""
+
+    name = "base"
+    #: tolerance of this backend's scores against the torch FP32 reference (relative to the
+    #: spread of normal scores); the contract test uses it.
+    precision = "fp32"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.card: dict[str, Any] = {}
+        self.max_batch = 256
+        self.active = False
+
+    # subclasses -----------------------------------------------------------------------------
+    def activate(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, images: np.ndarray) -> ScoreBatch:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    # shared ---------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        inp = self.card["input"]
+        return int(inp["isize"]), int(inp["isize"]), int(inp["channels"])
+
+    def check_input(self, images: np.ndarray) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{self.name}: expected uint8 images of shape (B, {', '.join(map(str, self.input_shape))}), "
+                f"got {images.dtype} {tuple(images.shape)}"
+            )
+
+    def infer_all(self, images: np.ndarray) -> ScoreBatch:
+        """Score any number of images in chunks of ``max_batch``."""
+        parts = [self.infer(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        if not parts:
+            h, w, _ = self.input_shape
+            return ScoreBatch(np.zeros(0, np.float32), np.zeros((0, 1, h, w), np.float32), np.zeros(0, np.float32))
+        return ScoreBatch(*(np.concatenate([getattr(p, f) for p in parts]) for f in ScoreBatch._fields))
+
+    def __enter__(self) -> Backend:
+        self.activate()
+        self.active = True
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.deactivate()

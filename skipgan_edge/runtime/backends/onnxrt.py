@@ -1,0 +1,86 @@
+"""ONNX Runtime backend: the exported scorer on the CPU (or the CUDA / TensorRT providers when installed).
+
+Provider choice (``providers="auto"``): TensorRT EP, then CUDA EP, then CPU, whichever this
+onnxruntime build offers. The CPU session uses every optimisation ORT has and, by default, as
+many intra-op threads as there are cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.errors import ModelFolderError
+from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
+from skipgan_edge.runtime.backends.base import Backend
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """The model card stored in an exported ONNX file's metadata_props, with I/O checks."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises many private exception types
+        raise ModelFolderError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
+    return _card_from_session(sess, path)
+
+
+def _card_from_session(sess: Any, path: Path) -> dict[str, Any]:
+    meta = sess.get_modelmeta().custom_metadata_map
+    inputs = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+    if inputs != [INPUT_NAME] or sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise ModelFolderError(
+            f"{path} is not a skipgan-edge scorer: inputs {inputs}, outputs {outputs}; expected input "
+            f"'{INPUT_NAME}' and outputs {OUTPUT_NAMES}; export one with: skipgan-edge export --model RUN_DIR"
+        )
+    if "skipgan_edge.card" not in meta:
+        raise ModelFolderError(f"{path} has no model card in its metadata; re-export it with skipgan-edge export")
+    card: dict[str, Any] = json.loads(meta["skipgan_edge.card"])
+    card["precision"] = meta.get("skipgan_edge.precision", "fp32")
+    return card
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, providers: str | list[str] = "auto", threads: int = 0) -> None:
+        super().__init__(path)
+        self.providers = providers
+        self.threads = threads
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        if not self.path.exists():
+            raise ModelFolderError(f"ONNX file not found: {self.path}; export one with: skipgan-edge export --model RUN_DIR")
+        avail = ort.get_available_providers()
+        if self.providers == "auto":
+            order = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+            providers = [p for p in order if p in avail]
+        else:
+            providers = list(self.providers)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises many private exception types
+            raise ModelFolderError(f"{self.path} cannot be loaded by ONNX Runtime ({str(exc).splitlines()[0]})") from None
+        self.card = _card_from_session(self.session, self.path)
+        self.precision = self.card["precision"]
+        self.provider = self.session.get_providers()[0]
+
+    def infer(self, images: np.ndarray) -> ScoreBatch:
+        self.check_input(images)
+        out = self.session.run(OUTPUT_NAMES, {INPUT_NAME: np.ascontiguousarray(images)})
+        return ScoreBatch(*(np.asarray(o, np.float32) for o in out))
+
+    def deactivate(self) -> None:
+        self.session = None
+        super().deactivate()
