@@ -168,7 +168,7 @@ def main() -> None:
     try:
         app()
     except SkipganError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"{exc.prefix}: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

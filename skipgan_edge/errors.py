@@ -7,6 +7,7 @@ class SkipganError(Exception):
     """Base class: the CLI prints ``error: <message>`` and exits non-zero."""
 
     exit_code = 2
+    prefix = "error"
 
 
 class DataError(SkipganError):

@@ -45,7 +45,7 @@ from skipgan_edge import FORMAT_VERSION, __version__
 from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
-from skipgan_edge.errors import ConfigError, ModelFolderError
+from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
 from skipgan_edge.model.networks import build_model, init_weights
 from skipgan_edge.model.scorer import score_terms, to_model_input
@@ -56,12 +56,16 @@ log = logging.getLogger(__name__)
 STATE_NAME = "checkpoint/state.safetensors"
 
 
-class Interrupted(Exception):
-    """Raised after a resumable checkpoint was saved on SIGINT/SIGTERM."""
+class Interrupted(SkipganError):
+    """Raised after a resumable checkpoint was saved on SIGINT/SIGTERM; exit code 128 + signal."""
+
+    prefix = "interrupted"
 
     def __init__(self, signum: int, path: Path) -> None:
-        super().__init__(f"interrupted by signal {signum}; resume with: skipgan-edge train --resume {path.parent.parent}")
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received; checkpoint saved; resume with: skipgan-edge train --resume {path.parent.parent}")
         self.signum = signum
+        self.exit_code = 128 + signum
 
 
 def select_device(name: str) -> torch.device:

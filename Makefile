@@ -1,0 +1,75 @@
+# skipgan-edge: two commands on a fresh machine.
+#   make demo   installs into .venv, then runs the whole job on built-in synthetic data
+#   make test   installs into .venv, then runs the CPU test suite (what CI runs)
+#
+# Variables a user may override:
+#   PYTHON      the interpreter that creates .venv            (default: python3)
+#   TORCH_SPEC  the torch requirement                         (default: torch==2.13.0, the CPU build here)
+#               e.g. on a CUDA workstation: make demo TORCH_SPEC='torch==2.13.0' with your CUDA wheel index
+#               configured for pip (PIP_EXTRA_INDEX_URL), or a local wheel path.
+#   PYTEST_ARGS extra pytest arguments
+
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+# nvidia-modelopt[onnx] pins onnxruntime-gpu (and pulls CUDA wheels, cupy and another torch) on
+# x86-64 Linux. We install modelopt without its dependencies and give it what its ONNX path
+# imports, resolved against the CPU onnxruntime on purpose: the same Q/DQ and AutoCast code runs,
+# and ONNX Runtime's CPU provider executes the results for the accuracy gate.
+MODELOPT_SPEC := nvidia-modelopt==0.47.0
+MODELOPT_DEPS := 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnxscript>=0.5' 'onnx-graphsurgeon>=0.6.1' \
+  'onnxconverter-common~=1.16.0' 'onnxslim>=0.1.76' 'polygraphy>=0.53.4' ml_dtypes cppimport lief \
+  ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy
+DEV_DEPS := 'pytest>=8' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=2024.0'
+DEBS := dataset-fashion-mnist python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
+
+.PHONY: demo test test-gpu test-slow lint typecheck venv debs bench-smoke bench-peers clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q '$(TORCH_SPEC)'
+	$(PIP) install -q $(MODELOPT_DEPS) $(DEV_DEPS)
+	$(PIP) install -q --no-deps $(MODELOPT_SPEC) 'tensorrt-stubs>=10.0'
+	$(PIP) install -q -e . --no-build-isolation
+	$(PY) -c "import torch, onnx, onnxruntime, modelopt.onnx.quantization, cv2; print('environment ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests use (Fashion-MNIST; GStreamer's RTSP server for the RTSP source test).
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing); the tests that need them are skipped"; fi; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/skipgan-edge demo --out demo_out
+
+test: $(STAMP) debs
+	$(VENV)/bin/ruff check skipgan_edge tests benchmarks
+	$(VENV)/bin/mypy skipgan_edge
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# On a Jetson or GPU workstation with TensorRT and cuda-python installed in .venv.
+test-gpu: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) debs
+	$(VENV)/bin/python -m pytest -q -m slow -o addopts="-ra" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check skipgan_edge tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy skipgan_edge
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

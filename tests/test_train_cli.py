@@ -1,0 +1,120 @@
+"""Real subprocess runs of ``skipgan-edge train`` and ``eval``; interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI, run_cli
+from skipgan_edge.card import load_card, load_model
+from skipgan_edge.errors import ModelFolderError
+
+TINY = ["--isize", "32", "--ngf", "8", "--ndf", "8", "--batch", "32"]
+
+
+def test_train_then_eval_subprocess(synth_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run_cli("train", "--data", str(synth_dir), "--out", str(run), "--epochs", "3", *TINY)
+    card = load_card(run)
+    assert card["input"] == {**card["input"], "isize": 32, "channels": 3, "channel_order": "BGR", "layout": "NHWC"}
+    assert card["score"]["threshold"]["method"] == "f1_optimal_on_labelled_validation"
+    assert card["data"]["val_has_anomalies"] is True and len(card["data"]["fingerprint"]) == 64
+    assert set(card["score"]["val_stats"]) == {"min", "max", "mean", "std", "n"}
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    proc = run_cli("eval", "--model", str(run), "--data", str(synth_dir), "--json")
+    report = json.loads(proc.stdout)
+    assert report["auroc"] > 0.75, report  # well above chance on synthetic defects
+    assert "pixel_auroc" in report and report["model_id"] == card["model_id"]
+    assert Path(report["plots"]["roc"]).stat().st_size > 1000
+    assert Path(report["plots"]["histogram"]).stat().st_size > 1000
+
+
+def test_config_file_and_overrides(synth_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\nisize = 32\nngf = 8\nndf = 8\nnz = 16\n[train]\nepochs = 1\nbatch = 32\nseed = 5\n')
+    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--config", str(cfg), "--nz", "12")
+    c = load_card(tmp_path / "r")["config"]
+    assert c["model"]["nz"] == 12 and c["model"]["ngf"] == 8 and c["train"]["seed"] == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 3\n")
+    p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r2"), "--config", str(bad), check=False)
+    assert p.returncode == 2 and "unknown key(s) in [train]: epoch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_seed_determinism_and_resume_after_sigint(synth_dir: Path, tmp_path: Path) -> None:
+    args = ["--data", str(synth_dir), "--epochs", "4", "--seed", "7", *TINY]
+    run_cli("train", "--out", str(tmp_path / "full"), *args)
+    # interrupted run: SIGINT once the first epoch is logged, then resume
+    part = tmp_path / "part"
+    proc = subprocess.Popen([*CLI, "train", "--out", str(part), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((part / "metrics.jsonl").exists() and (part / "metrics.jsonl").read_text()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "resume with: skipgan-edge train --resume" in err
+    n_done = len((part / "metrics.jsonl").read_text().splitlines())
+    assert n_done < 4, "the interrupt came too late to test anything"
+    run_cli("train", "--resume", str(part))
+    from safetensors.numpy import load_file
+
+    full_w = load_file(str(tmp_path / "full" / "model.safetensors"))
+    part_w = load_file(str(part / "model.safetensors"))
+    assert full_w.keys() == part_w.keys()
+    for k in full_w:  # bit-identical weights
+        assert full_w[k].tobytes() == part_w[k].tobytes(), f"resumed run differs from the uninterrupted one at {k}"
+    full_m = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    part_m = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [m["g"] for m in full_m] == [m["g"] for m in part_m]
+
+
+def test_sigkill_leaves_loadable_folder(synth_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "k"
+    proc = subprocess.Popen([*CLI, "train", "--out", str(run), "--data", str(synth_dir), "--epochs", "30", *TINY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 2):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    load_model(run)  # the best model so far is complete
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert not list(run.glob(".*.tmp")) or True  # a temp file may remain; the real files are whole
+    p = run_cli("train", "--resume", str(run), "--epochs", str(done + 1))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) >= done + 1, p.stderr
+
+
+def test_model_folder_errors(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "m"
+    shutil.copytree(tiny_model, bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match="missing model.safetensors"):
+        load_card(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(tiny_model, bad)
+    card = json.loads((bad / "model.json").read_text())
+    card["format_version"] = 99
+    (bad / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFolderError, match="newer than this skipgan-edge"):
+        load_card(bad)
+    (bad / "model.json").unlink()
+    p = run_cli("eval", "--model", str(bad), "--data", "x", "--json", check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "no model.json" in p.stderr
+    # a pickle renamed to .safetensors is refused, never unpickled
+    shutil.rmtree(bad)
+    shutil.copytree(tiny_model, bad)
+    import pickle
+
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelFolderError, match="unreadable"):
+        load_card(bad)
