@@ -35,7 +35,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q '$(TORCH_SPEC)'
 	$(PIP) install -q $(MODELOPT_DEPS) $(DEV_DEPS)
-	$(PIP) install -q --no-deps $(MODELOPT_SPEC) 'tensorrt-stubs>=10.0'
+	$(PIP) install -q --no-deps $(MODELOPT_SPEC)
+	# stubs only, outside site-packages: their stub-only 'tensorrt' folder would make 'import tensorrt'
+	# succeed as an empty namespace package and fool every TensorRT detection (ours and Model Optimizer's)
+	$(PIP) install -q --no-deps --upgrade --target $(VENV)/stubs 'tensorrt-stubs>=10.0'
 	$(PIP) install -q -e . --no-build-isolation
 	$(PY) -c "import torch, onnx, onnxruntime, modelopt.onnx.quantization, cv2; print('environment ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)

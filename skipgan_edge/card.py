@@ -11,6 +11,7 @@ can be traced to the model that produced it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -39,10 +40,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise SinkError(f"cannot write {path}: {exc.strerror or exc}; free disk space or choose another --out") from None
 
 
@@ -75,7 +74,10 @@ def load_card(folder: Path) -> dict[str, Any]:
         raise ModelFolderError(f"model folder not found: {folder}; train one with: skipgan-edge train --data DIR --out {folder}")
     card_path = folder / CARD_NAME
     if not card_path.exists():
-        raise ModelFolderError(f"{folder} has no {CARD_NAME}: not a finished model folder (was training interrupted? resume with: skipgan-edge train --resume {folder})")
+        raise ModelFolderError(
+            f"{folder} has no {CARD_NAME}: not a finished model folder "
+            f"(was training interrupted? resume with: skipgan-edge train --resume {folder})"
+        )
     try:
         card: dict[str, Any] = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

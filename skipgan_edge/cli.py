@@ -103,7 +103,7 @@ def train(
     """Train on normal images; writes RUN/model.json, RUN/model.safetensors, RUN/metrics.jsonl."""
     from skipgan_edge.train.api import train_from_cli
 
-    overrides = {
+    overrides: dict[str, dict[str, Any]] = {
         "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
                   "val_fraction": val_fraction, "threads": threads},

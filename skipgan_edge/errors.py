@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SkipganError(Exception):
     """Base class: the CLI prints ``error: <message>`` and exits non-zero."""
@@ -46,7 +48,7 @@ class SinkError(SkipganError):
     """A sink cannot be written (disk full, unwritable path)."""
 
 
-def require(module: str, extra: str, what: str) -> object:
+def require(module: str, extra: str, what: str) -> Any:
     """Import an optional dependency or raise a one-line install hint.
 
     Args:

@@ -34,7 +34,7 @@ def evaluate_split(
     thr_best, f1_best = f1_optimal_threshold(split.labels, norm)
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
-        "n_images": int(len(split)),
+        "n_images": len(split),
         "n_anomalous": int(split.labels.sum()),
         "f1_at_model_threshold": f1_at(split.labels, norm, thr_model),
         "model_threshold": thr_model,

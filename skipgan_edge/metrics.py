@@ -111,7 +111,7 @@ def plot_histogram(labels: np.ndarray, scores: np.ndarray, threshold: float, pat
 
     labels = np.asarray(labels).astype(bool)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(float(np.min(scores)), float(np.max(scores)), 50)
+    bins = np.linspace(float(np.min(scores)), float(np.max(scores)), 50).tolist()
     ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"normal ({(~labels).sum()})")
     ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"anomalous ({labels.sum()})")
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:.3f}")

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CLI, run_cli
+
 from skipgan_edge.card import load_card, load_model
 from skipgan_edge.errors import ModelFolderError
 

@@ -60,7 +60,7 @@ class Dataset:
 
 def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(2, int(round(n * fraction)))
+    n_val = max(2, round(n * fraction))
     if n - n_val < 2:
         raise DataError(f"only {n} normal training images: need at least 4 to hold some out for validation")
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -148,7 +148,7 @@ def load_fmnist(
     if max_test is not None and max_test < len(test):
         # keep the anomaly share of the full test set
         pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-        n_pos = int(round(max_test * len(pos) / len(labels)))
+        n_pos = round(max_test * len(pos) / len(labels))
         idx = np.sort(np.concatenate([rng.permutation(pos)[:n_pos], rng.permutation(neg)[: max_test - n_pos]]))
         test, labels = test[idx], labels[idx]
     train = _fit(train, isize, channels)

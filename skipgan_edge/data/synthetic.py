@@ -71,7 +71,7 @@ def draw_defect(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[n
     elif kind == "spot":
         r = int(rng.uniform(0.07, 0.13) * s)
         cv2.circle(layer, (cx, cy), r, 1.0, -1)
-        layer = cv2.GaussianBlur(layer, (0, 0), max(1.0, r / 3))
+        layer = cv2.GaussianBlur(layer, (0, 0), max(1.0, r / 3)).astype(np.float32)
         value = 255.0 if rng.random() < 0.5 else 0.0
         out = out * (1 - layer) + value * layer
         mask = (layer > 0.3).astype(np.uint8) * 255

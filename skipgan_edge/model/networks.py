@@ -125,8 +125,14 @@ class SkipGANomaly(nn.Module):
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fake = self.generator(x)  # (B, C, H, W)
-        _, f_real = self.discriminator(x)  # (B, nz)
-        _, f_fake = self.discriminator(fake)  # (B, nz)
+        if self.training:  # BatchNorm batch statistics: real and fake must not share a batch
+            _, f_real = self.discriminator(x)  # (B, nz)
+            _, f_fake = self.discriminator(fake)  # (B, nz)
+            return fake, f_real, f_fake
+        # eval mode: one pass over 2B images (exact: BatchNorm uses running statistics), and only
+        # the feature layers: the classifier D(x) is not needed for the score
+        feats = self.discriminator.features(torch.cat([x, fake], 0)).flatten(1)  # (2B, nz)
+        f_real, f_fake = feats.chunk(2, 0)
         return fake, f_real, f_fake
 
 

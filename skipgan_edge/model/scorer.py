@@ -66,8 +66,13 @@ class Scorer(nn.Module):
         self.inv_span = 1.0 / span if span > 0 else 1.0
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = to_model_input(images)  # (B, C, H, W)
-        fake, f_real, f_fake = self.model.terms(x)  # type: ignore[operator]
+        x = to_model_input(images)  # (B, C, H, W): the head's copy of the input, never quantized
+        # the networks get their own copy: an INT8 export puts Q/DQ on the first conv's input,
+        # and a quantizer rewires every consumer of that tensor; the head must compare against
+        # the exact input, so it must not share the tensor (test_export.py checks the graph)
+        # (the exporter merges identical subexpressions, so this copy transposes first, then scales)
+        x_net = images.permute(0, 3, 1, 2).to(torch.float32) * (2.0 / 255.0) - 1.0  # (B, C, H, W)
+        fake, f_real, f_fake = self.model.terms(x_net)  # type: ignore[operator]
         rec, lat, amap = score_terms(x, fake, f_real, f_fake)
         score = self.lam * rec + (1.0 - self.lam) * lat  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)

@@ -124,7 +124,7 @@ def validation_report(
     norm = (score - smin) / span
     rep: dict[str, Any] = {
         "val_stats": {
-            "min": smin, "max": smax, "mean": float(normal.mean()), "std": float(normal.std()), "n": int(len(normal)),
+            "min": smin, "max": smax, "mean": float(normal.mean()), "std": float(normal.std()), "n": len(normal),
         },
     }
     # the generator's non-adversarial objective on the held-out normal images
@@ -175,6 +175,7 @@ class Trainer:
         self.on_epoch = on_epoch
         self.device = select_device(cfg.train.device)
         self._stop_signal: int | None = None
+        self.net: Any = None  # the architecture's module with .generator and .discriminator
         if len(data.train) < cfg.train.batch:
             raise ConfigError(
                 f"{len(data.train)} training images is fewer than one batch ({cfg.train.batch}); lower --batch or add images"
@@ -198,7 +199,8 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {
             "epoch": epoch, "step": step, "partial": partial, "history": history, "best": best,
-            "opt_g": m_g, "opt_d": m_d, "config": self.cfg.to_dict(), "data_fingerprint": self.data.fingerprint, "data_source": self.data.name,
+            "opt_g": m_g, "opt_d": m_d, "config": self.cfg.to_dict(),
+            "data_fingerprint": self.data.fingerprint, "data_source": self.data.name,
             "format_version": FORMAT_VERSION,
         }
         path = self.out / STATE_NAME
@@ -243,9 +245,9 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.net = build_model(self.cfg.model).to(self.device)
         self.net.train()
-        g, d = self.net.generator, self.net.discriminator  # type: ignore[union-attr]
-        self.opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))  # type: ignore[union-attr]
-        self.opt_d = torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))  # type: ignore[union-attr]
+        g, d = self.net.generator, self.net.discriminator
+        self.opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
+        self.opt_d = torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
         start_epoch, start_step = 0, 0
         history: list[dict[str, Any]] = []
         best: dict[str, Any] = {"value": None, "epoch": None}
@@ -322,7 +324,7 @@ class Trainer:
     def _step(self, batch_u8: torch.Tensor) -> dict[str, float]:
         tc = self.cfg.train
         x = to_model_input(batch_u8.to(self.device, non_blocking=True))  # (B, C, H, W)
-        g, d = self.net.generator, self.net.discriminator  # type: ignore[union-attr]
+        g, d = self.net.generator, self.net.discriminator
         # generator update: adversarial + contextual + latent
         with _autocast(self.device, tc.precision):
             fake = g(x)
@@ -399,7 +401,8 @@ class Trainer:
                 "source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
                 "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies,
             },
-            "training": {"best_epoch": epoch, "selection": f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})",
+            "training": {"best_epoch": epoch,
+                         "selection": f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})",
                          "selection_value": value, "device": str(self.device), "epochs_run": epoch},
             "metrics": metrics,
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},

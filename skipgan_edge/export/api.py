@@ -1,0 +1,153 @@
+"""``skipgan-edge export``: model folder → scorer.onnx (+ fp16, int8), accuracy gate, report.
+
+The accuracy gate evaluates every variant with ONNX Runtime on held-out data (the test split of
+the data the model was trained on, as its card records, or ``--eval-data``): AUROC per variant,
+the drop against FP32, and the Spearman rank correlation of the scores against FP32. A variant
+whose AUROC drops by more than ``max_drop`` (default 0.01) fails: by default its file is deleted
+and export exits non-zero; with ``--no-gate`` the file is kept and marked failed in
+``export_report.json``. No file is shipped silently worse than FP32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge import calibration
+from skipgan_edge.card import atomic_write_json, load_card
+from skipgan_edge.data.datasets import Split, load_data
+from skipgan_edge.errors import CalibrationError, DataError, ExportError
+from skipgan_edge.export.onnx import export_onnx
+from skipgan_edge.export.precision import DEFAULT_CALIBRATION, head_violations, to_fp16, to_int8
+from skipgan_edge.metrics import auroc, spearman
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_DROP = 0.01
+
+
+def eval_split_for(card: dict[str, Any], eval_data: str | None) -> tuple[str, Split]:
+    """The held-out labelled split the gate uses."""
+    source = eval_data or card["data"]["source"]
+    if not eval_data and not source.startswith("fmnist:") and not Path(source).exists():
+        raise DataError(
+            f"the model's training data {source} is not on this machine; pass --eval-data DIR "
+            "(an MVTec-style folder with test/good and test/<defect>) for the accuracy gate"
+        )
+    ds = load_data(source, card["input"]["isize"], card["input"]["channels"], seed=card["config"]["train"]["seed"])
+    if ds.test is None or not ds.test.has_anomalies:
+        raise DataError(f"{source} has no labelled test split (test/good and test/<defect>) for the accuracy gate")
+    return source, ds.test
+
+
+def gate_variants(files: dict[str, Path], split: Split, max_drop: float) -> dict[str, dict[str, Any]]:
+    """AUROC, drop against FP32 and rank correlation for each variant (ONNX Runtime, CPU)."""
+    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    scores: dict[str, np.ndarray] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in files.items():
+        with OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]) as be:
+            t0 = time.perf_counter()
+            res = be.infer_all(split.images)
+            dt = time.perf_counter() - t0
+        scores[name] = res.score
+        out[name] = {"file": str(path), "auroc": auroc(split.labels, res.score), "eval_seconds": round(dt, 3)}
+    ref = out["fp32"]["auroc"]
+    for name, rec in out.items():
+        rec["auroc_drop"] = ref - rec["auroc"]
+        rec["spearman_vs_fp32"] = spearman(scores[name], scores["fp32"])
+        if name == "fp32":
+            rec["gate"] = "reference"
+        else:
+            rec["gate"] = "passed" if rec["auroc_drop"] <= max_drop else "failed"
+    return out
+
+
+def export_all(
+    model_dir: Path, out_dir: Path, *, fp16: bool = False, int8: bool = False, calib: Path | None = None,
+    calib_data: str | None = None, eval_data: str | None = None, max_drop: float = DEFAULT_MAX_DROP,
+    enforce_gate: bool = True, calibration_method: str = DEFAULT_CALIBRATION, engine: bool = False,
+    triton: bool = False, batch: tuple[int, int, int] = (1, 8, 32),
+) -> dict[str, Any]:
+    """Export a model folder; returns the report written to ``out_dir/export_report.json``."""
+    card = load_card(model_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cs = None
+    if int8:
+        if calib is not None:
+            cs = calibration.load(calib)
+            calibration.check_matches(cs, card, calib)
+        elif calib_data is not None:
+            cs = calibration.build(calib_data, 512, card["input"]["isize"], card["input"]["channels"])
+            calibration.save(cs, out_dir / "calib.npz")
+        else:
+            raise CalibrationError(
+                "--int8 needs real calibration frames (Q/DQ scales without them are random): "
+                "pass --calib calib.npz (from skipgan-edge calibrate) or --calib-data DIR_OR_VIDEO"
+            )
+    source, split = eval_split_for(card, eval_data)
+    t0 = time.perf_counter()
+    files: dict[str, Path] = {"fp32": out_dir / "scorer.onnx"}
+    report: dict[str, Any] = {"model": str(model_dir), "model_id": card["model_id"], "eval_data": source,
+                              "eval_images": len(split), "eval_anomalous": int(split.labels.sum())}
+    report["export"] = export_onnx(model_dir, files["fp32"], split.images[:256])
+    import onnx
+
+    if fp16:
+        sample = cs.images if cs is not None else split.images[split.labels == 0]
+        files["fp16"] = to_fp16(files["fp32"], out_dir / "scorer.fp16.onnx", sample)
+    if int8 and cs is not None:
+        files["int8"] = to_int8(files["fp32"], out_dir / "scorer.int8.onnx", cs.images, calibration_method)
+        calib_file = str(calib) if calib else str(out_dir / "calib.npz")
+        report["calibration"] = {**cs.manifest, "method": calibration_method, "file": calib_file}
+    for path in files.values():
+        bad = head_violations(onnx.load(str(path)))
+        if bad:
+            raise ExportError(f"{path}: the score head is not FP32 ({', '.join(bad[:3])}); please report this")
+    report["variants"] = gate_variants(files, split, max_drop)
+    report["gate"] = {"max_auroc_drop": max_drop, "enforced": enforce_gate}
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    failed = [n for n, r in report["variants"].items() if r["gate"] == "failed"]
+    if failed and enforce_gate:
+        for n in failed:
+            Path(report["variants"][n]["file"]).unlink(missing_ok=True)
+            report["variants"][n]["file"] = None
+            report["variants"][n]["removed"] = True
+    if engine:
+        from skipgan_edge.export.engine import BuildConfig, build_engine
+
+        report["engines"] = {}
+        for name, path in files.items():
+            if report["variants"][name]["gate"] == "failed" and enforce_gate:
+                continue
+            eng = path.with_suffix(".engine")
+            build_engine(path, eng, BuildConfig(batch=batch))
+            report["engines"][name] = str(eng)
+    if triton:
+        from skipgan_edge.export.triton import write_triton_repo
+
+        report["triton"] = str(write_triton_repo(files["fp32"], out_dir / "triton", card, max_batch=batch[2]))
+    atomic_write_json(out_dir / "export_report.json", report)
+    report["report"] = str(out_dir / "export_report.json")
+    if failed and enforce_gate:
+        worst = max(failed, key=lambda n: report["variants"][n]["auroc_drop"])
+        raise ExportError(
+            f"accuracy gate: {', '.join(failed)} AUROC dropped by {report['variants'][worst]['auroc_drop']:.4f} "
+            f"(> {max_drop}); file(s) removed; see {out_dir / 'export_report.json'} (--no-gate keeps them marked failed)"
+        )
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = ["variant  AUROC    drop     spearman  gate       file"]
+    for name, r in report["variants"].items():
+        rows.append(
+            f"{name:7s}  {r['auroc']:.4f}  {r['auroc_drop']:+.4f}  {r['spearman_vs_fp32']:.4f}    {r['gate']:9s}  {r['file'] or '(removed)'}"
+        )
+    return "\n".join(rows)

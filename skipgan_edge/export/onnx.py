@@ -1,0 +1,144 @@
+"""Checkpoint → ``scorer.onnx``: the whole scorer (preprocessing, networks, score head) in one graph.
+
+* input ``images``: uint8 [B, H, W, C] (dynamic B), channel order of the model card;
+* outputs ``score`` [B], ``anomaly_map`` [B, 1, H, W], ``normalized_score`` [B], all float32;
+* BatchNorm folded into the convolutions before export (eval-mode statistics), opset 17;
+* only what the outputs need: the discriminator's classifier head is not in the graph, and
+  the two feature passes f(x), f(G(x)) run as one batch of 2B (exact in eval mode);
+* the model card as JSON in ``metadata_props`` (key ``skipgan_edge.card``).
+
+Right after export, ONNX Runtime runs the file on real images and must match the torch scorer:
+the tolerance is 1e-4 relative to the spread of the normal validation scores (max - min), plus
+an absolute 1e-6, for ``score`` and ``anomaly_map`` (FP32 on both sides; the differences are
+float summation order). The max abs difference is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.errors import ExportError, require
+from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+CARD_KEY = "skipgan_edge.card"
+PRECISION_KEY = "skipgan_edge.precision"
+#: The exporter names a node after the module that made it ("/generator/.../Conv"); nodes made
+#: by the scorer's own code (input cast and scaling, the score head, feature split) sit at the
+#: top level ("/Sub_1"). This regex matches the top level: every precision variant keeps those
+#: nodes in FP32, whatever the architecture.
+HEAD_NODE_REGEX = r"^/[^/]*$"
+
+
+def is_head_node(name: str) -> bool:
+    """True for nodes outside the networks (preprocessing and the score head)."""
+    import re
+
+    return re.match(HEAD_NODE_REGEX, name) is not None
+PARITY_RTOL = 1e-4
+
+
+def fold_batchnorm(module: Any) -> Any:
+    """A copy of ``module`` with every Conv/ConvTranspose → BatchNorm pair folded into the conv."""
+    import torch
+    from torch import nn
+
+    module = copy.deepcopy(module).eval()
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        children = list(seq._modules.items())
+        for (_, conv), (bn_name, bn) in itertools.pairwise(children):
+            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
+                continue
+            mean, var = bn.running_mean, bn.running_var
+            if mean is None or var is None:
+                continue
+            scale = bn.weight.detach() / torch.sqrt(var + bn.eps)  # (out,)
+            with torch.no_grad():
+                if isinstance(conv, nn.Conv2d):
+                    conv.weight.mul_(scale[:, None, None, None])
+                else:  # ConvTranspose2d weight is (in, out, kh, kw)
+                    conv.weight.mul_(scale[None, :, None, None])
+                bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mean)
+                new_bias = (bias - mean) * scale + bn.bias.detach()
+                conv.bias = nn.Parameter(new_bias)
+            seq._modules[bn_name] = nn.Identity()
+    return module
+
+
+def card_from_onnx(model: Any) -> dict[str, Any]:
+    meta = {p.key: p.value for p in model.metadata_props}
+    if CARD_KEY not in meta:
+        raise ExportError("this ONNX file has no skipgan-edge model card in metadata_props")
+    card: dict[str, Any] = json.loads(meta[CARD_KEY])
+    return card
+
+
+def set_metadata(model: Any, card: dict[str, Any], precision: str) -> None:
+    for key in (CARD_KEY, PRECISION_KEY):
+        for i in reversed(range(len(model.metadata_props))):
+            if model.metadata_props[i].key == key:
+                del model.metadata_props[i]
+    for key, value in ((CARD_KEY, json.dumps(card)), (PRECISION_KEY, precision)):
+        p = model.metadata_props.add()
+        p.key, p.value = key, value
+
+
+def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = None) -> dict[str, Any]:
+    """Export a model folder to ``out`` (a .onnx path); returns the parity report."""
+    require("torch", "train", "export")
+    onnx = require("onnx", "export", "export")
+    import torch
+
+    from skipgan_edge.card import atomic_write_bytes, build_scorer
+
+    card, scorer = build_scorer(model_dir, "cpu")
+    fused = fold_batchnorm(scorer)
+    isize, ch = card["input"]["isize"], card["input"]["channels"]
+    dummy = torch.zeros(2, isize, isize, ch, dtype=torch.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(
+            fused, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    m = onnx.load(str(tmp))
+    tmp.unlink()
+    m.producer_name = "skipgan-edge"
+    set_metadata(m, card, "fp32")
+    onnx.checker.check_model(m, full_check=True)
+    atomic_write_bytes(out, m.SerializeToString())
+    report: dict[str, Any] = {"onnx": str(out), "opset": OPSET, "model_id": card["model_id"], "nodes": len(m.graph.node)}
+    if parity_images is not None and len(parity_images):
+        report["parity"] = check_parity(scorer, out, parity_images, card)
+    return report
+
+
+def check_parity(scorer: Any, onnx_path: Path, images: np.ndarray, card: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime vs the torch scorer on ``images``; raises ExportError beyond the tolerance."""
+    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    ref = scorer.score_numpy(images)
+    with OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"]) as be:
+        got = be.infer_all(images)
+    stats = card["score"]["val_stats"]
+    spread = max(float(stats["max"] - stats["min"]), 1e-12)
+    d_score = float(np.abs(ref.score - got.score).max())
+    d_map = float(np.abs(ref.anomaly_map - got.anomaly_map).max())
+    tol = PARITY_RTOL * spread + 1e-6
+    rep = {"images": len(images), "max_abs_diff_score": d_score, "max_abs_diff_map": d_map, "tolerance": tol}
+    log.info("ONNX Runtime vs torch on %d images: max |Δscore| %.3g, max |Δmap| %.3g (tolerance %.3g)", len(images), d_score, d_map, tol)
+    if d_score > tol or d_map > max(tol, 1e-5):
+        raise ExportError(f"ONNX Runtime scores differ from torch by {d_score:.3g} (tolerance {tol:.3g}); please report this model")
+    return rep
