@@ -141,6 +141,104 @@ def eval_cmd(
             typer.echo(f"plots: {report['plots']['roc']}  {report['plots']['histogram']}\nreport: {report['report']}")
 
 
+# ------------------------------------------------------------------------------------ calibrate
+def _parse_batch(text: str) -> tuple[int, int, int]:
+    from skipgan_edge.errors import ConfigError
+
+    try:
+        parts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--batch takes min,opt,max (e.g. 1,4,8) or one number, got {text!r}") from None
+    if len(parts) == 1:
+        parts = [1, parts[0], parts[0]]
+    if len(parts) != 3:
+        raise ConfigError(f"--batch takes min,opt,max (e.g. 1,4,8) or one number, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+    data: Annotated[Optional[str], typer.Option(help="Folder of normal images (MVTec: train/good is used).")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Video file or camera (/dev/videoN or index) instead of --data.")] = None,
+    size: Annotated[int, typer.Option(help="Number of distinct frames to keep.")] = 512,
+    model: Annotated[Optional[Path], typer.Option(help="Model folder: takes its input size and channels.")] = None,
+    isize: Annotated[int, typer.Option(help="Input size when no --model is given.")] = 32,
+    channels: Annotated[int, typer.Option(help="Channels when no --model is given.")] = 3,
+) -> None:
+    """Build an INT8 calibration set of real normal frames (near-duplicates dropped)."""
+    from skipgan_edge import calibration
+    from skipgan_edge.errors import ConfigError
+
+    if (data is None) == (source is None):
+        raise ConfigError("give exactly one of --data (folder) or --source (video or camera)")
+    if model is not None:
+        from skipgan_edge.card import load_card
+
+        card = load_card(model)
+        isize, channels = card["input"]["isize"], card["input"]["channels"]
+    cs = calibration.build(str(data or source), size, isize, channels)
+    calibration.save(cs, out)
+    m = cs.manifest
+    typer.echo(f"wrote {out}: {m['count']} frames {isize}x{isize}x{channels} ({m['duplicates_dropped']} near-duplicates dropped)")
+
+
+# --------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Model folder from train.")],
+    out: Annotated[Path, typer.Option(help="Output folder for scorer*.onnx and export_report.json.")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write scorer.fp16.onnx (AutoCast).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write scorer.int8.onnx (Q/DQ, calibrated).")] = False,
+    calib: Annotated[Optional[Path], typer.Option(help="Calibration set from skipgan-edge calibrate.")] = None,
+    calib_data: Annotated[Optional[str], typer.Option(help="Folder or video to build the calibration set from.")] = None,
+    calib_method: Annotated[str, typer.Option(help="INT8 calibration: max, entropy or percentile.")] = "max",
+    eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for the accuracy gate (default: the model's).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Largest AUROC drop against FP32 a variant may have.")] = 0.01,
+    no_gate: Annotated[bool, typer.Option("--no-gate", help="Keep failing variants, marked failed.")] = False,
+    engine: Annotated[bool, typer.Option("--engine", help="Also build TensorRT engines (needs TensorRT).")] = False,
+    batch: Annotated[str, typer.Option(help="Engine batch profile min,opt,max.")] = "1,8,32",
+    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton model repository.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Export the scorer to ONNX (+FP16, +INT8), check every variant's AUROC against FP32."""
+    from skipgan_edge.export.api import export_all, format_table
+
+    report = export_all(
+        model, out, fp16=fp16, int8=int8, calib=calib, calib_data=calib_data, eval_data=eval_data, max_drop=max_drop,
+        enforce_gate=not no_gate, calibration_method=calib_method, engine=engine, triton=triton, batch=_parse_batch(batch),
+    )
+    if as_json:
+        _echo_json(report)
+        return
+    p = report["export"].get("parity", {})
+    if p:
+        typer.echo(f"ONNX Runtime vs torch on {p['images']} images: max |Δscore| {p['max_abs_diff_score']:.2e} "
+                   f"(tolerance {p['tolerance']:.2e})")
+    typer.echo(f"accuracy gate on {report['eval_data']} ({report['eval_images']} images, "
+               f"max AUROC drop {report['gate']['max_auroc_drop']}):")
+    typer.echo(format_table(report))
+    typer.echo(f"report: {report['report']}")
+
+
+@app.command()
+def build(
+    onnx: Annotated[Path, typer.Option(help="scorer*.onnx from export.")],
+    out: Annotated[Path, typer.Option(help="Engine file to write.")],
+    batch: Annotated[str, typer.Option(help="Optimisation profile over the batch axis: min,opt,max.")] = "1,8,32",
+    workspace: Annotated[int, typer.Option(help="Builder workspace limit in MiB.")] = 1024,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Persistent timing cache file (read and updated).")] = None,
+    dla_core: Annotated[Optional[int], typer.Option(help="Jetson DLA core (GPU fallback on).")] = None,
+    opt_level: Annotated[int, typer.Option(help="Builder optimisation level 0-5.")] = 3,
+) -> None:
+    """Build a TensorRT engine on the device that will run it (strongly typed: precision from the ONNX)."""
+    from skipgan_edge.export.engine import BuildConfig, build_engine
+
+    meta = build_engine(onnx, out, BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level))
+    typer.echo(f"wrote {out}: {meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']} (sm_{meta['compute_capability']}), "
+               f"batch {meta['profile']['min']}/{meta['profile']['opt']}/{meta['profile']['max']}")
+
+
 # ----------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(

@@ -147,7 +147,6 @@ def export_all(
 def format_table(report: dict[str, Any]) -> str:
     rows = ["variant  AUROC    drop     spearman  gate       file"]
     for name, r in report["variants"].items():
-        rows.append(
-            f"{name:7s}  {r['auroc']:.4f}  {r['auroc_drop']:+.4f}  {r['spearman_vs_fp32']:.4f}    {r['gate']:9s}  {r['file'] or '(removed)'}"
-        )
+        file = r["file"] or "(removed)"
+        rows.append(f"{name:7s}  {r['auroc']:.4f}  {r['auroc_drop']:+.4f}  {r['spearman_vs_fp32']:.4f}    {r['gate']:9s}  {file}")
     return "\n".join(rows)

@@ -48,17 +48,12 @@ def _quiet() -> Any:
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         yield
         return
-    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("modelopt")]
-    loggers.append(logging.getLogger("modelopt"))
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+    logging.disable(logging.ERROR)  # e.g. "Failed to get GPU count" on every machine without a driver
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+        logging.disable(logging.NOTSET)
 
 
 def _finish(model: Any, src_card: dict[str, Any], precision: str, out: Path, extra: dict[str, Any]) -> None:
@@ -103,6 +98,8 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
     if calib is None or len(calib) == 0:
         raise CalibrationError("INT8 needs a calibration set of real frames: without one the Q/DQ scales are random; "
                                "make one with: skipgan-edge calibrate --data DIR --out calib.npz")
+    given_out = out
+    src, out = Path(src).resolve(), Path(out).resolve()  # Model Optimizer runs in a temporary working directory
     card = card_from_onnx(onnx.load(str(src)))
     calib = np.ascontiguousarray(calib, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +130,7 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
             raise ExportError("INT8 quantization produced no file; run with -v to see Model Optimizer's log")
         model = onnx.load(str(tmp_out))
     _finish(model, card, "int8", out, {"method": f"q/dq int8, calibration {method}", "calibration_frames": len(calib)})
-    return out
+    return Path(given_out)
 
 
 PERCENTILE = 99.99

@@ -1,0 +1,265 @@
+"""Device memory for the TensorRT backend: pinned host buffers, device buffers, one stream, graphs.
+
+One small interface (:class:`CudaApi`) with two implementations:
+
+* :class:`CudaPythonApi` over ``cuda.bindings.runtime`` (cuda-python): the default; wheels for
+  x86-64 and aarch64, and what NVIDIA's own TensorRT samples use since TensorRT 10.
+* :class:`PyCudaApi` over PyCUDA: used with ``--cuda-api pycuda`` or when it is the only one
+  installed.
+
+:class:`IOBuffers` owns, for every engine I/O tensor, a pinned host buffer and a device buffer
+sized for the optimisation profile's max batch. They are allocated once in ``activate`` and
+reused for every batch (``allocations`` counts them; tests check it does not grow per frame).
+Copies are asynchronous on one stream; ``execute_async_v3`` runs on the same stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from skipgan_edge.errors import MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+
+class CudaError(RuntimeError):
+    """A CUDA call returned an error code."""
+
+
+class CudaApi(Protocol):
+    name: str
+
+    def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]: ...
+    def free_host(self, ptr: int) -> None: ...
+    def malloc_device(self, nbytes: int) -> int: ...
+    def free_device(self, ptr: int) -> None: ...
+    def stream_create(self) -> Any: ...
+    def stream_handle(self, stream: Any) -> int: ...
+    def stream_destroy(self, stream: Any) -> None: ...
+    def stream_sync(self, stream: Any) -> None: ...
+    def htod_async(self, dst: int, src_ptr: int, nbytes: int, stream: Any) -> None: ...
+    def dtoh_async(self, dst_ptr: int, src: int, nbytes: int, stream: Any) -> None: ...
+    def event_create(self) -> Any: ...
+    def event_record(self, event: Any, stream: Any) -> None: ...
+    def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
+    def graph_begin(self, stream: Any) -> None: ...
+    def graph_end(self, stream: Any) -> Any: ...
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
+
+
+def _host_view(ptr: int, nbytes: int) -> np.ndarray:
+    return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+
+
+class CudaPythonApi:
+    """cuda-python (``cuda.bindings.runtime``); every call's error code is checked."""
+
+    name = "cuda-python"
+
+    def __init__(self) -> None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            raise MissingDependencyError("CUDA buffers need cuda-python: pip install 'skipgan-edge[tensorrt]'") from None
+        self.rt = cudart
+
+    def _check(self, result: Any) -> Any:
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            _, msg = self.rt.cudaGetErrorString(err)
+            raise CudaError(f"CUDA error {int(err)}: {msg.decode() if isinstance(msg, bytes) else msg}")
+        if isinstance(result, tuple):
+            return result[1] if len(result) == 2 else result[1:]
+        return None
+
+    def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
+        ptr = int(self._check(self.rt.cudaMallocHost(nbytes)))
+        return ptr, _host_view(ptr, nbytes)
+
+    def free_host(self, ptr: int) -> None:
+        self._check(self.rt.cudaFreeHost(ptr))
+
+    def malloc_device(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(nbytes)))
+
+    def free_device(self, ptr: int) -> None:
+        self._check(self.rt.cudaFree(ptr))
+
+    def stream_create(self) -> Any:
+        return self._check(self.rt.cudaStreamCreate())
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._check(self.rt.cudaStreamDestroy(stream))
+
+    def stream_sync(self, stream: Any) -> None:
+        self._check(self.rt.cudaStreamSynchronize(stream))
+
+    def htod_async(self, dst: int, src_ptr: int, nbytes: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(dst, src_ptr, nbytes, kind, stream))
+
+    def dtoh_async(self, dst_ptr: int, src: int, nbytes: int, stream: Any) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(dst_ptr, src, nbytes, kind, stream))
+
+    def event_create(self) -> Any:
+        return self._check(self.rt.cudaEventCreate())
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        self._check(self.rt.cudaEventRecord(event, stream))
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        self._check(self.rt.cudaEventSynchronize(end))
+        return float(self._check(self.rt.cudaEventElapsedTime(start, end)))
+
+    def graph_begin(self, stream: Any) -> None:
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check(self.rt.cudaStreamBeginCapture(stream, mode))
+
+    def graph_end(self, stream: Any) -> Any:
+        graph = self._check(self.rt.cudaStreamEndCapture(stream))
+        return self._check(self.rt.cudaGraphInstantiate(graph, 0))
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        self._check(self.rt.cudaGraphLaunch(graph_exec, stream))
+
+
+class PyCudaApi:
+    """PyCUDA (``pycuda.driver``), for systems where it is what is installed."""
+
+    name = "pycuda"
+
+    def __init__(self) -> None:
+        try:
+            import pycuda.autoinit  # noqa: F401 - creates the context
+            import pycuda.driver as drv
+        except ImportError:
+            raise MissingDependencyError("--cuda-api pycuda needs PyCUDA: pip install 'skipgan-edge[pycuda]'") from None
+        self.drv = drv
+        self._host: dict[int, Any] = {}
+        self._dev: dict[int, Any] = {}
+
+    def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
+        arr = self.drv.pagelocked_empty(nbytes, np.uint8)
+        ptr = int(arr.ctypes.data)
+        self._host[ptr] = arr
+        return ptr, arr
+
+    def free_host(self, ptr: int) -> None:
+        self._host.pop(ptr, None)
+
+    def malloc_device(self, nbytes: int) -> int:
+        mem = self.drv.mem_alloc(nbytes)
+        self._dev[int(mem)] = mem
+        return int(mem)
+
+    def free_device(self, ptr: int) -> None:
+        mem = self._dev.pop(ptr, None)
+        if mem is not None:
+            mem.free()
+
+    def stream_create(self) -> Any:
+        return self.drv.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def stream_destroy(self, stream: Any) -> None:
+        del stream
+
+    def stream_sync(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def htod_async(self, dst: int, src_ptr: int, nbytes: int, stream: Any) -> None:
+        self.drv.memcpy_htod_async(dst, _host_view(src_ptr, nbytes), stream)
+
+    def dtoh_async(self, dst_ptr: int, src: int, nbytes: int, stream: Any) -> None:
+        self.drv.memcpy_dtoh_async(_host_view(dst_ptr, nbytes), src, stream)
+
+    def event_create(self) -> Any:
+        return self.drv.Event()
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        end.synchronize()
+        return float(start.time_till(end))
+
+    def graph_begin(self, stream: Any) -> None:
+        stream.begin_capture()
+
+    def graph_end(self, stream: Any) -> Any:
+        return stream.end_capture().instance()
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        graph_exec.launch(stream)
+
+
+def make_cuda_api(which: str = "auto") -> CudaApi:
+    """``auto``: cuda-python if installed, else PyCUDA; or ``cuda-python`` / ``pycuda`` explicitly."""
+    if which in ("auto", "cuda-python"):
+        try:
+            return CudaPythonApi()
+        except MissingDependencyError:
+            if which == "cuda-python":
+                raise
+    if which in ("auto", "pycuda"):
+        return PyCudaApi()
+    raise MissingDependencyError(f"unknown --cuda-api {which!r}; choose cuda-python or pycuda")
+
+
+@dataclass
+class TensorBuffer:
+    name: str
+    shape: tuple[int, ...]  # at max batch
+    dtype: np.dtype[Any]
+    host_ptr: int
+    host: np.ndarray  # pinned bytes, viewed as dtype with `array()`
+    device: int
+    nbytes: int
+
+    def array(self, batch: int) -> np.ndarray:
+        """The first ``batch`` items of the pinned buffer as a typed array (no copy)."""
+        per_item = self.nbytes // self.shape[0]
+        return self.host[: batch * per_item].view(self.dtype).reshape((batch, *self.shape[1:]))
+
+
+@dataclass
+class IOBuffers:
+    """Pinned host + device buffers for every I/O tensor, allocated once for the max batch."""
+
+    api: CudaApi
+    specs: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+    tensors: dict[str, TensorBuffer] = field(default_factory=dict)
+    allocations: int = 0
+
+    def allocate(self) -> None:
+        for name, (shape, dtype) in self.specs.items():
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            host_ptr, host = self.api.malloc_host(nbytes)
+            dev = self.api.malloc_device(nbytes)
+            self.allocations += 2
+            self.tensors[name] = TensorBuffer(name, tuple(shape), np.dtype(dtype), host_ptr, host, dev, nbytes)
+
+    def htod(self, name: str, batch: int, stream: Any) -> None:
+        t = self.tensors[name]
+        self.api.htod_async(t.device, t.host_ptr, t.nbytes // t.shape[0] * batch, stream)
+
+    def dtoh(self, name: str, batch: int, stream: Any) -> None:
+        t = self.tensors[name]
+        self.api.dtoh_async(t.host_ptr, t.device, t.nbytes // t.shape[0] * batch, stream)
+
+    def free(self) -> None:
+        for t in self.tensors.values():
+            self.api.free_device(t.device)
+            self.api.free_host(t.host_ptr)
+        self.tensors.clear()
