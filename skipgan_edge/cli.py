@@ -239,6 +239,60 @@ def build(
                f"batch {meta['profile']['min']}/{meta['profile']['opt']}/{meta['profile']['max']}")
 
 
+# ------------------------------------------------------------------------------------------ run
+@app.command("run")
+def run_cmd(
+    source: Annotated[str, typer.Option(help="/dev/videoN, v4l2:///dev/videoN, N, csi://N, rtsp://..., video, image/folder/glob, watch:DIR.")],
+    model: Annotated[Optional[Path], typer.Option(help="Model folder (torch backend).")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(help="Exported scorer ONNX (ONNX Runtime).")] = None,
+    engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime or torch.")] = "auto",
+    batch: Annotated[int, typer.Option(help="Frames per backend call.")] = 1,
+    max_wait_ms: Annotated[float, typer.Option(help="Batcher wait for more frames after the first.")] = 5.0,
+    mode: Annotated[str, typer.Option(help="Frame to input: resize, crop or tiles.")] = "resize",
+    overlap: Annotated[float, typer.Option(help="Tile overlap (tiles mode).")] = 0.25,
+    threshold: Annotated[Optional[float], typer.Option(help="Normalized-score threshold (default: the model's).")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option(help="JSON Lines output, one record per frame.")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="CSV output.")] = None,
+    save_video: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4v).")] = None,
+    save_images: Annotated[Optional[Path], typer.Option(help="Folder for annotated images.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Show annotated frames in a window.")] = False,
+    summary: Annotated[Optional[Path], typer.Option(help="Write the run summary JSON here.")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Capture frame rate (cameras).")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Loop a video file (soak tests).")] = False,
+    replay_fps: Annotated[Optional[float], typer.Option(help="Play a video file as a live camera at this frame rate.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
+    stop_after_idle: Annotated[Optional[float], typer.Option(help="watch: stop after this many idle seconds.")] = None,
+    watch_state: Annotated[Optional[Path], typer.Option(help="watch: file remembering scored names.")] = None,
+    reconnect_attempts: Annotated[int, typer.Option(help="Camera/RTSP reopen attempts before giving up.")] = 10,
+    cuda_api: Annotated[str, typer.Option(help="TensorRT buffers: auto, cuda-python or pycuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
+    device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
+    from skipgan_edge.runtime.api import SinkOptions, artifact, run
+    from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
+    from skipgan_edge.runtime.sources import SourceOptions
+
+    kind, path = artifact(model, onnx, engine)
+    s = run(
+        kind, path, source, backend=backend,
+        pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
+        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
+        source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
+                                  watch_state=watch_state, reconnect_attempts=reconnect_attempts),
+        device=device, cuda_api=cuda_api, threads=threads,
+    )
+    typer.echo(_json_dumps(s) if as_json else format_summary(s))
+
+
+def _json_dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
 # ----------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(

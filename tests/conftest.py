@@ -44,3 +44,49 @@ def tiny_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     ds = load_folder(synth_dir, 32, 3, seed=0)
     train(ds, cfg, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_model(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model good enough to find synthetic defects in video frames (ngf 16, 6 epochs)."""
+    from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig
+    from skipgan_edge.data.datasets import load_folder
+    from skipgan_edge.train.trainer import train
+
+    cfg = RunConfig(model=ModelConfig(isize=32, channels=3, ngf=16, ndf=16), train=TrainConfig(epochs=6, batch=32))
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    train(load_folder(synth_dir, 32, 3, seed=0), cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(demo_model: Path, synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scorer.onnx, scorer.fp16.onnx and scorer.int8.onnx of demo_model (gate not enforced: tests check it)."""
+    from skipgan_edge import calibration
+    from skipgan_edge.export.api import export_all
+
+    out = tmp_path_factory.mktemp("demo_export")
+    calibration.save(calibration.build(str(synth_dir), 128, 32, 3), out / "calib.npz")
+    export_all(demo_model, out, fp16=True, int8=True, calib=out / "calib.npz", enforce_gate=False)
+    return out
+
+
+def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str, size: int = 64, seed: int = 0) -> Path:
+    """A real video written by OpenCV: normal texture crops, strong holes at ``defect_frames``."""
+    import cv2
+    import numpy as np
+
+    from skipgan_edge.data.synthetic import _crop, texture
+
+    rng = np.random.default_rng(seed)
+    tex = texture("brick")
+    h, w = tex.shape
+    region = (int(0.6 * w), w, 0, h)  # the region the synthetic validation/test crops come from
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 25, (size, size))
+    for i in range(n):
+        img = _crop(tex, rng, region, 96, size)
+        if i in defect_frames:
+            cv2.circle(img, (int(rng.integers(20, 44)), int(rng.integers(20, 44))), 9, 0, -1)
+        writer.write(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path

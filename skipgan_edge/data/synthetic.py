@@ -9,9 +9,13 @@ defect and its ground-truth mask:
 * ``crack``: a dark random-walk polyline;
 * ``hole``: a dark ellipse with a lighter rim.
 
-The defects are drawn at the output size so that they survive resizing to 32×32. Crops for
-train, validation and test come from disjoint parts of the texture (left 60 % train, the
-top 40 % of the right part validation, the rest test), so no test pixel was seen in training.
+The defects are drawn at the output size so that they survive resizing to 32×32. Training
+crops come from the left 60 % of the texture; validation and test crops from the right 40 %
+(different random crops of the same region). So no test pixel was seen in training, and the
+validation images, which set the score normalisation and the threshold, look like the test
+images: the textures are not stationary (brick has a lighting gradient), and a validation
+region different from the test region made thresholds that did not transfer (measured: 73 % of
+normal test images over a threshold set on another region).
 """
 
 from __future__ import annotations
@@ -119,8 +123,8 @@ def write_synthetic(out: Path, spec: SyntheticSpec = SyntheticSpec()) -> dict[st
     """Write an MVTec-style folder (train/good, val/*, test/*, ground_truth/*). Returns counts."""
     tex = texture(spec.texture)
     h, w = tex.shape
-    xs, ys = int(0.6 * w), int(0.4 * h)
-    ranges = {"train": (0, xs, 0, h), "val": (xs, w, 0, ys), "test": (xs, w, ys, h)}
+    xs = int(0.6 * w)
+    ranges = {"train": (0, xs, 0, h), "val": (xs, w, 0, h), "test": (xs, w, 0, h)}
     rng = np.random.default_rng(spec.seed)
     counts: dict[str, int] = {}
 

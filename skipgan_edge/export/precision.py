@@ -5,6 +5,13 @@
 * ``scorer.int8.onnx``: explicit quantization (``modelopt.onnx.quantization``): Q/DQ pairs on
   the convolutions, scales calibrated on a calibration set of real normal frames. Everything that
   is not quantized stays FP32 (``high_precision_dtype="fp32"``).
+  The image-facing convolutions (those whose input reaches the graph input without passing
+  another convolution: the generator's first layer and the feature extractor's first layer,
+  which reads both x and G(x)) stay FP32 too. Measured on the demo model (isize 32, ngf 16),
+  test AUROC: FP32 0.975; everything quantized 0.941 (max), 0.930 (entropy), 0.935 (percentile);
+  quantizing one convolution at a time showed only those two mattered (0.941 and 0.933 alone,
+  every other layer within 0.001); both kept FP32: 0.970. They are 2 of 14 convolutions and a
+  small share of the FLOPs.
 
 In both, the nodes outside the networks (preprocessing and the score head: subtractions,
 squares, reductions, normalisation) are excluded by name (``HEAD_NODE_REGEX``) and stay FP32: a
@@ -26,6 +33,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,7 +108,9 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
                                "make one with: skipgan-edge calibrate --data DIR --out calib.npz")
     given_out = out
     src, out = Path(src).resolve(), Path(out).resolve()  # Model Optimizer runs in a temporary working directory
-    card = card_from_onnx(onnx.load(str(src)))
+    src_model = onnx.load(str(src))
+    card = card_from_onnx(src_model)
+    keep_fp32 = [HEAD_NODE_REGEX] + [re.escape(n) + "$" for n in image_facing_convs(src_model)]
     calib = np.ascontiguousarray(calib, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
@@ -121,7 +131,7 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
                     calibration_method="max" if method == "percentile" else method,
                     calibration_cache_path=str(cache) if cache else None,
                     calibration_eps=["cpu"], nodes_to_quantize=[NETWORK_NODE_REGEX],
-                    nodes_to_exclude=[HEAD_NODE_REGEX], op_types_to_quantize=["Conv", "ConvTranspose"],
+                    nodes_to_exclude=keep_fp32, op_types_to_quantize=["Conv", "ConvTranspose"],
                     high_precision_dtype="fp32", output_path=str(tmp_out), log_level="ERROR",
                 )
         finally:
@@ -129,7 +139,8 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
         if not tmp_out.exists():
             raise ExportError("INT8 quantization produced no file; run with -v to see Model Optimizer's log")
         model = onnx.load(str(tmp_out))
-    _finish(model, card, "int8", out, {"method": f"q/dq int8, calibration {method}", "calibration_frames": len(calib)})
+    _finish(model, card, "int8", out, {"method": f"q/dq int8, calibration {method}", "calibration_frames": len(calib),
+                                       "fp32_convs": image_facing_convs(src_model)})
     return Path(given_out)
 
 
@@ -148,7 +159,8 @@ def write_percentile_cache(src: Path, calib: np.ndarray, out: Path, percentile: 
     import onnxruntime as ort
 
     model = onnx.load(str(src))
-    names = sorted({n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and not _is_head(n.name)})
+    names = sorted({n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and not _is_head(n.name)
+                    and n.name not in image_facing_convs(model)})
     known = {o.name for o in model.graph.output}
     for name in names:
         if name not in known:
@@ -168,6 +180,24 @@ def write_percentile_cache(src: Path, calib: np.ndarray, out: Path, percentile: 
         lines.append(f"{n}: {struct.pack('!f', scale).hex()}")
     out.write_text("\n".join(lines) + "\n")
     return scales
+
+
+def image_facing_convs(model: Any) -> list[str]:
+    """Conv/ConvTranspose nodes whose data input reaches the graph input without another conv."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    convs = ("Conv", "ConvTranspose")
+
+    def reaches_input(tensor: str, seen: set[str]) -> bool:
+        if tensor in graph_inputs:
+            return True
+        n = producers.get(tensor)
+        if n is None or n.name in seen or n.op_type in convs:
+            return False
+        seen.add(n.name)
+        return any(reaches_input(t, seen) for t in n.input if t)
+
+    return [n.name for n in model.graph.node if n.op_type in convs and not _is_head(n.name) and reaches_input(n.input[0], set())]
 
 
 def _is_head(name: str) -> bool:

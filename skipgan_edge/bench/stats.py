@@ -1,0 +1,49 @@
+"""Latency statistics as trtexec reports them, and a bounded reservoir for long runs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+PERCENTILES = (90, 95, 99)
+
+
+def summarize(values_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """min, mean, median, p90, p95, p99, max (numpy's linear interpolation between order statistics)."""
+    a = np.asarray(values_ms, np.float64)
+    if a.size == 0:
+        return {}
+    out = {"min": float(a.min()), "mean": float(a.mean()), "median": float(np.percentile(a, 50))}
+    for p in PERCENTILES:
+        out[f"p{p}"] = float(np.percentile(a, p))
+    out["max"] = float(a.max())
+    out["n"] = int(a.size)
+    return out
+
+
+class Reservoir:
+    """Keeps at most ``size`` samples, uniformly chosen (Algorithm R), so a run of any length
+    uses bounded memory; percentiles are exact while fewer than ``size`` samples were added."""
+
+    def __init__(self, size: int = 50_000, seed: int = 0) -> None:
+        self.size = size
+        self.buf: list[float] = []
+        self.count = 0
+        self.rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        if len(self.buf) < self.size:
+            self.buf.append(value)
+            return
+        j = self.rng.randrange(self.count)
+        if j < self.size:
+            self.buf[j] = value
+
+    def summary(self) -> dict[str, float]:
+        s = summarize(self.buf)
+        if s:
+            s["n"] = self.count
+        return s

@@ -1,0 +1,67 @@
+"""Library entry point behind ``skipgan-edge run``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.backends import open_backend
+from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
+from skipgan_edge.runtime.sinks import CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
+from skipgan_edge.runtime.sources import SourceOptions, open_source
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    jsonl: Path | None = None
+    csv: Path | None = None
+    save_video: Path | None = None
+    save_images: Path | None = None
+    show: bool = False
+    summary: Path | None = None
+
+
+def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tuple[str, Path]:
+    given = [(k, p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --model RUN_DIR, --onnx FILE or --engine FILE")
+    return given[0][0], Path(given[0][1])
+
+
+def run(
+    kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
+    sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), device: str = "cpu",
+    cuda_api: str = "auto", threads: int = 0,
+) -> dict[str, Any]:
+    """Open the backend and the source, stream every frame through, return the summary."""
+    kw: dict[str, Any] = {}
+    chosen = backend if backend != "auto" else {"model": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
+    if chosen == "tensorrt":
+        kw["cuda_api"] = cuda_api
+    if chosen == "onnxruntime" and threads:
+        kw["threads"] = threads
+    be = open_backend(kind, path, backend, device=device, **kw)
+    with be:
+        # vmax for the heatmap colours: the normal validation maps' level at the threshold
+        stats = be.card["score"]["val_stats"]
+        vmax = max(float(stats["max"]) * 4.0, 1e-6)
+        out: list[Sink] = []
+        try:
+            if sinks.jsonl:
+                out.append(JsonlSink(sinks.jsonl))
+            if sinks.csv:
+                out.append(CsvSink(sinks.csv))
+            if sinks.save_video:
+                out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
+            if sinks.save_images:
+                out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
+            if sinks.show:
+                out.append(ShowSink(vmax=vmax))
+            src = open_source(source, source_opts)
+        except BaseException:
+            for s in out:
+                s.close()
+            raise
+        return Pipeline(src, be, out, pipeline).run(sinks.summary)

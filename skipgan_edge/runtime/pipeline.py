@@ -1,0 +1,282 @@
+"""capture thread → bounded queue → batcher → backend → sinks.
+
+* The capture thread reads the source, decodes and preprocesses each frame (so that decoding
+  overlaps inference) and hands it on: a bounded blocking queue for files, folders and watch
+  folders (never drops); a one-slot "newest frame" mailbox for live sources (a new frame
+  replaces an unconsumed one, and the replacement is counted as dropped).
+* The batcher takes the first waiting frame, then more until ``batch`` frames or ``max_wait_ms``
+  after the first; the backend scores all their inputs in one call (tiles included).
+* Every frame keeps its source, index and capture time; its record carries per-stage timings:
+  capture (read + decode), preprocess, queue (waiting for the batcher), infer (transfer +
+  compute, the batch's), postprocess (splitting, stitching), sink (writing every sink).
+* SIGINT / SIGTERM: stop capture, finish the frames already captured, flush and close every
+  sink, write the summary, return normally (exit 0).
+* A sink error stops the run after the other sinks are flushed and closed.
+
+Memory is bounded: records are not kept; latency statistics use a fixed-size reservoir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.bench.stats import Reservoir
+from skipgan_edge.card import atomic_write_json
+from skipgan_edge.errors import SinkError, SkipganError
+from skipgan_edge.runtime.backends.base import Backend
+from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine
+from skipgan_edge.runtime.sinks import Sink
+from skipgan_edge.runtime.sources import Frame, Source
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "preprocess", "queue", "infer", "postprocess", "sink", "total")
+_END = object()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    batch: int = 1  # frames per backend call
+    max_wait_ms: float = 5.0  # how long the batcher waits for more frames after the first
+    queue_size: int = 32  # bounded queue between capture and batcher (files, folders, watch)
+    threshold: float | None = None  # normalized-score threshold; None = the model card's
+    mode: str = "resize"  # resize, crop or tiles (see preprocess.py)
+    overlap: float = 0.25  # tile overlap
+    max_frames: int | None = None  # stop after this many frames (None = until the source ends)
+
+
+class LatestSlot:
+    """One-slot mailbox: ``put`` replaces an unconsumed item and counts it as dropped."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.item: Any = None
+        self.has = False
+        self.ended = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> None:
+        with self.cond:
+            if item is _END:  # the end never replaces a waiting frame: that frame is still scored
+                self.ended = True
+            else:
+                if self.has:
+                    self.dropped += 1
+                self.item, self.has = item, True
+            self.cond.notify()
+
+    def get(self, timeout: float | None = None) -> Any:
+        with self.cond:
+            if not self.has and not self.ended and not self.cond.wait_for(lambda: self.has or self.ended, timeout):
+                raise queue.Empty
+            if self.has:
+                item, self.item, self.has = self.item, None, False
+                return item
+            return _END
+
+
+class Pipeline:
+    def __init__(self, source: Source, backend: Backend, sinks: list[Sink], cfg: PipelineConfig = PipelineConfig()) -> None:
+        self.source, self.backend, self.sinks, self.cfg = source, backend, sinks, cfg
+        self.stop_event = threading.Event()
+        self.frames_in = 0
+        self.scored = 0
+        self.unreadable = 0
+        self.anomalies = 0
+        self.lat = {s: Reservoir() for s in STAGES}
+        self._capture_error: BaseException | None = None
+        self._unreadable_logged = False
+        self.need_images = any(getattr(s, "needs_image", False) for s in sinks)
+
+    # ---------------------------------------------------------------------------------- capture
+    def _capture(self, chan: Any, pre: Preprocessor) -> None:
+        try:
+            for frame in self.source.frames():
+                if self.stop_event.is_set():
+                    break
+                t0 = time.perf_counter()
+                prepared: Prepared | None = None
+                if frame.image is not None:
+                    try:
+                        prepared = pre(frame.image)
+                    except (ValueError, TypeError, OSError):
+                        prepared = None
+                frame.extra["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
+                frame.extra["t_queued_ns"] = time.perf_counter_ns()
+                self.frames_in += 1
+                item = (frame, prepared)
+                if isinstance(chan, LatestSlot):
+                    chan.put(item)
+                else:
+                    while not self.stop_event.is_set():
+                        try:
+                            chan.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                if self.cfg.max_frames is not None and self.frames_in >= self.cfg.max_frames:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self._capture_error = exc
+        finally:
+            chan.put(_END)
+
+    # ------------------------------------------------------------------------------------- run
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("%s received: finishing frames in flight", signal.Signals(signum).name)
+        self.stop_event.set()
+        self.source.stop()
+
+    def run(self, summary_path: Path | None = None, handle_signals: bool = True) -> dict[str, Any]:
+        card = self.backend.card
+        inp = card["input"]
+        pre = Preprocessor(int(inp["isize"]), int(inp["channels"]), self.cfg.mode, self.cfg.overlap)
+        self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card["score"]["threshold"]["normalized"])
+        chan: Any = LatestSlot() if self.source.live else queue.Queue(maxsize=self.cfg.queue_size)
+        old = {}
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        t_start = time.perf_counter()
+        cap = threading.Thread(target=self._capture, args=(chan, pre), name="capture", daemon=True)
+        cap.start()
+        error: BaseException | None = None
+        try:
+            ended = False
+            while not ended:
+                try:
+                    item = chan.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    break
+                batch = [item]
+                deadline = time.perf_counter() + self.cfg.max_wait_ms / 1e3
+                while len(batch) < self.cfg.batch:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = chan.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                    if nxt is _END:
+                        ended = True
+                        break
+                    batch.append(nxt)
+                self._process(batch)
+        except BaseException as exc:  # noqa: BLE001 - sinks are closed below, then it is re-raised
+            error = exc
+            self.stop_event.set()
+            self.source.stop()
+        finally:
+            cap.join(timeout=10)
+            for s, h in old.items():
+                signal.signal(s, h)
+            close_errors = []
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except OSError as exc:
+                    close_errors.append(f"{sink.name}: {exc}")
+            self.source.close()
+        dropped = getattr(chan, "dropped", 0)
+        summary = self._summary(time.perf_counter() - t_start, dropped)
+        if summary_path is not None:
+            atomic_write_json(summary_path, summary)
+        self.summary = summary
+        if error is not None:
+            raise error
+        if self._capture_error is not None and not isinstance(self._capture_error, GeneratorExit):
+            raise self._capture_error
+        if close_errors:
+            raise SinkError("; ".join(close_errors))
+        return summary
+
+    # --------------------------------------------------------------------------------- process
+    def _process(self, batch: list[tuple[Frame, Prepared | None]]) -> None:
+        t_deq = time.perf_counter_ns()
+        good = [(f, p) for f, p in batch if p is not None]
+        for f, p in batch:
+            if p is None:
+                self.unreadable += 1
+                if not self._unreadable_logged:
+                    log.warning("skipping unreadable frame/file %s (further ones are counted, see the summary)", f.name or f.index)
+                    self._unreadable_logged = True
+                self.source.ack(f)
+        if not good:
+            return
+        inputs = np.concatenate([p.inputs for _, p in good])
+        t0 = time.perf_counter()
+        out = self.backend.infer_all(inputs)
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        k = 0
+        for f, p in good:
+            n = len(p.inputs)
+            t1 = time.perf_counter()
+            res = combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n])
+            k += n
+            post_ms = (time.perf_counter() - t1) * 1e3
+            anomalous = bool(res["normalized_score"] > self.threshold)
+            rec: dict[str, Any] = {
+                "source": f.source, "frame": f.index, "file": f.name, "timestamp": f.timestamp,
+                "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous,
+            }
+            if "tiles" in res:
+                rec["tiles"] = res["tiles"]
+            queue_ms = (t_deq - f.extra["t_queued_ns"]) / 1e6
+            t2 = time.perf_counter()
+            stages = {"capture": f.capture_ms, "preprocess": f.extra["preprocess_ms"], "queue": queue_ms, "infer": infer_ms,
+                      "postprocess": post_ms}
+            rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
+            rec["stages_ms"] = {k2: round(v, 4) for k2, v in stages.items()}
+            for sink in self.sinks:
+                try:
+                    sink.write(rec, p.view if self.need_images else None, res["map"] if self.need_images else None)
+                except SkipganError:
+                    raise
+                except OSError as exc:
+                    raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
+            stages["sink"] = (time.perf_counter() - t2) * 1e3
+            stages["total"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
+            for s, v in stages.items():
+                self.lat[s].add(v)
+            self.source.ack(f)
+            self.scored += 1
+            self.anomalies += anomalous
+
+    def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
+        return {
+            "source": self.source.spec, "live": self.source.live, "backend": self.backend.name, "precision": self.backend.precision,
+            "model_id": self.backend.card.get("model_id"), "frames_in": self.frames_in, "scored": self.scored,
+            "dropped": dropped, "unreadable": self.unreadable + self.source.unreadable, "anomalies": self.anomalies,
+            "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
+            "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
+            "latency_ms": {s: r.summary() for s, r in self.lat.items()},
+        }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"frames in {s['frames_in']}  scored {s['scored']}  dropped {s['dropped']}  unreadable {s['unreadable']}  "
+        f"anomalies {s['anomalies']}  ({s['throughput_fps']} frames/s, {s['backend']} {s['precision']})",
+        "stage        min     median  p90     p95     p99     (ms)",
+    ]
+    for stage, st in s["latency_ms"].items():
+        if st:
+            lines.append(f"{stage:11s}  {st['min']:<7.3f} {st['median']:<7.3f} {st['p90']:<7.3f} {st['p95']:<7.3f} {st['p99']:<7.3f}")
+    return "\n".join(lines)
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2)

@@ -1,0 +1,186 @@
+"""Where results go: JSON Lines, CSV, annotated video or images, a window, and the run summary.
+
+* JSON Lines (``--jsonl``): one object per frame, written and flushed as soon as the frame is
+  scored (a killed run keeps every line written so far), with at least ``source``, ``frame``,
+  ``timestamp``, ``score``, ``normalized_score``, ``anomalous``, ``latency_ms``.
+* CSV (``--csv``): the same columns, flushed per row.
+* ``--save-video FILE``: annotated video (mp4v), heatmap overlaid, score and verdict drawn.
+* ``--save-images DIR``: the same annotation, one PNG per frame.
+* ``--show``: a window (needs a display and an OpenCV with GUI support).
+
+A sink that fails (disk full, unwritable path) stops the run: the pipeline flushes and closes
+the other sinks first, then exits with one line naming the sink and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from skipgan_edge.errors import SinkError
+
+FIELDS = ["source", "frame", "file", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"]
+
+
+class Sink:
+    name = "sink"
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _fail(sink: Sink, exc: OSError) -> SinkError:
+    return SinkError(f"{sink.name} sink failed: {exc.strerror or exc}; free disk space or choose another path")
+
+
+class JsonlSink(Sink):
+    needs_image = False
+
+    def __init__(self, path: Path) -> None:
+        self.name = f"JSONL {path}"
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        try:
+            self.fh.write(json.dumps(record) + "\n")
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def close(self) -> None:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+        except OSError:
+            pass
+        finally:
+            self.fh.close()
+
+
+class CsvSink(Sink):
+    needs_image = False
+
+    def __init__(self, path: Path) -> None:
+        self.name = f"CSV {path}"
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            new = not Path(path).exists() or Path(path).stat().st_size == 0
+            self.fh = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
+            self.w = csv.DictWriter(self.fh, fieldnames=FIELDS, extrasaction="ignore")
+            if new:
+                self.w.writeheader()
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        try:
+            self.w.writerow(record)
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: float) -> np.ndarray:
+    """The frame with the anomaly map as a JET overlay, score and verdict drawn."""
+    base = view if view.ndim == 3 and view.shape[2] == 3 else cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
+    level = np.clip(amap / max(vmax, 1e-12), 0, 1)
+    heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    if heat.shape[:2] != base.shape[:2]:
+        heat = cv2.resize(heat, (base.shape[1], base.shape[0]))
+    out = cv2.addWeighted(base, 0.6, heat, 0.4, 0)
+    scale = max(0.35, base.shape[1] / 640)
+    verdict = "ANOMALY" if record["anomalous"] else "ok"
+    color = (0, 0, 255) if record["anomalous"] else (0, 200, 0)
+    cv2.putText(out, f"{verdict} {record['normalized_score']:.2f}", (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * scale, color, max(1, int(scale)), cv2.LINE_AA)
+    return out
+
+
+class VideoSink(Sink):
+    needs_image = True
+
+    def __init__(self, path: Path, fps: float = 25.0, vmax: float = 1.0) -> None:
+        self.name = f"video {path}"
+        self.path, self.fps, self.vmax = Path(path), fps, vmax
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        if view is None or amap is None:
+            return
+        img = annotate(view, amap, record, self.vmax)
+        if self.writer is None:
+            self.size = (img.shape[1], img.shape[0])
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise SinkError(f"{self.name} sink failed: OpenCV cannot write mp4v to {self.path}; check the folder is writable")
+        if (img.shape[1], img.shape[0]) != self.size:
+            img = cv2.resize(img, self.size)
+        self.writer.write(img)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+class ImageFolderSink(Sink):
+    needs_image = True
+
+    def __init__(self, folder: Path, vmax: float = 1.0) -> None:
+        self.name = f"images {folder}"
+        self.folder, self.vmax = Path(folder), vmax
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        if view is None or amap is None:
+            return
+        stem = Path(record["file"]).stem if record.get("file") else f"frame_{record['frame']:06d}"
+        path = self.folder / f"{stem}.png"
+        if not cv2.imwrite(str(path), annotate(view, amap, record, self.vmax)):
+            raise SinkError(f"{self.name} sink failed: cannot write {path}; free disk space or choose another folder")
+
+
+class ShowSink(Sink):
+    needs_image = True
+    name = "window"
+
+    def __init__(self, vmax: float = 1.0) -> None:
+        self.vmax = vmax
+        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            raise SinkError("--show needs a display (DISPLAY is not set); use --save-video or --save-images instead")
+        try:
+            cv2.namedWindow("skipgan-edge", cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise SinkError("--show needs OpenCV with GUI support (pip's headless build has none): pip install opencv-python") from None
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        if view is None or amap is None:
+            return
+        cv2.imshow("skipgan-edge", annotate(view, amap, record, self.vmax))
+        cv2.waitKey(1)
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()

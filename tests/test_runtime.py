@@ -1,0 +1,282 @@
+"""Runtime: sources, tiling, pipeline, sinks, bad input; real videos, real subprocesses, a real RTSP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import CLI, run_cli, write_defect_video
+from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
+from skipgan_edge.runtime.preprocess import Preprocessor, combine, tile_starts
+from skipgan_edge.runtime.sinks import JsonlSink
+from skipgan_edge.runtime.sources import SourceOptions, open_source
+
+DEFECTS = {12, 13, 41}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fourcc,suffix", [("mp4v", ".mp4"), ("MJPG", ".avi")])
+def test_video_defects_flagged_at_known_frames(demo_onnx: Path, tmp_path: Path, fourcc: str, suffix: str) -> None:
+    video = write_defect_video(tmp_path / f"line{suffix}", 60, DEFECTS, fourcc)
+    out = tmp_path / "s.jsonl"
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--jsonl", str(out), "--batch", "4",
+                "--summary", str(tmp_path / "sum.json"))
+    recs = _records(out)
+    assert [r["frame"] for r in recs] == list(range(60))  # files never drop, order kept
+    for r in recs:
+        assert {"source", "frame", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"} <= set(r)
+    flagged = {r["frame"] for r in recs if r["anomalous"]}
+    assert DEFECTS <= flagged, (flagged, p.stdout)
+    assert len(flagged - DEFECTS) <= 6  # at most 10 % false alarms on normal frames
+    top = sorted(recs, key=lambda r: -r["normalized_score"])[:3]
+    assert {r["frame"] for r in top} == DEFECTS
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    assert summary["scored"] == 60 and summary["dropped"] == 0 and summary["anomalies"] == len(flagged)
+    assert set(summary["latency_ms"]) >= {"capture", "preprocess", "infer", "sink", "total"}
+    assert "frames in 60" in p.stdout
+
+
+def test_folder_glob_and_corrupt_file(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    shutil.copytree(synth_dir / "test" / "good", folder)
+    (folder / "0005.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "s.jsonl"
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(folder), "--jsonl", str(out), "--json")
+    s = json.loads(p.stdout)
+    names = [Path(r["file"]).name for r in _records(out)]
+    assert names == sorted(names) and "0005.png" not in names and len(names) == 39
+    assert s["unreadable"] == 1 and s["scored"] == 39
+    assert p.stderr.count("unreadable") == 1
+    out2 = tmp_path / "g.jsonl"
+    run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(folder / "001*.png"), "--jsonl", str(out2))
+    assert [Path(r["file"]).name for r in _records(out2)] == [f"001{i}.png" for i in range(10)]
+
+
+def test_tiles_find_defect_in_one_tile(demo_onnx: Path, synth_dir: Path) -> None:
+    from skipgan_edge.data.synthetic import _crop, texture
+
+    tex = texture("brick")
+    frame = cv2.cvtColor(_crop(tex, np.random.default_rng(3), (307, 512, 0, 512), 192, 128), cv2.COLOR_GRAY2BGR)
+    bad = frame.copy()
+    cv2.circle(bad, (100, 20), 6, (0, 0, 0), -1)  # top-right tile
+    pre = Preprocessor(32, 3, "tiles", overlap=0.25)
+    assert tile_starts(128, 32, 0.25) == [0, 24, 48, 72, 96]
+    with OnnxRuntimeBackend(demo_onnx / "scorer.onnx") as be:
+        res = []
+        for img in (frame, bad):
+            prep = pre(img)
+            assert prep.inputs.shape == (25, 32, 32, 3)
+            out = be.infer_all(prep.inputs)
+            res.append(combine(prep, out.score, out.normalized_score, out.anomaly_map))
+    clean, defect = res
+    assert defect["map"].shape == (128, 128)
+    assert defect["score"] > clean["score"]
+    y0, x0 = defect["tiles"]["worst_origin"]
+    assert y0 <= 20 < y0 + 32 and x0 <= 100 < x0 + 32, defect["tiles"]
+    assert defect["tiles"]["rows"] == 5 and defect["tiles"]["cols"] == 5
+    assert defect["map"][10:30, 90:110].mean() > 2 * defect["map"][90:120, 10:40].mean()
+
+
+def test_watch_folder_exactly_once_across_restart(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    drop = tmp_path / "incoming"
+    drop.mkdir()
+    files = sorted((synth_dir / "test" / "good").glob("*.png"))[:12]
+    out = tmp_path / "s.jsonl"
+    args = [*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", f"watch:{drop}", "--jsonl", str(out)]
+    proc = subprocess.Popen([*args, "--stop-after-idle", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    for f in files[:4]:
+        shutil.copy(f, drop / f.name)
+    # a partially written file: first half now, the rest later; it must not be scored half-written
+    half = files[4].read_bytes()
+    (drop / files[4].name).write_bytes(half[: len(half) // 2])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # restart in the middle
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    first = [r["file"] for r in _records(out)]
+    assert files[4].name not in first
+    (drop / files[4].name).write_bytes(half)  # the scanner finishes the file while we are down
+    for f in files[5:]:
+        shutil.copy(f, drop / f.name)
+        time.sleep(0.05)
+    p = subprocess.run([*args, "--stop-after-idle", "2.5"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    names = [r["file"] for r in _records(out)]
+    assert sorted(names) == sorted(f.name for f in files), names  # every file exactly once
+    assert len(names) == len(set(names))
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def _has_rtsp_server() -> bool:
+    if not Path("/usr/bin/python3").exists():
+        return False
+    code = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    return subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _has_rtsp_server(), reason="needs python3-gi and gir1.2-gst-rtsp-server-1.0 (make test installs them)")
+def test_rtsp_stream_with_server_restart(demo_onnx: Path, tmp_path: Path) -> None:
+    server_py = Path(__file__).parent / "helpers" / "rtsp_server.py"
+    port = _free_port()
+    server = subprocess.Popen(["/usr/bin/python3", str(server_py), str(port), "60"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        out = tmp_path / "r.jsonl"
+        run = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", f"rtsp://127.0.0.1:{port}/test",
+                                "--jsonl", str(out), "--max-frames", "120", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
+            time.sleep(0.1)
+        server.kill()  # the stream goes away mid-run ...
+        server.wait()
+        time.sleep(1.5)
+        server = subprocess.Popen(["/usr/bin/python3", str(server_py), str(port), "60"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"  # ... and comes back
+        stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode == 0, stderr
+        assert "reopened" in stderr and "lost; reopening" in stderr
+        s = json.loads(stdout)
+        assert s["live"] is True and s["frames_in"] == 120 and s["scored"] + s["dropped"] == 120
+        frames = [r["frame"] for r in _records(out)]
+        assert frames == sorted(frames) and len(frames) == s["scored"]
+    finally:
+        server.kill()
+
+
+def test_live_source_keeps_newest_and_counts_drops(demo_model: Path, tmp_path: Path) -> None:
+    """A recording replayed as a live camera at 2,000 fps into the torch backend, which is slower:
+    frames are dropped, counted, and what is scored is always the newest, in order."""
+    video = write_defect_video(tmp_path / "fast.avi", 300, set(), "MJPG")
+    from skipgan_edge.runtime.backends.torch import TorchBackend
+
+    src = open_source(str(video), SourceOptions(replay_fps=2000))
+    assert src.live
+    out = tmp_path / "l.jsonl"
+    with TorchBackend(demo_model) as be:
+        summary = Pipeline(src, be, [JsonlSink(out)], PipelineConfig(batch=1)).run(handle_signals=False)
+    frames = [r["frame"] for r in _records(out)]
+    assert summary["dropped"] > 0, summary
+    assert summary["frames_in"] == 300 and summary["scored"] + summary["dropped"] == 300
+    assert frames == sorted(frames) and len(frames) == summary["scored"]
+    assert frames[-1] == 299  # the newest frame is never the one dropped
+
+
+def test_sigint_leaves_complete_jsonl(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "loop.avi", 30, {5}, "MJPG")
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--loop", "--jsonl", str(out),
+                             "--save-video", str(tmp_path / "a.mp4"), "--summary", str(tmp_path / "sum.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 50):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    recs = _records(out)  # every line parses: nothing half-written
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    assert len(recs) == summary["scored"] >= 50
+    assert "frames in" in stdout
+    cap = cv2.VideoCapture(str(tmp_path / "a.mp4"))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(recs)
+
+
+def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path) -> None:
+    """Every backend on this machine, same frames, same results within each precision's tolerance.
+
+    Real frames (normal and defective test images): INT8 scales are calibrated on real frames, and
+    random noise far outside that range saturates them by design."""
+    from skipgan_edge.data.datasets import load_folder
+    from skipgan_edge.metrics import spearman
+    from skipgan_edge.runtime.backends import open_backend
+
+    test = load_folder(synth_dir, 32, 3).test
+    assert test is not None
+    frames = test.images[::20]
+    with open_backend("model", demo_model, "torch") as ref_be:
+        ref = ref_be.infer(frames)
+    # largest relative score error per frame; INT8's real contract is the AUROC gate at export
+    tol = {"fp32": 1e-4, "fp16": 0.01, "int8": 0.25}
+    cases = [("onnx", demo_onnx / f) for f in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx")]
+    engine = demo_onnx / "scorer.engine"
+    if engine.exists():
+        cases.append(("engine", engine))
+    for kind, path in cases:
+        with open_backend(kind, path) as be:
+            got = be.infer(frames)
+            assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
+            assert got.score.dtype == np.float32
+            err = float((np.abs(got.score - ref.score) / np.abs(ref.score)).max())
+            assert err <= tol[be.precision], (path.name, be.precision, err)
+            assert spearman(got.score, ref.score) > 0.9
+
+
+def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_path: Path) -> None:
+    onnx_arg = ["--onnx", str(demo_onnx / "scorer.onnx")]
+    cases = [
+        ([*onnx_arg, "--source", "/dev/video9"], "cannot open camera '/dev/video9'"),
+        ([*onnx_arg, "--source", str(tmp_path / "nothing.mp4")], "video file not found"),
+        ([*onnx_arg, "--source", "csi://0"], "GStreamer"),
+        (["--engine", str(tmp_path / "x.engine"), "--source", str(tmp_path)], "engine not found"),
+        (["--model", str(tmp_path / "nomodel"), "--source", str(tmp_path)], "model folder not found"),
+    ]
+    import onnx
+
+    wrong = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])]),
+        opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(wrong, tmp_path / "wrong.onnx")
+    cases.append((["--onnx", str(tmp_path / "wrong.onnx"), "--source", str(tmp_path)], "not a skipgan-edge scorer"))
+    (tmp_path / "bad.engine").write_bytes(b"garbage")
+    for args, expect in cases:
+        p = run_cli("run", *args, check=False)
+        assert p.returncode != 0, args
+        err = p.stderr.strip().splitlines()
+        assert err and expect in err[-1] and err[-1].startswith("error:"), (args, p.stderr)
+        assert "Traceback" not in p.stderr
+
+
+def test_sink_failure_stops_with_one_line(demo_onnx: Path, tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    video = write_defect_video(tmp_path / "v.avi", 20, set(), "MJPG")
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--jsonl", "/dev/full",
+                "--csv", str(tmp_path / "s.csv"), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("error: JSONL /dev/full sink failed: No space left on device")
+    assert (tmp_path / "s.csv").read_text().startswith("source,frame")  # the other sink was flushed and closed
+
+
+def test_run_with_model_folder_torch_backend(demo_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    p = run_cli("run", "--model", str(demo_model), "--source", str(synth_dir / "test" / "hole"), "--json",
+                "--save-images", str(tmp_path / "ann"))
+    s = json.loads(p.stdout)
+    assert s["backend"] == "torch" and s["scored"] == 10 and s["anomalies"] >= 5
+    assert len(list((tmp_path / "ann").glob("*.png"))) == 10
