@@ -77,6 +77,20 @@ def data_fmnist(
     typer.echo(f"wrote {sum(counts.values())} images to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+@data_app.command("video")
+def data_video(
+    out: Annotated[Path, typer.Option(help="Video file to write (.mp4 = mp4v, .avi = MJPG).")],
+    frames: Annotated[int, typer.Option(help="Number of frames.")] = 150,
+    seed: Annotated[int, typer.Option()] = 7,
+) -> None:
+    """A synthetic line-camera video (brick texture) with dark holes at known frames, to try `run` on."""
+    from skipgan_edge.demo import DEFECT_FRAMES, write_demo_video
+
+    defects = tuple(f for f in DEFECT_FRAMES if f < frames)
+    write_demo_video(out, frames, defects, seed)
+    typer.echo(f"wrote {out}: {frames} frames, defects at frames {list(defects)}")
+
+
 # ---------------------------------------------------------------------------------------- train
 @app.command()
 def train(
@@ -293,14 +307,68 @@ def _json_dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
 
 
+# ---------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    onnx: Annotated[Optional[Path], typer.Option(help="A scorer ONNX file.")] = None,
+    engine: Annotated[Optional[Path], typer.Option(help="A TensorRT engine.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A model folder (torch eager).")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option(help="Every scorer*.onnx and *.engine in this folder.")] = None,
+    backend: Annotated[str, typer.Option(help="auto, or a comma list: onnxruntime,openvino,tensorrt,torch.")] = "auto",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1,8,64",
+    warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
+    iterations: Annotated[Optional[int], typer.Option(help="Timed calls (default: run for --duration).")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of timed calls per configuration.")] = 3.0,
+    threads: Annotated[int, typer.Option(help="CPU runtime threads (0 = all cores).")] = 0,
+    pipeline: Annotated[bool, typer.Option("--pipeline", help="End to end from --source, per-stage latency.")] = False,
+    source: Annotated[Optional[str], typer.Option(help="Source for --pipeline (a video file, folder, ...).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Latency (min/mean/median/p90/p95/p99) and throughput per backend × precision × batch, like trtexec."""
+    from skipgan_edge.bench.latency import BenchConfig, discover, format_table, pipeline_bench, run_bench
+    from skipgan_edge.card import atomic_write_json
+    from skipgan_edge.errors import ConfigError
+
+    arts: list[tuple[str, Path]] = []
+    for kind, p in (("onnx", onnx), ("engine", engine), ("model", model)):
+        if p is not None:
+            arts.append((kind, p))
+    if export_dir is not None:
+        arts += discover(export_dir)
+    if not arts:
+        raise ConfigError("give --onnx, --engine, --model or --export-dir")
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError:
+        raise ConfigError(f"--batch takes comma-separated integers, got {batch!r}") from None
+    names = None if backend == "auto" else backend.split(",")
+    if pipeline:
+        if not source:
+            raise ConfigError("--pipeline needs --source (a video file or image folder)")
+        from skipgan_edge.runtime.pipeline import format_summary
+
+        res = pipeline_bench(arts, source, batches, names, threads)
+        for s in res:
+            typer.echo(f"{Path(s['artifact']).name} batch {s['batch']}:\n" + format_summary(s))
+        if json_out:
+            atomic_write_json(json_out, {"pipeline": res})
+        return
+    cfg = BenchConfig(batches=batches, warmup=warmup, iterations=iterations, duration=duration, threads=threads)
+    result = run_bench(arts, cfg, names)
+    typer.echo(format_table(result))
+    if json_out:
+        atomic_write_json(json_out, result)
+        typer.echo(f"results: {json_out}")
+
+
 # ----------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the data, model and reports.")] = Path("demo_out"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
     fast: Annotated[bool, typer.Option(help="Tiny settings, for tests.")] = False,
 ) -> None:
-    """Synthetic data → train → eval (→ export → run when those extras are installed)."""
+    """Synthetic data → train → eval → export (FP32/FP16/INT8, gated) → stream a video with known defects."""
     from skipgan_edge.demo import run_demo
 
     run_demo(out, epochs=epochs, fast=fast)

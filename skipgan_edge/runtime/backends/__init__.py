@@ -13,7 +13,7 @@ from pathlib import Path
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends.base import Backend
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 
 
 def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cpu", **kw: object) -> Backend:
@@ -22,9 +22,9 @@ def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cp
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = {"model": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
-    pairs = {("model", "torch"), ("onnx", "onnxruntime"), ("engine", "tensorrt")}
+    pairs = {("model", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("engine", "tensorrt")}
     if (kind, backend) not in pairs:
-        hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]
+        hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "openvino": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]
         raise ConfigError(f"--backend {backend} runs {hint}, not --{kind}")
     if backend == "torch":
         from skipgan_edge.runtime.backends.torch import TorchBackend
@@ -34,6 +34,10 @@ def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cp
         from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, **kw)  # type: ignore[arg-type]
+    if backend == "openvino":
+        from skipgan_edge.runtime.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(path, **kw)  # type: ignore[arg-type]
     from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend(path, **kw)  # type: ignore[arg-type]

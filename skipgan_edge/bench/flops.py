@@ -1,0 +1,96 @@
+"""FLOPs per image counted from the ONNX graph (multiply-adds count as 2 FLOPs).
+
+* Conv: 2 · N·Cout·Hout·Wout · (Cin/groups)·kh·kw  (+ N·Cout·Hout·Wout for a bias)
+* ConvTranspose: 2 · N·Cin·Hin·Win · (Cout/groups)·kh·kw  (+ bias as above, on the output)
+* MatMul / Gemm: 2·M·N·K
+* everything else ("rest"): one FLOP per output element for elementwise and activation ops,
+  one per input element for reductions; data movement (Reshape, Concat, Transpose, Q/DQ, Cast,
+  Shape, Slice, Gather) counts zero.
+
+Shapes come from ONNX shape inference with the batch fixed at 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ZERO_COST = {"Reshape", "Concat", "Transpose", "QuantizeLinear", "DequantizeLinear", "Cast", "Shape", "Slice", "Gather",
+             "Constant", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Split", "ConstantOfShape"}
+REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
+
+
+def _shapes(model: Any) -> dict[str, list[int]]:
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    out: dict[str, list[int]] = {}
+    for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = [int(d.dim_value) for d in dims]
+    for init in m.graph.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def count_flops(model_or_path: Any) -> dict[str, float]:
+    """FLOPs per image by category: ``conv``, ``convtranspose``, ``matmul``, ``rest``, ``total``."""
+    import onnx
+
+    model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+    shapes = _shapes(model)
+    # weights may sit behind DequantizeLinear in Q/DQ models: follow to the initializer's shape
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def wshape(name: str) -> list[int] | None:
+        if name in shapes:
+            return shapes[name]
+        n = producers.get(name)
+        while n is not None and n.op_type in ("DequantizeLinear", "QuantizeLinear", "Cast", "Identity"):
+            if n.input[0] in shapes:
+                return shapes[n.input[0]]
+            n = producers.get(n.input[0])
+        return None
+
+    cats = {"conv": 0.0, "convtranspose": 0.0, "matmul": 0.0, "rest": 0.0}
+    for n in model.graph.node:
+        op = n.op_type
+        if op in ZERO_COST:
+            continue
+        out_shape = shapes.get(n.output[0]) if n.output else None
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        groups = int(attrs.get("group", 1))
+        if op == "Conv":
+            w, y = wshape(n.input[1]), out_shape
+            if w is None or y is None:
+                continue
+            cout, cin_g, kh, kw = w
+            cats["conv"] += 2.0 * np.prod(y) * cin_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
+        elif op == "ConvTranspose":
+            w, x, y = wshape(n.input[1]), shapes.get(n.input[0]), out_shape
+            if w is None or x is None or y is None:
+                continue
+            cin, cout_g, kh, kw = w
+            cats["convtranspose"] += 2.0 * np.prod(x) * cout_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
+        elif op in ("MatMul", "Gemm"):
+            a, b = shapes.get(n.input[0]), wshape(n.input[1])
+            if a is None or b is None:
+                continue
+            cats["matmul"] += 2.0 * np.prod(a) * b[-1]
+        elif op in REDUCTIONS:
+            x = shapes.get(n.input[0])
+            cats["rest"] += float(np.prod(x)) if x else 0.0
+        elif out_shape is not None:
+            cats["rest"] += float(np.prod(out_shape))
+    cats = {k: float(v) for k, v in cats.items()}
+    cats["total"] = sum(cats.values())
+    return cats

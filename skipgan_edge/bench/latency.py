@@ -1,0 +1,227 @@
+"""``skipgan-edge bench``: latency and throughput like trtexec, per backend × precision × batch.
+
+For each configuration: ``warmup`` untimed calls, then timed calls (``iterations``, or as many as
+fit in ``duration`` seconds, at least ``min_iterations``), each timed with
+``time.perf_counter_ns`` around one ``infer`` call (uint8 frames in, ScoreBatch out: the whole
+scorer, preprocessing and score head included). With the TensorRT backend, CUDA events split
+each call into host→device, compute and device→host, as trtexec reports them.
+
+Reported per configuration: latency min/mean/median/p90/p95/p99/max (ms per batch), throughput
+(images/s = batch × calls / total time), and, against the roofline, the scorer's FLOPs per image
+(counted from the ONNX graph) × throughput as a fraction of the device's matmul peak measured in
+the same run. Every result records the machine, library versions, power mode on Jetson, joules
+per image where power can be read, and the model card's fingerprint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.bench.power import PowerSampler, jetson_power_mode
+from skipgan_edge.bench.stats import summarize
+from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.backends import open_backend
+from skipgan_edge.runtime.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batches: tuple[int, ...] = (1, 8, 64)
+    warmup: int = 10  # untimed calls first: allocation, lazy init, caches, CUDA graph capture
+    iterations: int | None = None  # timed calls; None = run for `duration`
+    duration: float = 3.0  # seconds of timed calls per configuration when `iterations` is None
+    min_iterations: int = 10
+    threads: int = 0  # CPU runtimes' intra-op threads (0 = the runtime's default: all cores)
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    for mod in ("onnxruntime", "torch", "openvino", "tensorrt", "numpy"):
+        try:
+            m = __import__(mod)
+            if hasattr(m, "__version__"):
+                info[mod] = str(m.__version__)
+        except ImportError:
+            pass
+    try:
+        from skipgan_edge.export.engine import gpu_info
+
+        info.update(gpu_info())
+    except Exception:  # noqa: BLE001 - no GPU is a normal answer here
+        info["gpu"] = None
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=5)
+        info["driver"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = None
+    info["jetson_power_mode"] = jetson_power_mode()
+    from skipgan_edge import __version__
+
+    info["skipgan_edge"] = __version__
+    return info
+
+
+def time_backend(be: Backend, frames: np.ndarray, batch: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Warm up, then time ``infer`` at one batch size."""
+    x = np.ascontiguousarray(frames[:batch])
+    for _ in range(cfg.warmup):
+        be.infer(x)
+    times: list[float] = []
+    stages: dict[str, list[float]] = {}
+    with PowerSampler() as power:
+        t_end = time.perf_counter() + cfg.duration
+        while True:
+            t0 = time.perf_counter_ns()
+            be.infer(x)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+            for k, v in getattr(be, "last_timings", {}).items():
+                stages.setdefault(k, []).append(v)
+            n = len(times)
+            if cfg.iterations is not None:
+                if n >= cfg.iterations:
+                    break
+            elif n >= cfg.min_iterations and time.perf_counter() >= t_end:
+                break
+    total_s = sum(times) / 1e3
+    rec: dict[str, Any] = {
+        "backend": be.name, "precision": be.precision, "batch": batch, "iterations": len(times),
+        "latency_ms": summarize(times), "throughput": batch * len(times) / total_s,
+    }
+    if stages:
+        rec["stages_ms"] = {k: summarize(v) for k, v in stages.items()}
+    if power.mean_watts is not None:
+        rec["power_w"] = power.mean_watts
+        rec["joules_per_image"] = power.mean_watts * total_s / (batch * len(times))
+        rec["power_source"] = power.source
+    return rec
+
+
+def discover(export_dir: Path) -> list[tuple[str, Path]]:
+    """Every scorer variant in an export folder: ONNX files and engines."""
+    found = [("onnx", p) for p in sorted(Path(export_dir).glob("scorer*.onnx"))]
+    found += [("engine", p) for p in sorted(Path(export_dir).glob("*.engine"))]
+    if not found:
+        raise ConfigError(f"no scorer*.onnx or *.engine in {export_dir}; run skipgan-edge export --out {export_dir}")
+    return found
+
+
+def run_bench(
+    artifacts: list[tuple[str, Path]], cfg: BenchConfig, backends: list[str] | None = None, probe_peak: bool = True,
+) -> dict[str, Any]:
+    """Benchmark each artifact with each backend that can run it; return records + machine + roofline."""
+    from skipgan_edge.bench.flops import count_flops
+    from skipgan_edge.bench.peak import matmul_peak
+
+    records: list[dict[str, Any]] = []
+    flops_cache: dict[str, dict[str, float]] = {}
+    model_ids: set[str] = set()
+    frames_cache: dict[tuple[int, ...], np.ndarray] = {}
+    on_gpu = False
+    for kind, path in artifacts:
+        names = backends or ["auto"]
+        for name in names:
+            kw: dict[str, Any] = {}
+            if name in ("onnxruntime", "openvino") or (name == "auto" and kind == "onnx"):
+                if cfg.threads:
+                    kw["threads"] = cfg.threads
+            if kind == "engine":
+                kw["profile"] = True
+            be = open_backend(kind, path, name, **kw)
+            with be:
+                on_gpu = on_gpu or be.name == "tensorrt"
+                shape = be.input_shape
+                if shape not in frames_cache:
+                    frames_cache[shape] = np.random.default_rng(0).integers(0, 256, (max(cfg.batches), *shape), dtype=np.uint8)
+                onnx_path = _onnx_for(kind, path, be)
+                if onnx_path is not None and str(onnx_path) not in flops_cache:
+                    flops_cache[str(onnx_path)] = count_flops(onnx_path)
+                model_ids.add(str(be.card.get("model_id")))
+                for b in cfg.batches:
+                    if b > be.max_batch and be.name == "tensorrt":
+                        continue
+                    rec = time_backend(be, frames_cache[shape], b, cfg)
+                    rec.update({"artifact": str(path), "model_id": be.card.get("model_id"), "input": list(shape)})
+                    if onnx_path is not None:
+                        rec["flops_per_image"] = flops_cache[str(onnx_path)]["total"]
+                    records.append(rec)
+    result: dict[str, Any] = {"config": asdict(cfg), "machine": machine_info(), "model_ids": sorted(model_ids), "records": records,
+                              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if probe_peak:
+        peak = matmul_peak("cuda" if on_gpu else "cpu")
+        result["peak_gflops"] = peak
+        for r in records:
+            if "flops_per_image" in r and peak.get("fp32"):
+                achieved = r["throughput"] * r["flops_per_image"] / 1e9
+                r["achieved_gflops"] = achieved
+                r["fraction_of_fp32_peak"] = achieved / peak["fp32"]
+    result["flops"] = flops_cache
+    return result
+
+
+def _onnx_for(kind: str, path: Path, be: Backend) -> Path | None:
+    if kind == "onnx":
+        return Path(path)
+    if kind == "engine":
+        onnx = getattr(be, "meta", {}).get("onnx")
+        return Path(onnx) if onnx and Path(onnx).exists() else None
+    return None
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A trtexec-style summary: one line per configuration."""
+    lines = [
+        f"{'backend':12s} {'prec':5s} {'batch':>5s} {'min':>8s} {'median':>8s} {'mean':>8s} {'p90':>8s} {'p95':>8s} {'p99':>8s}"
+        f" {'img/s':>9s} {'%peak':>6s}  (latency ms per batch)"
+    ]
+    for r in result["records"]:
+        L = r["latency_ms"]
+        frac = f"{100 * r['fraction_of_fp32_peak']:5.1f}%" if "fraction_of_fp32_peak" in r else "     -"
+        lines.append(
+            f"{r['backend']:12s} {r['precision']:5s} {r['batch']:5d} {L['min']:8.3f} {L['median']:8.3f} {L['mean']:8.3f} {L['p90']:8.3f}"
+            f" {L['p95']:8.3f} {L['p99']:8.3f} {r['throughput']:9.1f} {frac}"
+        )
+        for k, st in r.get("stages_ms", {}).items():
+            lines.append(f"{'':12s} {k:>11s} median {st['median']:.3f} ms  p99 {st['p99']:.3f} ms")
+    if "peak_gflops" in result:
+        peaks = ", ".join(f"{k} {v:.0f}" for k, v in result["peak_gflops"].items())
+        lines.append(f"measured matmul peak (GFLOP/s): {peaks}")
+    for path, f in result.get("flops", {}).items():
+        lines.append(f"{Path(path).name}: {f['total'] / 1e9:.4f} GFLOP/image (conv {f['conv'] / 1e9:.4f}, "
+                     f"convtranspose {f['convtranspose'] / 1e9:.4f}, rest {f['rest'] / 1e9:.5f})")
+    return "\n".join(lines)
+
+
+def pipeline_bench(artifacts: list[tuple[str, Path]], source: str, batches: tuple[int, ...], backends: list[str] | None = None,
+                   threads: int = 0) -> list[dict[str, Any]]:
+    """End to end: source → pipeline → backend, no sinks; per-stage latency and frames/s."""
+    from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
+    from skipgan_edge.runtime.sources import open_source
+
+    out = []
+    for kind, path in artifacts:
+        for name in backends or ["auto"]:
+            kw: dict[str, Any] = {"threads": threads} if threads and (name in ("onnxruntime", "openvino") or kind == "onnx") else {}
+            with open_backend(kind, path, name, **kw) as be:
+                for b in batches:
+                    s = Pipeline(open_source(source), be, [], PipelineConfig(batch=b, max_wait_ms=50)).run(handle_signals=False)
+                    s.update({"artifact": str(path), "batch": b})
+                    out.append(s)
+    return out
