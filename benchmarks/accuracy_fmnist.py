@@ -28,15 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from common import command_line, machine, stamp, write_json  # noqa: E402
+import numpy as np
+from common import command_line, machine, stamp, write_json
 
-from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig  # noqa: E402
-from skipgan_edge.data import fmnist  # noqa: E402
-from skipgan_edge.data.datasets import load_fmnist  # noqa: E402
-from skipgan_edge.evaluate import torch_score_fn  # noqa: E402
-from skipgan_edge.metrics import auroc  # noqa: E402
-from skipgan_edge.train.trainer import train  # noqa: E402
+from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
+from skipgan_edge.data import fmnist
+from skipgan_edge.data.datasets import load_fmnist
+from skipgan_edge.evaluate import torch_score_fn
+from skipgan_edge.metrics import auroc
+from skipgan_edge.train.trainer import train
 
 BUDGETS = {
     "reduced": {"max_train": 6000, "ngf": 32, "epochs": 8, "batch": 64},

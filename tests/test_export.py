@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-
 from conftest import ROOT, run_cli
+
 from skipgan_edge import calibration
 from skipgan_edge.card import build_scorer, load_card
 from skipgan_edge.errors import CalibrationError, EngineError
@@ -78,7 +78,7 @@ def test_model_card_round_trip(exported: tuple[Path, dict], tiny_model: Path) ->
 
 
 def test_variants_pass_gate_and_report(exported: tuple[Path, dict]) -> None:
-    out, report = exported
+    out, _ = exported
     disk = json.loads((out / "export_report.json").read_text())
     assert set(disk["variants"]) == {"fp32", "fp16", "int8"}
     for name in ("fp16", "int8"):

@@ -8,15 +8,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
 from conftest import CLI, run_cli, write_defect_video
+
 from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.preprocess import Preprocessor, combine, tile_starts
@@ -41,7 +40,7 @@ def test_video_defects_flagged_at_known_frames(demo_onnx: Path, tmp_path: Path, 
     for r in recs:
         assert {"source", "frame", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"} <= set(r)
     flagged = {r["frame"] for r in recs if r["anomalous"]}
-    assert DEFECTS <= flagged, (flagged, p.stdout)
+    assert flagged >= DEFECTS, (flagged, p.stdout)
     assert len(flagged - DEFECTS) <= 6  # at most 10 % false alarms on normal frames
     top = sorted(recs, key=lambda r: -r["normalized_score"])[:3]
     assert {r["frame"] for r in top} == DEFECTS

@@ -67,19 +67,17 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
         if op in ZERO_COST:
             continue
         out_shape = shapes.get(n.output[0]) if n.output else None
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        groups = int(attrs.get("group", 1))
         if op == "Conv":
             w, y = wshape(n.input[1]), out_shape
             if w is None or y is None:
                 continue
-            cout, cin_g, kh, kw = w
+            _, cin_g, kh, kw = w  # (Cout, Cin/groups, kh, kw)
             cats["conv"] += 2.0 * np.prod(y) * cin_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
         elif op == "ConvTranspose":
             w, x, y = wshape(n.input[1]), shapes.get(n.input[0]), out_shape
             if w is None or x is None or y is None:
                 continue
-            cin, cout_g, kh, kw = w
+            _, cout_g, kh, kw = w  # (Cin, Cout/groups, kh, kw)
             cats["convtranspose"] += 2.0 * np.prod(x) * cout_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
         elif op in ("MatMul", "Gemm"):
             a, b = shapes.get(n.input[0]), wshape(n.input[1])

@@ -139,9 +139,8 @@ def run_bench(
         names = backends or ["auto"]
         for name in names:
             kw: dict[str, Any] = {}
-            if name in ("onnxruntime", "openvino") or (name == "auto" and kind == "onnx"):
-                if cfg.threads:
-                    kw["threads"] = cfg.threads
+            if (name in ("onnxruntime", "openvino") or (name == "auto" and kind == "onnx")) and cfg.threads:
+                kw["threads"] = cfg.threads
             if kind == "engine":
                 kw["profile"] = True
             be = open_backend(kind, path, name, **kw)

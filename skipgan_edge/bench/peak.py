@@ -7,7 +7,9 @@ support. GPU: torch.cuda fp32, fp16 (and int8 via torch._int_mm where available)
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -35,8 +37,8 @@ def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, 
     except ImportError:
         import numpy as np
 
-        a = np.random.rand(n, n).astype(np.float32)
-        out["fp32"] = _best(lambda: a @ a, flops, reps) / 1e9
+        m = np.random.rand(n, n).astype(np.float32)
+        out["fp32"] = _best(lambda: m @ m, flops, reps) / 1e9
         return out
     if device.startswith("cuda") and torch.cuda.is_available():
         sync = torch.cuda.synchronize
@@ -45,23 +47,21 @@ def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, 
             out[name] = _best(lambda a=a: a @ a, 2.0 * (2 * n) ** 3, reps, sync) / 1e9
         if hasattr(torch, "_int_mm"):
             a8 = torch.randint(-128, 127, (n * 2, n * 2), device=device, dtype=torch.int8)
-            try:
+            with contextlib.suppress(RuntimeError):  # not every GPU / build has int8 matmul
                 out["int8"] = _best(lambda: torch._int_mm(a8, a8), 2.0 * (2 * n) ** 3, reps, sync) / 1e9
-            except RuntimeError:
-                pass
         return out
-    a = torch.randn(n, n)
+    t = torch.randn(n, n)
     with torch.no_grad():
-        out["fp32"] = _best(lambda: a @ a, flops, reps) / 1e9
+        out["fp32"] = _best(lambda: t @ t, flops, reps) / 1e9
         if torch.backends.mkldnn.is_available() and _cpu_has_bf16():
-            b = a.to(torch.bfloat16)
+            b = t.to(torch.bfloat16)
             out["bf16"] = _best(lambda: b @ b, flops, reps) / 1e9
     return out
 
 
 def _cpu_has_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
