@@ -28,7 +28,7 @@ DEV_DEPS := 'pytest>=8' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=
 DEBS := dataset-fashion-mnist python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-.PHONY: demo test test-gpu test-slow lint typecheck venv debs bench-smoke bench-peers clean
+.PHONY: demo test test-gpu test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml Makefile
 	# stubs only, outside site-packages: their stub-only 'tensorrt' folder would make 'import tensorrt'
 	# succeed as an empty namespace package and fool every TensorRT detection (ours and Model Optimizer's)
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/stubs 'tensorrt-stubs>=10.0'
+	$(PY) tools/fix_trt_stubs.py $(VENV)/stubs
 	$(PIP) install -q -e . --no-build-isolation
 	$(PY) -c "import torch, onnx, onnxruntime, modelopt.onnx.quantization, cv2; print('environment ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)
@@ -76,3 +77,12 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks (not part of make test). Results land in benchmarks/results/.
+bench-smoke: $(STAMP)
+	$(PY) benchmarks/bench_smoke.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/cpu_peers.py
+	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/pipeline.py

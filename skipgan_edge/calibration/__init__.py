@@ -153,6 +153,20 @@ def build(source: str, size: int, isize: int, channels: int) -> CalibrationSet:
     return CalibrationSet(images, manifest)
 
 
+def from_images(images: np.ndarray, source: str, size: int = 512) -> CalibrationSet:
+    """A calibration set from frames already in memory (uint8 NHWC at the model's input size)."""
+    frames, dropped = dedupe(list(images[_evenly(len(images), min(len(images), size * 2))]))
+    if len(frames) > size:
+        frames = [frames[i] for i in _evenly(len(frames), size)]
+    arr = np.stack(frames)
+    check_size(len(arr), source)
+    c = int(arr.shape[3])
+    manifest = {"source": source, "picked": "evenly spaced", "count": len(arr), "duplicates_dropped": int(dropped),
+                "sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "isize": int(arr.shape[1]), "channels": c,
+                "channel_order": "BGR" if c == 3 else "GRAY", "dtype": "uint8", "layout": "NHWC"}
+    return CalibrationSet(arr, manifest)
+
+
 def check_size(n: int, source: str) -> None:
     if n < MIN_FRAMES:
         raise CalibrationError(
