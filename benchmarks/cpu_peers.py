@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-from common import RESULTS, command_line, machine, stamp, write_json  # noqa: E402
+import numpy as np
+from common import RESULTS, command_line, machine, stamp, write_json
 
-from skipgan_edge.bench.flops import count_flops  # noqa: E402
-from skipgan_edge.bench.peak import matmul_peak  # noqa: E402
-from skipgan_edge.bench.random_model import random_model_folder  # noqa: E402
-from skipgan_edge.config import ModelConfig  # noqa: E402
-from skipgan_edge.export.onnx import export_onnx  # noqa: E402
-from skipgan_edge.runtime.backends import open_backend  # noqa: E402
+from skipgan_edge.bench.flops import count_flops
+from skipgan_edge.bench.peak import matmul_peak
+from skipgan_edge.bench.random_model import random_model_folder
+from skipgan_edge.config import ModelConfig
+from skipgan_edge.export.onnx import export_onnx
+from skipgan_edge.runtime.backends import open_backend
 
 RUNTIMES = (("torch eager", "model", "torch"), ("ONNX Runtime", "onnx", "onnxruntime"), ("OpenVINO", "onnx", "openvino"))
 

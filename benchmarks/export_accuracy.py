@@ -18,19 +18,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, machine, stamp, write_json  # noqa: E402
+from common import RESULTS, command_line, machine, stamp, write_json
 
-from skipgan_edge import calibration  # noqa: E402
-from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from skipgan_edge.data import fmnist  # noqa: E402
-from skipgan_edge.data.datasets import Dataset, load_fmnist, load_folder  # noqa: E402
-from skipgan_edge.data.synthetic import SyntheticSpec, write_synthetic  # noqa: E402
-from skipgan_edge.evaluate import torch_score_fn  # noqa: E402
-from skipgan_edge.export.api import gate_variants  # noqa: E402
-from skipgan_edge.export.onnx import export_onnx  # noqa: E402
-from skipgan_edge.export.precision import CALIBRATION_METHODS, to_fp16, to_int8  # noqa: E402
-from skipgan_edge.metrics import auroc  # noqa: E402
-from skipgan_edge.train.trainer import train  # noqa: E402
+from skipgan_edge import calibration
+from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig
+from skipgan_edge.data import fmnist
+from skipgan_edge.data.datasets import Dataset, load_fmnist, load_folder
+from skipgan_edge.data.synthetic import SyntheticSpec, write_synthetic
+from skipgan_edge.evaluate import torch_score_fn
+from skipgan_edge.export.api import gate_variants
+from skipgan_edge.export.onnx import export_onnx
+from skipgan_edge.export.precision import CALIBRATION_METHODS, to_fp16, to_int8
+from skipgan_edge.metrics import auroc
+from skipgan_edge.train.trainer import train
 
 
 def evaluate(name: str, ds: Dataset, cfg: RunConfig, work: Path) -> dict:

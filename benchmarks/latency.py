@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, stamp, write_json  # noqa: E402
+from common import RESULTS, command_line, stamp, write_json
 
-from skipgan_edge.bench.latency import BenchConfig, discover, format_table, run_bench  # noqa: E402
+from skipgan_edge.bench.latency import BenchConfig, discover, format_table, run_bench
 
 
 def plots(result: dict, prefix: str) -> list[Path]:

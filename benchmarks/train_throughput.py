@@ -23,15 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from common import RESULTS, command_line, machine, stamp, write_json  # noqa: E402
+import numpy as np
+import torch
+from common import RESULTS, command_line, machine, stamp, write_json
 
-from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from skipgan_edge.data.datasets import Dataset, Split  # noqa: E402
-from skipgan_edge.model.networks import build_model  # noqa: E402
-from skipgan_edge.train.losses import discriminator_loss, generator_loss  # noqa: E402
-from skipgan_edge.train.trainer import Trainer, _autocast  # noqa: E402
+from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig
+from skipgan_edge.data.datasets import Dataset, Split
+from skipgan_edge.model.networks import build_model
+from skipgan_edge.train.losses import discriminator_loss, generator_loss
+from skipgan_edge.train.trainer import Trainer, _autocast
 
 
 def bare_loop(cfg: RunConfig, steps: int, device: torch.device) -> float:
