@@ -55,7 +55,7 @@ class ModelConfig:
 class ScoreConfig:
     """How the anomaly score is formed from the two terms (see model/scorer.py)."""
 
-    lam: float = 0.9  # the paper's weight of the reconstruction term in s(x)
+    lam: float | None = None  # weight of the reconstruction term in s(x); None = the architecture's (0.9, the paper's, for skipganomaly)
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,17 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def validate(self) -> RunConfig:
+        """Check every value; return a copy with architecture defaults filled in (e.g. the score's λ)."""
         self.model.validate()
         self.train.validate()
-        return self
+        lam = self.score.lam
+        if lam is None:
+            from skipgan_edge.model.networks import default_lam
+
+            lam = default_lam(self.model.arch)
+        if not 0.0 <= lam <= 1.0:
+            raise ConfigError(f"lam must be in [0, 1], got {lam}")
+        return dataclasses.replace(self, score=dataclasses.replace(self.score, lam=float(lam)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +131,8 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
     out: dict[str, Any] = {}
     for name, value in values.items():
         default = getattr(cls(), name)
+        if default is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value, default = float(value), 0.0  # an optional number
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(default) is not type(value):

@@ -26,7 +26,7 @@ def random_model_folder(out: Path, model: ModelConfig, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     net = build_model(model).eval()
-    cfg = RunConfig(model=model)
+    cfg = RunConfig(model=model).validate()
     card: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "package": "skipgan-edge", "package_version": __version__, "arch": model.arch,
         "config": cfg.to_dict(), "weights": "random (benchmark only)",

@@ -19,6 +19,7 @@ import copy
 import itertools
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,11 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
-    with torch.no_grad():
+    # The TorchScript exporter (dynamo=False), on purpose: it names every node after the module
+    # that made it ("/generator/.../Conv"), which is how the precision passes tell the networks
+    # from the FP32 score head (HEAD_NODE_REGEX), for any architecture.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             fused, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
             dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},

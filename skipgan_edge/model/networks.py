@@ -110,11 +110,16 @@ def init_weights(module: nn.Module) -> None:
 
 
 class SkipGANomaly(nn.Module):
-    """The pair (G, D) with the interface every architecture offers the scorer and exporter.
+    """The pair (G, D) with the interface every architecture offers the trainer, scorer and exporter:
 
-    ``terms(x)`` returns the reconstruction x̂ and the two feature vectors the score compares.
+    * ``generator`` and ``discriminator`` submodules (each gets its own Adam optimizer);
+    * ``generator_step_loss(x, (w_adv, w_con, w_lat)) -> (loss, parts, fake)`` and
+      ``discriminator_step_loss(x, fake) -> (loss, parts)`` with ``parts["d"]`` the D loss;
+    * ``terms(x) -> (x̂, a, b)``: the reconstruction and the two vectors whose squared distance is
+      the latent term of the score; ``default_lam``: the score's weight on reconstruction.
     """
 
+    default_lam = 0.9  # the paper's λ
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -135,8 +140,135 @@ class SkipGANomaly(nn.Module):
         f_real, f_fake = feats.chunk(2, 0)
         return fake, f_real, f_fake
 
+    def generator_step_loss(self, x: torch.Tensor, w: tuple[float, float, float]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x)))."""
+        from skipgan_edge.train.losses import generator_loss
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"skipganomaly": SkipGANomaly}
+        fake = self.generator(x)
+        pred_fake, f_fake = self.discriminator(fake)
+        _, f_real = self.discriminator(x)
+        loss, parts = generator_loss(pred_fake, x, fake, f_real.detach(), f_fake, *w)
+        return loss, parts, fake
+
+    def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        from skipgan_edge.train.losses import discriminator_loss
+
+        pred_real, _ = self.discriminator(x)
+        pred_fake, _ = self.discriminator(fake)
+        return discriminator_loss(pred_real, pred_fake)
+
+
+class DcganEncoder(nn.Module):
+    """DCGAN encoder (GANomaly's GE, E and D body): isize → 4×4 → (B, nz, 1, 1) with a final 4×4 conv."""
+
+    def __init__(self, isize: int, nz: int, nc: int, ndf: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+        size, width = isize // 2, ndf
+        while size > 4:
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2)]
+            width, size = width * 2, size // 2
+        layers.append(nn.Conv2d(width, nz, 4, 1, 0, bias=False))
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)  # (B, nz, 1, 1)
+
+
+class DcganDecoder(nn.Module):
+    """DCGAN decoder (GANomaly's GD): (B, nz, 1, 1) → (B, nc, isize, isize) in [-1, 1]."""
+
+    def __init__(self, isize: int, nz: int, nc: int, ngf: int) -> None:
+        super().__init__()
+        width, size = ngf // 2, 4
+        while size != isize:
+            width, size = width * 2, size * 2
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        size = 4
+        while size < isize // 2:
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU()]
+            width, size = width // 2, size * 2
+        layers += [nn.ConvTranspose2d(width, nc, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class GanomalyGenerator(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder1 = DcganEncoder(cfg.isize, cfg.nz, cfg.channels, cfg.ngf)
+        self.decoder = DcganDecoder(cfg.isize, cfg.nz, cfg.channels, cfg.ngf)
+        self.encoder2 = DcganEncoder(cfg.isize, cfg.nz, cfg.channels, cfg.ngf)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = self.encoder1(x)  # (B, nz, 1, 1)
+        fake = self.decoder(z)  # (B, C, H, W)
+        z_hat = self.encoder2(fake)  # (B, nz, 1, 1)
+        return fake, z.flatten(1), z_hat.flatten(1)
+
+
+class GanomalyDiscriminator(nn.Module):
+    """DCGAN discriminator: ``features`` (all but the last conv of an encoder) and a 4×4 classifier."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        enc = DcganEncoder(cfg.isize, 1, cfg.channels, cfg.ndf)
+        layers = list(enc.main.children())
+        self.features = nn.Sequential(*layers[:-1])  # (B, C, 4, 4)
+        self.classifier = nn.Sequential(layers[-1], nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.features(x)
+        return self.classifier(feat).flatten(), feat
+
+
+class Ganomaly(nn.Module):
+    """GANomaly (Akçay, Atapour-Abarghouei, Breckon, ACCV 2018): encoder-decoder-encoder generator.
+
+    Losses: generator w_adv·‖f(x) − f(x̂)‖² (feature matching on D's features) + w_con·‖x − x̂‖₁
+    + w_lat·‖z − ẑ‖² (the encoder loss); discriminator BCE on real and fake. Score: the latent
+    distance mean((z − ẑ)²) (``default_lam = 0``: no reconstruction term); anomaly map: the
+    reconstruction error, as for every architecture. Same contract as :class:`SkipGANomaly`.
+    """
+
+    default_lam = 0.0
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.generator = GanomalyGenerator(cfg)
+        self.discriminator = GanomalyDiscriminator(cfg)
+        init_weights(self)
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.generator(x)  # type: ignore[no-any-return]
+
+    def generator_step_loss(self, x: torch.Tensor, w: tuple[float, float, float]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        from skipgan_edge.train.losses import l1, l2
+
+        fake, z, z_hat = self.generator(x)
+        _, f_fake = self.discriminator(fake)
+        _, f_real = self.discriminator(x)
+        adv, con, lat = l2(f_real.detach(), f_fake), l1(fake, x), l2(z_hat, z)
+        total = w[0] * adv + w[1] * con + w[2] * lat
+        return total, {"g_adv": adv.item(), "g_con": con.item(), "g_lat": lat.item(), "g": total.item()}, fake
+
+    def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        from skipgan_edge.train.losses import discriminator_loss
+
+        pred_real, _ = self.discriminator(x)
+        pred_fake, _ = self.discriminator(fake)
+        return discriminator_loss(pred_real, pred_fake)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"skipganomaly": SkipGANomaly, "ganomaly": Ganomaly}
+
+
+def default_lam(arch: str) -> float:
+    return float(getattr(ARCHITECTURES.get(arch, SkipGANomaly), "default_lam", 0.9))
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

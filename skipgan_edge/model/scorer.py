@@ -58,6 +58,7 @@ class Scorer(nn.Module):
     """uint8 NHWC images → (score, anomaly_map, normalized_score)."""
 
     def __init__(self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0) -> None:
+        """``lam`` is the model card's resolved λ (0.9 for Skip-GANomaly, 0 for GANomaly)."""
         super().__init__()
         self.model = model
         self.lam = float(lam)

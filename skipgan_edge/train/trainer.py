@@ -49,7 +49,6 @@ from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
 from skipgan_edge.model.networks import build_model, init_weights
 from skipgan_edge.model.scorer import score_terms, to_model_input
-from skipgan_edge.train.losses import discriminator_loss, generator_loss
 
 log = logging.getLogger(__name__)
 
@@ -324,27 +323,22 @@ class Trainer:
     def _step(self, batch_u8: torch.Tensor) -> dict[str, float]:
         tc = self.cfg.train
         x = to_model_input(batch_u8.to(self.device, non_blocking=True))  # (B, C, H, W)
-        g, d = self.net.generator, self.net.discriminator
-        # generator update: adversarial + contextual + latent
+        weights = (tc.w_adv, tc.w_con, tc.w_lat)
+        # generator update (the architecture defines its losses: model/networks.py)
         with _autocast(self.device, tc.precision):
-            fake = g(x)
-            pred_fake, f_fake = d(fake)
-            _, f_real = d(x)
-            loss_g, out = generator_loss(pred_fake, x, fake, f_real.detach(), f_fake, tc.w_adv, tc.w_con, tc.w_lat)
+            loss_g, out, fake = self.net.generator_step_loss(x, weights)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
         # discriminator update: real vs the (detached) fake
         with _autocast(self.device, tc.precision):
-            pred_real, _ = d(x)
-            pred_fake, _ = d(fake.detach())
-            loss_d, out_d = discriminator_loss(pred_real, pred_fake)
+            loss_d, out_d = self.net.discriminator_step_loss(x, fake.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         out.update(out_d)
         if out_d["d"] < tc.d_reinit_below:
-            init_weights(d)
+            init_weights(self.net.discriminator)
             out["d_reinit"] = 1.0
         return out
 
