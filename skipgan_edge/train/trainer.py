@@ -47,7 +47,7 @@ from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
-from skipgan_edge.model.networks import build_model, init_weights
+from skipgan_edge.model.networks import build_model, default_lam, init_weights
 from skipgan_edge.model.scorer import score_terms, to_model_input
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def validation_report(
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal."""
     terms = score_split(net, data.val.images, device)
-    lam = cfg.score.lam
+    lam = cfg.score.lam if cfg.score.lam is not None else default_lam(cfg.model.arch)
     score = lam * terms["rec"] + (1 - lam) * terms["lat"]
     normal = score[data.val.labels == 0]
     smin, smax = float(normal.min()), float(normal.max())
