@@ -86,3 +86,17 @@ bench: $(STAMP)
 	$(PY) benchmarks/cpu_peers.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/pipeline.py
+
+# anomalib's GANomaly against ours on the same splits; anomalib lives in its own venv (.venv-peers)
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PEERS_VENV)/bin/pip install -q 'anomalib==2.7.0'
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed debs
+	$(PY) benchmarks/peers/splits.py
+	$(PY) benchmarks/peers/ours.py 1 > benchmarks/peers/ours.log 2>&1 & \
+	$(PEERS_VENV)/bin/python benchmarks/peers/anomalib_ganomaly.py 1 > benchmarks/peers/anomalib.log 2>&1; wait
+	$(PY) benchmarks/peers/table.py

@@ -142,6 +142,8 @@ def build_scorer(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], Any
     from skipgan_edge.model.scorer import Scorer
 
     card, net = load_model(folder, device)
-    stats = card["score"]["val_stats"]
-    scorer = Scorer(net, card["score"]["lam"], stats["min"], stats["max"]).to(device).eval()
+    sc = card["score"]
+    stats = sc["val_stats"]
+    scorer = Scorer(net, sc["lam"], stats["min"], stats["max"], mode=sc.get("mode", "paper"), pool=int(sc.get("pool", 0)),
+                    term_stats=sc.get("term_stats")).to(device).eval()
     return card, scorer

@@ -111,6 +111,12 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (CPU autocast) or amp (CUDA fp16).")] = None,
     lam: Annotated[Optional[float], typer.Option(help="Weight of the reconstruction term in the score.")] = None,
+    score_mode: Annotated[Optional[str], typer.Option(help="paper (raw terms) or standardized (terms in units of their normal spread).")] = None,
+    pool: Annotated[Optional[int], typer.Option(help="0: rec = mean of the map (paper); k: max of the k×k smoothed map.")] = None,
+    select_lam: Annotated[Optional[bool], typer.Option("--select-lam", help="Choose λ by validation AUROC (needs labelled val/).")] = None,
+    paper: Annotated[bool, typer.Option("--paper", help="The exact paper formulation: raw terms, λ 0.9, mean map, no training tweaks.")] = False,
+    input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training.")] = None,
+    skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
 ) -> None:
@@ -118,11 +124,15 @@ def train(
     from skipgan_edge.train.api import train_from_cli
 
     overrides: dict[str, dict[str, Any]] = {
-        "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz},
+        "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz, "skip_dropout": skip_dropout},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
-                  "val_fraction": val_fraction, "threads": threads},
-        "score": {"lam": lam},
+                  "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise},
+        "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam},
     }
+    if paper:
+        from skipgan_edge.config import paper_overrides
+
+        overrides = paper_overrides(overrides)
     card = train_from_cli(data, out, config, resume, overrides)
     m = card["metrics"]
     typer.echo(

@@ -36,12 +36,15 @@ class ModelConfig:
     ngf: int = 64  # generator base width, the authors' default
     ndf: int = 64  # discriminator base width, the authors' default
     nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
+    skip_dropout: float = 0.0  # channel dropout on the UNet skip connections while training (0 = the paper)
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:
             raise ConfigError(f"isize must be one of {VALID_ISIZES}, got {self.isize}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0.0 <= self.skip_dropout < 1.0:
+            raise ConfigError(f"skip_dropout must be in [0, 1), got {self.skip_dropout}")
         for name in ("ngf", "ndf", "nz"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -56,6 +59,15 @@ class ScoreConfig:
     """How the anomaly score is formed from the two terms (see model/scorer.py)."""
 
     lam: float | None = None  # weight of the reconstruction term in s(x); None = the architecture's (0.9, the paper's, for skipganomaly)
+    mode: str = "paper"  # paper: λ·rec + (1-λ)·lat on raw terms; standardized: on terms in units of their normal validation spread
+    pool: int = 0  # 0: rec = mean of the anomaly map (paper); k > 0: max of the k×k box-smoothed map
+    select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
+
+    def validate(self) -> None:
+        if self.mode not in ("paper", "standardized"):
+            raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
+        if self.pool < 0:
+            raise ConfigError(f"pool must be >= 0, got {self.pool}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the normal training images held out for validation
     precision: str = "fp32"  # fp32, or bf16 (CPU autocast) / amp (CUDA autocast fp16)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
+    input_noise: float = 0.0  # std of Gaussian noise added to the generator's input while training (losses use the clean x)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -102,6 +115,7 @@ class RunConfig:
         """Check every value; return a copy with architecture defaults filled in (e.g. the score's λ)."""
         self.model.validate()
         self.train.validate()
+        self.score.validate()
         lam = self.score.lam
         if lam is None:
             from skipgan_edge.model.networks import default_lam
@@ -141,6 +155,22 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
             )
         out[name] = value
     return cls(**out)
+
+
+PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0}, "train": {"input_noise": 0.0},
+         "score": {"lam": 0.9, "mode": "paper", "pool": 0, "select_lam": False}}
+
+
+def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``--paper``: the exact paper formulation; refuses options that contradict it."""
+    out = {t: dict(v) for t, v in overrides.items()}
+    for table, values in PAPER.items():
+        for key, value in values.items():
+            given = out.get(table, {}).get(key)
+            if given is not None and given != value:
+                raise ConfigError(f"--paper fixes {table}.{key} = {value}; drop the option that sets it to {given}")
+            out.setdefault(table, {})[key] = value
+    return out
 
 
 def load_toml(path: Path) -> dict[str, Any]:

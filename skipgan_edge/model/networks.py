@@ -32,8 +32,10 @@ class UnetBlock(nn.Module):
         *,
         in_ch: int | None = None,
         outermost: bool = False,
+        skip_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.skip_drop = nn.Dropout2d(skip_dropout) if skip_dropout > 0 and not outermost else nn.Identity()
         in_ch = outer if in_ch is None else in_ch
         self.outermost = outermost
         down_conv = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=False)
@@ -55,7 +57,7 @@ class UnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.outermost:
             return self.model(x)
-        return torch.cat([x, self.model(x)], 1)  # (B, outer + outer, H, W)
+        return torch.cat([self.skip_drop(x), self.model(x)], 1)  # (B, outer + outer, H, W)
 
 
 class UnetGenerator(nn.Module):
@@ -63,13 +65,13 @@ class UnetGenerator(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        ngf = cfg.ngf
-        block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None)  # innermost, 2×2 → 1×1
+        ngf, p = cfg.ngf, cfg.skip_dropout
+        block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None, skip_dropout=p)  # innermost, 2×2 → 1×1
         for _ in range(cfg.depth - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, block)
-        block = UnetBlock(ngf * 4, ngf * 8, block)
-        block = UnetBlock(ngf * 2, ngf * 4, block)
-        block = UnetBlock(ngf, ngf * 2, block)
+            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p)
+        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p)
+        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p)
+        block = UnetBlock(ngf, ngf * 2, block, skip_dropout=p)
         self.model = UnetBlock(cfg.channels, ngf, block, in_ch=cfg.channels, outermost=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,11 +142,15 @@ class SkipGANomaly(nn.Module):
         f_real, f_fake = feats.chunk(2, 0)
         return fake, f_real, f_fake
 
-    def generator_step_loss(self, x: torch.Tensor, w: tuple[float, float, float]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x)))."""
+    def generator_step_loss(
+        self, x: torch.Tensor, w: tuple[float, float, float], x_in: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x))).
+
+        ``x_in`` (default ``x``) is what the generator sees, e.g. a noisy copy; losses use ``x``."""
         from skipgan_edge.train.losses import generator_loss
 
-        fake = self.generator(x)
+        fake = self.generator(x if x_in is None else x_in)
         pred_fake, f_fake = self.discriminator(fake)
         _, f_real = self.discriminator(x)
         loss, parts = generator_loss(pred_fake, x, fake, f_real.detach(), f_fake, *w)
@@ -246,10 +252,12 @@ class Ganomaly(nn.Module):
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.generator(x)  # type: ignore[no-any-return]
 
-    def generator_step_loss(self, x: torch.Tensor, w: tuple[float, float, float]) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    def generator_step_loss(
+        self, x: torch.Tensor, w: tuple[float, float, float], x_in: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         from skipgan_edge.train.losses import l1, l2
 
-        fake, z, z_hat = self.generator(x)
+        fake, z, z_hat = self.generator(x if x_in is None else x_in)
         _, f_fake = self.discriminator(fake)
         _, f_real = self.discriminator(x)
         adv, con, lat = l2(f_real.detach(), f_fake), l1(fake, x), l2(z_hat, z)

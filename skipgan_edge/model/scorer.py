@@ -18,7 +18,7 @@ export keeps it in FP32 in every precision variant.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,24 +44,54 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 
 
 def score_terms(
-    x: torch.Tensor, fake: torch.Tensor, f_real: torch.Tensor, f_fake: torch.Tensor
+    x: torch.Tensor, fake: torch.Tensor, f_real: torch.Tensor, f_fake: torch.Tensor, pool: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction term, latent term, and the anomaly map."""
+    """Per-image reconstruction term, latent term, and the anomaly map.
+
+    ``pool`` 0: the reconstruction term is the mean of the map (the paper). ``pool`` k > 0: the
+    maximum of the map smoothed by a k×k box filter (a small defect is not diluted by the rest of
+    the image; the smoothing keeps one noisy pixel from deciding).
+    """
     sq = (x - fake) ** 2  # (B, C, H, W)
     amap = sq.mean(dim=1, keepdim=True)  # (B, 1, H, W)
-    rec = amap.mean(dim=(1, 2, 3))  # (B,) equals mean over C, H, W
+    if pool > 0:
+        rec = torch.nn.functional.avg_pool2d(amap, pool, stride=1).amax(dim=(1, 2, 3))  # (B,)
+    else:
+        rec = amap.mean(dim=(1, 2, 3))  # (B,) equals mean over C, H, W
     lat = ((f_real - f_fake) ** 2).mean(dim=1)  # (B,)
     return rec, lat, amap
+
+
+SCORE_MODES = ("paper", "standardized")
+
+
+def combine(rec: Any, lat: Any, mode: str, lam: float, stats: dict[str, float] | None) -> Any:
+    """s = λ·rec + (1 − λ)·lat (``paper``), or the same on terms standardised with the normal
+    validation statistics (``standardized``: the two terms live on unrelated scales, so λ only
+    means what it says once both are in units of their normal spread). Works on tensors and arrays."""
+    if mode == "paper":
+        return lam * rec + (1.0 - lam) * lat
+    if stats is None:
+        raise ValueError("standardized scores need the normal validation statistics of both terms")
+    r = (rec - stats["rec_mean"]) * (1.0 / max(stats["rec_std"], 1e-12))
+    la = (lat - stats["lat_mean"]) * (1.0 / max(stats["lat_std"], 1e-12))
+    return lam * r + (1.0 - lam) * la
 
 
 class Scorer(nn.Module):
     """uint8 NHWC images → (score, anomaly_map, normalized_score)."""
 
-    def __init__(self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0) -> None:
-        """``lam`` is the model card's resolved λ (0.9 for Skip-GANomaly, 0 for GANomaly)."""
+    def __init__(
+        self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0, *,
+        mode: str = "paper", pool: int = 0, term_stats: dict[str, float] | None = None,
+    ) -> None:
+        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`)."""
         super().__init__()
+        if mode not in SCORE_MODES:
+            raise ValueError(f"unknown score mode {mode!r}")
         self.model = model
         self.lam = float(lam)
+        self.mode, self.pool, self.term_stats = mode, int(pool), term_stats
         span = float(score_max) - float(score_min)
         self.score_min = float(score_min)
         self.inv_span = 1.0 / span if span > 0 else 1.0
@@ -74,8 +104,8 @@ class Scorer(nn.Module):
         # (the exporter merges identical subexpressions, so this copy transposes first, then scales)
         x_net = images.permute(0, 3, 1, 2).to(torch.float32) * (2.0 / 255.0) - 1.0  # (B, C, H, W)
         fake, f_real, f_fake = self.model.terms(x_net)  # type: ignore[operator]
-        rec, lat, amap = score_terms(x, fake, f_real, f_fake)
-        score = self.lam * rec + (1.0 - self.lam) * lat  # (B,)
+        rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
+        score = combine(rec, lat, self.mode, self.lam, self.term_stats)  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)
         return score, amap, normalized
 

@@ -48,7 +48,7 @@ from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
 from skipgan_edge.model.networks import build_model, default_lam, init_weights
-from skipgan_edge.model.scorer import score_terms, to_model_input
+from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 @torch.no_grad()
-def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> dict[str, np.ndarray]:
+def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
     """Eval-mode reconstruction term, latent term and maps for a uint8 NHWC array."""
     was_training = net.training
     net.eval()
@@ -101,7 +101,7 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
-        r, la, m = score_terms(x, fake, f_real, f_fake)
+        r, la, m = score_terms(x, fake, f_real, f_fake, pool)
         rec.append(r.cpu().numpy())
         lat.append(la.cpu().numpy())
         maps.append(m.cpu().numpy())
@@ -114,10 +114,21 @@ def validation_report(
     net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal."""
-    terms = score_split(net, data.val.images, device)
-    lam = cfg.score.lam if cfg.score.lam is not None else default_lam(cfg.model.arch)
-    score = lam * terms["rec"] + (1 - lam) * terms["lat"]
-    normal = score[data.val.labels == 0]
+    sc = cfg.score
+    terms = score_split(net, data.val.images, device, sc.pool)
+    is_normal = data.val.labels == 0
+    term_stats = {
+        "rec_mean": float(terms["rec"][is_normal].mean()), "rec_std": float(terms["rec"][is_normal].std()),
+        "lat_mean": float(terms["lat"][is_normal].mean()), "lat_std": float(terms["lat"][is_normal].std()),
+    }
+    lam = sc.lam if sc.lam is not None else default_lam(cfg.model.arch)
+    lam_method = "configured"
+    if sc.select_lam and data.val.has_anomalies:
+        grid = [i / 10 for i in range(11)]
+        aucs = [auroc(data.val.labels, combine(terms["rec"], terms["lat"], sc.mode, g, term_stats)) for g in grid]
+        lam, lam_method = grid[int(np.argmax(aucs))], "best validation AUROC over 0, 0.1, ..., 1"
+    score = combine(terms["rec"], terms["lat"], sc.mode, lam, term_stats)
+    normal = score[is_normal]
     smin, smax = float(normal.min()), float(normal.max())
     span = smax - smin if smax > smin else 1.0
     norm = (score - smin) / span
@@ -125,9 +136,9 @@ def validation_report(
         "val_stats": {
             "min": smin, "max": smax, "mean": float(normal.mean()), "std": float(normal.std()), "n": len(normal),
         },
+        "term_stats": term_stats, "lam": float(lam), "lam_method": lam_method,
     }
     # the generator's non-adversarial objective on the held-out normal images
-    is_normal = data.val.labels == 0
     rep["val_loss"] = float(cfg.train.w_con * terms["l1"][is_normal].mean() + cfg.train.w_lat * terms["lat"][is_normal].mean())
     if data.val.has_anomalies:
         rep["val_auroc"] = auroc(data.val.labels, score)
@@ -325,8 +336,9 @@ class Trainer:
         x = to_model_input(batch_u8.to(self.device, non_blocking=True))  # (B, C, H, W)
         weights = (tc.w_adv, tc.w_con, tc.w_lat)
         # generator update (the architecture defines its losses: model/networks.py)
+        x_in = x + tc.input_noise * torch.randn_like(x) if tc.input_noise > 0 else None
         with _autocast(self.device, tc.precision):
-            loss_g, out, fake = self.net.generator_step_loss(x, weights)
+            loss_g, out, fake = self.net.generator_step_loss(x, weights, x_in)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -385,8 +397,12 @@ class Trainer:
                 "dtype": "uint8", "layout": "NHWC", "scaling": "x / 127.5 - 1 inside the graph; 16-bit files / 257 first",
             },
             "score": {
-                "lam": self.cfg.score.lam,
-                "formula": "lam*mean((x-G(x))^2) + (1-lam)*mean((f(x)-f(G(x)))^2)",
+                "lam": rep["lam"], "lam_method": rep["lam_method"], "mode": self.cfg.score.mode, "pool": self.cfg.score.pool,
+                "term_stats": rep["term_stats"],
+                "formula": ("lam*rec + (1-lam)*lat" if self.cfg.score.mode == "paper" else
+                            "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
+                + "; rec = " + ("mean((x-G(x))^2)" if self.cfg.score.pool == 0 else f"max of {self.cfg.score.pool}x{self.cfg.score.pool} box-smoothed map")
+                + "; lat = mean((f(x)-f(G(x)))^2)",
                 "normalization": "min-max over the normal validation scores",
                 "val_stats": rep["val_stats"],
                 "threshold": rep["threshold"],
