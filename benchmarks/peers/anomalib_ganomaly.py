@@ -15,13 +15,13 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-warnings.filterwarnings("ignore")
-
 import cv2
 import numpy as np
 import torch
-from common import BATCH, EPOCHS, ISIZE, OUT, SEEDS, SPLITS, split_names
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore")
+from common import BATCH, EPOCHS, ISIZE, OUT, SEEDS, SPLITS, split_names  # noqa: E402
 
 
 def auroc(y: np.ndarray, s: np.ndarray) -> float:
