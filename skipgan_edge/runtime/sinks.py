@@ -101,10 +101,13 @@ def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: f
     base = view if view.ndim == 3 and view.shape[2] == 3 else cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
     level = np.clip(amap / max(vmax, 1e-12), 0, 1)
     heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    if base.shape[1] < 256:  # small frames are drawn at 256 px wide so that the text is legible
+        f = 256 / base.shape[1]
+        base = cv2.resize(base, (256, round(base.shape[0] * f)), interpolation=cv2.INTER_LINEAR)
     if heat.shape[:2] != base.shape[:2]:
         heat = cv2.resize(heat, (base.shape[1], base.shape[0]))
     out = cv2.addWeighted(base, 0.6, heat, 0.4, 0)
-    scale = max(0.35, base.shape[1] / 640)
+    scale = max(1.2, base.shape[1] / 320)
     verdict = "ANOMALY" if record["anomalous"] else "ok"
     color = (0, 0, 255) if record["anomalous"] else (0, 200, 0)
     cv2.putText(out, f"{verdict} {record['normalized_score']:.2f}", (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX,
