@@ -216,7 +216,9 @@ def export(
     int8: Annotated[bool, typer.Option("--int8", help="Also write scorer.int8.onnx (Q/DQ, calibrated).")] = False,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration set from skipgan-edge calibrate.")] = None,
     calib_data: Annotated[Optional[str], typer.Option(help="Folder or video to build the calibration set from.")] = None,
-    calib_method: Annotated[str, typer.Option(help="INT8 calibration: max, entropy or percentile.")] = "max",
+    calib_method: Annotated[
+        str, typer.Option(help="INT8 calibration: auto (best agreement with FP32 on validation), max, entropy, percentile.")
+    ] = "auto",
     eval_data: Annotated[Optional[str], typer.Option(help="Labelled data for the accuracy gate (default: the model's).")] = None,
     max_drop: Annotated[float, typer.Option(help="Largest AUROC drop against FP32 a variant may have.")] = 0.01,
     no_gate: Annotated[bool, typer.Option("--no-gate", help="Keep failing variants, marked failed.")] = False,

@@ -22,7 +22,7 @@ from skipgan_edge.card import atomic_write_json, load_card
 from skipgan_edge.data.datasets import Split, load_data
 from skipgan_edge.errors import CalibrationError, DataError, ExportError
 from skipgan_edge.export.onnx import export_onnx
-from skipgan_edge.export.precision import DEFAULT_CALIBRATION, head_violations, to_fp16, to_int8
+from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, spearman
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_DROP = 0.01
 
 
-def eval_split_for(card: dict[str, Any], eval_data: str | None) -> tuple[str, Split]:
-    """The held-out labelled split the gate uses."""
+def eval_split_for(card: dict[str, Any], eval_data: str | None) -> tuple[str, Split, Split]:
+    """The held-out labelled split the gate uses, and the validation split (for choices made before the gate)."""
     source = eval_data or card["data"]["source"]
     if not eval_data and not source.startswith("fmnist:") and not Path(source).exists():
         raise DataError(
@@ -41,7 +41,34 @@ def eval_split_for(card: dict[str, Any], eval_data: str | None) -> tuple[str, Sp
     ds = load_data(source, card["input"]["isize"], card["input"]["channels"], seed=card["config"]["train"]["seed"])
     if ds.test is None or not ds.test.has_anomalies:
         raise DataError(f"{source} has no labelled test split (test/good and test/<defect>) for the accuracy gate")
-    return source, ds.test
+    return source, ds.test, ds.val
+
+
+def choose_calibration(fp32: Path, out: Path, calib: np.ndarray, val: Split) -> tuple[str, dict[str, Any]]:
+    """``--calib-method auto``: quantize with max, entropy and percentile; keep the one whose scores on
+    the validation split (never the test split) agree best with FP32 (Spearman; ties: smaller max
+    relative error). Label-free, so it works when validation has no anomalies."""
+    from skipgan_edge.export.precision import CALIBRATION_METHODS
+    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(fp32, providers=["CPUExecutionProvider"]) as be:
+        ref = be.infer_all(val.images).score
+    results: dict[str, Any] = {}
+    for m in CALIBRATION_METHODS:
+        path = out.with_name(f".{out.stem}.{m}.onnx")
+        to_int8(fp32, path, calib, m)
+        with OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]) as be:
+            got = be.infer_all(val.images).score
+        rel = float((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-12)).max())
+        results[m] = {"spearman_vs_fp32_on_val": spearman(got, ref), "max_rel_error_on_val": rel, "file": path}
+    best = max(results, key=lambda m: (round(results[m]["spearman_vs_fp32_on_val"], 4), -results[m]["max_rel_error_on_val"]))
+    results[best]["file"].replace(out)
+    for m, r in results.items():
+        if m != best:
+            Path(r["file"]).unlink(missing_ok=True)
+        r.pop("file")
+    log.info("INT8 calibration: chose %s (%s)", best, ", ".join(f"{m} ρ={r['spearman_vs_fp32_on_val']:.4f}" for m, r in results.items()))
+    return best, results
 
 
 def gate_variants(files: dict[str, Path], split: Split, max_drop: float) -> dict[str, dict[str, Any]]:
@@ -71,7 +98,7 @@ def gate_variants(files: dict[str, Path], split: Split, max_drop: float) -> dict
 def export_all(
     model_dir: Path, out_dir: Path, *, fp16: bool = False, int8: bool = False, calib: Path | None = None,
     calib_data: str | None = None, eval_data: str | None = None, max_drop: float = DEFAULT_MAX_DROP,
-    enforce_gate: bool = True, calibration_method: str = DEFAULT_CALIBRATION, engine: bool = False,
+    enforce_gate: bool = True, calibration_method: str = "auto", engine: bool = False,
     triton: bool = False, batch: tuple[int, int, int] = (1, 8, 32),
 ) -> dict[str, Any]:
     """Export a model folder; returns the report written to ``out_dir/export_report.json``."""
@@ -91,7 +118,7 @@ def export_all(
                 "--int8 needs real calibration frames (Q/DQ scales without them are random): "
                 "pass --calib calib.npz (from skipgan-edge calibrate) or --calib-data DIR_OR_VIDEO"
             )
-    source, split = eval_split_for(card, eval_data)
+    source, split, val = eval_split_for(card, eval_data)
     t0 = time.perf_counter()
     files: dict[str, Path] = {"fp32": out_dir / "scorer.onnx"}
     report: dict[str, Any] = {"model": str(model_dir), "model_id": card["model_id"], "eval_data": source,
@@ -103,9 +130,15 @@ def export_all(
         sample = cs.images if cs is not None else split.images[split.labels == 0]
         files["fp16"] = to_fp16(files["fp32"], out_dir / "scorer.fp16.onnx", sample)
     if int8 and cs is not None:
-        files["int8"] = to_int8(files["fp32"], out_dir / "scorer.int8.onnx", cs.images, calibration_method)
         calib_file = str(calib) if calib else str(out_dir / "calib.npz")
-        report["calibration"] = {**cs.manifest, "method": calibration_method, "file": calib_file}
+        if calibration_method == "auto":
+            method, selection = choose_calibration(files["fp32"], out_dir / "scorer.int8.onnx", cs.images, val)
+            report["calibration"] = {**cs.manifest, "method": method, "selected_by": "Spearman vs FP32 on the validation split",
+                                     "candidates": selection, "file": calib_file}
+        else:
+            to_int8(files["fp32"], out_dir / "scorer.int8.onnx", cs.images, calibration_method)
+            report["calibration"] = {**cs.manifest, "method": calibration_method, "file": calib_file}
+        files["int8"] = out_dir / "scorer.int8.onnx"
     for path in files.values():
         bad = head_violations(onnx.load(str(path)))
         if bad:

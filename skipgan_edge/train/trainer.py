@@ -401,7 +401,8 @@ class Trainer:
                 "term_stats": rep["term_stats"],
                 "formula": ("lam*rec + (1-lam)*lat" if self.cfg.score.mode == "paper" else
                             "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
-                + "; rec = " + ("mean((x-G(x))^2)" if self.cfg.score.pool == 0 else f"max of {self.cfg.score.pool}x{self.cfg.score.pool} box-smoothed map")
+                + "; rec = " + ("mean((x-G(x))^2)" if self.cfg.score.pool == 0
+                                else f"max of {self.cfg.score.pool}x{self.cfg.score.pool} box-smoothed map")
                 + "; lat = mean((f(x)-f(G(x)))^2)",
                 "normalization": "min-max over the normal validation scores",
                 "val_stats": rep["val_stats"],
