@@ -1,7 +1,8 @@
 """Regression guard (``make bench-smoke``, not part of ``make test``): a ~30-second sweep on the demo
 model; fails if the default CPU path is slower than torch eager in the same run.
 
-The default CPU path is what ``skipgan-edge run --onnx`` uses with ``--backend auto``: ONNX Runtime.
+The default CPU path is what ``skipgan-edge run --onnx`` uses with ``--backend auto``: OpenVINO
+when installed, else ONNX Runtime (``default_onnx_backend``).
 Both run the same scorer at batch 1 and 32, interleaved; medians compared.
 """
 

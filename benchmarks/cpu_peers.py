@@ -30,7 +30,7 @@ from skipgan_edge.bench.peak import matmul_peak
 from skipgan_edge.bench.random_model import random_model_folder
 from skipgan_edge.config import ModelConfig
 from skipgan_edge.export.onnx import export_onnx
-from skipgan_edge.runtime.backends import open_backend
+from skipgan_edge.runtime.backends import default_onnx_backend, open_backend
 
 RUNTIMES = (("torch eager", "model", "torch"), ("ONNX Runtime", "onnx", "onnxruntime"), ("OpenVINO", "onnx", "openvino"))
 
@@ -86,7 +86,9 @@ def main() -> None:
     write_json("cpu_peers.json", res)
     lines = ["# CPU peers: the same scorer through torch eager, ONNX Runtime and OpenVINO", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']['cpu']} ({res['machine']['cores']} cores), {res['date']}  ",
-             f"fp32 matmul peak measured in the same run: {peak['fp32']:.0f} GFLOP/s", "",
+             f"fp32 matmul peak measured in the same run: {peak['fp32']:.0f} GFLOP/s (best of numpy and torch; see "
+             "skipgan_edge/bench/peak.py for why a convolution runtime can exceed it). The CPU default of `skipgan-edge run/bench "
+             f"--onnx` here is **{default_onnx_backend()}** (`skipgan_edge.runtime.backends.default_onnx_backend`).", "",
              "| isize | batch | runtime | median ms/batch | images/s | % of fp32 peak |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['isize']} | {r['batch']} | {r['runtime']} | {r['median_ms']:.2f} | {r['images_per_s']:.0f} | "

@@ -221,12 +221,15 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
         ref = ref_be.infer(frames)
     # largest relative score error per frame; INT8's real contract is the AUROC gate at export
     tol = {"fp32": 1e-4, "fp16": 0.01, "int8": 0.25}
-    cases = [("onnx", demo_onnx / f) for f in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx")]
+    import importlib.util
+
+    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    cases = [("onnx", demo_onnx / f, r) for f in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx") for r in runtimes]
     engine = demo_onnx / "scorer.engine"
     if engine.exists():
-        cases.append(("engine", engine))
-    for kind, path in cases:
-        with open_backend(kind, path) as be:
+        cases.append(("engine", engine, "tensorrt"))
+    for kind, path, runtime in cases:
+        with open_backend(kind, path, runtime) as be:
             got = be.infer(frames)
             assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
             assert got.score.dtype == np.float32

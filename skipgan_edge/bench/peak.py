@@ -1,8 +1,13 @@
 """The device's measured matmul peak, probed in the same run as the benchmark.
 
-CPU: a square fp32 matmul (torch if installed, which uses oneDNN/MKL on every core; else numpy),
-best of several timed repetitions after warm-up; bf16 too where torch reports AMX/AVX512-BF16
-support. GPU: torch.cuda fp32, fp16 (and int8 via torch._int_mm where available), CUDA events.
+CPU: square fp32 matmuls of 2048 and 4096 through numpy (OpenBLAS) and torch (oneDNN/MKL), on
+every core, best of several timed repetitions after warm-up: the best any installed BLAS reaches
+(on this project's 2-core AMD EPYC: numpy ~259, torch ~215 GFLOP/s); bf16 too where the CPU has
+AVX512-BF16/AMX. GPU: torch.cuda fp32, fp16 (and int8 via torch._int_mm where available).
+
+A runtime can exceed this "peak" on convolutions: OpenVINO uses Winograd and other algorithms
+that need fewer multiply-adds than the direct count the FLOP counter uses, so a fraction above
+100 % means "faster than a direct convolution at the BLAS peak", not a measurement error.
 """
 
 from __future__ import annotations
@@ -30,15 +35,19 @@ def _best(fn: Any, flops: float, reps: int, sync: Any = None) -> float:
 
 def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, float]:
     """GFLOP/s by precision, best of ``reps``."""
-    flops = 2.0 * n**3
+    import numpy as np
+
     out: dict[str, float] = {}
+    best_np = 0.0
+    if not device.startswith("cuda"):
+        for size in (n, 2 * n):
+            m = np.random.rand(size, size).astype(np.float32)
+            best_np = max(best_np, _best(lambda m=m: m @ m, 2.0 * size**3, reps) / 1e9)
+        out["fp32"] = best_np
+    flops = 2.0 * n**3
     try:
         import torch
     except ImportError:
-        import numpy as np
-
-        m = np.random.rand(n, n).astype(np.float32)
-        out["fp32"] = _best(lambda: m @ m, flops, reps) / 1e9
         return out
     if device.startswith("cuda") and torch.cuda.is_available():
         sync = torch.cuda.synchronize
@@ -52,7 +61,7 @@ def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, 
         return out
     t = torch.randn(n, n)
     with torch.no_grad():
-        out["fp32"] = _best(lambda: t @ t, flops, reps) / 1e9
+        out["fp32"] = max(best_np, _best(lambda: t @ t, flops, reps) / 1e9)
         if torch.backends.mkldnn.is_available() and _cpu_has_bf16():
             b = t.to(torch.bfloat16)
             out["bf16"] = _best(lambda: b @ b, flops, reps) / 1e9

@@ -24,26 +24,27 @@ def summarize(values_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
 
 
 class Reservoir:
-    """Keeps at most ``size`` samples, uniformly chosen (Algorithm R), so a run of any length
-    uses bounded memory; percentiles are exact while fewer than ``size`` samples were added."""
+    """Keeps at most ``size`` samples, uniformly chosen (Algorithm R), in a preallocated array, so a
+    run of any length uses constant memory; percentiles are exact while fewer than ``size``
+    samples were added."""
 
     def __init__(self, size: int = 50_000, seed: int = 0) -> None:
         self.size = size
-        self.buf: list[float] = []
+        self.buf = np.empty(size, np.float64)  # allocated once: memory does not grow with the run
         self.count = 0
         self.rng = random.Random(seed)
 
     def add(self, value: float) -> None:
+        if self.count < self.size:
+            self.buf[self.count] = value
+        else:
+            j = self.rng.randrange(self.count + 1)
+            if j < self.size:
+                self.buf[j] = value
         self.count += 1
-        if len(self.buf) < self.size:
-            self.buf.append(value)
-            return
-        j = self.rng.randrange(self.count)
-        if j < self.size:
-            self.buf[j] = value
 
     def summary(self) -> dict[str, float]:
-        s = summarize(self.buf)
+        s = summarize(self.buf[: min(self.count, self.size)])
         if s:
             s["n"] = self.count
         return s

@@ -37,10 +37,12 @@ def run(
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary."""
     kw: dict[str, Any] = {}
-    chosen = backend if backend != "auto" else {"model": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
+    from skipgan_edge.runtime.backends import default_onnx_backend
+
+    chosen = backend if backend != "auto" else {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
     if chosen == "tensorrt":
         kw["cuda_api"] = cuda_api
-    if chosen == "onnxruntime" and threads:
+    if chosen in ("onnxruntime", "openvino") and threads:
         kw["threads"] = threads
     be = open_backend(kind, path, backend, device=device, **kw)
     with be:

@@ -2,8 +2,10 @@
 
 ``open_backend(kind, path, backend)``: ``kind`` is what the user gave (``model`` folder,
 ``onnx`` file or ``engine`` file); ``backend`` is ``auto`` or an explicit name. ``auto`` picks
-TensorRT for an engine, ONNX Runtime (best provider available) for an ONNX file, and torch for a
-model folder.
+TensorRT for an engine and torch for a model folder. For an ONNX file: ONNX Runtime when it has a
+GPU provider (CUDA or TensorRT EP); on the CPU, OpenVINO when it is installed (measured fastest on
+our scorer: benchmarks/results/cpu_peers.md and latency_cpu.md, e.g. 1.4x ONNX Runtime at batch 64
+in FP32 and 6x in INT8 on this project's 2-core machines), else ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -16,12 +18,23 @@ from skipgan_edge.runtime.backends.base import Backend
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 
 
+def default_onnx_backend() -> str:
+    """The fastest installed runtime for an ONNX file on this machine (see the module docstring)."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+        return "onnxruntime"
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
+
+
 def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cpu", **kw: object) -> Backend:
     """Create (not yet activate) the backend for an artifact; use it as a context manager."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = {"model": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[kind]
+        backend = {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
     pairs = {("model", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("engine", "tensorrt")}
     if (kind, backend) not in pairs:
         hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "openvino": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]

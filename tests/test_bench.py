@@ -1,0 +1,80 @@
+"""Benchmark machinery: statistics against numpy, the FLOP counter against a hand count, the JSON
+schema of results, and a short real `bench` subprocess on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from conftest import run_cli
+from onnx import TensorProto, helper
+
+from skipgan_edge.bench.flops import count_flops
+from skipgan_edge.bench.stats import Reservoir, summarize
+
+
+def test_summary_percentiles_match_numpy() -> None:
+    x = np.random.default_rng(0).exponential(2.0, 1001)
+    s = summarize(x)
+    assert s["min"] == x.min() and s["max"] == x.max() and abs(s["mean"] - x.mean()) < 1e-12
+    for p in (50, 90, 95, 99):
+        key = "median" if p == 50 else f"p{p}"
+        assert abs(s[key] - np.percentile(x, p)) < 1e-12
+    small = summarize([1.0, 2.0, 3.0, 4.0])
+    assert small["median"] == 2.5 and abs(small["p90"] - 3.7) < 1e-12
+
+
+def test_reservoir_is_exact_then_bounded() -> None:
+    r = Reservoir(size=100)
+    for v in range(50):
+        r.add(float(v))
+    assert r.summary()["median"] == 24.5 and r.summary()["n"] == 50
+    for v in range(50, 10_000):
+        r.add(float(v))
+    s = r.summary()
+    assert s["n"] == 10_000 and r.buf.shape == (100,)
+    assert 2_000 < s["median"] < 8_000  # a uniform sample of 0..9999
+
+
+def test_flop_counter_against_hand_count(tmp_path: Path) -> None:
+    # x (1,3,8,8) -> Conv 4x4 s2 p1 -> (1,5,4,4) with bias -> Relu -> ConvTranspose 4x4 s2 p1 -> (1,2,8,8), no bias -> ReduceMean
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [5, 3, 4, 4], np.zeros(240, np.float32))
+    b1 = helper.make_tensor("b1", TensorProto.FLOAT, [5], np.zeros(5, np.float32))
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [5, 2, 4, 4], np.zeros(160, np.float32))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c"], name="/n/Conv", kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="/n/Relu"),
+        helper.make_node("ConvTranspose", ["r", "w2"], ["t"], name="/n/ConvT", kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["t"], ["y"], name="/Mean", keepdims=0),
+    ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [w1, b1, w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    f = count_flops(m)
+    conv = 2 * (5 * 4 * 4) * (3 * 4 * 4) + 5 * 4 * 4  # 2·Cout·Hout·Wout·Cin·k² + bias
+    convt = 2 * (5 * 4 * 4) * (2 * 4 * 4)  # 2·Cin·Hin·Win·Cout·k²
+    rest = 5 * 4 * 4 + 2 * 8 * 8  # relu outputs + reduce inputs
+    assert f["conv"] == conv and f["convtranspose"] == convt and f["rest"] == rest
+    assert f["total"] == conv + convt + rest
+    onnx.checker.check_model(m)
+
+
+def test_bench_subprocess_and_json_schema(demo_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--batch", "1,4", "--iterations", "15",
+                "--warmup", "2", "--json", str(out))
+    assert "median" in p.stdout and "p99" in p.stdout and "measured matmul peak" in p.stdout
+    res = json.loads(out.read_text())
+    assert {"machine", "records", "peak_gflops", "model_ids", "config", "flops"} <= set(res)
+    assert {"cpu", "cores", "gpu", "driver", "jetson_power_mode", "onnxruntime", "skipgan_edge"} <= set(res["machine"])
+    assert [r["batch"] for r in res["records"]] == [1, 4]
+    for r in res["records"]:
+        assert r["backend"] == "onnxruntime" and r["precision"] == "fp32" and r["iterations"] == 15
+        assert set(r["latency_ms"]) >= {"min", "mean", "median", "p90", "p95", "p99"}
+        assert r["latency_ms"]["min"] <= r["latency_ms"]["median"] <= r["latency_ms"]["p99"]
+        assert r["throughput"] > 0 and r["fraction_of_fp32_peak"] > 0 and r["model_id"] == res["model_ids"][0]
+        assert r["flops_per_image"] > 1e6
+    p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--pipeline", "--source", str(demo_onnx), check=False)
+    assert p.returncode == 2 and "no image files" in p.stderr
