@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--video-frames", type=int, default=1500)
     ap.add_argument("--frames", type=int, default=100_000, help="frames for the memory run")
+    ap.add_argument("--backend", default="onnxruntime", help="onnxruntime (recorded results) or openvino")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -60,7 +61,7 @@ def main() -> None:
         onnx = export_dir / "scorer.onnx"
         video = write_demo_video(work / "line.mp4", args.video_frames, ())
         rows = []
-        with open_backend("onnx", onnx) as be:
+        with open_backend("onnx", onnx, args.backend) as be:
             cap = open_source(str(video))
             pre = Preprocessor(32, 3)
             frames = np.concatenate([pre(f.image).inputs for f in cap.frames() if f.image is not None])
@@ -81,7 +82,8 @@ def main() -> None:
                 print(f"batch {b}: backend {row['backend_images_per_s']:.0f} img/s, pipeline {row['pipeline_frames_per_s']:.0f} frames/s, "
                       f"ratio {row['ratio']:.3f}", flush=True)
         # memory over a long run, in a separate process
-        cmd = [sys.executable, "-m", "skipgan_edge", "run", "--onnx", str(onnx), "--source", str(video), "--loop", "--batch", "8",
+        cmd = [sys.executable, "-m", "skipgan_edge", "run", "--onnx", str(onnx), "--backend", args.backend, "--source", str(video), "--loop",
+               "--batch", "8",
                "--max-frames", str(args.frames), "--jsonl", str(work / "long.jsonl"), "--summary", str(work / "long.json")]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples = []

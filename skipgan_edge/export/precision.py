@@ -18,10 +18,12 @@ squares, reductions, normalisation) are excluded by name (``HEAD_NODE_REGEX``) a
 score is a small difference of large numbers, and quantizing it destroys the ranking. A test
 walks the graph back from every output and proves no Q/DQ and no FP16 cast sits in the head.
 
-Calibration method: ``max`` by default. Measured on our models (benchmarks/export_accuracy.py,
-results in benchmarks/results/export_accuracy.md): max and entropy (Model Optimizer's two INT8
-methods) against ONNX Runtime's percentile calibrator writing the same symmetric Q/DQ format.
-See that file for the numbers behind the default.
+Calibration methods: Model Optimizer's ``max`` and ``entropy``, and ``percentile`` (99.99 % of |a|
+over the calibration set, written as a calibration cache that Model Optimizer imports). Measured
+(benchmarks/results/export_accuracy.md), none wins everywhere: max on the synthetic textures,
+entropy/percentile on Fashion-MNIST. So ``export`` picks per model (``--calib-method auto``,
+:func:`skipgan_edge.export.api.choose_calibration`): the method whose INT8 scores agree best with
+FP32 on the validation split. ``to_int8`` itself defaults to ``max``.
 
 TensorRT builds these files as strongly typed networks: precision comes from the ONNX, not from
 builder flags (TensorRT 11 removed them; 10.x accepts both).
