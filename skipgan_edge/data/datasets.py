@@ -139,18 +139,8 @@ def load_fmnist(
     max_train: int | None = None, max_test: int | None = None,
 ) -> Dataset:
     """Fashion-MNIST leave-one-class-out; ``max_*`` take a seeded subset (for CPU budgets)."""
-    d = fmnist.leave_one_out(anomaly)
-    rng = np.random.default_rng(seed)
-    train = d["train"]
-    if max_train is not None and max_train < len(train):
-        train = train[np.sort(rng.permutation(len(train))[:max_train])]
-    test, labels = d["test"], d["test_labels"]
-    if max_test is not None and max_test < len(test):
-        # keep the anomaly share of the full test set
-        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-        n_pos = round(max_test * len(pos) / len(labels))
-        idx = np.sort(np.concatenate([rng.permutation(pos)[:n_pos], rng.permutation(neg)[: max_test - n_pos]]))
-        test, labels = test[idx], labels[idx]
+    d = fmnist.leave_one_out_subset(anomaly, max_train, max_test, seed)
+    train, test, labels = d["train"], d["test"], d["test_labels"]
     train = _fit(train, isize, channels)
     tr_idx, va_idx = _holdout(len(train), val_fraction, seed)
     name = f"fmnist:{anomaly}"

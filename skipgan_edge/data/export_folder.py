@@ -16,15 +16,8 @@ def write_fmnist(
 ) -> dict[str, int]:
     """train/good = the other classes' training images; test/good and test/<class name>."""
     k = fmnist.class_index(anomaly_class)
-    d = fmnist.leave_one_out(k)
-    rng = np.random.default_rng(seed)
-    train = d["train"]
-    if max_train is not None and max_train < len(train):
-        train = train[np.sort(rng.permutation(len(train))[:max_train])]
-    test, labels = d["test"], d["test_labels"]
-    if max_test is not None and max_test < len(test):
-        idx = np.sort(rng.permutation(len(test))[:max_test])
-        test, labels = test[idx], labels[idx]
+    d = fmnist.leave_one_out_subset(k, max_train, max_test, seed)
+    train, test, labels = d["train"], d["test"], d["test_labels"]
     name = fmnist.CLASSES[k]
     counts = {"train/good": 0, "test/good": 0, f"test/{name}": 0}
 

@@ -68,3 +68,22 @@ def leave_one_out(anomaly: int, where: Path | None = None) -> dict[str, np.ndarr
     test = np.concatenate([te_x, tr_x[tr_y == anomaly]])
     labels = np.concatenate([(te_y == anomaly).astype(np.int64), np.ones(int((tr_y == anomaly).sum()), np.int64)])
     return {"train": train, "test": test, "test_labels": labels}
+
+
+def leave_one_out_subset(
+    anomaly: int, max_train: int | None = None, max_test: int | None = None, seed: int = 0, where: Path | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`leave_one_out` with seeded subsets for CPU budgets; the test subset keeps the
+    anomaly share of the full protocol."""
+    d = leave_one_out(anomaly, where)
+    rng = np.random.default_rng(seed)
+    train = d["train"]
+    if max_train is not None and max_train < len(train):
+        train = train[np.sort(rng.permutation(len(train))[:max_train])]
+    test, labels = d["test"], d["test_labels"]
+    if max_test is not None and max_test < len(test):
+        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+        n_pos = round(max_test * len(pos) / len(labels))
+        idx = np.sort(np.concatenate([rng.permutation(pos)[:n_pos], rng.permutation(neg)[: max_test - n_pos]]))
+        test, labels = test[idx], labels[idx]
+    return {"train": train, "test": test, "test_labels": labels}
