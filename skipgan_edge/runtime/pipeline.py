@@ -224,7 +224,7 @@ class Pipeline:
         for f, p in good:
             n = len(p.inputs)
             t1 = time.perf_counter()
-            res = combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n])
+            res = combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images)
             k += n
             post_ms = (time.perf_counter() - t1) * 1e3
             anomalous = bool(res["normalized_score"] > self.threshold)

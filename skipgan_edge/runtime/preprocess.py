@@ -71,11 +71,15 @@ class Preprocessor:
         return Prepared(prepare(img, s, self.channels)[None], None, img)
 
 
-def combine(p: Prepared, score: np.ndarray, norm: np.ndarray, amap: np.ndarray) -> dict[str, Any]:
-    """Per-frame score, normalized score and full-frame anomaly map from its inputs' outputs."""
+def combine(p: Prepared, score: np.ndarray, norm: np.ndarray, amap: np.ndarray, full_map: bool = True) -> dict[str, Any]:
+    """Per-frame score, normalized score and full-frame anomaly map from its inputs' outputs.
+
+    ``full_map=False`` skips resizing the map to the frame (no sink draws it): less work per frame."""
     if p.layout is None:
         h, w = p.view.shape[:2]
         m = amap[0, 0]
+        if not full_map:
+            return {"score": float(score[0]), "normalized_score": float(norm[0]), "map": m}
         full = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) if m.shape != (h, w) else m
         return {"score": float(score[0]), "normalized_score": float(norm[0]), "map": full}
     lay = p.layout
