@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -84,7 +85,7 @@ def main() -> None:
                 row = {"data": name, "seed": seed, "model": variant, "auroc": scores, "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                (OUT / "ours.json").write_text(json.dumps(rows, indent=1))
+                (OUT / f"ours{os.environ.get('PEERS_TAG', '')}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,17 @@ from common import BATCH, EPOCHS, ISIZE, MAX_TEST, MAX_TRAIN, OUT, RESULTS, SEED
 
 
 def main() -> None:
-    rows = json.loads((OUT / "ours.json").read_text())
-    if (OUT / "anomalib.json").exists():
-        rows += json.loads((OUT / "anomalib.json").read_text())
+    rows = []
+    for f in sorted(OUT.glob("ours*.json")) + sorted(OUT.glob("anomalib*.json")):  # several processes may share the seeds
+        rows += json.loads(f.read_text())
+    seen: set[tuple[str, int, str]] = set()
+    unique = []
+    for r in rows:
+        key = (r["data"], r["seed"], r["model"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    rows = unique
     cells: dict[tuple[str, str], dict[str, list[float]]] = {}
     for r in rows:
         for score, a in r["auroc"].items():
