@@ -59,14 +59,14 @@ class ScoreConfig:
     """How the anomaly score is formed from the two terms (see model/scorer.py)."""
 
     lam: float | None = None  # weight of the reconstruction term in s(x); None = the architecture's (0.9, the paper's, for skipganomaly)
-    mode: str = "paper"  # paper: λ·rec + (1-λ)·lat on raw terms; standardized: on terms in units of their normal validation spread
-    pool: int = 0  # 0: rec = mean of the anomaly map (paper); k > 0: max of the k×k box-smoothed map
+    mode: str | None = None  # paper: λ·rec + (1-λ)·lat on raw terms; standardized: terms in units of their normal spread; None = the architecture's
+    pool: int | None = None  # 0: rec = mean of the anomaly map (paper); k > 0: max of the k×k box-smoothed map; None = the architecture's
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
 
     def validate(self) -> None:
-        if self.mode not in ("paper", "standardized"):
+        if self.mode not in (None, "paper", "standardized"):
             raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
-        if self.pool < 0:
+        if self.pool is not None and self.pool < 0:
             raise ConfigError(f"pool must be >= 0, got {self.pool}")
 
 
@@ -116,14 +116,15 @@ class RunConfig:
         self.model.validate()
         self.train.validate()
         self.score.validate()
-        lam = self.score.lam
-        if lam is None:
-            from skipgan_edge.model.networks import default_lam
+        from skipgan_edge.model.networks import default_score
 
-            lam = default_lam(self.model.arch)
+        arch_default = default_score(self.model.arch)
+        lam = self.score.lam if self.score.lam is not None else arch_default["lam"]
         if not 0.0 <= lam <= 1.0:
             raise ConfigError(f"lam must be in [0, 1], got {lam}")
-        return dataclasses.replace(self, score=dataclasses.replace(self.score, lam=float(lam)))
+        mode = self.score.mode if self.score.mode is not None else arch_default["mode"]
+        pool = self.score.pool if self.score.pool is not None else arch_default["pool"]
+        return dataclasses.replace(self, score=dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,7 +146,11 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
     out: dict[str, Any] = {}
     for name, value in values.items():
         default = getattr(cls(), name)
-        if default is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if default is None and name == "pool" and isinstance(value, int) and not isinstance(value, bool):
+            default = 0  # an optional integer
+        elif default is None and name == "mode" and isinstance(value, str):
+            default = ""  # an optional string
+        elif default is None and isinstance(value, (int, float)) and not isinstance(value, bool):
             value, default = float(value), 0.0  # an optional number
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

@@ -15,6 +15,8 @@ generator input during training (its values are whatever memory held); we add no
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -118,10 +120,12 @@ class SkipGANomaly(nn.Module):
     * ``generator_step_loss(x, (w_adv, w_con, w_lat)) -> (loss, parts, fake)`` and
       ``discriminator_step_loss(x, fake) -> (loss, parts)`` with ``parts["d"]`` the D loss;
     * ``terms(x) -> (x̂, a, b)``: the reconstruction and the two vectors whose squared distance is
-      the latent term of the score; ``default_lam``: the score's weight on reconstruction.
+      the latent term of the score; ``default_score``: the score formulation used when the
+      config does not choose one (mode, λ, pool).
     """
 
-    default_lam = 0.9  # the paper's λ
+    #: the score used when the config does not say (see benchmarks/results/peers.md for why)
+    default_score: ClassVar[dict[str, Any]] = {"mode": "paper", "lam": 0.9, "pool": 0}
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -235,11 +239,11 @@ class Ganomaly(nn.Module):
 
     Losses: generator w_adv·‖f(x) − f(x̂)‖² (feature matching on D's features) + w_con·‖x − x̂‖₁
     + w_lat·‖z − ẑ‖² (the encoder loss); discriminator BCE on real and fake. Score: the latent
-    distance mean((z − ẑ)²) (``default_lam = 0``: no reconstruction term); anomaly map: the
+    distance mean((z − ẑ)²) (paper formulation with λ = 0: no reconstruction term); anomaly map: the
     reconstruction error, as for every architecture. Same contract as :class:`SkipGANomaly`.
     """
 
-    default_lam = 0.0
+    default_score: ClassVar[dict[str, Any]] = {"mode": "paper", "lam": 0.0, "pool": 0}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -275,8 +279,14 @@ class Ganomaly(nn.Module):
 ARCHITECTURES: dict[str, type[nn.Module]] = {"skipganomaly": SkipGANomaly, "ganomaly": Ganomaly}
 
 
+def default_score(arch: str) -> dict[str, Any]:
+    """The architecture's default score formulation: ``mode``, ``lam``, ``pool``."""
+    cls: Any = ARCHITECTURES.get(arch, SkipGANomaly)
+    return dict(cls.default_score)
+
+
 def default_lam(arch: str) -> float:
-    return float(getattr(ARCHITECTURES.get(arch, SkipGANomaly), "default_lam", 0.9))
+    return float(default_score(arch)["lam"])
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -114,8 +114,9 @@ def validation_report(
     net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal."""
-    sc = cfg.score
-    terms = score_split(net, data.val.images, device, sc.pool)
+    sc = cfg.validate().score  # architecture defaults filled in
+    mode, pool = str(sc.mode), int(sc.pool or 0)
+    terms = score_split(net, data.val.images, device, pool)
     is_normal = data.val.labels == 0
     term_stats = {
         "rec_mean": float(terms["rec"][is_normal].mean()), "rec_std": float(terms["rec"][is_normal].std()),
@@ -125,9 +126,9 @@ def validation_report(
     lam_method = "configured"
     if sc.select_lam and data.val.has_anomalies:
         grid = [i / 10 for i in range(11)]
-        aucs = [auroc(data.val.labels, combine(terms["rec"], terms["lat"], sc.mode, g, term_stats)) for g in grid]
+        aucs = [auroc(data.val.labels, combine(terms["rec"], terms["lat"], mode, g, term_stats)) for g in grid]
         lam, lam_method = grid[int(np.argmax(aucs))], "best validation AUROC over 0, 0.1, ..., 1"
-    score = combine(terms["rec"], terms["lat"], sc.mode, lam, term_stats)
+    score = combine(terms["rec"], terms["lat"], mode, lam, term_stats)
     normal = score[is_normal]
     smin, smax = float(normal.min()), float(normal.max())
     span = smax - smin if smax > smin else 1.0
