@@ -58,7 +58,7 @@ class ModelConfig:
 class ScoreConfig:
     """How the anomaly score is formed from the two terms (see model/scorer.py)."""
 
-    lam: float | None = None  # weight of the reconstruction term in s(x); None = the architecture's (0.9, the paper's, for skipganomaly)
+    lam: float | None = None  # weight of the reconstruction term in s(x); None = the architecture's default (model/networks.py)
     mode: str | None = None  # paper: λ·rec + (1-λ)·lat on raw terms; standardized: terms in units of their normal spread; None = the architecture's
     pool: int | None = None  # 0: rec = mean of the anomaly map (paper); k > 0: max of the k×k box-smoothed map; None = the architecture's
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies

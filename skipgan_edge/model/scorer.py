@@ -6,7 +6,10 @@ to NCHW happen inside, so a runtime copies uint8 to the device, 4× fewer bytes 
 
 Outputs (a :class:`ScoreBatch`, whose field names are the ONNX output names):
 
-* ``score`` [B]: s(x) = λ·mean((x − G(x))²) + (1 − λ)·mean((f(x) − f(G(x)))²), λ = 0.9 (paper).
+* ``score`` [B]: s(x) = λ·rec + (1 − λ)·lat with rec = mean((x − G(x))²) and lat =
+  mean((f(x) − f(G(x)))²) in the paper (λ = 0.9, ``--paper``); the card may instead take rec as the
+  max of the box-smoothed map (``pool``) and standardise both terms (``mode``): see :func:`combine`.
+  Each architecture has a measured default (``default_score`` in model/networks.py).
 * ``anomaly_map`` [B, 1, H, W]: per-pixel mean over channels of (x − G(x))².
 * ``normalized_score`` [B]: (s − min) / (max − min) with min and max the scores of the normal
   validation images, so a threshold is a fixed number (1.0 = the most anomalous-looking normal
