@@ -117,6 +117,7 @@ def train(
     paper: Annotated[bool, typer.Option("--paper", help="The exact paper formulation: raw terms, λ 0.9, mean map, no training tweaks.")] = False,
     input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training.")] = None,
     skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training.")] = None,
+    feature_layer: Annotated[Optional[str], typer.Option(help="D layer used as f(x): last (paper) or penultimate.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
 ) -> None:
@@ -124,7 +125,8 @@ def train(
     from skipgan_edge.train.api import train_from_cli
 
     overrides: dict[str, dict[str, Any]] = {
-        "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz, "skip_dropout": skip_dropout},
+        "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz, "skip_dropout": skip_dropout,
+                  "feature_layer": feature_layer},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
                   "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise},
         "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam},

@@ -37,12 +37,15 @@ class ModelConfig:
     ndf: int = 64  # discriminator base width, the authors' default
     nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
     skip_dropout: float = 0.0  # channel dropout on the UNet skip connections while training (0 = the paper)
+    feature_layer: str = "last"  # D layer used as f(x): last (the paper's nz-d conv) or penultimate (the 4x4 map before it)
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:
             raise ConfigError(f"isize must be one of {VALID_ISIZES}, got {self.isize}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.feature_layer not in ("last", "penultimate"):
+            raise ConfigError(f"feature_layer must be last or penultimate, got {self.feature_layer!r}")
         if not 0.0 <= self.skip_dropout < 1.0:
             raise ConfigError(f"skip_dropout must be in [0, 1), got {self.skip_dropout}")
         for name in ("ngf", "ndf", "nz"):
@@ -162,7 +165,8 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
     return cls(**out)
 
 
-PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0}, "train": {"input_noise": 0.0},
+PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0, "feature_layer": "last"},
+                                    "train": {"input_noise": 0.0},
          "score": {"lam": 0.9, "mode": "paper", "pool": 0, "select_lam": False}}
 
 

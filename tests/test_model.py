@@ -76,3 +76,19 @@ def test_scores_do_not_depend_on_batch_or_order(tiny_model: object) -> None:
     np.testing.assert_allclose(a.score, b.score, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(a.score[perm], c.score, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(a.anomaly_map[perm], c.anomaly_map, rtol=1e-5, atol=1e-7)
+
+
+def test_feature_layer_variant() -> None:
+    """f(x) from the layer before D's last conv: same parameters, a (B, C·4·4) feature, scorer unchanged."""
+    last = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=4, ndf=4, nz=10)).eval()
+    pen = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=4, ndf=4, nz=10, feature_layer="penultimate")).eval()
+    assert count_parameters(pen) == count_parameters(last)
+    pen.load_state_dict(last.state_dict())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        _, a, _ = pen.terms(x)
+        body = last.discriminator.features[:-1](x)
+    assert a.shape == (2, 16 * 4 * 4)
+    assert torch.allclose(a, body.flatten(1))
+    with pytest.raises(ConfigError):
+        SkipGANomaly(ModelConfig(feature_layer="middle"))

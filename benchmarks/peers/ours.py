@@ -26,6 +26,7 @@ TRAIN_VARIANTS = {
     "skipganomaly+noise0.2": ({}, {"input_noise": 0.2}),
     "skipganomaly+skipdrop0.3": ({"skip_dropout": 0.3}, {}),
     "ganomaly(ours)": ({"arch": "ganomaly"}, {}),
+    "skipganomaly+f=penultimate": ({"feature_layer": "penultimate"}, {}),
 }
 POOL = 3
 
@@ -72,7 +73,10 @@ def main() -> None:
     for seed in SEEDS:
         for name in split_names():
             ds = load(name, seed)
+            only = os.environ.get("PEERS_VARIANTS")  # e.g. to add one variant to an existing run
             for variant, (mkw, tkw) in TRAIN_VARIANTS.items():
+                if only and variant not in only.split(","):
+                    continue
                 t0 = time.perf_counter()
                 cfg = RunConfig(model=ModelConfig(isize=ISIZE, channels=3, ngf=32, ndf=32, **mkw),
                                 train=TrainConfig(epochs=EPOCHS, batch=BATCH, seed=seed, threads=threads, **tkw),

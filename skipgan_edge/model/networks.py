@@ -81,10 +81,15 @@ class UnetGenerator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D: x ↦ (D(x) ∈ (0, 1) of shape (B,), f(x) of shape (B, nz))."""
+    """D: x ↦ (D(x) ∈ (0, 1) of shape (B,), f(x)).
+
+    f(x) is the nz-d output of the last convolution (the paper's, ``feature_layer="last"``) or the
+    flattened 4×4 map before it (``"penultimate"``: more spatial detail, one of the study's variants).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.penultimate = cfg.feature_layer == "penultimate"
         ndf = cfg.ndf
         layers: list[nn.Module] = [nn.Conv2d(cfg.channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
         size, width = cfg.isize // 2, ndf
@@ -96,9 +101,14 @@ class Discriminator(nn.Module):
         self.classifier = nn.Sequential(nn.Conv2d(cfg.nz, 1, 3, 1, 1, bias=False), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feat = self.features(x)  # (B, nz, 1, 1)
+        body = self.features[:-1](x)  # (B, 8·ndf·…, 4, 4)
+        feat = self.features[-1](body)  # (B, nz, 1, 1)
         pred = self.classifier(feat).flatten()  # (B,)
-        return pred, feat.flatten(1)  # (B,), (B, nz)
+        return pred, (body if self.penultimate else feat).flatten(1)  # (B,), (B, nz) or (B, C·16)
+
+    def feature(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) alone: what the score needs (the classifier, and for "penultimate" the last conv, are skipped)."""
+        return (self.features[:-1](x) if self.penultimate else self.features(x)).flatten(1)
 
 
 def init_weights(module: nn.Module) -> None:
@@ -145,7 +155,7 @@ class SkipGANomaly(nn.Module):
             return fake, f_real, f_fake
         # eval mode: one pass over 2B images (exact: BatchNorm uses running statistics), and only
         # the feature layers: the classifier D(x) is not needed for the score
-        feats = self.discriminator.features(torch.cat([x, fake], 0)).flatten(1)  # (2B, nz)
+        feats = self.discriminator.feature(torch.cat([x, fake], 0))  # (2B, nz)
         f_real, f_fake = feats.chunk(2, 0)
         return fake, f_real, f_fake
 
