@@ -37,7 +37,7 @@ class ModelConfig:
     ndf: int = 64  # discriminator base width, the authors' default
     nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
     skip_dropout: float = 0.0  # channel dropout on the UNet skip connections while training (0 = the paper)
-    feature_layer: str = "last"  # D layer used as f(x): last (the paper's nz-d conv) or penultimate (the 4x4 map before it)
+    feature_layer: str = "penultimate"  # D layer for f(x): penultimate (4x4 map, measured better) or last (the paper's nz-d conv)
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:

@@ -19,7 +19,7 @@ def test_parameter_counts_match_authors_code() -> None:
 @pytest.mark.parametrize("isize", [32, 64, 128, 256])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes(isize: int, channels: int) -> None:
-    m = SkipGANomaly(ModelConfig(isize=isize, channels=channels, ngf=4, ndf=4, nz=10)).eval().requires_grad_(False)
+    m = SkipGANomaly(ModelConfig(isize=isize, channels=channels, ngf=4, ndf=4, nz=10, feature_layer="last")).eval().requires_grad_(False)
     x = torch.rand(2, channels, isize, isize) * 2 - 1
     fake, f_real, f_fake = m.terms(x)
     assert fake.shape == x.shape
@@ -80,7 +80,7 @@ def test_scores_do_not_depend_on_batch_or_order(tiny_model: object) -> None:
 
 def test_feature_layer_variant() -> None:
     """f(x) from the layer before D's last conv: same parameters, a (B, C·4·4) feature, scorer unchanged."""
-    last = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=4, ndf=4, nz=10)).eval()
+    last = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=4, ndf=4, nz=10, feature_layer="last")).eval()
     pen = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=4, ndf=4, nz=10, feature_layer="penultimate")).eval()
     assert count_parameters(pen) == count_parameters(last)
     pen.load_state_dict(last.state_dict())

@@ -216,11 +216,13 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
 
     test = load_folder(synth_dir, 32, 3).test
     assert test is not None
-    frames = test.images[::20]
+    frames = test.images[::5]
     with open_backend("model", demo_model, "torch") as ref_be:
         ref = ref_be.infer(frames)
-    # largest relative score error per frame; INT8's real contract is the AUROC gate at export
-    tol = {"fp32": 1e-4, "fp16": 0.01, "int8": 0.25}
+    # largest |Δ normalized_score| per frame, i.e. in units of the normal validation score range
+    # (scores can be near 0 once standardised, so a relative error would be meaningless);
+    # INT8's real contract is the AUROC gate at export
+    tol = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.5}
     import importlib.util
 
     runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
@@ -233,9 +235,9 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
             got = be.infer(frames)
             assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
             assert got.score.dtype == np.float32
-            err = float((np.abs(got.score - ref.score) / np.abs(ref.score)).max())
+            err = float(np.abs(got.normalized_score - ref.normalized_score).max())
             assert err <= tol[be.precision], (path.name, be.precision, err)
-            assert spearman(got.score, ref.score) > 0.9
+            assert spearman(got.score, ref.score) > 0.9, (path.name, runtime, spearman(got.score, ref.score))
 
 
 def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_path: Path) -> None:

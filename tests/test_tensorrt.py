@@ -35,13 +35,13 @@ def test_engine_matches_onnxruntime(engines: dict[str, Path], demo_onnx: Path, s
     frames = test.images[:8]
     with open_backend("onnx", demo_onnx / "scorer.onnx") as ref_be:
         ref = ref_be.infer(frames)
-    tol = {"fp32": 1e-3, "fp16": 0.02, "int8": 0.25}
+    tol = {"fp32": 1e-3, "fp16": 0.05, "int8": 0.5}  # |Δ normalized_score|, as in test_backend_parity_contract
     for prec, eng in engines.items():
         with open_backend("engine", eng, cuda_api="auto") as be:
             for b in (1, 3, 8):  # dynamic batch within the profile, graphs captured per size
                 got = be.infer(frames[:b])
                 got = be.infer(frames[:b])
-                assert float((np.abs(got.score - ref.score[:b]) / np.abs(ref.score[:b])).max()) <= tol[prec]
+                assert float(np.abs(got.normalized_score - ref.normalized_score[:b]).max()) <= tol[prec]
             assert be.buffers.allocations == 8  # 4 tensors x (pinned host + device), never more
 
 

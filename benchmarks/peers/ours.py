@@ -39,6 +39,9 @@ def load(name: str, seed: int) -> Dataset:
                    Split(z["test"], z["test_labels"], None, [str(i) for i in range(len(z["test"]))]))
 
 
+PAPER_LAM = {"skipganomaly": 0.9, "ganomaly": 0.0}  # each architecture's paper formulation
+
+
 def score_variants(net: torch.nn.Module, ds: Dataset, arch_lam: float) -> dict[str, float]:
     dev = torch.device("cpu")
     assert ds.test is not None
@@ -85,7 +88,7 @@ def main() -> None:
                     tr = Trainer(ds, cfg, Path(tmp) / "r", progress=False)
                     tr.fit()
                     net = tr.net.eval()  # the final-epoch weights: no selection on either side
-                    scores = score_variants(net, ds, float(cfg.score.lam or 0.0))
+                    scores = score_variants(net, ds, PAPER_LAM[cfg.model.arch])
                 row = {"data": name, "seed": seed, "model": variant, "auroc": scores, "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
