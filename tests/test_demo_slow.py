@@ -1,0 +1,19 @@
+"""The full demo as a user runs it (marked slow: `make test-slow`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_full_demo_finds_every_defect(tmp_path: Path) -> None:
+    p = run_cli("demo", "--out", str(tmp_path / "demo"), timeout=900)
+    assert "7/7 defects found" in p.stdout, p.stdout
+    report = json.loads((tmp_path / "demo" / "export" / "export_report.json").read_text())
+    assert report["variants"]["fp32"]["auroc"] > 0.95
+    assert all(v["gate"] in ("reference", "passed") for v in report["variants"].values())
