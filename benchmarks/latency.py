@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,51 +32,40 @@ def plots(result: dict, prefix: str) -> list[Path]:
     series: dict[str, list[dict]] = {}
     for r in result["records"]:
         series.setdefault(f"{r['backend']} {r['precision']}", []).append(r)
-    out = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rs in series.items():
-        b = [r["batch"] for r in rs]
-        line = ax.plot(b, [r["latency_ms"]["median"] for r in rs], marker="o", label=f"{name} median")[0]
-        ax.fill_between(b, [r["latency_ms"]["min"] for r in rs], [r["latency_ms"]["p99"] for r in rs], color=line.get_color(), alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch")
-    ax.set_ylabel("latency per batch (ms); band: min-p99")
-    ax.legend(fontsize=7)
-    ax.set_title("latency vs batch")
-    fig.tight_layout()
-    out.append(RESULTS / f"{prefix}_latency.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rs in series.items():
-        ax.plot([r["batch"] for r in rs], [r["throughput"] for r in rs], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch")
-    ax.set_ylabel("images/s")
-    ax.legend(fontsize=7)
-    ax.set_title("throughput vs batch")
-    fig.tight_layout()
-    out.append(RESULTS / f"{prefix}_throughput.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
-    peak = result.get("peak_gflops", {}).get("fp32")
-    if peak:
+
+    def figure(key: str, ylabel: str, title: str, y: Any, logy: bool = False) -> Any:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, rs in series.items():
-            ax.plot([r["batch"] for r in rs], [r.get("achieved_gflops", 0) for r in rs], marker="o", label=name)
+            ax.plot([r["batch"] for r in rs], [y(r) for r in rs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        return fig, ax, RESULTS / f"{prefix}_{key}.png"
+
+    def save(fig: Any, ax: Any, path: Path) -> None:
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        out.append(path)
+
+    out: list[Path] = []
+    fig, ax, path = figure("latency", "latency per batch (ms); band: min-p99", "latency vs batch", lambda r: r["latency_ms"]["median"], True)
+    for line, rs in zip(ax.get_lines(), series.values()):
+        b = [r["batch"] for r in rs]
+        ax.fill_between(b, [r["latency_ms"]["min"] for r in rs], [r["latency_ms"]["p99"] for r in rs], color=line.get_color(), alpha=0.15)
+    save(fig, ax, path)
+    save(*figure("throughput", "images/s", "throughput vs batch", lambda r: r["throughput"]))
+    peak = result.get("peak_gflops", {}).get("fp32")
+    if peak:
+        fig, ax, path = figure("roofline", "achieved GFLOP/s", "roofline: achieved vs measured peak", lambda r: r.get("achieved_gflops", 0))
         ax.axhline(peak, color="k", ls="--", label=f"fp32 matmul peak {peak:.0f} GFLOP/s")
         if "bf16" in result["peak_gflops"]:
             ax.axhline(result["peak_gflops"]["bf16"], color="gray", ls=":", label=f"bf16 peak {result['peak_gflops']['bf16']:.0f}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("achieved GFLOP/s")
-        ax.legend(fontsize=7)
-        ax.set_title("roofline: achieved vs measured peak")
-        fig.tight_layout()
-        out.append(RESULTS / f"{prefix}_roofline.png")
-        fig.savefig(out[-1], dpi=100)
-        plt.close(fig)
+        save(fig, ax, path)
     return out
 
 
@@ -94,26 +84,8 @@ def main() -> None:
 
             run_demo(Path(tmp) / "demo")
             export_dir = Path(tmp) / "demo" / "export"
-        arts = discover(export_dir)
-        names = args.backends.split(",")
-        records = []
-        result = None
-        for kind, path in arts:
-            backends = names if kind == "onnx" else ["tensorrt"]
-            r = run_bench([(kind, path)], BenchConfig(batches=tuple(int(b) for b in args.batches.split(",")), duration=args.duration),
-                          backends, probe_peak=result is None)
-            if result is None:
-                result = r
-            else:
-                records += r["records"]
-                result["flops"].update(r["flops"])
-        assert result is not None
-        peak = result["peak_gflops"]["fp32"]
-        for r in records:
-            if "flops_per_image" in r:
-                r["achieved_gflops"] = r["throughput"] * r["flops_per_image"] / 1e9
-                r["fraction_of_fp32_peak"] = r["achieved_gflops"] / peak
-        result["records"] += records
+        cfg = BenchConfig(batches=tuple(int(b) for b in args.batches.split(",")), duration=args.duration)
+        result = run_bench(discover(export_dir), cfg, args.backends.split(","))  # engines, if any, run on TensorRT
     result["command"] = command_line()
     write_json(f"latency_{args.name}.json", result)
     pngs = plots(result, f"latency_{args.name}")

@@ -314,11 +314,10 @@ def run_cmd(
                                   watch_state=watch_state, reconnect_attempts=reconnect_attempts),
         device=device, cuda_api=cuda_api, threads=threads,
     )
-    typer.echo(_json_dumps(s) if as_json else format_summary(s))
-
-
-def _json_dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
+    if as_json:
+        _echo_json(s)
+    else:
+        typer.echo(format_summary(s))
 
 
 # ---------------------------------------------------------------------------------------- bench

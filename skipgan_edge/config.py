@@ -148,19 +148,12 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
         raise ConfigError(f"unknown key(s) in [{table}]: {', '.join(unknown)}; known: {', '.join(known)}")
     out: dict[str, Any] = {}
     for name, value in values.items():
-        default = getattr(cls(), name)
-        if default is None and name == "pool" and isinstance(value, int) and not isinstance(value, bool):
-            default = 0  # an optional integer
-        elif default is None and name == "mode" and isinstance(value, str):
-            default = ""  # an optional string
-        elif default is None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value, default = float(value), 0.0  # an optional number
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        # the field's annotation names the accepted types ("float | None"); an int is a valid float
+        allowed = [t.strip() for t in str(known[name].type).split("|") if t.strip() != "None"]
+        if "float" in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if type(default) is not type(value):
-            raise ConfigError(
-                f"[{table}] {name} must be {type(default).__name__}, got {type(value).__name__} ({value!r})"
-            )
+        if type(value).__name__ not in allowed:
+            raise ConfigError(f"[{table}] {name} must be {' or '.join(allowed)}, got {type(value).__name__} ({value!r})")
         out[name] = value
     return cls(**out)
 

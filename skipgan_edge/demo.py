@@ -13,7 +13,6 @@ Everything lands under ``--out`` (default ``demo_out/``).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -24,8 +23,6 @@ import numpy as np
 import typer
 
 from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig
-
-log = logging.getLogger(__name__)
 
 DEFECT_FRAMES = (20, 21, 22, 55, 90, 91, 130)
 

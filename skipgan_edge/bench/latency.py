@@ -25,7 +25,7 @@ import numpy as np
 from skipgan_edge.bench.power import PowerSampler, jetson_power_mode
 from skipgan_edge.bench.stats import summarize
 from skipgan_edge.errors import ConfigError
-from skipgan_edge.runtime.backends import open_backend
+from skipgan_edge.runtime.backends import RUNS, THREADED, open_backend, resolve_backend
 from skipgan_edge.runtime.backends.base import Backend
 
 
@@ -136,10 +136,12 @@ def run_bench(
     frames_cache: dict[tuple[int, ...], np.ndarray] = {}
     on_gpu = False
     for kind, path in artifacts:
-        names = backends or ["auto"]
+        # of the requested backends, those that run this kind of artifact (an engine in an export
+        # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
+        names = [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
         for name in names:
             kw: dict[str, Any] = {}
-            if (name in ("onnxruntime", "openvino") or (name == "auto" and kind == "onnx")) and cfg.threads:
+            if resolve_backend(kind, name) in THREADED and cfg.threads:
                 kw["threads"] = cfg.threads
             if kind == "engine":
                 kw["profile"] = True
@@ -217,7 +219,7 @@ def pipeline_bench(artifacts: list[tuple[str, Path]], source: str, batches: tupl
     out = []
     for kind, path in artifacts:
         for name in backends or ["auto"]:
-            kw: dict[str, Any] = {"threads": threads} if threads and (name in ("onnxruntime", "openvino") or kind == "onnx") else {}
+            kw: dict[str, Any] = {"threads": threads} if threads and resolve_backend(kind, name) in THREADED else {}
             with open_backend(kind, path, name, **kw) as be:
                 for b in batches:
                     s = Pipeline(open_source(source), be, [], PipelineConfig(batch=b, max_wait_ms=50)).run(handle_signals=False)

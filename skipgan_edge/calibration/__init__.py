@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skipgan_edge.data.images import VIDEO_SUFFIXES
 from skipgan_edge.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 MIN_FRAMES = 32
 RECOMMENDED_FRAMES = 300
 DUPLICATE_MAD = 1.0  # mean absolute difference of 16×16 thumbnails (grey levels) below which two frames are the same
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg")
 
 
 @dataclass

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.errors import CalibrationError, ExportError, require
-from skipgan_edge.export.onnx import HEAD_NODE_REGEX, card_from_onnx, set_metadata
+from skipgan_edge.export.onnx import HEAD_NODE_REGEX, card_from_onnx, is_head_node, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
     src, out = Path(src).resolve(), Path(out).resolve()  # Model Optimizer runs in a temporary working directory
     src_model = onnx.load(str(src))
     card = card_from_onnx(src_model)
-    keep_fp32 = [HEAD_NODE_REGEX] + [re.escape(n) + "$" for n in image_facing_convs(src_model)]
+    fp32_convs = image_facing_convs(src_model)
+    keep_fp32 = [HEAD_NODE_REGEX] + [re.escape(n) + "$" for n in fp32_convs]
     calib = np.ascontiguousarray(calib, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "int8.onnx"
@@ -142,7 +143,7 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
             raise ExportError("INT8 quantization produced no file; run with -v to see Model Optimizer's log")
         model = onnx.load(str(tmp_out))
     _finish(model, card, "int8", out, {"method": f"q/dq int8, calibration {method}", "calibration_frames": len(calib),
-                                       "fp32_convs": image_facing_convs(src_model)})
+                                       "fp32_convs": fp32_convs})
     return Path(given_out)
 
 
@@ -161,8 +162,9 @@ def write_percentile_cache(src: Path, calib: np.ndarray, out: Path, percentile: 
     import onnxruntime as ort
 
     model = onnx.load(str(src))
-    names = sorted({n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and not _is_head(n.name)
-                    and n.name not in image_facing_convs(model)})
+    fp32_convs = set(image_facing_convs(model))
+    names = sorted({n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and not is_head_node(n.name)
+                    and n.name not in fp32_convs})
     known = {o.name for o in model.graph.output}
     for name in names:
         if name not in known:
@@ -199,35 +201,21 @@ def image_facing_convs(model: Any) -> list[str]:
         seen.add(n.name)
         return any(reaches_input(t, seen) for t in n.input if t)
 
-    return [n.name for n in model.graph.node if n.op_type in convs and not _is_head(n.name) and reaches_input(n.input[0], set())]
-
-
-def _is_head(name: str) -> bool:
-    import re
-
-    return re.match(HEAD_NODE_REGEX, name) is not None
+    return [n.name for n in model.graph.node if n.op_type in convs and not is_head_node(n.name) and reaches_input(n.input[0], set())]
 
 
 def head_violations(model: Any) -> list[str]:
     """Nodes in the score head (reachable backwards from an output without entering a network
     node) that are Q/DQ or cast to FP16. Empty means the head is FP32."""
-    producers = {o: n for n in model.graph.node for o in n.output}
+    head = set(head_nodes(model))
     bad: list[str] = []
-    seen: set[str] = set()
-    stack = [o.name for o in model.graph.output]
-    while stack:
-        t = stack.pop()
-        n = producers.get(t)
-        if n is None or n.name in seen:
+    for n in model.graph.node:
+        if n.name not in head:
             continue
-        seen.add(n.name)
-        if not _is_head(n.name):
-            continue  # entered a network: stop walking this path
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             bad.append(f"{n.op_type} {n.name}")
         if n.op_type == "Cast" and any(a.name == "to" and a.i == 10 for a in n.attribute):  # 10 = FLOAT16
             bad.append(f"Cast-to-fp16 {n.name}")
-        stack.extend(n.input)
     return bad
 
 
@@ -238,7 +226,7 @@ def head_nodes(model: Any) -> list[str]:
     stack = [o.name for o in model.graph.output]
     while stack:
         n = producers.get(stack.pop())
-        if n is None or n.name in seen or not _is_head(n.name):
+        if n is None or n.name in seen or not is_head_node(n.name):
             continue
         seen.append(n.name)
         stack.extend(n.input)

@@ -301,9 +301,6 @@ def default_score(arch: str) -> dict[str, Any]:
     return dict(cls.default_score)
 
 
-def default_lam(arch: str) -> float:
-    return float(default_score(arch)["lam"])
-
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Instantiate the architecture named by ``cfg.arch``."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from skipgan_edge.errors import ConfigError
-from skipgan_edge.runtime.backends import open_backend
+from skipgan_edge.runtime.backends import THREADED, open_backend, resolve_backend
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
@@ -37,12 +37,10 @@ def run(
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary."""
     kw: dict[str, Any] = {}
-    from skipgan_edge.runtime.backends import default_onnx_backend
-
-    chosen = backend if backend != "auto" else {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
+    chosen = resolve_backend(kind, backend)
     if chosen == "tensorrt":
         kw["cuda_api"] = cuda_api
-    if chosen in ("onnxruntime", "openvino") and threads:
+    if chosen in THREADED and threads:
         kw["threads"] = threads
     be = open_backend(kind, path, backend, device=device, **kw)
     with be:

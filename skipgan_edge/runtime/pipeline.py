@@ -18,7 +18,6 @@ Memory is bounded: records are not kept; latency statistics use a fixed-size res
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -277,6 +276,3 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append(f"{stage:11s}  {st['min']:<7.3f} {st['median']:<7.3f} {st['p90']:<7.3f} {st['p95']:<7.3f} {st['p99']:<7.3f}")
     return "\n".join(lines)
 
-
-def dumps(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2)

@@ -36,12 +36,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skipgan_edge.data.images import IMAGE_SUFFIXES, read_image
+from skipgan_edge.data.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image
 from skipgan_edge.errors import SourceError
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts")
 
 
 @dataclass
@@ -385,9 +384,3 @@ def open_source(spec: str, opts: SourceOptions | None = None) -> Source:
     if Path(path).suffix.lower() in VIDEO_SUFFIXES:
         return VideoFileSource(path, opts)
     return ImageFilesSource(path, opts)
-
-
-def describe(source: Source) -> dict[str, Any]:
-    return {"spec": source.spec, "live": source.live, "kind": type(source).__name__}
-
-

@@ -47,7 +47,7 @@ from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
-from skipgan_edge.model.networks import build_model, default_lam, init_weights
+from skipgan_edge.model.networks import build_model, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 
 log = logging.getLogger(__name__)
@@ -94,27 +94,28 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
-    """Eval-mode reconstruction term, latent term and maps for a uint8 NHWC array."""
+    """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array."""
     was_training = net.training
     net.eval()
-    rec, lat, maps, l1s = [], [], [], []
+    rec, lat, l1s = [], [], []
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
-        r, la, m = score_terms(x, fake, f_real, f_fake, pool)
+        r, la, _ = score_terms(x, fake, f_real, f_fake, pool)
         rec.append(r.cpu().numpy())
         lat.append(la.cpu().numpy())
-        maps.append(m.cpu().numpy())
         l1s.append((x - fake).abs().mean(dim=(1, 2, 3)).cpu().numpy())
     net.train(was_training)
-    return {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "map": np.concatenate(maps), "l1": np.concatenate(l1s)}
+    return {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s)}
 
 
 def validation_report(
     net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Scores of the validation split, their statistics, the threshold and the selection signal."""
-    sc = cfg.validate().score  # architecture defaults filled in
+    """Scores of the validation split, their statistics, the threshold and the selection signal.
+
+    ``cfg`` is a validated config (``RunConfig.validate``): the score's mode, λ and pool are filled in."""
+    sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
     terms = score_split(net, data.val.images, device, pool)
     is_normal = data.val.labels == 0
@@ -122,7 +123,7 @@ def validation_report(
         "rec_mean": float(terms["rec"][is_normal].mean()), "rec_std": float(terms["rec"][is_normal].std()),
         "lat_mean": float(terms["lat"][is_normal].mean()), "lat_std": float(terms["lat"][is_normal].std()),
     }
-    lam = sc.lam if sc.lam is not None else default_lam(cfg.model.arch)
+    lam = float(sc.lam or 0.0)
     lam_method = "configured"
     if sc.select_lam and data.val.has_anomalies:
         grid = [i / 10 for i in range(11)]

@@ -29,14 +29,27 @@ def default_onnx_backend() -> str:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
 
 
-def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cpu", **kw: object) -> Backend:
-    """Create (not yet activate) the backend for an artifact; use it as a context manager."""
+def resolve_backend(kind: str, backend: str = "auto") -> str:
+    """The backend name ``auto`` stands for, given the artifact kind (model, onnx, engine)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
-    pairs = {("model", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("engine", "tensorrt")}
-    if (kind, backend) not in pairs:
+    if backend != "auto":
+        return backend
+    return {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
+
+
+#: backends whose constructor takes ``threads`` (CPU runtimes)
+THREADED = ("onnxruntime", "openvino")
+
+
+#: which backend runs which artifact kind
+RUNS = {("model", "torch"), ("onnx", "onnxruntime"), ("onnx", "openvino"), ("engine", "tensorrt")}
+
+
+def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cpu", **kw: object) -> Backend:
+    """Create (not yet activate) the backend for an artifact; use it as a context manager."""
+    backend = resolve_backend(kind, backend)
+    if (kind, backend) not in RUNS:
         hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "openvino": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]
         raise ConfigError(f"--backend {backend} runs {hint}, not --{kind}")
     if backend == "torch":

@@ -22,8 +22,10 @@ def read_card(path: Path) -> dict[str, Any]:
     """The model card stored in an exported ONNX file's metadata_props, with I/O checks."""
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only the metadata and I/O are read
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises many private exception types
         raise ModelFolderError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
     return _card_from_session(sess, path)
