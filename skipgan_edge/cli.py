@@ -295,6 +295,7 @@ def run_cmd(
     stop_after_idle: Annotated[Optional[float], typer.Option(help="watch: stop after this many idle seconds.")] = None,
     watch_state: Annotated[Optional[Path], typer.Option(help="watch: file remembering scored names.")] = None,
     reconnect_attempts: Annotated[int, typer.Option(help="Camera/RTSP reopen attempts before giving up.")] = 10,
+    decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for video files and RTSP (0 = one per core).")] = 1,
     cuda_api: Annotated[str, typer.Option(help="TensorRT buffers: auto, cuda-python or pycuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
@@ -311,7 +312,8 @@ def run_cmd(
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
         sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
-                                  watch_state=watch_state, reconnect_attempts=reconnect_attempts),
+                                  watch_state=watch_state, reconnect_attempts=reconnect_attempts,
+                                  decode_threads=decode_threads),
         device=device, cuda_api=cuda_api, threads=threads,
     )
     if as_json:

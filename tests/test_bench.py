@@ -38,6 +38,17 @@ def test_reservoir_is_exact_then_bounded() -> None:
     assert 2_000 < s["median"] < 8_000  # a uniform sample of 0..9999
 
 
+def test_reservoir_extend_matches_add() -> None:
+    a, b = Reservoir(size=100, seed=3), Reservoir(size=100, seed=3)
+    values = [float(v) for v in range(250)]
+    for v in values:
+        a.add(v)
+    for i in range(0, 250, 7):  # chunks crossing the point where the reservoir fills
+        b.extend(values[i : i + 7])
+    assert a.count == b.count == 250
+    np.testing.assert_array_equal(a.buf, b.buf)
+
+
 def test_flop_counter_against_hand_count(tmp_path: Path) -> None:
     # x (1,3,8,8) -> Conv 4x4 s2 p1 -> (1,5,4,4) with bias -> Relu -> ConvTranspose 4x4 s2 p1 -> (1,2,8,8), no bias -> ReduceMean
     w1 = helper.make_tensor("w1", TensorProto.FLOAT, [5, 3, 4, 4], np.zeros(240, np.float32))

@@ -43,6 +43,16 @@ class Reservoir:
                 self.buf[j] = value
         self.count += 1
 
+    def extend(self, values: Sequence[float]) -> None:
+        """``add`` each value; one slice assignment while the reservoir is not yet full."""
+        n = len(values)
+        if self.count + n <= self.size:
+            self.buf[self.count : self.count + n] = values
+            self.count += n
+        else:
+            for v in values:
+                self.add(v)
+
     def summary(self) -> dict[str, float]:
         s = summarize(self.buf[: min(self.count, self.size)])
         if s:

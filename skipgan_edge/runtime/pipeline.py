@@ -8,7 +8,11 @@
   after the first; the backend scores all their inputs in one call (tiles included).
 * Every frame keeps its source, index and capture time; its record carries per-stage timings:
   capture (read + decode), preprocess, queue (waiting for the batcher), infer (transfer +
-  compute, the batch's), postprocess (splitting, stitching), sink (writing every sink).
+  compute), postprocess (splitting, stitching), sink (writing every sink; in the summary only).
+  infer, postprocess and sink are the batch's times: every frame of a batch waits for all of
+  them. Results of a batch are handed to each sink together (``Sink.write_batch``): the JSONL
+  sink writes and flushes them in one system call, so a record is on disk as soon as its batch
+  is scored.
 * SIGINT / SIGTERM: stop capture, finish the frames already captured, flush and close every
   sink, write the summary, return normally (exit 0).
 * A sink error stops the run after the other sinks are flushed and closed.
@@ -19,10 +23,10 @@ Memory is bounded: records are not kept; latency statistics use a fixed-size res
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -41,7 +45,6 @@ from skipgan_edge.runtime.sources import Frame, Source
 log = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "queue", "infer", "postprocess", "sink", "total")
-_END = object()
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,60 @@ class PipelineConfig:
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
 
 
+class FrameQueue:
+    """Bounded FIFO between capture and batcher for sources that never drop (files, folders, watch).
+
+    ``put`` blocks while the queue is full; ``take`` hands over up to ``n`` frames under one lock
+    and wakes the batcher only when what it waits for is there (not once per frame)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.cond = threading.Condition()
+        self.items: deque[Any] = deque()
+        self.maxsize = max(1, maxsize)
+        self.ended = False
+        self.want = 1  # frames the batcher is waiting for
+        self.dropped = 0  # never changes: nothing is dropped
+
+    def put(self, item: Any, stop: threading.Event) -> None:
+        with self.cond:
+            while len(self.items) >= self.maxsize:
+                if stop.is_set():
+                    return
+                self.cond.wait(0.1)
+            self.items.append(item)
+            if len(self.items) >= self.want:
+                self.cond.notify_all()
+
+    def end(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+    def take(self, n: int, timeout: float, max_wait: float) -> tuple[list[Any], bool]:
+        """Up to ``n`` frames: waits ``timeout`` for the first, then until ``n`` are there or
+        ``max_wait`` has passed. Returns the frames and whether the source has ended and
+        nothing is left."""
+        with self.cond:
+            self.want = 1
+            if not self.cond.wait_for(lambda: self.items or self.ended, timeout):
+                return [], False
+            if self.items and len(self.items) < n and not self.ended:
+                self.want = n
+                deadline = time.perf_counter() + max_wait
+                while len(self.items) < n and not self.ended:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(remaining)
+                self.want = 1
+            got = [self.items.popleft() for _ in range(min(n, len(self.items)))]
+            self.cond.notify_all()  # room for the capture thread
+            return got, self.ended and not self.items
+
+
 class LatestSlot:
-    """One-slot mailbox: ``put`` replaces an unconsumed item and counts it as dropped."""
+    """One-slot mailbox for live sources: ``put`` replaces an unconsumed frame and counts it as
+    dropped; the end never replaces a waiting frame (that frame is still scored)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
@@ -65,24 +120,33 @@ class LatestSlot:
         self.ended = False
         self.dropped = 0
 
-    def put(self, item: Any) -> None:
+    def put(self, item: Any, stop: threading.Event | None = None) -> None:
         with self.cond:
-            if item is _END:  # the end never replaces a waiting frame: that frame is still scored
-                self.ended = True
-            else:
-                if self.has:
-                    self.dropped += 1
-                self.item, self.has = item, True
-            self.cond.notify()
-
-    def get(self, timeout: float | None = None) -> Any:
-        with self.cond:
-            if not self.has and not self.ended and not self.cond.wait_for(lambda: self.has or self.ended, timeout):
-                raise queue.Empty
             if self.has:
-                item, self.item, self.has = self.item, None, False
-                return item
-            return _END
+                self.dropped += 1
+            self.item, self.has = item, True
+            self.cond.notify_all()
+
+    def end(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+    def take(self, n: int, timeout: float, max_wait: float) -> tuple[list[Any], bool]:
+        """The newest frame (waiting ``timeout`` for one), then each newer one that arrives within
+        ``max_wait``, up to ``n``."""
+        got: list[Any] = []
+        deadline = time.perf_counter() + max_wait
+        with self.cond:
+            while len(got) < n:
+                wait = timeout if not got else deadline - time.perf_counter()
+                if not self.has and not self.ended and (wait <= 0 or not self.cond.wait_for(lambda: self.has or self.ended, wait)):
+                    break
+                if not self.has:  # ended
+                    break
+                got.append(self.item)
+                self.item, self.has = None, False
+            return got, self.ended and not self.has
 
 
 class Pipeline:
@@ -114,22 +178,13 @@ class Pipeline:
                 frame.extra["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
                 frame.extra["t_queued_ns"] = time.perf_counter_ns()
                 self.frames_in += 1
-                item = (frame, prepared)
-                if isinstance(chan, LatestSlot):
-                    chan.put(item)
-                else:
-                    while not self.stop_event.is_set():
-                        try:
-                            chan.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                chan.put((frame, prepared), self.stop_event)
                 if self.cfg.max_frames is not None and self.frames_in >= self.cfg.max_frames:
                     break
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
             self._capture_error = exc
         finally:
-            chan.put(_END)
+            chan.end()
 
     # ------------------------------------------------------------------------------------- run
     def _handler(self, signum: int, frame: FrameType | None) -> None:
@@ -142,7 +197,7 @@ class Pipeline:
         inp = card["input"]
         pre = Preprocessor(int(inp["isize"]), int(inp["channels"]), self.cfg.mode, self.cfg.overlap)
         self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card["score"]["threshold"]["normalized"])
-        chan: Any = LatestSlot() if self.source.live else queue.Queue(maxsize=self.cfg.queue_size)
+        chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(self.cfg.queue_size)
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -153,27 +208,9 @@ class Pipeline:
         try:
             ended = False
             while not ended:
-                try:
-                    item = chan.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if item is _END:
-                    break
-                batch = [item]
-                deadline = time.perf_counter() + self.cfg.max_wait_ms / 1e3
-                while len(batch) < self.cfg.batch:
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = chan.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                    if nxt is _END:
-                        ended = True
-                        break
-                    batch.append(nxt)
-                self._process(batch)
+                batch, ended = chan.take(self.cfg.batch, 0.2, self.cfg.max_wait_ms / 1e3)
+                if batch:
+                    self._process(batch)
         except BaseException as exc:  # noqa: BLE001 - sinks are closed below, then it is re-raised
             error = exc
             self.stop_event.set()
@@ -189,8 +226,7 @@ class Pipeline:
                 except OSError as exc:
                     close_errors.append(f"{sink.name}: {exc}")
             self.source.close()
-        dropped = getattr(chan, "dropped", 0)
-        summary = self._summary(time.perf_counter() - t_start, dropped)
+        summary = self._summary(time.perf_counter() - t_start, chan.dropped)
         if summary_path is not None:
             atomic_write_json(summary_path, summary)
         self.summary = summary
@@ -205,7 +241,7 @@ class Pipeline:
     # --------------------------------------------------------------------------------- process
     def _process(self, batch: list[tuple[Frame, Prepared | None]]) -> None:
         t_deq = time.perf_counter_ns()
-        good = [(f, p) for f, p in batch if p is not None]
+        good: list[tuple[Frame, Prepared]] = []
         for f, p in batch:
             if p is None:
                 self.unreadable += 1
@@ -213,46 +249,63 @@ class Pipeline:
                     log.warning("skipping unreadable frame/file %s (further ones are counted, see the summary)", f.name or f.index)
                     self._unreadable_logged = True
                 self.source.ack(f)
+            else:
+                good.append((f, p))
         if not good:
             return
-        inputs = np.concatenate([p.inputs for _, p in good])
+        inputs = good[0][1].inputs if len(good) == 1 else np.concatenate([p.inputs for _, p in good])
         t0 = time.perf_counter()
         out = self.backend.infer_all(inputs)
-        infer_ms = (time.perf_counter() - t0) * 1e3
-        k = 0
-        for f, p in good:
-            n = len(p.inputs)
-            t1 = time.perf_counter()
-            res = combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images)
-            k += n
-            post_ms = (time.perf_counter() - t1) * 1e3
-            anomalous = bool(res["normalized_score"] > self.threshold)
+        t1 = time.perf_counter()
+        infer_ms = (t1 - t0) * 1e3
+        if len(inputs) == len(good) and not self.need_images and all(p.layout is None for _, p in good):
+            # one input per frame and no sink draws: the outputs are the results (no per-frame work)
+            results: list[dict[str, Any]] = [{"score": a, "normalized_score": b}
+                                             for a, b in zip(out.score.tolist(), out.normalized_score.tolist(), strict=True)]
+        else:
+            results, k = [], 0
+            for _, p in good:
+                n = len(p.inputs)
+                results.append(combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images))
+                k += n
+        post_ms = (time.perf_counter() - t1) * 1e3
+        records = []
+        for (f, _), res in zip(good, results, strict=True):
             rec: dict[str, Any] = {
                 "source": f.source, "frame": f.index, "file": f.name, "timestamp": f.timestamp,
-                "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous,
+                "score": res["score"], "normalized_score": res["normalized_score"],
+                "anomalous": res["normalized_score"] > self.threshold,
             }
             if "tiles" in res:
                 rec["tiles"] = res["tiles"]
-            queue_ms = (t_deq - f.extra["t_queued_ns"]) / 1e6
-            t2 = time.perf_counter()
-            stages = {"capture": f.capture_ms, "preprocess": f.extra["preprocess_ms"], "queue": queue_ms, "infer": infer_ms,
-                      "postprocess": post_ms}
             rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
-            rec["stages_ms"] = {k2: round(v, 4) for k2, v in stages.items()}
-            for sink in self.sinks:
-                try:
-                    sink.write(rec, p.view if self.need_images else None, res["map"] if self.need_images else None)
-                except SkipganError:
-                    raise
-                except OSError as exc:
-                    raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
-            stages["sink"] = (time.perf_counter() - t2) * 1e3
-            stages["total"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
-            for s, v in stages.items():
-                self.lat[s].add(v)
+            rec["stages_ms"] = {"capture": round(f.capture_ms, 4), "preprocess": round(f.extra["preprocess_ms"], 4),
+                                "queue": round((t_deq - f.extra["t_queued_ns"]) / 1e6, 4), "infer": round(infer_ms, 4),
+                                "postprocess": round(post_ms, 4)}
+            records.append(rec)
+        t2 = time.perf_counter()
+        views = [p.view for _, p in good] if self.need_images else None
+        maps = [r["map"] for r in results] if self.need_images else None
+        for sink in self.sinks:
+            try:
+                sink.write_batch(records, views, maps)
+            except SkipganError:
+                raise
+            except OSError as exc:
+                raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
+        t_end = time.perf_counter_ns()
+        sink_ms = (time.perf_counter() - t2) * 1e3
+        n = len(good)
+        self.lat["capture"].extend([f.capture_ms for f, _ in good])
+        self.lat["preprocess"].extend([f.extra["preprocess_ms"] for f, _ in good])
+        self.lat["queue"].extend([(t_deq - f.extra["t_queued_ns"]) / 1e6 for f, _ in good])
+        for stage, v in (("infer", infer_ms), ("postprocess", post_ms), ("sink", sink_ms)):
+            self.lat[stage].extend([v] * n)
+        self.lat["total"].extend([(t_end - f.t_capture_ns) / 1e6 + f.capture_ms for f, _ in good])
+        for f, _ in good:
             self.source.ack(f)
-            self.scored += 1
-            self.anomalies += anomalous
+        self.scored += n
+        self.anomalies += sum(r["anomalous"] for r in records)
 
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
         return {

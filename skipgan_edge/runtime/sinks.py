@@ -2,8 +2,9 @@
 
 * JSON Lines (``--jsonl``): one object per frame, written and flushed as soon as the frame is
   scored (a killed run keeps every line written so far), with at least ``source``, ``frame``,
-  ``timestamp``, ``score``, ``normalized_score``, ``anomalous``, ``latency_ms``.
-* CSV (``--csv``): the same columns, flushed per row.
+  ``timestamp``, ``score``, ``normalized_score``, ``anomalous``, ``latency_ms``. The frames of
+  one batch are scored together, so their lines are written and flushed together.
+* CSV (``--csv``): the same columns, flushed likewise.
 * ``--save-video FILE``: annotated video (mp4v), heatmap overlaid, score and verdict drawn.
 * ``--save-images DIR``: the same annotation, one PNG per frame.
 * ``--show``: a window (needs a display and an OpenCV with GUI support).
@@ -34,6 +35,11 @@ class Sink:
     def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
         raise NotImplementedError
 
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
+        """A batch's results, in frame order (views and maps are None when no sink draws)."""
+        for i, rec in enumerate(records):
+            self.write(rec, views[i] if views is not None else None, maps[i] if maps is not None else None)
+
     def close(self) -> None:
         pass
 
@@ -49,13 +55,16 @@ class JsonlSink(Sink):
         self.name = f"JSONL {path}"
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+            self.fh = open(path, "a")  # noqa: SIM115 - closed in close(); flushed after every batch of records
         except OSError as exc:
             raise _fail(self, exc) from None
 
     def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
         try:
-            self.fh.write(json.dumps(record) + "\n")
+            self.fh.write("".join([json.dumps(r) + "\n" for r in records]))
             self.fh.flush()
         except OSError as exc:
             raise _fail(self, exc) from None
@@ -86,8 +95,11 @@ class CsvSink(Sink):
             raise _fail(self, exc) from None
 
     def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
         try:
-            self.w.writerow(record)
+            self.w.writerows(records)
             self.fh.flush()
         except OSError as exc:
             raise _fail(self, exc) from None

@@ -20,6 +20,13 @@ A camera that disappears or an RTSP stream that stalls is reopened with exponent
 (0.5 s doubling to 8 s, at most ``reconnect_attempts`` tries, each logged); after that the run
 ends with a one-line error. A read that takes longer than ``stall_timeout`` seconds on RTSP
 counts as a stall.
+
+Video files and RTSP streams are decoded by FFmpeg with ONE decoder thread by default
+(``decode_threads``). FFmpeg's own default (a thread per core, frame threading) costs 2-13x more
+CPU per frame on small frames and buys little wall time on 2-4 cores (measured on 64×64 to
+1920×1080 mp4v and MJPG, benchmarks/results/decode_threads.md), while the decode already overlaps
+inference in the capture thread and every core it takes is a core the model does not get. Pass
+``--decode-threads 0`` (FFmpeg's default) when decoding large frames is the bottleneck.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class SourceOptions:
     watch_state: Path | None = None  # where scored names are remembered (default DIR/.skipgan-edge-scored)
     stop_after_idle: float | None = None  # watch: end the run after this many seconds with nothing new
     watch_give_up: float = 30.0  # watch: an unchanged file that still does not decode after this long is unreadable
+    decode_threads: int = 1  # FFmpeg decoder threads for video files and RTSP (0 = FFmpeg's default, one per core)
 
 
 class Source:
@@ -95,6 +103,13 @@ class Source:
         pass
 
 
+def decode_params(opts: SourceOptions) -> list[int]:
+    """FFmpeg open parameters for the decoder thread count (none: FFmpeg's default)."""
+    if opts.decode_threads < 0:
+        raise SourceError(f"--decode-threads must be 0 (FFmpeg's default) or more, got {opts.decode_threads}")
+    return [cv2.CAP_PROP_N_THREADS, opts.decode_threads] if opts.decode_threads else []
+
+
 def _timed_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
     t0 = time.perf_counter()
     ok, img = cap.read()
@@ -112,7 +127,7 @@ class VideoFileSource(Source):
         self.path = Path(spec[7:] if spec.startswith("file://") else spec)
         if not self.path.exists():
             raise SourceError(f"video file not found: {self.path}")
-        self.cap = cv2.VideoCapture(str(self.path))
+        self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, decode_params(opts))
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video {self.path}: OpenCV (FFmpeg) could not decode it; check the file or re-encode it (mp4v, MJPG)")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -195,7 +210,7 @@ class LiveSource(Source):
     def _open(self) -> cv2.VideoCapture | None:
         if self.api == cv2.CAP_FFMPEG:  # timeouts only apply when given at open time
             ms = int(self.opts.stall_timeout * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms, *decode_params(self.opts)]
             cap = cv2.VideoCapture(self.target, self.api, params)
         else:
             cap = cv2.VideoCapture(self.target, self.api)

@@ -3,6 +3,13 @@
 Provider choice (``providers="auto"``): TensorRT EP, then CUDA EP, then CPU, whichever this
 onnxruntime build offers. The CPU session uses every optimisation ORT has and, by default, as
 many intra-op threads as there are cores.
+
+Its worker threads spin between operators inside a run (fast hand-offs; turning spinning off
+cost 25-30 % of throughput on the demo model) but stop spinning when a run returns
+(``session.force_spinning_stop``): in a pipeline the capture thread decodes the next frames
+and the main thread writes results between runs, and a worker spinning on a core they need
+cost 8-10 % of the pipeline's throughput at batch 1 on 2 cores (benchmarks/results/pipeline.md),
+while the backend alone was as fast with or without it.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises many private exception types
