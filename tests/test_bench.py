@@ -47,6 +47,10 @@ def test_reservoir_extend_matches_add() -> None:
         b.extend(values[i : i + 7])
     assert a.count == b.count == 250
     np.testing.assert_array_equal(a.buf, b.buf)
+    rows = Reservoir(size=100, seed=3, width=2)  # rows of two columns: the same sample, row by row
+    rows.extend(np.column_stack([values, np.negative(values)]))
+    np.testing.assert_array_equal(rows.buf[:, 0], a.buf)
+    assert rows.summary(1)["median"] == -a.summary()["median"] and rows.summary(1)["n"] == 250
 
 
 def test_flop_counter_against_hand_count(tmp_path: Path) -> None:

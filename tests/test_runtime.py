@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from conftest import CLI, run_cli, write_defect_video
 
 from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
-from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
+from skipgan_edge.runtime.pipeline import FrameQueue, LatestSlot, Pipeline, PipelineConfig
 from skipgan_edge.runtime.preprocess import Preprocessor, combine, tile_starts
 from skipgan_edge.runtime.sinks import JsonlSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
@@ -183,6 +184,58 @@ def test_live_source_keeps_newest_and_counts_drops(demo_model: Path, tmp_path: P
     assert summary["frames_in"] == 300 and summary["scored"] + summary["dropped"] == 300
     assert frames == sorted(frames) and len(frames) == summary["scored"]
     assert frames[-1] == 299  # the newest frame is never the one dropped
+
+
+def test_frame_queue_hands_over_in_order_in_bursts() -> None:
+    """The file-source channel: never drops, keeps order, hands over up to n at a time, and a
+    blocked producer resumes only when the queue has drained to half (bursts, not one wake-up
+    per frame)."""
+    q = FrameQueue(8)
+    stop = threading.Event()
+    sizes_seen_by_producer: list[int] = []
+
+    def produce() -> None:
+        for i in range(100):
+            q.put(i, stop)
+            sizes_seen_by_producer.append(len(q.items))
+        q.end()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    time.sleep(0.2)  # the producer fills the queue and blocks
+    assert len(q.items) == 8 and q.blocked
+    got, ended = q.take(3, 1.0, 0.0)
+    assert got == [0, 1, 2] and not ended
+    time.sleep(0.1)
+    assert len(q.items) == 5 and q.blocked  # 5 > half of 8: still blocked
+    got += q.take(1, 1.0, 0.0)[0]
+    time.sleep(0.2)
+    assert len(q.items) == 8  # drained to 4 = half: the producer refilled in one burst
+    while not ended:
+        batch, ended = q.take(7, 1.0, 0.05)
+        assert len(batch) <= 7
+        got += batch
+    t.join(5)
+    assert got == list(range(100))
+    assert max(sizes_seen_by_producer) == 8
+    # take waits max_wait for a full batch, then hands over what is there
+    q2 = FrameQueue(8)
+    q2.put("a", stop)
+    t0 = time.perf_counter()
+    assert q2.take(4, 1.0, 0.1) == (["a"], False)
+    assert 0.08 < time.perf_counter() - t0 < 1.0
+    assert q2.take(4, 0.05, 0.1) == ([], False)  # nothing within the timeout
+
+
+def test_latest_slot_keeps_newest() -> None:
+    slot = LatestSlot()
+    for i in range(5):
+        slot.put(i)
+    assert slot.dropped == 4
+    assert slot.take(4, 0.1, 0.0) == ([4], False)
+    slot.put(5)
+    slot.end()
+    assert slot.take(4, 0.1, 0.05) == ([5], True)  # the end never replaces a waiting frame
 
 
 def test_sigint_leaves_complete_jsonl(demo_onnx: Path, tmp_path: Path) -> None:

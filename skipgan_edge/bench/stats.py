@@ -26,15 +26,16 @@ def summarize(values_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
 class Reservoir:
     """Keeps at most ``size`` samples, uniformly chosen (Algorithm R), in a preallocated array, so a
     run of any length uses constant memory; percentiles are exact while fewer than ``size``
-    samples were added."""
+    samples were added. With ``width`` each sample is a row of that many values (the pipeline
+    keeps one row of stage timings per frame, so that one frame costs one reservoir update)."""
 
-    def __init__(self, size: int = 50_000, seed: int = 0) -> None:
+    def __init__(self, size: int = 50_000, seed: int = 0, width: int | None = None) -> None:
         self.size = size
-        self.buf = np.empty(size, np.float64)  # allocated once: memory does not grow with the run
+        self.buf = np.empty(size if width is None else (size, width), np.float64)  # allocated once: memory does not grow
         self.count = 0
         self.rng = random.Random(seed)
 
-    def add(self, value: float) -> None:
+    def add(self, value: float | Sequence[float] | np.ndarray) -> None:
         if self.count < self.size:
             self.buf[self.count] = value
         else:
@@ -43,8 +44,8 @@ class Reservoir:
                 self.buf[j] = value
         self.count += 1
 
-    def extend(self, values: Sequence[float]) -> None:
-        """``add`` each value; one slice assignment while the reservoir is not yet full."""
+    def extend(self, values: Sequence[float] | Sequence[Sequence[float]] | np.ndarray) -> None:
+        """``add`` each value (row); one slice assignment while the reservoir is not yet full."""
         n = len(values)
         if self.count + n <= self.size:
             self.buf[self.count : self.count + n] = values
@@ -53,8 +54,9 @@ class Reservoir:
             for v in values:
                 self.add(v)
 
-    def summary(self) -> dict[str, float]:
-        s = summarize(self.buf[: min(self.count, self.size)])
+    def summary(self, column: int | None = None) -> dict[str, float]:
+        kept = self.buf[: min(self.count, self.size)]
+        s = summarize(kept if column is None else kept[:, column])
         if s:
             s["n"] = self.count
         return s

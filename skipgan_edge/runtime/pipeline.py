@@ -51,7 +51,7 @@ STAGES = ("capture", "preprocess", "queue", "infer", "postprocess", "sink", "tot
 class PipelineConfig:
     batch: int = 1  # frames per backend call
     max_wait_ms: float = 5.0  # how long the batcher waits for more frames after the first
-    queue_size: int = 32  # bounded queue between capture and batcher (files, folders, watch)
+    queue_size: int = 32  # bounded queue between capture and batcher (files, folders, watch); at least 2 batches
     threshold: float | None = None  # normalized-score threshold; None = the model card's
     mode: str = "resize"  # resize, crop or tiles (see preprocess.py)
     overlap: float = 0.25  # tile overlap
@@ -61,25 +61,33 @@ class PipelineConfig:
 class FrameQueue:
     """Bounded FIFO between capture and batcher for sources that never drop (files, folders, watch).
 
-    ``put`` blocks while the queue is full; ``take`` hands over up to ``n`` frames under one lock
-    and wakes the batcher only when what it waits for is there (not once per frame)."""
+    ``take`` hands over up to ``n`` frames under one lock and wakes the batcher only when what it
+    waits for is there, not once per frame. ``put`` blocks when the queue is full until it has
+    drained to half (hysteresis): the capture thread then decodes in bursts of half a queue
+    instead of being woken for every frame the model consumes (at batch 1 that was one thread
+    wake-up and GIL hand-over per frame, competing with the model for the same cores)."""
 
     def __init__(self, maxsize: int) -> None:
         self.cond = threading.Condition()
         self.items: deque[Any] = deque()
         self.maxsize = max(1, maxsize)
+        self.resume_at = self.maxsize // 2  # a blocked put continues once this few frames wait
+        self.blocked = False
         self.ended = False
-        self.want = 1  # frames the batcher is waiting for
+        self.want = 0  # frames the batcher is waiting for (0: it is not waiting, nobody to wake)
         self.dropped = 0  # never changes: nothing is dropped
 
     def put(self, item: Any, stop: threading.Event) -> None:
         with self.cond:
-            while len(self.items) >= self.maxsize:
+            if len(self.items) >= self.maxsize:
+                self.blocked = True
+                while len(self.items) > self.resume_at and not stop.is_set():
+                    self.cond.wait(0.1)
+                self.blocked = False
                 if stop.is_set():
                     return
-                self.cond.wait(0.1)
             self.items.append(item)
-            if len(self.items) >= self.want:
+            if self.want and len(self.items) >= self.want:
                 self.cond.notify_all()
 
     def end(self) -> None:
@@ -92,10 +100,13 @@ class FrameQueue:
         ``max_wait`` has passed. Returns the frames and whether the source has ended and
         nothing is left."""
         with self.cond:
-            self.want = 1
-            if not self.cond.wait_for(lambda: self.items or self.ended, timeout):
-                return [], False
-            if self.items and len(self.items) < n and not self.ended:
+            if not self.items and not self.ended:
+                self.want = 1
+                arrived = self.cond.wait_for(lambda: self.items or self.ended, timeout)
+                self.want = 0
+                if not arrived:
+                    return [], False
+            if len(self.items) < n and not self.ended:
                 self.want = n
                 deadline = time.perf_counter() + max_wait
                 while len(self.items) < n and not self.ended:
@@ -103,9 +114,10 @@ class FrameQueue:
                     if remaining <= 0:
                         break
                     self.cond.wait(remaining)
-                self.want = 1
+                self.want = 0
             got = [self.items.popleft() for _ in range(min(n, len(self.items)))]
-            self.cond.notify_all()  # room for the capture thread
+            if self.blocked and len(self.items) <= self.resume_at:
+                self.cond.notify_all()  # the capture thread may go on
             return got, self.ended and not self.items
 
 
@@ -157,10 +169,12 @@ class Pipeline:
         self.scored = 0
         self.unreadable = 0
         self.anomalies = 0
-        self.lat = {s: Reservoir() for s in STAGES}
+        self.lat = Reservoir(width=len(STAGES))  # one row of stage timings per frame
         self._capture_error: BaseException | None = None
         self._unreadable_logged = False
         self.need_images = any(getattr(s, "needs_image", False) for s in sinks)
+        # one input per frame and no sink draws: the backend's outputs are the results as they are
+        self.direct = cfg.mode != "tiles" and not self.need_images
 
     # ---------------------------------------------------------------------------------- capture
     def _capture(self, chan: Any, pre: Preprocessor) -> None:
@@ -197,7 +211,7 @@ class Pipeline:
         inp = card["input"]
         pre = Preprocessor(int(inp["isize"]), int(inp["channels"]), self.cfg.mode, self.cfg.overlap)
         self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card["score"]["threshold"]["normalized"])
-        chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(self.cfg.queue_size)
+        chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(max(self.cfg.queue_size, 2 * self.cfg.batch))
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -258,8 +272,7 @@ class Pipeline:
         out = self.backend.infer_all(inputs)
         t1 = time.perf_counter()
         infer_ms = (t1 - t0) * 1e3
-        if len(inputs) == len(good) and not self.need_images and all(p.layout is None for _, p in good):
-            # one input per frame and no sink draws: the outputs are the results (no per-frame work)
+        if self.direct:
             results: list[dict[str, Any]] = [{"score": a, "normalized_score": b}
                                              for a, b in zip(out.score.tolist(), out.normalized_score.tolist(), strict=True)]
         else:
@@ -296,12 +309,8 @@ class Pipeline:
         t_end = time.perf_counter_ns()
         sink_ms = (time.perf_counter() - t2) * 1e3
         n = len(good)
-        self.lat["capture"].extend([f.capture_ms for f, _ in good])
-        self.lat["preprocess"].extend([f.extra["preprocess_ms"] for f, _ in good])
-        self.lat["queue"].extend([(t_deq - f.extra["t_queued_ns"]) / 1e6 for f, _ in good])
-        for stage, v in (("infer", infer_ms), ("postprocess", post_ms), ("sink", sink_ms)):
-            self.lat[stage].extend([v] * n)
-        self.lat["total"].extend([(t_end - f.t_capture_ns) / 1e6 + f.capture_ms for f, _ in good])
+        self.lat.extend([(f.capture_ms, f.extra["preprocess_ms"], (t_deq - f.extra["t_queued_ns"]) / 1e6, infer_ms, post_ms, sink_ms,
+                          (t_end - f.t_capture_ns) / 1e6 + f.capture_ms) for f, _ in good])
         for f, _ in good:
             self.source.ack(f)
         self.scored += n
@@ -314,7 +323,7 @@ class Pipeline:
             "dropped": dropped, "unreadable": self.unreadable + self.source.unreadable, "anomalies": self.anomalies,
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
-            "latency_ms": {s: r.summary() for s, r in self.lat.items()},
+            "latency_ms": {s: self.lat.summary(i) for i, s in enumerate(STAGES)},
         }
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from skipgan_edge.errors import SinkError
 
+_encode = json.JSONEncoder(check_circular=False).encode  # records are plain trees: no cycle check per line
 FIELDS = ["source", "frame", "file", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"]
 
 
@@ -64,7 +65,7 @@ class JsonlSink(Sink):
 
     def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
         try:
-            self.fh.write("".join([json.dumps(r) + "\n" for r in records]))
+            self.fh.write("".join([_encode(r) + "\n" for r in records]))
             self.fh.flush()
         except OSError as exc:
             raise _fail(self, exc) from None

@@ -56,6 +56,8 @@ class Backend:
 
     def infer_all(self, images: np.ndarray) -> ScoreBatch:
         """Score any number of images in chunks of ``max_batch``."""
+        if 0 < len(images) <= self.max_batch:
+            return self.infer(images)
         parts = [self.infer(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
         if not parts:
             h, w, _ = self.input_shape
