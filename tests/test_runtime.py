@@ -186,6 +186,19 @@ def test_live_source_keeps_newest_and_counts_drops(demo_model: Path, tmp_path: P
     assert frames[-1] == 299  # the newest frame is never the one dropped
 
 
+def test_video_decoded_with_one_thread_unless_asked(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.mp4", 5, set(), "mp4v")
+    one = open_source(str(video))
+    assert one.cap.get(cv2.CAP_PROP_N_THREADS) == 1  # type: ignore[attr-defined]
+    ffmpeg_default = open_source(str(video), SourceOptions(decode_threads=0))
+    assert ffmpeg_default.cap.get(cv2.CAP_PROP_N_THREADS) == os.cpu_count()  # type: ignore[attr-defined]
+    assert len([f for f in one.frames() if f.image is not None]) == 5
+    one.close()
+    ffmpeg_default.close()
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--decode-threads", "-1", check=False)
+    assert p.returncode != 0 and "--decode-threads must be 0" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_frame_queue_hands_over_in_order_in_bursts() -> None:
     """The file-source channel: never drops, keeps order, hands over up to n at a time, and a
     blocked producer resumes only when the queue has drained to half (bursts, not one wake-up

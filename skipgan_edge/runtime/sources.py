@@ -22,11 +22,12 @@ ends with a one-line error. A read that takes longer than ``stall_timeout`` seco
 counts as a stall.
 
 Video files and RTSP streams are decoded by FFmpeg with ONE decoder thread by default
-(``decode_threads``). FFmpeg's own default (a thread per core, frame threading) costs 2-13x more
-CPU per frame on small frames and buys little wall time on 2-4 cores (measured on 64×64 to
-1920×1080 mp4v and MJPG, benchmarks/results/decode_threads.md), while the decode already overlaps
-inference in the capture thread and every core it takes is a core the model does not get. Pass
-``--decode-threads 0`` (FFmpeg's default) when decoding large frames is the bottleneck.
+(``decode_threads``): it used 1-83 % less CPU per frame than FFmpeg's own default (a thread
+per core), which, on 2 cores, was only faster in wall time on mp4v at 1280×720 and above; on 64×64 frames it
+was 6x slower (thread hand-offs dominate; benchmarks/results/decode_threads.md). The decode
+already overlaps inference in the capture thread, and every core it takes is a core a CPU
+backend does not get. Pass ``--decode-threads 0`` (FFmpeg's default) when decoding large frames
+is the bottleneck, e.g. a GPU engine fed 1080p video.
 """
 
 from __future__ import annotations
