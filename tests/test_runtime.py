@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -350,3 +351,28 @@ def test_run_with_model_folder_torch_backend(demo_model: Path, synth_dir: Path, 
     s = json.loads(p.stdout)
     assert s["backend"] == "torch" and s["scored"] == 10 and s["anomalies"] >= 5
     assert len(list((tmp_path / "ann").glob("*.png"))) == 10
+
+
+def test_cuda_layer_without_a_gpu_is_one_clear_line() -> None:
+    """The real cuda-python bindings on a machine without a GPU or driver: every call's error code is
+    checked and turned into one line that says what to do (on a GPU machine: tests/test_cuda.py)."""
+    from skipgan_edge.errors import MissingDependencyError
+    from skipgan_edge.runtime.cuda import CudaError, IOBuffers, make_cuda_api
+
+    try:
+        api = make_cuda_api("cuda-python")
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))
+    try:
+        api.stream_sync(api.stream_create())
+    except CudaError as exc:
+        msg = str(exc)
+    else:
+        pytest.skip("this machine has a usable GPU: the cuda-marked tests cover it")
+    assert msg.startswith("CUDA error ") and "nvidia-smi" in msg and "\n" not in msg, msg
+    bufs = IOBuffers(api, {"images": ((4, 32, 32, 3), np.dtype(np.uint8))})
+    with pytest.raises(CudaError, match="no usable NVIDIA GPU"):
+        bufs.allocate()
+    if importlib.util.find_spec("pycuda") is None:
+        with pytest.raises(MissingDependencyError, match="pycuda"):
+            make_cuda_api("pycuda")

@@ -27,6 +27,11 @@ from skipgan_edge.errors import MissingDependencyError
 log = logging.getLogger(__name__)
 
 
+# cudaErrorInsufficientDriver, cudaErrorNoDevice: what a machine without a GPU or driver answers
+NO_GPU_CODES = (35, 100)
+NO_GPU_HINT = "; this machine has no usable NVIDIA GPU and driver (check nvidia-smi); use --onnx on the CPU instead"
+
+
 class CudaError(RuntimeError):
     """A CUDA call returned an error code."""
 
@@ -72,7 +77,8 @@ class CudaPythonApi:
         err = result[0] if isinstance(result, tuple) else result
         if int(err) != 0:
             _, msg = self.rt.cudaGetErrorString(err)
-            raise CudaError(f"CUDA error {int(err)}: {msg.decode() if isinstance(msg, bytes) else msg}")
+            hint = NO_GPU_HINT if int(err) in NO_GPU_CODES else ""
+            raise CudaError(f"CUDA error {int(err)}: {msg.decode() if isinstance(msg, bytes) else msg}{hint}")
         if isinstance(result, tuple):
             return result[1] if len(result) == 2 else result[1:]
         return None
