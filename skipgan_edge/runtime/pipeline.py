@@ -58,7 +58,21 @@ class PipelineConfig:
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
 
 
-class FrameQueue:
+class _Channel:
+    """What the capture thread and the batcher share: a condition, the end flag, the drop count."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.ended = False
+        self.dropped = 0
+
+    def end(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+
+class FrameQueue(_Channel):
     """Bounded FIFO between capture and batcher for sources that never drop (files, folders, watch).
 
     ``take`` hands over up to ``n`` frames under one lock and wakes the batcher only when what it
@@ -68,14 +82,12 @@ class FrameQueue:
     wake-up and GIL hand-over per frame, competing with the model for the same cores)."""
 
     def __init__(self, maxsize: int) -> None:
-        self.cond = threading.Condition()
+        super().__init__()
         self.items: deque[Any] = deque()
         self.maxsize = max(1, maxsize)
         self.resume_at = self.maxsize // 2  # a blocked put continues once this few frames wait
         self.blocked = False
-        self.ended = False
         self.want = 0  # frames the batcher is waiting for (0: it is not waiting, nobody to wake)
-        self.dropped = 0  # never changes: nothing is dropped
 
     def put(self, item: Any, stop: threading.Event) -> None:
         with self.cond:
@@ -89,11 +101,6 @@ class FrameQueue:
             self.items.append(item)
             if self.want and len(self.items) >= self.want:
                 self.cond.notify_all()
-
-    def end(self) -> None:
-        with self.cond:
-            self.ended = True
-            self.cond.notify_all()
 
     def take(self, n: int, timeout: float, max_wait: float) -> tuple[list[Any], bool]:
         """Up to ``n`` frames: waits ``timeout`` for the first, then until ``n`` are there or
@@ -121,27 +128,20 @@ class FrameQueue:
             return got, self.ended and not self.items
 
 
-class LatestSlot:
+class LatestSlot(_Channel):
     """One-slot mailbox for live sources: ``put`` replaces an unconsumed frame and counts it as
     dropped; the end never replaces a waiting frame (that frame is still scored)."""
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        super().__init__()
         self.item: Any = None
         self.has = False
-        self.ended = False
-        self.dropped = 0
 
     def put(self, item: Any, stop: threading.Event | None = None) -> None:
         with self.cond:
             if self.has:
                 self.dropped += 1
             self.item, self.has = item, True
-            self.cond.notify_all()
-
-    def end(self) -> None:
-        with self.cond:
-            self.ended = True
             self.cond.notify_all()
 
     def take(self, n: int, timeout: float, max_wait: float) -> tuple[list[Any], bool]:
