@@ -376,3 +376,19 @@ def test_cuda_layer_without_a_gpu_is_one_clear_line() -> None:
     if importlib.util.find_spec("pycuda") is None:
         with pytest.raises(MissingDependencyError, match="pycuda"):
             make_cuda_api("pycuda")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs OpenVINO beside ONNX Runtime")
+def test_auto_backend_races_the_cpu_runtimes(demo_onnx: Path, tmp_path: Path) -> None:
+    """`run --backend auto` on an ONNX file times ONNX Runtime and OpenVINO at the run's batch size
+    and streams with the faster one; the summary says what was measured."""
+    video = write_defect_video(tmp_path / "v.avi", 20, set(), "MJPG")
+    for batch in ("1", "8"):
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--batch", batch, "--json")
+        s = json.loads(p.stdout)
+        race = s["backend_race_ms"]
+        assert set(race) == {"onnxruntime", "openvino"} and all(v > 0 for v in race.values())
+        assert s["backend"] == min(race, key=race.__getitem__) and s["scored"] == 20
+        assert f"per batch of {batch}" in p.stderr
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--backend", "onnxruntime", "--json")
+    assert "backend_race_ms" not in json.loads(p.stdout)  # an explicit choice is not second-guessed

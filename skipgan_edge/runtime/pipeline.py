@@ -173,6 +173,7 @@ class Pipeline:
         self._capture_error: BaseException | None = None
         self._unreadable_logged = False
         self.need_images = any(getattr(s, "needs_image", False) for s in sinks)
+        self.extra_summary: dict[str, Any] = {}  # recorded as they are in the summary (e.g. how the backend was chosen)
         # one input per frame and no sink draws: the backend's outputs are the results as they are
         self.direct = cfg.mode != "tiles" and not self.need_images
 
@@ -324,6 +325,7 @@ class Pipeline:
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": {s: self.lat.summary(i) for i, s in enumerate(STAGES)},
+            **self.extra_summary,
         }
 
 

@@ -6,16 +6,28 @@ TensorRT for an engine and torch for a model folder. For an ONNX file: ONNX Runt
 GPU provider (CUDA or TensorRT EP); on the CPU, OpenVINO when it is installed (measured fastest on
 our scorer: benchmarks/results/cpu_peers.md and latency_cpu.md, e.g. 1.4x ONNX Runtime at batch 64
 in FP32 and 6x in INT8 on this project's 2-core machines), else ONNX Runtime.
+
+``skipgan-edge run`` goes one step further for an ONNX file on the CPU when both runtimes are
+installed: :func:`race_cpu_runtimes` times each on the model and batch size of the run (about a
+second at start-up) and streams with the faster one. Which one wins depends on the model and the
+batch: on the small demo model ONNX Runtime is faster at batch 1 and OpenVINO from batch 2 on
+(benchmarks/results/latency_cpu.md); on the paper-sized model OpenVINO won everywhere.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends.base import Backend
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
+log = logging.getLogger(__name__)
 
 
 def default_onnx_backend() -> str:
@@ -67,3 +79,27 @@ def open_backend(kind: str, path: Path, backend: str = "auto", device: str = "cp
     from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend(path, **kw)  # type: ignore[arg-type]
+
+
+def race_cpu_runtimes(path: Path, batch: int, threads: int = 0, seconds: float = 0.25) -> tuple[str, dict[str, float]]:
+    """Time ONNX Runtime and OpenVINO on this ONNX file at this batch size; return the faster one's
+    name and each one's median milliseconds per call (warm-up first, then about ``seconds`` or at
+    least 5 calls each, on random frames)."""
+    per_call: dict[str, float] = {}
+    kw: dict[str, Any] = {"threads": threads} if threads else {}
+    for name in ("onnxruntime", "openvino"):
+        with open_backend("onnx", path, name, **kw) as be:
+            x = np.random.default_rng(0).integers(0, 256, (batch, *be.input_shape), dtype=np.uint8)
+            for _ in range(3):
+                be.infer_all(x)
+            times: list[float] = []
+            end = time.perf_counter() + seconds
+            while len(times) < 5 or time.perf_counter() < end:
+                t0 = time.perf_counter()
+                be.infer_all(x)
+                times.append((time.perf_counter() - t0) * 1e3)
+            per_call[name] = float(np.median(times))
+    best = min(per_call, key=per_call.__getitem__)
+    log.info("--backend auto: %s per batch of %d → %s (choose with --backend)",
+             ", ".join(f"{k} {v:.3f} ms" for k, v in per_call.items()), batch, best)
+    return best, per_call
