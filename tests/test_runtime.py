@@ -309,12 +309,13 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
 
 def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_path: Path) -> None:
     onnx_arg = ["--onnx", str(demo_onnx / "scorer.onnx")]
+    good = str(write_defect_video(tmp_path / "good.avi", 3, set(), "MJPG"))  # the source is checked first
     cases = [
         ([*onnx_arg, "--source", "/dev/video9"], "cannot open camera '/dev/video9'"),
         ([*onnx_arg, "--source", str(tmp_path / "nothing.mp4")], "video file not found"),
         ([*onnx_arg, "--source", "csi://0"], "GStreamer"),
-        (["--engine", str(tmp_path / "x.engine"), "--source", str(tmp_path)], "engine not found"),
-        (["--model", str(tmp_path / "nomodel"), "--source", str(tmp_path)], "model folder not found"),
+        (["--engine", str(tmp_path / "x.engine"), "--source", good], "engine not found"),
+        (["--model", str(tmp_path / "nomodel"), "--source", good], "model folder not found"),
     ]
     import onnx
 
@@ -324,8 +325,9 @@ def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_p
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])]),
         opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(wrong, tmp_path / "wrong.onnx")
-    cases.append((["--onnx", str(tmp_path / "wrong.onnx"), "--source", str(tmp_path)], "not a skipgan-edge scorer"))
+    cases.append((["--onnx", str(tmp_path / "wrong.onnx"), "--source", good], "not a skipgan-edge scorer"))
     (tmp_path / "bad.engine").write_bytes(b"garbage")
+    cases.append((["--engine", str(tmp_path / "bad.engine"), "--source", good], "is not a skipgan-edge engine"))
     for args, expect in cases:
         p = run_cli("run", *args, check=False)
         assert p.returncode != 0, args

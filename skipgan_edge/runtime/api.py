@@ -40,39 +40,44 @@ def run(
     ``backend="auto"`` with an ONNX file on the CPU, where OpenVINO is installed beside ONNX
     Runtime: both are timed at this run's batch size first and the faster one streams (the summary
     records both timings under ``backend_race_ms``)."""
-    kw: dict[str, Any] = {}
-    chosen = resolve_backend(kind, backend)
-    race: dict[str, float] | None = None
-    if backend == "auto" and kind == "onnx" and chosen == "openvino":
-        chosen, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
-        backend = chosen
-    if chosen == "tensorrt":
-        kw["cuda_api"] = cuda_api
-    if chosen in THREADED and threads:
-        kw["threads"] = threads
-    be = open_backend(kind, path, backend, device=device, **kw)
-    with be:
-        # vmax for the heatmap colours: the normal validation maps' level at the threshold
-        stats = be.card["score"]["val_stats"]
-        vmax = max(float(stats["max"]) * 4.0, 1e-6)
-        out: list[Sink] = []
-        try:
-            if sinks.jsonl:
-                out.append(JsonlSink(sinks.jsonl))
-            if sinks.csv:
-                out.append(CsvSink(sinks.csv))
-            if sinks.save_video:
-                out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
-            if sinks.save_images:
-                out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
-            if sinks.show:
-                out.append(ShowSink(vmax=vmax))
-            src = open_source(source, source_opts)
-        except BaseException:
-            for s in out:
-                s.close()
-            raise
-        pl = Pipeline(src, be, out, pipeline)
-        if race is not None:
-            pl.extra_summary["backend_race_ms"] = race
-        return pl.run(sinks.summary)
+    src = open_source(source, source_opts)  # a bad source fails before any time goes into the model
+    handed_over = False  # once the pipeline runs, it closes the source itself
+    try:
+        kw: dict[str, Any] = {}
+        chosen = resolve_backend(kind, backend)
+        race: dict[str, float] | None = None
+        if backend == "auto" and kind == "onnx" and chosen == "openvino":
+            chosen, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
+            backend = chosen
+        if chosen == "tensorrt":
+            kw["cuda_api"] = cuda_api
+        if chosen in THREADED and threads:
+            kw["threads"] = threads
+        with open_backend(kind, path, backend, device=device, **kw) as be:
+            # vmax for the heatmap colours: the normal validation maps' level at the threshold
+            stats = be.card["score"]["val_stats"]
+            vmax = max(float(stats["max"]) * 4.0, 1e-6)
+            out: list[Sink] = []
+            try:
+                if sinks.jsonl:
+                    out.append(JsonlSink(sinks.jsonl))
+                if sinks.csv:
+                    out.append(CsvSink(sinks.csv))
+                if sinks.save_video:
+                    out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
+                if sinks.save_images:
+                    out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
+                if sinks.show:
+                    out.append(ShowSink(vmax=vmax))
+            except BaseException:
+                for s in out:
+                    s.close()
+                raise
+            pl = Pipeline(src, be, out, pipeline)
+            if race is not None:
+                pl.extra_summary["backend_race_ms"] = race
+            handed_over = True
+            return pl.run(sinks.summary)
+    finally:
+        if not handed_over:
+            src.close()
