@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,47 +38,55 @@ def run(
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary.
 
-    ``backend="auto"`` with an ONNX file on the CPU, where OpenVINO is installed beside ONNX
-    Runtime: both are timed at this run's batch size first and the faster one streams (the summary
-    records both timings under ``backend_race_ms``)."""
-    src = open_source(source, source_opts)  # a bad source fails before any time goes into the model
-    handed_over = False  # once the pipeline runs, it closes the source itself
-    try:
-        kw: dict[str, Any] = {}
-        chosen = resolve_backend(kind, backend)
+    The model is checked first, then the sinks and the source, so that each mistake is one line
+    before anything runs. ``backend="auto"`` with an ONNX file on the CPU, where OpenVINO is
+    installed beside ONNX Runtime: once everything opened, both runtimes are timed at this run's
+    batch size and the faster one streams (the summary records both under ``backend_race_ms``)."""
+    kw: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    chosen = resolve_backend(kind, backend)
+    race_needed = backend == "auto" and kind == "onnx" and chosen == "openvino"
+    if chosen == "tensorrt":
+        kw["cuda_api"] = cuda_api
+    if chosen in THREADED and threads:
+        kw["threads"] = threads
+    be = open_backend(kind, path, chosen, device=device, **kw)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(be)
+        # vmax for the heatmap colours: the normal validation maps' level at the threshold
+        stats = be.card["score"]["val_stats"]
+        vmax = max(float(stats["max"]) * 4.0, 1e-6)
+        out: list[Sink] = []
+        try:
+            if sinks.jsonl:
+                out.append(JsonlSink(sinks.jsonl))
+            if sinks.csv:
+                out.append(CsvSink(sinks.csv))
+            if sinks.save_video:
+                out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
+            if sinks.save_images:
+                out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
+            if sinks.show:
+                out.append(ShowSink(vmax=vmax))
+            src = open_source(source, source_opts)
+        except BaseException:
+            for s in out:
+                s.close()
+            raise
         race: dict[str, float] | None = None
-        if backend == "auto" and kind == "onnx" and chosen == "openvino":
-            chosen, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
-            backend = chosen
-        if chosen == "tensorrt":
-            kw["cuda_api"] = cuda_api
-        if chosen in THREADED and threads:
-            kw["threads"] = threads
-        with open_backend(kind, path, backend, device=device, **kw) as be:
-            # vmax for the heatmap colours: the normal validation maps' level at the threshold
-            stats = be.card["score"]["val_stats"]
-            vmax = max(float(stats["max"]) * 4.0, 1e-6)
-            out: list[Sink] = []
+        if race_needed:
             try:
-                if sinks.jsonl:
-                    out.append(JsonlSink(sinks.jsonl))
-                if sinks.csv:
-                    out.append(CsvSink(sinks.csv))
-                if sinks.save_video:
-                    out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
-                if sinks.save_images:
-                    out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
-                if sinks.show:
-                    out.append(ShowSink(vmax=vmax))
+                winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
+                if winner != be.name:
+                    stack.close()  # the first choice's memory goes before the winner loads
+                    be = stack.enter_context(open_backend(kind, path, winner, **kw))
             except BaseException:
                 for s in out:
                     s.close()
+                src.close()
                 raise
-            pl = Pipeline(src, be, out, pipeline)
-            if race is not None:
-                pl.extra_summary["backend_race_ms"] = race
-            handed_over = True
-            return pl.run(sinks.summary)
-    finally:
-        if not handed_over:
-            src.close()
+        pl = Pipeline(src, be, out, pipeline)
+        if race is not None:
+            pl.extra_summary["backend_race_ms"] = race
+        summary = pl.run(sinks.summary)
+    return summary
