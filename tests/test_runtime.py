@@ -332,7 +332,7 @@ def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_p
         p = run_cli("run", *args, check=False)
         assert p.returncode != 0, args
         err = p.stderr.strip().splitlines()
-        assert err and expect in err[-1] and err[-1].startswith("error:"), (args, p.stderr)
+        assert len(err) == 1 and expect in err[0] and err[0].startswith("error:"), (args, p.stderr)  # one line, nothing else
         assert "Traceback" not in p.stderr
 
 

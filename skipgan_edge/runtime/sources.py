@@ -209,12 +209,18 @@ class LiveSource(Source):
         return f"{names.get(self.api, 'OpenCV')} on {self.target!r}"
 
     def _open(self) -> cv2.VideoCapture | None:
-        if self.api == cv2.CAP_FFMPEG:  # timeouts only apply when given at open time
-            ms = int(self.opts.stall_timeout * 1000)
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms, *decode_params(self.opts)]
-            cap = cv2.VideoCapture(self.target, self.api, params)
-        else:
-            cap = cv2.VideoCapture(self.target, self.api)
+        # OpenCV logs its own warning when a device does not open; ours (one line, what was tried) replaces it
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            if self.api == cv2.CAP_FFMPEG:  # timeouts only apply when given at open time
+                ms = int(self.opts.stall_timeout * 1000)
+                params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms, *decode_params(self.opts)]
+                cap = cv2.VideoCapture(self.target, self.api, params)
+            else:
+                cap = cv2.VideoCapture(self.target, self.api)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             return None
