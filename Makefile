@@ -86,6 +86,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cpu_peers.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/decode_threads.py
 
 # anomalib's GANomaly against ours on the same splits; anomalib lives in its own venv (.venv-peers)
 PEERS_VENV := .venv-peers
