@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/decode_threads.py
+	$(PY) benchmarks/pipeline_runtimes.py
 
 # anomalib's GANomaly against ours on the same splits; anomalib lives in its own venv (.venv-peers)
 PEERS_VENV := .venv-peers
