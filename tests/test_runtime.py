@@ -394,3 +394,24 @@ def test_auto_backend_races_the_cpu_runtimes(demo_onnx: Path, tmp_path: Path) ->
         assert f"per batch of {batch}" in p.stderr
     p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--backend", "onnxruntime", "--json")
     assert "backend_race_ms" not in json.loads(p.stdout)  # an explicit choice is not second-guessed
+
+
+def test_jsonl_lines_parse_to_the_record() -> None:
+    """The fast formatting of the usual record and the json fallback give the same parsed values."""
+    from skipgan_edge.runtime.sinks import jsonl_line
+
+    stages = {"capture": 0.0123456, "preprocess": 0.003, "queue": 10.123456789, "infer": 2.5, "postprocess": 0.00449}
+    rec = {"source": 'cam "A"\\line', "frame": 7, "file": "ünï/0001.png", "timestamp": 1795883648.9370809, "score": -0.434058666229248,
+           "normalized_score": 0.2862483263015747, "anomalous": False, "latency_ms": 18.582749000532964, "stages_ms": stages}
+    rounded = {**rec, "stages_ms": {k: round(v, 4) for k, v in stages.items()}}
+    fast = jsonl_line(rec)
+    assert fast.endswith("}\n") and fast.count("\n") == 1
+    assert json.loads(fast) == rounded
+    for other in ({**rec, "file": None, "anomalous": True}, {**rec, "tiles": {"rows": 2, "cols": 3, "worst": 4}},
+                  {**rec, "score": float("nan")}):
+        want = {**other, "stages_ms": rounded["stages_ms"]}
+        got = json.loads(jsonl_line(other))
+        if other["score"] != other["score"]:  # NaN: json writes NaN, which Python reads back
+            assert got["score"] != got["score"]
+            got["score"] = want["score"] = 0.0
+        assert got == want

@@ -293,9 +293,8 @@ class Pipeline:
             if "tiles" in res:
                 rec["tiles"] = res["tiles"]
             rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
-            rec["stages_ms"] = {"capture": round(f.capture_ms, 4), "preprocess": round(f.extra["preprocess_ms"], 4),
-                                "queue": round((t_deq - f.extra["t_queued_ns"]) / 1e6, 4), "infer": round(infer_ms, 4),
-                                "postprocess": round(post_ms, 4)}
+            rec["stages_ms"] = {"capture": f.capture_ms, "preprocess": f.extra["preprocess_ms"],
+                                "queue": (t_deq - f.extra["t_queued_ns"]) / 1e6, "infer": infer_ms, "postprocess": post_ms}
             records.append(rec)
         t2 = time.perf_counter()
         views = [p.view for _, p in good] if self.need_images else None
