@@ -136,8 +136,8 @@ def main() -> None:
               "- the batcher takes a batch under one lock and is woken only when it waits; the capture thread resumes in "
               "bursts at half a queue; a batch's JSONL lines are written and flushed with one system call; one reservoir "
               "row per frame for the stage timings;",
-              "- the JSONL sink formats the usual record directly instead of through json.dumps (5 µs → about 1.3 µs per "
-              "record, which was half of the main thread's own work per frame): 0.90 → 0.92.", "",
+              "- the JSONL sink formats the usual record directly instead of through json.dumps (6.1 µs → 2.7 µs per "
+              "record, rounding included; it was half of the main thread's own work per frame): 0.90 → 0.92.", "",
               "Tried and not kept: pausing capture while the model computes (no gain), decoding in the main thread between "
               "batches (0.86 vs 0.90 threaded at batch 1), lowering the capture thread's priority (no gain), turning ONNX "
               "Runtime's spinning off (ratio 0.90-0.93 but 25-30 % less throughput in absolute terms)."]
