@@ -31,3 +31,13 @@ def command_line() -> str:
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def export_dir_or_demo(export_dir: Path | None, work: Path) -> Path:
+    """The export folder given on the command line, or a fresh demo's (trained under ``work``)."""
+    if export_dir is not None:
+        return export_dir
+    from skipgan_edge.demo import run_demo
+
+    run_demo(work / "demo")
+    return work / "demo" / "export"

@@ -18,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, command_line, stamp, write_json
+from common import RESULTS, command_line, export_dir_or_demo, stamp, write_json
 
 from skipgan_edge.bench.latency import BenchConfig, discover, format_table, run_bench
 
@@ -78,12 +78,7 @@ def main() -> None:
     ap.add_argument("--name", default="cpu")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        export_dir = args.export_dir
-        if export_dir is None:
-            from skipgan_edge.demo import run_demo
-
-            run_demo(Path(tmp) / "demo")
-            export_dir = Path(tmp) / "demo" / "export"
+        export_dir = export_dir_or_demo(args.export_dir, Path(tmp))
         cfg = BenchConfig(batches=tuple(int(b) for b in args.batches.split(",")), duration=args.duration)
         result = run_bench(discover(export_dir), cfg, args.backends.split(","))  # engines, if any, run on TensorRT
     result["command"] = command_line()

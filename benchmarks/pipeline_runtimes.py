@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from common import RESULTS, command_line, machine, stamp, write_json
+from common import RESULTS, command_line, export_dir_or_demo, machine, stamp, write_json
 
 from skipgan_edge.demo import write_demo_video
 from skipgan_edge.runtime.backends import open_backend, race_cpu_runtimes
@@ -42,12 +42,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        export_dir = args.export_dir
-        if export_dir is None:
-            from skipgan_edge.demo import run_demo
-
-            run_demo(work / "demo")
-            export_dir = work / "demo" / "export"
+        export_dir = export_dir_or_demo(args.export_dir, work)
         video = write_demo_video(work / "line.mp4", args.video_frames, ())
         for variant in args.variants.split(","):
             path = export_dir / variant
