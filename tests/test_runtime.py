@@ -247,6 +247,18 @@ def test_latest_slot_keeps_newest() -> None:
         slot.put(i)
     assert slot.dropped == 4
     assert slot.take(4, 0.1, 0.0) == ([4], False)
+    # max_wait counts from the first frame taken, not from the call: a frame that arrives 0.6 s into
+    # the call and a second 0.05 s later go into one batch when max_wait is 0.5 s
+    def later() -> None:
+        time.sleep(0.6)
+        slot.put("a")
+        time.sleep(0.05)
+        slot.put("b")
+
+    t = threading.Thread(target=later)
+    t.start()
+    assert slot.take(2, 2.0, 0.5) == (["a", "b"], False)
+    t.join()
     slot.put(5)
     slot.end()
     assert slot.take(4, 0.1, 0.05) == ([5], True)  # the end never replaces a waiting frame

@@ -148,7 +148,7 @@ class LatestSlot(_Channel):
         """The newest frame (waiting ``timeout`` for one), then each newer one that arrives within
         ``max_wait``, up to ``n``."""
         got: list[Any] = []
-        deadline = time.perf_counter() + max_wait
+        deadline = 0.0  # set when the first frame is taken: max_wait counts from it
         with self.cond:
             while len(got) < n:
                 wait = timeout if not got else deadline - time.perf_counter()
@@ -158,6 +158,8 @@ class LatestSlot(_Channel):
                     break
                 got.append(self.item)
                 self.item, self.has = None, False
+                if len(got) == 1:
+                    deadline = time.perf_counter() + max_wait
             return got, self.ended and not self.has
 
 
