@@ -57,6 +57,8 @@ def run(
         stats = be.card["score"]["val_stats"]
         vmax = max(float(stats["max"]) * 4.0, 1e-6)
         out: list[Sink] = []
+        src = None
+        race: dict[str, float] | None = None
         try:
             if sinks.jsonl:
                 out.append(JsonlSink(sinks.jsonl))
@@ -69,22 +71,17 @@ def run(
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
             src = open_source(source, source_opts)
-        except BaseException:
-            for s in out:
-                s.close()
-            raise
-        race: dict[str, float] | None = None
-        if race_needed:
-            try:
+            if race_needed:
                 winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
                 if winner != be.name:
                     stack.close()  # the first choice's memory goes before the winner loads
                     be = stack.enter_context(open_backend(kind, path, winner, **kw))
-            except BaseException:
-                for s in out:
-                    s.close()
+        except BaseException:
+            for s in out:
+                s.close()
+            if src is not None:
                 src.close()
-                raise
+            raise
         pl = Pipeline(src, be, out, pipeline)
         if race is not None:
             pl.extra_summary["backend_race_ms"] = race

@@ -310,12 +310,11 @@ class Pipeline:
                 raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
         t_end = time.perf_counter_ns()
         sink_ms = (time.perf_counter() - t2) * 1e3
-        n = len(good)
-        self.lat.extend([(f.capture_ms, f.extra["preprocess_ms"], (t_deq - f.extra["t_queued_ns"]) / 1e6, infer_ms, post_ms, sink_ms,
-                          (t_end - f.t_capture_ns) / 1e6 + f.capture_ms) for f, _ in good])
+        self.lat.extend([(st["capture"], st["preprocess"], st["queue"], infer_ms, post_ms, sink_ms, (t_end - f.t_capture_ns) / 1e6 + f.capture_ms)
+                         for (f, _), st in zip(good, (r["stages_ms"] for r in records), strict=True)])
         for f, _ in good:
             self.source.ack(f)
-        self.scored += n
+        self.scored += len(good)
         self.anomalies += sum(r["anomalous"] for r in records)
 
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:

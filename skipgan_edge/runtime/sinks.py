@@ -33,6 +33,7 @@ STAGE_FIELDS = ("capture", "preprocess", "queue", "infer", "postprocess")
 _encode = json.JSONEncoder(check_circular=False).encode  # records are plain trees: no cycle check per line
 _string = json.encoder.encode_basestring  # type: ignore[attr-defined] # JSON string literal (C-accelerated)
 _FAST_KEYS = frozenset([*FIELDS, "stages_ms"])
+_STAGE_SET = frozenset(STAGE_FIELDS)
 _FAST_LINE = (
     '{"source": %s, "frame": %d, "file": %s, "timestamp": %r, "score": %r, "normalized_score": %r, "anomalous": %s, '
     '"latency_ms": %r, "stages_ms": {"capture": %.4f, "preprocess": %.4f, "queue": %.4f, "infer": %.4f, "postprocess": %.4f}}\n'
@@ -58,9 +59,6 @@ def jsonl_line(r: dict[str, Any]) -> str:
     return _encode(r) + "\n"
 
 
-_STAGE_SET = frozenset(STAGE_FIELDS)
-
-
 class Sink:
     name = "sink"
 
@@ -80,9 +78,27 @@ def _fail(sink: Sink, exc: OSError) -> SinkError:
     return SinkError(f"{sink.name} sink failed: {exc.strerror or exc}; free disk space or choose another path")
 
 
-class JsonlSink(Sink):
-    needs_image = False
+class _TextFileSink(Sink):
+    """A text file written per batch of records and flushed after each batch."""
 
+    needs_image = False
+    fh: Any
+
+    def _emit(self, records: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
+        try:
+            self._emit(records)
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self, exc) from None
+
+
+class JsonlSink(_TextFileSink):
     def __init__(self, path: Path) -> None:
         self.name = f"JSONL {path}"
         try:
@@ -91,15 +107,8 @@ class JsonlSink(Sink):
         except OSError as exc:
             raise _fail(self, exc) from None
 
-    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
-        self.write_batch([record], None, None)
-
-    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
-        try:
-            self.fh.write("".join([jsonl_line(r) for r in records]))
-            self.fh.flush()
-        except OSError as exc:
-            raise _fail(self, exc) from None
+    def _emit(self, records: list[dict[str, Any]]) -> None:
+        self.fh.write("".join([jsonl_line(r) for r in records]))
 
     def close(self) -> None:
         try:
@@ -111,9 +120,7 @@ class JsonlSink(Sink):
             self.fh.close()
 
 
-class CsvSink(Sink):
-    needs_image = False
-
+class CsvSink(_TextFileSink):
     def __init__(self, path: Path) -> None:
         self.name = f"CSV {path}"
         try:
@@ -126,15 +133,8 @@ class CsvSink(Sink):
         except OSError as exc:
             raise _fail(self, exc) from None
 
-    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
-        self.write_batch([record], None, None)
-
-    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
-        try:
-            self.w.writerows(records)
-            self.fh.flush()
-        except OSError as exc:
-            raise _fail(self, exc) from None
+    def _emit(self, records: list[dict[str, Any]]) -> None:
+        self.w.writerows(records)
 
     def close(self) -> None:
         self.fh.close()

@@ -17,7 +17,6 @@ batch: on the small demo model ONNX Runtime is faster at batch 1 and OpenVINO fr
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -85,20 +84,15 @@ def race_cpu_runtimes(path: Path, batch: int, threads: int = 0, seconds: float =
     """Time ONNX Runtime and OpenVINO on this ONNX file at this batch size; return the faster one's
     name and each one's median milliseconds per call (warm-up first, then about ``seconds`` or at
     least 5 calls each, on random frames)."""
+    from skipgan_edge.bench.latency import BenchConfig, time_backend  # lazily: bench imports this module
+
     per_call: dict[str, float] = {}
     kw: dict[str, Any] = {"threads": threads} if threads else {}
+    cfg = BenchConfig(warmup=3, duration=seconds, min_iterations=5)
     for name in ("onnxruntime", "openvino"):
         with open_backend("onnx", path, name, **kw) as be:
             x = np.random.default_rng(0).integers(0, 256, (batch, *be.input_shape), dtype=np.uint8)
-            for _ in range(3):
-                be.infer_all(x)
-            times: list[float] = []
-            end = time.perf_counter() + seconds
-            while len(times) < 5 or time.perf_counter() < end:
-                t0 = time.perf_counter()
-                be.infer_all(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-            per_call[name] = float(np.median(times))
+            per_call[name] = time_backend(be, x, batch, cfg)["latency_ms"]["median"]
     best = min(per_call, key=per_call.__getitem__)
     log.info("--backend auto: %s per batch of %d → %s (choose with --backend)",
              ", ".join(f"{k} {v:.3f} ms" for k, v in per_call.items()), batch, best)
