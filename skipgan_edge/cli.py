@@ -252,19 +252,44 @@ def export(
 @app.command()
 def build(
     onnx: Annotated[Path, typer.Option(help="scorer*.onnx from export.")],
-    out: Annotated[Path, typer.Option(help="Engine file to write.")],
+    out: Annotated[Optional[Path], typer.Option(help="Engine file to write (not needed with --dry-run).")] = None,
     batch: Annotated[str, typer.Option(help="Optimisation profile over the batch axis: min,opt,max.")] = "1,8,32",
     workspace: Annotated[int, typer.Option(help="Builder workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[Optional[Path], typer.Option(help="Persistent timing cache file (read and updated).")] = None,
-    dla_core: Annotated[Optional[int], typer.Option(help="Jetson DLA core (GPU fallback on).")] = None,
+    dla_core: Annotated[Optional[int], typer.Option(help="Jetson DLA core (static batch, fp16/int8 only; GPU fallback on).")] = None,
     opt_level: Annotated[int, typer.Option(help="Builder optimisation level 0-5.")] = 3,
+    plan: Annotated[bool, typer.Option("--plan", help="Also write the raw serialized plan (OUT.plan, for trtexec, Triton, "
+                                       "DeepStream) with our header as a sidecar OUT.plan.json.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the ONNX against onnx-tensorrt's support table; needs no "
+                                          "TensorRT or GPU. Exits non-zero with one line per violation.")] = False,
+    trt: Annotated[Optional[str], typer.Option("--trt", help="TensorRT version the dry run checks against: 10.3 (JetPack 6) "
+                                               "or 11; default both.")] = None,
 ) -> None:
     """Build a TensorRT engine on the device that will run it (strongly typed: precision from the ONNX)."""
+    if dry_run:
+        from skipgan_edge.export.trtcheck import DEFAULT_TARGETS, verdict
+
+        rep = verdict(onnx, [trt] if trt else list(DEFAULT_TARGETS))
+        bad = 0
+        for target, r in rep.items():
+            for line in r["violations"]:
+                typer.echo(f"TensorRT {target}: {line}", err=True)
+            bad += len(r["violations"])
+            typer.echo(f"TensorRT {target}: {'ok' if r['ok'] else str(len(r['violations'])) + ' violation(s)'}: {onnx}")
+        if bad:
+            raise typer.Exit(2)
+        return
+    if out is None:
+        from skipgan_edge.errors import EngineError
+
+        raise EngineError("build needs --out ENGINE_FILE (or --dry-run to only check the ONNX)")
     from skipgan_edge.export.engine import BuildConfig, build_engine
 
-    meta = build_engine(onnx, out, BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level))
+    meta = build_engine(onnx, out, BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level, plan=plan))
     typer.echo(f"wrote {out}: {meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']} (sm_{meta['compute_capability']}), "
                f"batch {meta['profile']['min']}/{meta['profile']['opt']}/{meta['profile']['max']}")
+    if plan:
+        typer.echo(f"wrote {meta['plan']} and {meta['plan']}.json")
 
 
 # ------------------------------------------------------------------------------------------ run

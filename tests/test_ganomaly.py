@@ -40,6 +40,9 @@ def test_ganomaly_end_to_end_through_the_cli(synth_dir: Path, tmp_path: Path) ->
     assert 0.0 <= rep["auroc"] <= 1.0
     run_cli("calibrate", "--data", str(synth_dir), "--model", str(run), "--size", "64", "--out", str(tmp_path / "c.npz"))
     run_cli("export", "--model", str(run), "--fp16", "--int8", "--calib", str(tmp_path / "c.npz"), "--out", str(tmp_path / "e"), "--no-gate")
+    rep = json.loads((tmp_path / "e" / "export_report.json").read_text())
+    assert all(r["ok"] for v in rep["tensorrt_check"].values() for r in v.values()), rep["tensorrt_check"]
+    assert set(rep["tensorrt_check"]) == {"fp32", "fp16", "int8"}
     _, scorer = build_scorer(run)
     imgs = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend

@@ -143,6 +143,7 @@ def export_all(
         bad = head_violations(onnx.load(str(path)))
         if bad:
             raise ExportError(f"{path}: the score head is not FP32 ({', '.join(bad[:3])}); please report this")
+    report["tensorrt_check"] = tensorrt_check(files)
     report["variants"] = gate_variants(files, split, max_drop)
     report["gate"] = {"max_auroc_drop": max_drop, "enforced": enforce_gate}
     report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -175,6 +176,20 @@ def export_all(
             f"(> {max_drop}); file(s) removed; see {out_dir / 'export_report.json'} (--no-gate keeps them marked failed)"
         )
     return report
+
+
+def tensorrt_check(files: dict[str, Path]) -> dict[str, Any]:
+    """``build --dry-run`` on every variant (TensorRT 10.3 and 11): a violation is logged, one line each, and
+    recorded; the ONNX files stay usable by ONNX Runtime and OpenVINO, so it does not stop the export."""
+    from skipgan_edge.export.trtcheck import verdict
+
+    out: dict[str, Any] = {}
+    for name, path in files.items():
+        out[name] = verdict(path)
+        for target, r in out[name].items():
+            for line in r["violations"]:
+                log.warning("%s will not build with TensorRT %s: %s", path.name, target, line)
+    return out
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -104,8 +104,10 @@ class Scorer(nn.Module):
         # the networks get their own copy: an INT8 export puts Q/DQ on the first conv's input,
         # and a quantizer rewires every consumer of that tensor; the head must compare against
         # the exact input, so it must not share the tensor (test_export.py checks the graph)
-        # (the exporter merges identical subexpressions, so this copy transposes first, then scales)
-        x_net = images.permute(0, 3, 1, 2).to(torch.float32) * (2.0 / 255.0) - 1.0  # (B, C, H, W)
+        # (the exporter merges identical subexpressions, so this copy casts, transposes, then scales;
+        # the cast comes first because TensorRT accepts a uint8 tensor only as a graph input that
+        # feeds Cast nodes: "UINT8 is only supported as network input or output tensor types")
+        x_net = images.to(torch.float32).permute(0, 3, 1, 2) * (2.0 / 255.0) - 1.0  # (B, C, H, W)
         fake, f_real, f_fake = self.model.terms(x_net)  # type: ignore[operator]
         rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
         score = combine(rec, lat, self.mode, self.lam, self.term_stats)  # (B,)
