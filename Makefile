@@ -62,9 +62,12 @@ test: $(STAMP) debs
 	$(VENV)/bin/mypy skipgan_edge
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# On a Jetson or GPU workstation with TensorRT and cuda-python installed in .venv.
+# On a Jetson or GPU workstation with TensorRT and cuda-python installed in .venv. Never passes empty:
+# a missing GPU, cuda-python or TensorRT is one line and a non-zero exit, and under SKIPGAN_REQUIRE_GPU=1
+# the tests' skips become failures.
 test-gpu: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)
+	$(VENV)/bin/skipgan-edge doctor --require-gpu
+	SKIPGAN_REQUIRE_GPU=1 $(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)
 
 test-slow: $(STAMP) debs
 	$(VENV)/bin/python -m pytest -q -m slow -o addopts="-ra" $(PYTEST_ARGS)

@@ -226,7 +226,8 @@ def export(
     no_gate: Annotated[bool, typer.Option("--no-gate", help="Keep failing variants, marked failed.")] = False,
     engine: Annotated[bool, typer.Option("--engine", help="Also build TensorRT engines (needs TensorRT).")] = False,
     batch: Annotated[str, typer.Option(help="Engine batch profile min,opt,max.")] = "1,8,32",
-    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton model repository.")] = False,
+    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton model repository: the TensorRT plan with --engine "
+                                  "(lowest precision that passed the gate), else the FP32 ONNX.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export the scorer to ONNX (+FP16, +INT8), check every variant's AUROC against FP32."""
@@ -415,10 +416,20 @@ def demo(
 
 
 @app.command()
-def doctor() -> None:
+def doctor(
+    require_gpu: Annotated[bool, typer.Option("--require-gpu", help="Only check the GPU stack (GPU, cuda-python, TensorRT): "
+                                              "one line and a non-zero exit if any is missing (make test-gpu runs this first).")] = False,
+) -> None:
     """What this machine can run: backends, providers, TensorRT, CUDA, GStreamer."""
-    from skipgan_edge.doctor import report
+    from skipgan_edge.doctor import gpu_stack_missing, report
 
+    if require_gpu:
+        missing = gpu_stack_missing()
+        if missing:
+            typer.echo("error: the GPU tests cannot run here: missing " + "; ".join(missing), err=True)
+            raise typer.Exit(2)
+        typer.echo("GPU stack ready: GPU, cuda-python, TensorRT")
+        return
     for line in report():
         typer.echo(line)
 

@@ -14,6 +14,35 @@ def _version(mod: str) -> str | None:
     return str(getattr(m, "__version__", "installed"))
 
 
+TENSORRT_HINT = ("TensorRT (Jetson: JetPack's python3-libnvinfer, seen from a venv made with --system-site-packages, "
+                 "see make jetson; x86-64: pip install 'skipgan-edge[tensorrt]')")
+
+
+def gpu_stack_missing(tensorrt: bool = True) -> list[str]:
+    """What ``make test-gpu`` and the TensorRT backend need and this machine lacks; empty when all is there."""
+    missing: list[str] = []
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        missing.append("cuda-python (pip install 'skipgan-edge[tensorrt]', matching the CUDA major: see make jetson)")
+        cudart = None
+    if cudart is not None:
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or int(count) == 0:
+            _, msg = cudart.cudaGetErrorString(err)
+            text = msg.decode() if isinstance(msg, bytes) else str(msg)
+            missing.append(f"an NVIDIA GPU with a working driver (cudaGetDeviceCount: CUDA error {int(err)}, {text})")
+    if tensorrt:
+        try:
+            import tensorrt as trt_mod
+
+            if not hasattr(trt_mod, "Builder"):
+                missing.append(TENSORRT_HINT + "; found only a stub-only 'tensorrt' package")
+        except ImportError:
+            missing.append(TENSORRT_HINT)
+    return missing
+
+
 def report() -> list[str]:
     lines = [f"python {platform.python_version()} on {platform.machine()} ({platform.platform()})"]
     for mod, what in (
@@ -28,6 +57,10 @@ def report() -> list[str]:
     ):
         v = _version(mod)
         lines.append(f"{mod:14s} {v or 'missing':12s} {what}")
+    missing = gpu_stack_missing()
+    lines.append("TensorRT engines: " + ("ready (GPU, cuda-python, TensorRT)" if not missing else "not here: missing " + "; ".join(missing)))
+    if _version("pycuda") and not _version("cuda.bindings"):
+        lines.append("CUDA graphs: off (PyCUDA has no stream capture; install cuda-python for graphs)")
     ort = importlib.import_module("onnxruntime")
     lines.append("onnxruntime providers: " + ", ".join(ort.get_available_providers()))
     try:

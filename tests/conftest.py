@@ -15,6 +15,20 @@ CLI = [sys.executable, "-m", "skipgan_edge"]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def need_gpu_stack(tensorrt: bool) -> None:
+    """Skip a GPU test where the GPU stack is missing, or fail it under ``make test-gpu`` (SKIPGAN_REQUIRE_GPU=1):
+    that target must never pass with its tests skipped."""
+    from skipgan_edge.doctor import gpu_stack_missing
+
+    missing = gpu_stack_missing(tensorrt=tensorrt)
+    if not missing:
+        return
+    msg = "missing " + "; ".join(missing)
+    if os.environ.get("SKIPGAN_REQUIRE_GPU") == "1":
+        pytest.fail(f"make test-gpu needs the GPU stack: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
 def run_cli(*args: str, check: bool = True, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess."""
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=kw.pop("cwd", None))  # type: ignore[call-overload]

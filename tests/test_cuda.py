@@ -1,13 +1,15 @@
 """The CUDA-memory layer on a real GPU (marked ``cuda``: run with ``make test-gpu``).
 
 Needs an NVIDIA GPU and cuda-python; no TensorRT. On a machine without a GPU these tests are
-deselected by default and skip if selected.
+deselected by default; selected, they skip, except under ``make test-gpu`` (SKIPGAN_REQUIRE_GPU=1),
+where a missing GPU or cuda-python fails them (conftest.need_gpu_stack).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import need_gpu_stack
 
 from skipgan_edge.runtime.cuda import IOBuffers, make_cuda_api
 
@@ -16,11 +18,9 @@ pytestmark = pytest.mark.cuda
 
 @pytest.fixture(scope="module")
 def api():  # type: ignore[no-untyped-def]
-    try:
-        a = make_cuda_api("cuda-python")
-        a.stream_sync(a.stream_create())
-    except Exception as exc:  # noqa: BLE001 - any failure here means there is no usable GPU
-        pytest.skip(f"no usable CUDA device: {exc}")
+    need_gpu_stack(tensorrt=False)
+    a = make_cuda_api("cuda-python")
+    a.stream_sync(a.stream_create())
     return a
 
 
@@ -79,4 +79,46 @@ def test_events_time_a_copy(api) -> None:  # type: ignore[no-untyped-def]
     api.event_record(e1, s)
     ms = api.event_elapsed_ms(e0, e1)
     assert 0 < ms < 1000
+    bufs.free()
+
+
+def test_captured_graph_replays_the_current_host_buffer(api) -> None:  # type: ignore[no-untyped-def]
+    """A captured H2D + D2H pair replays with whatever the pinned buffer holds at launch, not at capture."""
+    bufs = IOBuffers(api, {"x": ((4, 1024), np.dtype(np.uint8)), "y": ((4, 1024), np.dtype(np.uint8))})
+    bufs.allocate()
+    s = api.stream_create()
+    x, y = bufs.tensors["x"], bufs.tensors["y"]
+    x.array(4)[...] = 1
+    api.graph_begin(s)
+    bufs.htod("x", 4, s)
+    api.dtoh_async(y.host_ptr, x.device, x.nbytes, s)
+    g = api.graph_end(s)
+    for value in (7, 9):
+        x.array(4)[...] = value
+        api.graph_launch(g, s)
+        api.stream_sync(s)
+        assert int(y.array(4).min()) == value == int(y.array(4).max())
+    api.graph_exec_destroy(g)
+    bufs.free()
+
+
+def test_failed_capture_is_aborted_and_the_stream_recovers(api) -> None:  # type: ignore[no-untyped-def]
+    """Synchronizing a capturing stream invalidates the capture (as a failing enqueue would): abort, clear, go on."""
+    from skipgan_edge.runtime.cuda import CudaError
+
+    bufs = IOBuffers(api, {"x": ((1, 256), np.dtype(np.uint8))})
+    bufs.allocate()
+    s = api.stream_create()
+    api.graph_begin(s)
+    with pytest.raises(CudaError):
+        api.stream_sync(s)
+    api.graph_abort(s)
+    api.clear_error()
+    assert api.clear_error() == 0  # nothing sticky left
+    bufs.tensors["x"].array(1)[...] = 3
+    bufs.htod("x", 1, s)
+    api.stream_sync(s)
+    e = api.event_create()
+    api.event_record(e, s)
+    api.event_destroy(e)
     bufs.free()

@@ -161,12 +161,17 @@ def export_all(
             if report["variants"][name]["gate"] == "failed" and enforce_gate:
                 continue
             eng = path.with_suffix(".engine")
-            build_engine(path, eng, BuildConfig(batch=batch))
+            meta = build_engine(path, eng, BuildConfig(batch=batch, plan=triton))
             report["engines"][name] = str(eng)
+            if triton:
+                report.setdefault("plans", {})[name] = meta["plan"]
     if triton:
         from skipgan_edge.export.triton import write_triton_repo
 
-        report["triton"] = str(write_triton_repo(files["fp32"], out_dir / "triton", card, max_batch=batch[2]))
+        plans = report.get("plans", {})
+        served = next((Path(plans[p]) for p in ("int8", "fp16", "fp32") if p in plans), files["fp32"])
+        report["triton"] = str(write_triton_repo(served, out_dir / "triton", card, max_batch=batch[2]))
+        report["triton_model"] = str(served)
     atomic_write_json(out_dir / "export_report.json", report)
     report["report"] = str(out_dir / "export_report.json")
     if failed and enforce_gate:

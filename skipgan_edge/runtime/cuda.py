@@ -38,6 +38,8 @@ class CudaError(RuntimeError):
 
 class CudaApi(Protocol):
     name: str
+    #: whether ``graph_begin``/``graph_end`` (stream capture) exist: cuda-python yes, PyCUDA no
+    supports_graphs: bool
 
     def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]: ...
     def free_host(self, ptr: int) -> None: ...
@@ -52,9 +54,14 @@ class CudaApi(Protocol):
     def event_create(self) -> Any: ...
     def event_record(self, event: Any, stream: Any) -> None: ...
     def event_elapsed_ms(self, start: Any, end: Any) -> float: ...
+    def event_destroy(self, event: Any) -> None: ...
     def graph_begin(self, stream: Any) -> None: ...
     def graph_end(self, stream: Any) -> Any: ...
+    def graph_abort(self, stream: Any) -> None: ...
     def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
+    def graph_exec_destroy(self, graph_exec: Any) -> None: ...
+    def clear_error(self) -> int: ...
+    def close(self) -> None: ...
 
 
 def _host_view(ptr: int, nbytes: int) -> np.ndarray:
@@ -65,6 +72,7 @@ class CudaPythonApi:
     """cuda-python (``cuda.bindings.runtime``); every call's error code is checked."""
 
     name = "cuda-python"
+    supports_graphs = True
 
     def __init__(self) -> None:
         try:
@@ -126,30 +134,69 @@ class CudaPythonApi:
         self._check(self.rt.cudaEventSynchronize(end))
         return float(self._check(self.rt.cudaEventElapsedTime(start, end)))
 
+    def event_destroy(self, event: Any) -> None:
+        self._check(self.rt.cudaEventDestroy(event))
+
     def graph_begin(self, stream: Any) -> None:
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._check(self.rt.cudaStreamBeginCapture(stream, mode))
 
     def graph_end(self, stream: Any) -> Any:
+        """End a capture and instantiate it; the graph itself is destroyed (the exec keeps its copy)."""
         graph = self._check(self.rt.cudaStreamEndCapture(stream))
-        return self._check(self.rt.cudaGraphInstantiate(graph, 0))
+        try:
+            return self._check(self.rt.cudaGraphInstantiate(graph, 0))
+        finally:
+            self.rt.cudaGraphDestroy(graph)
+
+    def graph_abort(self, stream: Any) -> None:
+        """After a failed enqueue inside a capture (trtexec's endCaptureOnError): end the capture and destroy
+        whatever graph it returns; the caller then clears the sticky error with :meth:`clear_error`."""
+        result = self.rt.cudaStreamEndCapture(stream)
+        graph = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+        if graph is not None and int(result[0]) == 0 and int(graph) != 0:
+            self.rt.cudaGraphDestroy(graph)
 
     def graph_launch(self, graph_exec: Any, stream: Any) -> None:
         self._check(self.rt.cudaGraphLaunch(graph_exec, stream))
 
+    def graph_exec_destroy(self, graph_exec: Any) -> None:
+        self._check(self.rt.cudaGraphExecDestroy(graph_exec))
+
+    def clear_error(self) -> int:
+        """``cudaGetLastError``: returns and resets the last error code (0 if none)."""
+        result = self.rt.cudaGetLastError()
+        return int(result[0] if isinstance(result, tuple) else result)
+
+    def close(self) -> None:
+        """Nothing to release: TensorRT and cuda-python share the device's primary context."""
+
 
 class PyCudaApi:
-    """PyCUDA (``pycuda.driver``), for systems where it is what is installed."""
+    """PyCUDA (``pycuda.driver``), for systems where it is what is installed.
+
+    PyCUDA does not create a context on its own (without ``pycuda.autoinit``): this retains the
+    device's primary context, the one TensorRT and the CUDA runtime use, and pushes it at
+    construction, which the TensorRT backend does before it deserializes the engine; ``close``
+    pops it. PyCUDA has no stream capture, so CUDA graphs are off with it (``supports_graphs``;
+    ``doctor`` says so).
+    """
 
     name = "pycuda"
+    supports_graphs = False
 
-    def __init__(self) -> None:
+    def __init__(self, device: int = 0) -> None:
         try:
-            import pycuda.autoinit  # noqa: F401 - creates the context
             import pycuda.driver as drv
         except ImportError:
             raise MissingDependencyError("--cuda-api pycuda needs PyCUDA: pip install 'skipgan-edge[pycuda]'") from None
         self.drv = drv
+        try:
+            drv.init()
+            self.ctx = drv.Device(device).retain_primary_context()
+            self.ctx.push()
+        except drv.Error as exc:
+            raise CudaError(f"PyCUDA could not open CUDA device {device} ({exc}){NO_GPU_HINT}") from None
         self._host: dict[int, Any] = {}
         self._dev: dict[int, Any] = {}
 
@@ -200,14 +247,32 @@ class PyCudaApi:
         end.synchronize()
         return float(start.time_till(end))
 
+    def event_destroy(self, event: Any) -> None:
+        del event  # PyCUDA frees it with the Python object
+
     def graph_begin(self, stream: Any) -> None:
-        stream.begin_capture()
+        raise CudaError("PyCUDA has no CUDA stream capture; CUDA graphs need --cuda-api cuda-python")
 
     def graph_end(self, stream: Any) -> Any:
-        return stream.end_capture().instance()
+        raise CudaError("PyCUDA has no CUDA stream capture")
+
+    def graph_abort(self, stream: Any) -> None:
+        return None
 
     def graph_launch(self, graph_exec: Any, stream: Any) -> None:
-        graph_exec.launch(stream)
+        raise CudaError("PyCUDA has no CUDA graphs")
+
+    def graph_exec_destroy(self, graph_exec: Any) -> None:
+        return None
+
+    def clear_error(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Pop the context pushed at construction (once)."""
+        ctx, self.ctx = getattr(self, "ctx", None), None
+        if ctx is not None:
+            ctx.pop()
 
 
 def make_cuda_api(which: str = "auto") -> CudaApi:

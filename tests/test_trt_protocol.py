@@ -1,0 +1,271 @@
+"""The TensorRT backend's call protocol, checked on the CPU with a recording stand-in for TensorRT and CUDA.
+
+TensorRT and a GPU cannot run here (tests/test_tensorrt.py and tests/test_cuda.py run them on a GPU
+machine). What can be checked without them is the order and the checks of our calls, the part
+trtexec and Triton got right and we had wrong: a warm-up enqueue and a synchronize before each
+capture, the enqueue's return checked inside the capture, the capture ended and the sticky error
+cleared on failure, graphs that replay the *current* input (different frames per call), profile
+bounds with padding, and every graph, event and buffer released on deactivate. The stand-in keeps
+"device" memory in numpy arrays and replays captured enqueues the way a CUDA graph would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from skipgan_edge.errors import EngineError
+from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend, profile_batch
+
+H, W, C = 4, 4, 3
+
+
+class RecordingCuda:
+    name = "recording"
+
+    def __init__(self, supports_graphs: bool = True) -> None:
+        self.supports_graphs = supports_graphs
+        self.calls: list[str] = []
+        self.host: dict[int, np.ndarray] = {}
+        self.dev: dict[int, np.ndarray] = {}
+        self.capturing: list[Any] | None = None
+        self.graphs: dict[int, list[Any]] = {}
+        self.sticky = 0
+        self.events: set[int] = set()
+        self._n = 0
+
+    def _id(self) -> int:
+        self._n += 1
+        return self._n
+
+    def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
+        arr = np.zeros(nbytes, np.uint8)
+        self.host[int(arr.ctypes.data)] = arr
+        return int(arr.ctypes.data), arr
+
+    def free_host(self, ptr: int) -> None:
+        del self.host[ptr]
+
+    def malloc_device(self, nbytes: int) -> int:
+        h = self._id() << 20
+        self.dev[h] = np.zeros(nbytes, np.uint8)
+        return h
+
+    def free_device(self, ptr: int) -> None:
+        del self.dev[ptr]
+
+    def stream_create(self) -> int:
+        return self._id()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self.calls.append("stream_destroy")
+
+    def stream_sync(self, stream: Any) -> None:
+        assert self.capturing is None, "synchronize inside a capture invalidates it"
+        self.calls.append("sync")
+
+    def htod_async(self, dst: int, src_ptr: int, nbytes: int, stream: Any) -> None:
+        assert self.capturing is None, "copies stay outside the graph"
+        self.dev[dst][:nbytes] = self.host[src_ptr][:nbytes]
+        self.calls.append("htod")
+
+    def dtoh_async(self, dst_ptr: int, src: int, nbytes: int, stream: Any) -> None:
+        assert self.capturing is None
+        self.host[dst_ptr][:nbytes] = self.dev[src][:nbytes]
+        self.calls.append("dtoh")
+
+    def event_create(self) -> int:
+        e = self._id()
+        self.events.add(e)
+        return e
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        self.calls.append("event_record")
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        return 0.01
+
+    def event_destroy(self, event: Any) -> None:
+        self.events.remove(event)
+
+    def graph_begin(self, stream: Any) -> None:
+        self.capturing = []
+        self.calls.append("begin_capture")
+
+    def graph_end(self, stream: Any) -> int:
+        assert self.capturing is not None
+        g = self._id()
+        self.graphs[g], self.capturing = self.capturing, None
+        self.calls.append("end_capture")
+        return g
+
+    def graph_abort(self, stream: Any) -> None:
+        self.capturing = None
+        self.calls.append("abort_capture")
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        for op in self.graphs[graph_exec]:
+            op()
+        self.calls.append("launch")
+
+    def graph_exec_destroy(self, graph_exec: Any) -> None:
+        del self.graphs[graph_exec]
+
+    def clear_error(self) -> int:
+        e, self.sticky = self.sticky, 0
+        self.calls.append("clear_error")
+        return e
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def reference(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = images.astype(np.float32)
+    return x.mean(axis=(1, 2, 3)), x.mean(axis=3)[:, None] / 255.0
+
+
+class RecordingContext:
+    """Computes a stand-in score from the device input buffer; inside a capture it records instead of running."""
+
+    def __init__(self, api: RecordingCuda, lo: int, hi: int, fail_in_capture: bool) -> None:
+        self.api, self.lo, self.hi, self.fail_in_capture = api, lo, hi, fail_in_capture
+        self.addr: dict[str, int] = {}
+        self.batch: int | None = None
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addr[name] = ptr
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.api.calls.append(f"shape{shape[0]}")
+        if not self.lo <= shape[0] <= self.hi:
+            return False
+        self.batch = shape[0]
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        assert self.batch is not None, "enqueue before set_input_shape"
+        b, api, addr = self.batch, self.api, dict(self.addr)
+
+        def op() -> None:
+            x = api.dev[addr["images"]][: b * H * W * C].reshape(b, H, W, C)
+            score, amap = reference(x)
+            api.dev[addr["score"]][: b * 4] = score.view(np.uint8)
+            api.dev[addr["normalized_score"]][: b * 4] = (score / 255.0).astype(np.float32).view(np.uint8)
+            api.dev[addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).reshape(-1).view(np.uint8)
+
+        if api.capturing is not None:
+            api.calls.append(f"enqueue{b}@capture")
+            if self.fail_in_capture:
+                api.sticky = 901  # cudaErrorStreamCaptureInvalidated: sticky until read
+                return False
+            api.capturing.append(op)
+            return True
+        api.calls.append(f"enqueue{b}")
+        op()
+        return True
+
+
+class RecordingEngine:
+    def __init__(self, ctx: RecordingContext) -> None:
+        self.ctx = ctx
+
+    def create_execution_context(self) -> RecordingContext:
+        return self.ctx
+
+
+class StandInBackend(TensorRTBackend):
+    def __init__(self, lo: int = 1, hi: int = 8, fail_in_capture: bool = False, supports_graphs: bool = True, **kw: Any) -> None:
+        super().__init__(Path("standin.engine"), **kw)
+        self.fake = RecordingCuda(supports_graphs)
+        self.fake_ctx = RecordingContext(self.fake, lo, hi, fail_in_capture)
+        self.fake_meta = {"card": {"input": {"isize": H, "channels": C}}, "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}}
+
+    def _open_api(self) -> Any:
+        return self.fake
+
+    def _open_engine(self) -> tuple[dict[str, Any], Any]:
+        return self.fake_meta, RecordingEngine(self.fake_ctx)
+
+
+def frames(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, H, W, C), dtype=np.uint8)
+
+
+def test_graphs_replay_the_current_frames_at_every_captured_size() -> None:
+    with StandInBackend(lo=1, hi=8) as be:
+        for b in (1, 3, 8, 3, 1):
+            for seed in (b, b + 100):  # different frames on consecutive calls at the same size
+                x = frames(b, seed)
+                got = be.infer(x)
+                score, amap = reference(x)
+                np.testing.assert_allclose(got.score, score, rtol=1e-6)
+                np.testing.assert_allclose(got.anomaly_map, amap, rtol=1e-6)
+        calls = be.fake.calls
+        assert sorted(be._graphs) == [1, 3, 8]
+        for b in (1, 3, 8):  # warm-up enqueue at b and a synchronize come right before the capture at b
+            i = calls.index(f"enqueue{b}@capture")
+            assert calls[i - 3 : i] == [f"enqueue{b}", "sync", "begin_capture"], calls[i - 4 : i + 1]
+            assert calls[i + 1] == "end_capture"
+        assert calls.count("begin_capture") == 3 and calls.count("launch") == 10  # every call after capture replays
+        assert sum(c.startswith("shape") for c in calls) == 5  # set_input_shape only when the size changes
+    assert be.fake.graphs == {} and be.fake.dev == {} and be.fake.host == {} and be.fake.calls[-1] == "close"
+
+
+def test_failed_capture_is_ended_cleared_and_graphs_stay_off() -> None:
+    with StandInBackend(fail_in_capture=True) as be:
+        x = frames(4, 0)
+        np.testing.assert_allclose(be.infer(x).score, reference(x)[0], rtol=1e-6)
+        calls = be.fake.calls
+        i = calls.index("enqueue4@capture")
+        assert calls[i + 1 : i + 3] == ["abort_capture", "clear_error"] and be.fake.sticky == 0 and "clear_error" not in calls[:i]
+        assert not be.use_graphs and be._graphs == {} and "execute_async_v3 returned false" in (be.graph_failure or "")
+        y = frames(4, 1)
+        np.testing.assert_allclose(be.infer(y).score, reference(y)[0], rtol=1e-6)
+        assert be.fake.calls.count("begin_capture") == 1  # never tried again
+
+
+def test_no_stream_capture_means_no_graphs() -> None:
+    with StandInBackend(supports_graphs=False) as be:
+        be.infer(frames(2, 0))
+        assert not be.use_graphs and "begin_capture" not in be.fake.calls
+
+
+def test_profile_bounds_padding_and_refusal() -> None:
+    assert profile_batch(3, 2, 8, True) == 3 and profile_batch(1, 2, 8, True) == 2
+    with pytest.raises(EngineError, match="below the engine profile's min batch 2"):
+        profile_batch(1, 2, 8, False)
+    with pytest.raises(EngineError, match="exceeds the engine profile's max batch 8"):
+        profile_batch(9, 2, 8, True)
+    with StandInBackend(lo=4, hi=8) as be:
+        x = frames(1, 7)
+        got = be.infer(x)  # padded to 4, padding dropped
+        assert got.score.shape == (1,) and got.anomaly_map.shape == (1, 1, H, W)
+        np.testing.assert_allclose(got.score, reference(x)[0], rtol=1e-6)
+        assert "shape4" in be.fake.calls
+        with pytest.raises(EngineError, match="max batch 8"):
+            be.infer(frames(9, 0))
+    with StandInBackend(lo=4, hi=8, pad_to_profile=False) as be, pytest.raises(EngineError, match="min batch 4"):
+        be.infer(frames(2, 0))
+
+
+def test_set_input_shape_refusal_is_an_error() -> None:
+    be = StandInBackend(lo=1, hi=8)
+    with be:
+        be.fake_ctx.hi = 2  # the engine's real profile is narrower than its header says
+        with pytest.raises(EngineError, match="refused input shape"):
+            be.infer(frames(5, 0))
+
+
+def test_profiling_events_are_destroyed() -> None:
+    with StandInBackend(profile=True) as be:
+        be.infer(frames(2, 0))
+        assert len(be.fake.events) == 4 and set(be.last_timings) == {"h2d_ms", "compute_ms", "d2h_ms"}
+    assert be.fake.events == set()
