@@ -28,7 +28,13 @@ DEV_DEPS := 'pytest>=8' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=
 DEBS := dataset-fashion-mnist python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
-.PHONY: demo test test-gpu test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
+# The runtime on a Jetson (JetPack 6): a venv that sees JetPack's TensorRT (apt python3-libnvinfer, built for the
+# system python3) through --system-site-packages, the package without the training stack, and the cuda-python
+# whose major matches the driver's CUDA (cuda-python 13 needs driver R580; JetPack 6 is CUDA 12).
+JETSON_VENV ?= .venv-jetson
+RUNTIME_DEPS := 'numpy>=1.24' 'opencv-python-headless>=4.8' 'onnxruntime>=1.17' 'typer>=0.12' 'safetensors>=0.4' 'packaging>=23' 'onnx>=1.16'
+
+.PHONY: demo test test-gpu jetson test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,6 +74,15 @@ test: $(STAMP) debs
 test-gpu: $(STAMP)
 	$(VENV)/bin/skipgan-edge doctor --require-gpu
 	SKIPGAN_REQUIRE_GPU=1 $(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)
+
+jetson:
+	@/usr/bin/python3 -c "import tensorrt" 2>/dev/null || { echo "error: JetPack's TensorRT Python bindings are missing: sudo apt-get install python3-libnvinfer (JetPack 6)" >&2; exit 2; }
+	test -x $(JETSON_VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(JETSON_VENV)
+	$(JETSON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(JETSON_VENV)/bin/python -m pip install -q $(RUNTIME_DEPS)
+	$(JETSON_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(JETSON_VENV)/bin/python -m pip install -q "$$($(JETSON_VENV)/bin/python -m skipgan_edge.runtime.cudaenv --pip-spec)"
+	$(JETSON_VENV)/bin/skipgan-edge doctor
 
 test-slow: $(STAMP) debs
 	$(VENV)/bin/python -m pytest -q -m slow -o addopts="-ra" $(PYTEST_ARGS)

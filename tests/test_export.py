@@ -88,6 +88,9 @@ def test_variants_pass_gate_and_report(exported: tuple[Path, dict]) -> None:
     assert disk["variants"]["fp32"]["auroc"] > 0.75
     assert disk["calibration"]["count"] >= 32 and disk["calibration"]["method"] in ("max", "entropy", "percentile")
     assert set(disk["calibration"]["candidates"]) == {"max", "entropy", "percentile"}
+    # build --dry-run's verdict on every variant, for JetPack 6's TensorRT and the current one
+    assert {v: {t: r["ok"] for t, r in c.items()} for v, c in disk["tensorrt_check"].items()} == {
+        v: {"10.3": True, "11": True} for v in ("fp32", "fp16", "int8")}
 
 
 def test_score_head_stays_fp32(exported: tuple[Path, dict]) -> None:
@@ -188,6 +191,39 @@ def test_build_without_tensorrt_fails_cleanly(exported: tuple[Path, dict], tmp_p
     assert p.returncode == 2
     assert p.stderr.startswith("error: TensorRT is not installed here") and len(p.stderr.strip().splitlines()) == 1
     assert "built on" in p.stderr or "build there" in p.stderr
+
+
+def test_dla_combinations_are_refused_before_tensorrt(exported: tuple[Path, dict], tmp_path: Path) -> None:
+    from skipgan_edge.export.engine import BuildConfig
+
+    out, _ = exported
+    p = run_cli("build", "--onnx", str(out / "scorer.int8.onnx"), "--out", str(tmp_path / "e.engine"), "--dla-core", "0",
+                "--batch", "1,8,32", check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "DLA needs a static batch" in p.stderr
+    assert "--batch 8,8,8" in p.stderr
+    p = run_cli("build", "--onnx", str(out / "scorer.onnx"), "--out", str(tmp_path / "e.engine"), "--dla-core", "0",
+                "--batch", "8,8,8", check=False)
+    assert p.returncode == 2 and "DLA runs FP16 or INT8 only, and this ONNX is fp32" in p.stderr
+    BuildConfig(batch=(8, 8, 8), dla_core=0).validate("int8")  # a valid DLA build gets as far as TensorRT
+    p = run_cli("build", "--onnx", str(out / "scorer.int8.onnx"), "--out", str(tmp_path / "e.engine"), "--dla-core", "0",
+                "--batch", "8,8,8", check=False)
+    assert p.returncode == 2 and "TensorRT is not installed here" in p.stderr
+
+
+def test_triton_repository_serves_a_plan_or_the_onnx(exported: tuple[Path, dict], tmp_path: Path) -> None:
+    from skipgan_edge.export.triton import write_triton_repo
+
+    out, _ = exported
+    card = card_from_onnx(onnx.load(str(out / "scorer.onnx")))
+    repo = write_triton_repo(out / "scorer.onnx", tmp_path / "triton", card, max_batch=8)
+    cfg = (repo / "skipgan_scorer" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 8" in cfg and "TYPE_UINT8" in cfg
+    (tmp_path / "scorer.int8.plan").write_bytes(b"serialized plan bytes")
+    write_triton_repo(tmp_path / "scorer.int8.plan", tmp_path / "triton", card, max_batch=8)
+    cfg = (repo / "skipgan_scorer" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in cfg
+    assert sorted(p.name for p in (repo / "skipgan_scorer" / "1").iterdir()) == ["model.plan"]  # the stale ONNX is gone
+    assert (repo / "skipgan_scorer" / "1" / "model.plan").read_bytes() == b"serialized plan bytes"
 
 
 def test_engine_file_header_and_mismatch(tmp_path: Path) -> None:

@@ -269,3 +269,32 @@ def test_profiling_events_are_destroyed() -> None:
         be.infer(frames(2, 0))
         assert len(be.fake.events) == 4 and set(be.last_timings) == {"h2d_ms", "compute_ms", "d2h_ms"}
     assert be.fake.events == set()
+
+
+class RecordingBuilderConfig:
+    """What ``load_timing_cache`` talks to: TensorRT refuses a cache from another GPU or version."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept = accept
+        self.set_calls: list[bytes] = []
+
+    def create_timing_cache(self, blob: bytes) -> bytes:
+        return blob
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False  # never build with a half-matching cache
+        self.set_calls.append(cache)
+        return self.accept or cache == b""
+
+
+def test_timing_cache_from_another_gpu_is_discarded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from skipgan_edge.export.engine import load_timing_cache
+
+    f = tmp_path / "t.cache"
+    f.write_bytes(b"cache of another GPU")
+    cfg = RecordingBuilderConfig(accept=False)
+    assert load_timing_cache(cfg, f) == b"" and cfg.set_calls == [b"cache of another GPU", b""]  # type: ignore[arg-type]
+    assert "discarded" in caplog.text
+    cfg = RecordingBuilderConfig(accept=True)
+    assert load_timing_cache(cfg, f) == b"cache of another GPU"  # type: ignore[arg-type]
+    assert load_timing_cache(RecordingBuilderConfig(accept=True), tmp_path / "absent.cache") == b""  # type: ignore[arg-type]

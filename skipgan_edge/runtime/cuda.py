@@ -32,6 +32,17 @@ NO_GPU_CODES = (35, 100)
 NO_GPU_HINT = "; this machine has no usable NVIDIA GPU and driver (check nvidia-smi); use --onnx on the CPU instead"
 
 
+def _driver_mismatch_hint() -> str | None:
+    """Error 35 with a driver present means cuda-python is newer than the driver (cuda-python 13 on JetPack 6)."""
+    from skipgan_edge.runtime.cudaenv import CUDA_PYTHON_SPECS, driver_cuda_version
+
+    drv = driver_cuda_version()
+    if drv is None:
+        return None
+    spec = CUDA_PYTHON_SPECS.get(drv[0], "a cuda-python matching it")
+    return f"; this driver supports CUDA {drv[0]}.{drv[1]}, older than this cuda-python: pip install '{spec}'"
+
+
 class CudaError(RuntimeError):
     """A CUDA call returned an error code."""
 
@@ -86,6 +97,8 @@ class CudaPythonApi:
         if int(err) != 0:
             _, msg = self.rt.cudaGetErrorString(err)
             hint = NO_GPU_HINT if int(err) in NO_GPU_CODES else ""
+            if int(err) == 35:
+                hint = _driver_mismatch_hint() or hint
             raise CudaError(f"CUDA error {int(err)}: {msg.decode() if isinstance(msg, bytes) else msg}{hint}")
         if isinstance(result, tuple):
             return result[1] if len(result) == 2 else result[1:]
