@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper
 
@@ -93,3 +94,16 @@ def test_bench_subprocess_and_json_schema(demo_onnx: Path, tmp_path: Path) -> No
         assert r["flops_per_image"] > 1e6
     p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--pipeline", "--source", str(demo_onnx), check=False)
     assert p.returncode == 2 and "no image files" in p.stderr
+
+
+def test_gpu_peak_is_never_a_cpu_matmul() -> None:
+    """Without a reachable GPU, asking for the GPU's peak refuses; it does not time the CPU instead."""
+    from skipgan_edge.bench.peak import PeakUnavailable, matmul_peak
+    from skipgan_edge.doctor import gpu_stack_missing
+
+    if not any("GPU" in m for m in gpu_stack_missing(tensorrt=False)):
+        assert matmul_peak("cuda", n=256, reps=1)["fp32"] > 0  # a GPU machine: measured there
+        return
+    with pytest.raises(PeakUnavailable, match="GPU's matmul peak"):
+        matmul_peak("cuda", n=256, reps=1)
+    assert matmul_peak("cpu", n=128, reps=1)["fp32"] > 0

@@ -111,6 +111,9 @@ def time_backend(be: Backend, frames: np.ndarray, batch: int, cfg: BenchConfig) 
         rec["power_w"] = power.mean_watts
         rec["joules_per_image"] = power.mean_watts * total_s / (batch * len(times))
         rec["power_source"] = power.source
+        rec["power_scope"] = power.scope
+    elif power.why:
+        rec["power_unavailable"] = power.why
     return rec
 
 
@@ -128,7 +131,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Benchmark each artifact with each backend that can run it; return records + machine + roofline."""
     from skipgan_edge.bench.flops import count_flops
-    from skipgan_edge.bench.peak import matmul_peak
+    from skipgan_edge.bench.peak import PeakUnavailable, matmul_peak
 
     records: list[dict[str, Any]] = []
     flops_cache: dict[str, dict[str, float]] = {}
@@ -166,9 +169,18 @@ def run_bench(
     result: dict[str, Any] = {"config": asdict(cfg), "machine": machine_info(), "model_ids": sorted(model_ids), "records": records,
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if probe_peak:
-        peak = matmul_peak("cuda" if on_gpu else "cpu")
-        result["peak_gflops"] = peak
+        # each record against the peak of the device it ran on (TensorRT: the GPU; the rest: the CPU)
+        peaks: dict[str, dict[str, float]] = {}
+        for dev in sorted({"gpu" if r["backend"] == "tensorrt" else "cpu" for r in records}):
+            try:
+                peaks[dev] = matmul_peak("cuda" if dev == "gpu" else "cpu")
+            except PeakUnavailable as exc:
+                result.setdefault("peak_unavailable", {})[dev] = str(exc)
+        result["peaks_gflops"] = peaks
+        result["peak_gflops"] = peaks.get("gpu" if on_gpu else "cpu", {})
         for r in records:
+            r["peak_device"] = "gpu" if r["backend"] == "tensorrt" else "cpu"
+            peak = peaks.get(r["peak_device"], {})
             if "flops_per_image" in r and peak.get("fp32"):
                 achieved = r["throughput"] * r["flops_per_image"] / 1e9
                 r["achieved_gflops"] = achieved
