@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/decode_threads.py
 	$(PY) benchmarks/pipeline_runtimes.py
+	$(PY) benchmarks/jetson_projection.py
 
 # anomalib's GANomaly against ours on the same splits; anomalib lives in its own venv (.venv-peers)
 PEERS_VENV := .venv-peers

@@ -107,3 +107,31 @@ def test_gpu_peak_is_never_a_cpu_matmul() -> None:
     with pytest.raises(PeakUnavailable, match="GPU's matmul peak"):
         matmul_peak("cuda", n=256, reps=1)
     assert matmul_peak("cpu", n=128, reps=1)["fp32"] > 0
+
+
+def test_jetson_projection_is_a_roofline(demo_onnx: Path) -> None:
+    from skipgan_edge.bench.projection import BOARDS, Board, bytes_moved, project
+
+    moved = {p: bytes_moved(demo_onnx / f, 8) for p, f in (("fp32", "scorer.onnx"), ("fp16", "scorer.fp16.onnx"),
+                                                           ("int8", "scorer.int8.onnx"))}
+    assert moved["int8"]["weights"] < moved["fp16"]["weights"] < moved["fp32"]["weights"]
+    assert moved["fp16"]["weights"] == pytest.approx(moved["fp32"]["weights"] / 2, rel=0.05)
+    assert bytes_moved(demo_onnx / "scorer.onnx", 16)["activations"] == pytest.approx(2 * moved["fp32"]["activations"])
+    b = Board("test", "", fp32_tflops=1.0, fp16_tflops=10.0, int8_tops=20.0, dram_gbs=100.0, source="")
+    flops = {"conv": 1e9, "convtranspose": 0.0, "matmul": 0.0, "rest": 0.0}
+    r = project(flops, {"total": 1e6}, b, "fp16", 4)  # compute 4e9/1e13 = 0.4 ms; memory 1e6/1e11 = 0.01 ms
+    assert r["bound"] == "compute" and r["ms_per_batch"] == pytest.approx(0.4) and r["images_per_s"] == pytest.approx(10000)
+    r = project(flops, {"total": 1e9}, b, "int8", 4)  # memory 10 ms beats compute 0.2 ms
+    assert r["bound"] == "memory" and r["ms_per_batch"] == pytest.approx(10.0)
+    assert [x.name for x in BOARDS] == ["Orin Nano 8GB", "Orin NX 16GB", "AGX Orin 64GB"]
+    assert all(x.int8_tops == 2 * x.fp16_tflops or x.int8_tops > x.fp16_tflops for x in BOARDS)
+
+
+def test_jetson_md_labels_its_projection() -> None:
+    from conftest import ROOT
+
+    text = (ROOT / "benchmarks" / "JETSON.md").read_text()
+    block = text.split("<!-- PROJECTION START -->")[1].split("<!-- PROJECTION END -->")[0]
+    assert "roofline" in block and "projection, not a" in text
+    for board in ("Orin Nano 8GB", "Orin NX 16GB", "AGX Orin 64GB"):
+        assert sum(f"| {board} | {p} |" in block for p in ("fp32", "fp16", "int8")) == 3
