@@ -323,6 +323,10 @@ def run_cmd(
     reconnect_attempts: Annotated[int, typer.Option(help="Camera/RTSP reopen attempts before giving up.")] = 10,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for video files and RTSP (0 = one per core).")] = 1,
     cuda_api: Annotated[str, typer.Option(help="TensorRT buffers: auto, cuda-python or pycuda.")] = "auto",
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="TensorRT: capture each batch size's "
+                                              "enqueue in a CUDA graph (cuda-python only; falls back without them if capture fails).")] = True,
+    pad_batch: Annotated[bool, typer.Option("--pad-batch/--no-pad-batch", help="TensorRT: pad a batch below the engine "
+                                            "profile's min (a max-wait flush) and drop the padding; off: refuse it.")] = True,
     threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores).")] = 0,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -340,7 +344,7 @@ def run_cmd(
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, reconnect_attempts=reconnect_attempts,
                                   decode_threads=decode_threads),
-        device=device, cuda_api=cuda_api, threads=threads,
+        device=device, cuda_api=cuda_api, threads=threads, cuda_graphs=cuda_graphs, pad_batch=pad_batch,
     )
     if as_json:
         _echo_json(s)

@@ -41,6 +41,9 @@ def test_readme_tour_runs(tmp_path: Path) -> None:
         args = shlex.split(cmd.replace("--epochs 12", "--epochs 3"))
         assert args[0] == "skipgan-edge"
         p = subprocess.run([sys.executable, "-m", "skipgan_edge", *args[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        if args[1] == "build" and "--dry-run" in args:  # the static check needs no TensorRT: our export passes it
+            assert p.returncode == 0 and "TensorRT 10.3: ok" in p.stdout and "TensorRT 11: ok" in p.stdout, p.stdout + p.stderr
+            continue
         if args[1] == "build":  # no TensorRT on CI machines: must fail with one line saying what to do
             assert p.returncode == 2 and "TensorRT is not installed" in p.stderr and "Traceback" not in p.stderr
             continue

@@ -34,7 +34,7 @@ def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tupl
 def run(
     kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
     sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), device: str = "cpu",
-    cuda_api: str = "auto", threads: int = 0,
+    cuda_api: str = "auto", threads: int = 0, cuda_graphs: bool = True, pad_batch: bool = True,
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary.
 
@@ -47,7 +47,7 @@ def run(
     chosen = resolve_backend(kind, backend)
     race_needed = backend == "auto" and kind == "onnx" and chosen == "openvino"
     if chosen == "tensorrt":
-        kw["cuda_api"] = cuda_api
+        kw.update(cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch)
     if chosen in THREADED and threads:
         kw["threads"] = threads
     be = open_backend(kind, path, chosen, device=device, **kw)
