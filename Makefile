@@ -34,7 +34,7 @@ DEBS := dataset-fashion-mnist python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0
 JETSON_VENV ?= .venv-jetson
 RUNTIME_DEPS := 'numpy>=1.24' 'opencv-python-headless>=4.8' 'onnxruntime>=1.17' 'typer>=0.12' 'safetensors>=0.4' 'packaging>=23' 'onnx>=1.16'
 
-.PHONY: demo test test-gpu jetson test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
+.PHONY: demo test test-gpu jetson lean-venv test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml Makefile
 	# succeed as an empty namespace package and fool every TensorRT detection (ours and Model Optimizer's)
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/stubs 'tensorrt-stubs>=10.0'
 	$(PY) tools/fix_trt_stubs.py $(VENV)/stubs
-	$(PIP) install -q -e . --no-build-isolation
+	$(PIP) install -q -e '.[train]' --no-build-isolation
 	$(PY) -c "import torch, onnx, onnxruntime, modelopt.onnx.quantization, cv2; print('environment ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)
 
@@ -63,7 +63,18 @@ debs:
 demo: $(STAMP)
 	$(VENV)/bin/skipgan-edge demo --out demo_out
 
-test: $(STAMP) debs
+# The runtime-only install (pip install skipgan-edge: numpy, OpenCV, ONNX Runtime, Typer), editable so it runs
+# this tree; tests/test_lean_install.py streams a model exported in .venv through it.
+LEAN_VENV := .venv-lean
+$(LEAN_VENV)/.installed: pyproject.toml
+	test -x $(LEAN_VENV)/bin/python || $(PYTHON) -m venv $(LEAN_VENV)
+	$(LEAN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LEAN_VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+lean-venv: $(LEAN_VENV)/.installed
+
+test: $(STAMP) $(LEAN_VENV)/.installed debs
 	$(VENV)/bin/ruff check skipgan_edge tests benchmarks
 	$(VENV)/bin/mypy skipgan_edge
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

@@ -29,8 +29,8 @@ from common import RESULTS, command_line, machine, stamp, write_json
 
 from skipgan_edge.config import ModelConfig, RunConfig, TrainConfig
 from skipgan_edge.data.datasets import Dataset, Split
+from skipgan_edge.model.losses import discriminator_loss, generator_loss
 from skipgan_edge.model.networks import build_model
-from skipgan_edge.train.losses import discriminator_loss, generator_loss
 from skipgan_edge.train.trainer import Trainer, _autocast
 
 

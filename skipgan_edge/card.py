@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skipgan_edge import FORMAT_VERSION
+from skipgan_edge.contract import card_from_json
 from skipgan_edge.errors import ModelFolderError, SinkError
 
 if TYPE_CHECKING:
@@ -103,47 +104,10 @@ def load_card(folder: Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as exc:
         raise ModelFolderError(f"{weights} is unreadable ({exc}); retrain or restore the folder") from None
     if embedded:
-        card = json.loads(embedded)
+        card = card_from_json(embedded, str(weights))
     card["model_id"] = file_sha256(weights)[:16]
     return card
 
 
 def model_id(card: dict[str, Any]) -> str:
     return str(card.get("model_id", "unknown"))
-
-
-def load_model(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], nn.Module]:
-    """Card and network (eval mode) from a model folder, without unpickling anything."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from skipgan_edge.config import RunConfig
-    from skipgan_edge.model.networks import build_model
-
-    card = load_card(folder)
-    cfg = RunConfig.from_dict(card["config"])
-    net = build_model(cfg.model)
-    try:
-        state = load_file(str(Path(folder) / WEIGHTS_NAME), device="cpu")
-    except (SafetensorError, OSError) as exc:
-        raise ModelFolderError(f"{Path(folder) / WEIGHTS_NAME} is unreadable ({exc}); retrain or restore the folder") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFolderError(
-            f"{folder}: weights do not match the card's architecture ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors); the folder was mixed from two models"
-        )
-    net.to(device).eval()
-    return card, net
-
-
-def build_scorer(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], Any]:
-    """The torch :class:`~skipgan_edge.model.scorer.Scorer` of a model folder, in eval mode."""
-    from skipgan_edge.model.scorer import Scorer
-
-    card, net = load_model(folder, device)
-    sc = card["score"]
-    stats = sc["val_stats"]
-    scorer = Scorer(net, sc["lam"], stats["min"], stats["max"], mode=sc.get("mode", "paper"), pool=int(sc.get("pool", 0)),
-                    term_stats=sc.get("term_stats")).to(device).eval()
-    return card, scorer

@@ -438,6 +438,12 @@ def doctor(
         typer.echo(line)
 
 
+#: The pip extra that provides each optional module (pip install skipgan-edge is the runtime only).
+EXTRA_OF = {"torch": "train", "safetensors": "train", "matplotlib": "train", "skimage": "train", "scipy": "train", "tqdm": "train",
+            "onnx": "export", "onnxscript": "export", "modelopt": "export", "onnxconverter_common": "export",
+            "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda"}
+
+
 def main() -> None:
     """Entry point: run the app; a SkipganError becomes one line on stderr and a non-zero exit."""
     try:
@@ -445,6 +451,13 @@ def main() -> None:
     except SkipganError as exc:
         typer.echo(f"{exc.prefix}: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:  # an optional dependency this verb needs and the install lacks
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRA_OF:
+            raise
+        verb = next((a for a in sys.argv[1:] if not a.startswith("-")), "this command")
+        typer.echo(f"error: {verb} needs '{top}', which this install lacks: pip install 'skipgan-edge[{EXTRA_OF[top]}]'", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -114,14 +115,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
-    def validate(self) -> RunConfig:
-        """Check every value; return a copy with architecture defaults filled in (e.g. the score's λ)."""
+    def validate(self, score_defaults: Mapping[str, Any]) -> RunConfig:
+        """Check every value; return a copy with the architecture's score defaults (``mode``, ``lam``, ``pool``:
+        ``skipgan_edge.model.networks.default_score(arch)``, passed in so that config imports no model) filled in."""
         self.model.validate()
         self.train.validate()
         self.score.validate()
-        from skipgan_edge.model.networks import default_score
-
-        arch_default = default_score(self.model.arch)
+        arch_default = score_defaults
         lam = self.score.lam if self.score.lam is not None else arch_default["lam"]
         if not 0.0 <= lam <= 1.0:
             raise ConfigError(f"lam must be in [0, 1], got {lam}")

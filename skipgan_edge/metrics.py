@@ -84,6 +84,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom else 0.0
 
 
+def plots_available() -> bool:
+    """Whether matplotlib is installed (it is part of ``[train]``, not of the runtime install)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") -> None:
     import matplotlib
 

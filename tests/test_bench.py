@@ -13,7 +13,7 @@ from conftest import run_cli
 from onnx import TensorProto, helper
 
 from skipgan_edge.bench.flops import count_flops
-from skipgan_edge.bench.stats import Reservoir, summarize
+from skipgan_edge.runtime.stats import Reservoir, summarize
 
 
 def test_summary_percentiles_match_numpy() -> None:

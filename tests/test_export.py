@@ -14,12 +14,13 @@ import pytest
 from conftest import ROOT, run_cli
 
 from skipgan_edge import calibration
-from skipgan_edge.card import build_scorer, load_card
+from skipgan_edge.card import load_card
 from skipgan_edge.errors import CalibrationError, EngineError
 from skipgan_edge.export.api import export_all
 from skipgan_edge.export.engine import check_compatible, read_engine_file, write_engine_file
 from skipgan_edge.export.onnx import card_from_onnx
 from skipgan_edge.export.precision import head_nodes, head_violations
+from skipgan_edge.model.folder import build_scorer
 from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 
 
@@ -256,6 +257,7 @@ def test_mypy_checks_tensorrt_calls_against_stubs(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--no-incremental"]
     p = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and "build_serialised_network" in p.stdout, p.stdout
-    p = subprocess.run([*cmd, "skipgan_edge/export/engine.py", "skipgan_edge/runtime/backends/tensorrt.py", "skipgan_edge/runtime/cuda.py"],
+    p = subprocess.run([*cmd, "skipgan_edge/export/engine.py", "skipgan_edge/runtime/engine_file.py",
+                          "skipgan_edge/runtime/backends/tensorrt.py", "skipgan_edge/runtime/cuda.py"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stdout

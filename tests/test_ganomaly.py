@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from conftest import ROOT, run_cli, write_defect_video
 
-from skipgan_edge.card import build_scorer, load_card
+from skipgan_edge.card import load_card
 from skipgan_edge.config import ModelConfig
+from skipgan_edge.model.folder import build_scorer
 from skipgan_edge.model.networks import Ganomaly
 
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from skipgan_edge.train.losses import bce, discriminator_loss, generator_loss
+from skipgan_edge.model.losses import bce, discriminator_loss, generator_loss
 
 
 def test_bce_by_hand() -> None:

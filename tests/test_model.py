@@ -65,7 +65,7 @@ def test_scorer_formula_by_hand() -> None:
 
 
 def test_scores_do_not_depend_on_batch_or_order(tiny_model: object) -> None:
-    from skipgan_edge.card import build_scorer
+    from skipgan_edge.model.folder import build_scorer
 
     _, sc = build_scorer(tiny_model)  # type: ignore[arg-type]
     imgs = np.random.default_rng(1).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)

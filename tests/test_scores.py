@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from conftest import run_cli
 
-from skipgan_edge.card import build_scorer, load_card
+from skipgan_edge.card import load_card
 from skipgan_edge.data.datasets import load_folder
+from skipgan_edge.model.folder import build_scorer
 from skipgan_edge.model.scorer import combine, score_terms
 
 

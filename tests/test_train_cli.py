@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import CLI, run_cli
 
-from skipgan_edge.card import load_card, load_model
+from skipgan_edge.card import load_card
 from skipgan_edge.errors import ModelFolderError
+from skipgan_edge.model.folder import load_model
 
 TINY = ["--isize", "32", "--ngf", "8", "--ndf", "8", "--batch", "32"]
 

@@ -18,6 +18,7 @@ from common import BATCH, EPOCHS, ISIZE, OUT, SEEDS, SPLITS, split_names
 from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
 from skipgan_edge.data.datasets import Dataset, Split
 from skipgan_edge.metrics import auroc
+from skipgan_edge.model.networks import default_score
 from skipgan_edge.model.scorer import combine
 from skipgan_edge.train.trainer import Trainer, score_split
 
@@ -81,9 +82,9 @@ def main() -> None:
                 if only and variant not in only.split(","):
                     continue
                 t0 = time.perf_counter()
-                cfg = RunConfig(model=ModelConfig(isize=ISIZE, channels=3, ngf=32, ndf=32, **mkw),
-                                train=TrainConfig(epochs=EPOCHS, batch=BATCH, seed=seed, threads=threads, **tkw),
-                                score=ScoreConfig()).validate()
+                mcfg = ModelConfig(isize=ISIZE, channels=3, ngf=32, ndf=32, **mkw)
+                cfg = RunConfig(model=mcfg, train=TrainConfig(epochs=EPOCHS, batch=BATCH, seed=seed, threads=threads, **tkw),
+                                score=ScoreConfig()).validate(default_score(mcfg.arch))
                 with tempfile.TemporaryDirectory() as tmp:
                     tr = Trainer(ds, cfg, Path(tmp) / "r", progress=False)
                     tr.fit()

@@ -16,27 +16,18 @@ per image where power can be read, and the model card's fingerprint.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from skipgan_edge.bench.power import PowerSampler, jetson_power_mode
-from skipgan_edge.bench.stats import summarize
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import RUNS, THREADED, open_backend, resolve_backend
 from skipgan_edge.runtime.backends.base import Backend
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    batches: tuple[int, ...] = (1, 8, 64)
-    warmup: int = 10  # untimed calls first: allocation, lazy init, caches, CUDA graph capture
-    iterations: int | None = None  # timed calls; None = run for `duration`
-    duration: float = 3.0  # seconds of timed calls per configuration when `iterations` is None
-    min_iterations: int = 10
-    threads: int = 0  # CPU runtimes' intra-op threads (0 = the runtime's default: all cores)
+from skipgan_edge.runtime.timing import BenchConfig
+from skipgan_edge.runtime.timing import time_backend as _time_backend
 
 
 def machine_info() -> dict[str, Any]:
@@ -60,7 +51,7 @@ def machine_info() -> dict[str, Any]:
         except ImportError:
             pass
     try:
-        from skipgan_edge.export.engine import gpu_info
+        from skipgan_edge.runtime.engine_file import gpu_info
 
         info.update(gpu_info())
     except Exception:  # noqa: BLE001 - no GPU is a normal answer here
@@ -80,41 +71,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def time_backend(be: Backend, frames: np.ndarray, batch: int, cfg: BenchConfig) -> dict[str, Any]:
-    """Warm up, then time ``infer`` at one batch size."""
-    x = np.ascontiguousarray(frames[:batch])
-    for _ in range(cfg.warmup):
-        be.infer(x)
-    times: list[float] = []
-    stages: dict[str, list[float]] = {}
-    with PowerSampler() as power:
-        t_end = time.perf_counter() + cfg.duration
-        while True:
-            t0 = time.perf_counter_ns()
-            be.infer(x)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-            for k, v in getattr(be, "last_timings", {}).items():
-                stages.setdefault(k, []).append(v)
-            n = len(times)
-            if cfg.iterations is not None:
-                if n >= cfg.iterations:
-                    break
-            elif n >= cfg.min_iterations and time.perf_counter() >= t_end:
-                break
-    total_s = sum(times) / 1e3
-    rec: dict[str, Any] = {
-        "backend": be.name, "precision": be.precision, "batch": batch, "iterations": len(times),
-        "latency_ms": summarize(times), "throughput": batch * len(times) / total_s,
-    }
-    if stages:
-        rec["stages_ms"] = {k: summarize(v) for k, v in stages.items()}
-    if power.mean_watts is not None:
-        rec["power_w"] = power.mean_watts
-        rec["joules_per_image"] = power.mean_watts * total_s / (batch * len(times))
-        rec["power_source"] = power.source
-        rec["power_scope"] = power.scope
-    elif power.why:
-        rec["power_unavailable"] = power.why
-    return rec
+    """:func:`skipgan_edge.runtime.timing.time_backend` with the board's power sampled during the timed calls."""
+    return _time_backend(be, frames, batch, cfg, sampler=PowerSampler)
 
 
 def discover(export_dir: Path) -> list[tuple[str, Path]]:
@@ -138,6 +96,7 @@ def run_bench(
     model_ids: set[str] = set()
     frames_cache: dict[tuple[int, ...], np.ndarray] = {}
     on_gpu = False
+    flops_available = True
     for kind, path in artifacts:
         # of the requested backends, those that run this kind of artifact (an engine in an export
         # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
@@ -155,15 +114,18 @@ def run_bench(
                 if shape not in frames_cache:
                     frames_cache[shape] = np.random.default_rng(0).integers(0, 256, (max(cfg.batches), *shape), dtype=np.uint8)
                 onnx_path = _onnx_for(kind, path, be)
-                if onnx_path is not None and str(onnx_path) not in flops_cache:
-                    flops_cache[str(onnx_path)] = count_flops(onnx_path)
+                if onnx_path is not None and str(onnx_path) not in flops_cache and flops_available:
+                    try:
+                        flops_cache[str(onnx_path)] = count_flops(onnx_path)
+                    except ImportError:  # the runtime install has no onnx: no FLOP count, no roofline
+                        flops_available = False
                 model_ids.add(str(be.card.get("model_id")))
                 for b in cfg.batches:
                     if b > be.max_batch and be.name == "tensorrt":
                         continue
                     rec = time_backend(be, frames_cache[shape], b, cfg)
                     rec.update({"artifact": str(path), "model_id": be.card.get("model_id"), "input": list(shape)})
-                    if onnx_path is not None:
+                    if onnx_path is not None and str(onnx_path) in flops_cache:
                         rec["flops_per_image"] = flops_cache[str(onnx_path)]["total"]
                     records.append(rec)
     result: dict[str, Any] = {"config": asdict(cfg), "machine": machine_info(), "model_ids": sorted(model_ids), "records": records,
@@ -186,6 +148,8 @@ def run_bench(
                 r["achieved_gflops"] = achieved
                 r["fraction_of_fp32_peak"] = achieved / peak["fp32"]
     result["flops"] = flops_cache
+    if not flops_available:
+        result["flops_unavailable"] = "onnx is not installed (pip install 'skipgan-edge[export]'): no FLOP count or roofline"
     return result
 
 

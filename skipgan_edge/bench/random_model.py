@@ -22,11 +22,11 @@ def random_model_folder(out: Path, model: ModelConfig, seed: int = 0) -> Path:
     import torch
     from safetensors.torch import save
 
-    from skipgan_edge.model.networks import build_model
+    from skipgan_edge.model.networks import build_model, default_score
 
     torch.manual_seed(seed)
     net = build_model(model).eval()
-    cfg = RunConfig(model=model).validate()
+    cfg = RunConfig(model=model).validate(default_score(model.arch))
     card: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "package": "skipgan-edge", "package_version": __version__, "arch": model.arch,
         "config": cfg.to_dict(), "weights": "random (benchmark only)",

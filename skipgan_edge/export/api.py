@@ -20,7 +20,7 @@ import numpy as np
 from skipgan_edge import calibration
 from skipgan_edge.card import atomic_write_json, load_card
 from skipgan_edge.data.datasets import Split, load_data
-from skipgan_edge.errors import CalibrationError, DataError, ExportError
+from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
 from skipgan_edge.export.onnx import export_onnx
 from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, spearman
@@ -102,6 +102,8 @@ def export_all(
     triton: bool = False, batch: tuple[int, int, int] = (1, 8, 32),
 ) -> dict[str, Any]:
     """Export a model folder; returns the report written to ``out_dir/export_report.json``."""
+    for module in ("torch", "safetensors", "onnx"):
+        require(module, "export", "skipgan-edge export")
     card = load_card(model_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ An engine runs only on the GPU model and TensorRT version it was built with. The
 is a small container: the magic ``SKIPGAN-ENGINE\\n``, a 4-byte big-endian length, a JSON header
 (TensorRT version, GPU name and compute capability, precision, batch profile, the model card and
 its fingerprint, the exact ``build`` command), then the serialized engine. :func:`load_engine`
-refuses a mismatched engine with one line that gives the command to rebuild it.
+refuses a mismatched engine with one line that gives the command to rebuild it (the file format and
+loading live in :mod:`skipgan_edge.runtime.engine_file`, the runtime's half, re-exported here).
 
 Nothing here runs without TensorRT; ``build`` exits non-zero with one line saying what to install
 and that engines are built on the device that runs them. The code is type-checked with mypy
@@ -25,10 +26,8 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
@@ -36,32 +35,20 @@ from packaging.version import Version
 if TYPE_CHECKING:
     import tensorrt as trt
 
-from skipgan_edge.errors import EngineError, MissingDependencyError
+from skipgan_edge.errors import EngineError
+from skipgan_edge.runtime.engine_file import (  # re-exported: the loading half lives in the runtime
+    ENGINE_FORMAT,
+    MAGIC,
+    check_compatible,
+    gpu_info,
+    import_tensorrt,
+    load_engine,
+    read_engine_file,
+    write_engine_file,
+)
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"SKIPGAN-ENGINE\n"
-ENGINE_FORMAT = 1
-
-
-def import_tensorrt() -> ModuleType:
-    """Check TensorRT is importable or raise a one-line install hint; returns the module.
-
-    Callers then ``import tensorrt as trt`` themselves so that mypy checks every call against
-    ``tensorrt-stubs``. A stub-only ``tensorrt`` folder imports as an empty namespace package; it
-    has no ``Builder`` and counts as not installed.
-    """
-    try:
-        import tensorrt as trt_mod
-    except ImportError:
-        trt_mod = None  # type: ignore[assignment]
-    if trt_mod is None or not hasattr(trt_mod, "Builder"):
-        raise MissingDependencyError(
-            "TensorRT is not installed here: install it on the device that will run the engine "
-            "(JetPack ships it on Jetson; on x86-64: pip install 'skipgan-edge[tensorrt]') and build there, "
-            "since an engine only runs on the GPU and TensorRT version that built it"
-        )
-    return trt_mod
 
 
 @dataclass(frozen=True)
@@ -132,40 +119,6 @@ class TrtCompat:
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-
-
-def gpu_info() -> dict[str, Any]:
-    """Name and compute capability of CUDA device 0: cuda-python, else PyCUDA alone, else torch."""
-    try:
-        from cuda.bindings import runtime as cudart
-
-        err, prop = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
-            return {"gpu": name, "compute_capability": f"{prop.major}.{prop.minor}"}
-    except ImportError:
-        pass
-    try:
-        import pycuda.driver as drv
-
-        try:
-            drv.init()
-            dev = drv.Device(0)
-            major, minor = dev.compute_capability()
-            return {"gpu": str(dev.name()), "compute_capability": f"{major}.{minor}"}
-        except drv.Error:
-            pass
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-    except ImportError:
-        pass
-    raise EngineError("no CUDA GPU is visible: TensorRT engines are built and run on an NVIDIA GPU or Jetson")
 
 
 def onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any]]:
@@ -339,50 +292,5 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     return meta
 
 
-def write_engine_file(out: Path, meta: dict[str, Any], engine: bytes) -> None:
-    from skipgan_edge.card import atomic_write_bytes
-
-    header = json.dumps(meta).encode()
-    atomic_write_bytes(Path(out), MAGIC + struct.pack(">I", len(header)) + header + engine)
-
-
-def read_engine_file(path: Path) -> tuple[dict[str, Any], bytes]:
-    """Header and engine bytes of an engine file we wrote; a one-line error otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise EngineError(f"engine not found: {path}; build one with: skipgan-edge build --onnx scorer.onnx --out {path}")
-    data = path.read_bytes()
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
-        raise EngineError(f"{path} is not a skipgan-edge engine (no header); build it with: skipgan-edge build --onnx FILE --out {path}")
-    (n,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
-    start = len(MAGIC) + 4
-    try:
-        meta: dict[str, Any] = json.loads(data[start : start + n])
-    except json.JSONDecodeError:
-        raise EngineError(f"{path} has a corrupt header; rebuild it with skipgan-edge build") from None
-    return meta, data[start + n :]
-
-
-def check_compatible(meta: dict[str, Any], trt_version: str, gpu: dict[str, Any], path: Path) -> None:
-    """Refuse an engine built for another TensorRT version or GPU, saying how to rebuild."""
-    built = f"TensorRT {meta.get('tensorrt')} on {meta.get('gpu')} (sm_{meta.get('compute_capability')})"
-    here = f"TensorRT {trt_version} on {gpu['gpu']} (sm_{gpu['compute_capability']})"
-    if Version(str(meta.get("tensorrt"))) != Version(trt_version) or meta.get("gpu") != gpu["gpu"] or meta.get(
-        "compute_capability"
-    ) != gpu["compute_capability"]:
-        raise EngineError(f"{path} was built for {built}; this is {here}: rebuild it here with: {meta.get('build_command')}")
-
-
-def load_engine(path: Path) -> tuple[dict[str, Any], trt.ICudaEngine]:
-    """Deserialize an engine after checking it was built for this GPU and TensorRT version."""
-    meta, blob = read_engine_file(path)
-    import_tensorrt()
-    import tensorrt as trt
-
-    check_compatible(meta, trt.__version__, gpu_info(), Path(path))
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(blob)
-    if engine is None:
-        raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with: {meta.get('build_command')}")
-    return meta, engine
+__all__ = ["ENGINE_FORMAT", "MAGIC", "BuildConfig", "TrtCompat", "build_engine", "check_compatible", "gpu_info", "import_tensorrt",
+           "load_engine", "read_engine_file", "write_engine_file"]

@@ -25,14 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, card_from_json
 from skipgan_edge.errors import ExportError, require
-from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-CARD_KEY = "skipgan_edge.card"
-PRECISION_KEY = "skipgan_edge.precision"
 #: The exporter names a node after the module that made it ("/generator/.../Conv"); nodes made
 #: by the scorer's own code (input cast and scaling, the score head, feature split) sit at the
 #: top level ("/Sub_1"). This regex matches the top level: every precision variant keeps those
@@ -79,8 +77,7 @@ def card_from_onnx(model: Any) -> dict[str, Any]:
     meta = {p.key: p.value for p in model.metadata_props}
     if CARD_KEY not in meta:
         raise ExportError("this ONNX file has no skipgan-edge model card in metadata_props")
-    card: dict[str, Any] = json.loads(meta[CARD_KEY])
-    return card
+    return card_from_json(meta[CARD_KEY], "ONNX metadata")
 
 
 def set_metadata(model: Any, card: dict[str, Any], precision: str) -> None:
@@ -99,7 +96,8 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
     onnx = require("onnx", "export", "export")
     import torch
 
-    from skipgan_edge.card import atomic_write_bytes, build_scorer
+    from skipgan_edge.card import atomic_write_bytes
+    from skipgan_edge.model.folder import build_scorer
 
     card, scorer = build_scorer(model_dir, "cpu")
     fused = fold_batchnorm(scorer)

@@ -166,7 +166,7 @@ class SkipGANomaly(nn.Module):
         """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x))).
 
         ``x_in`` (default ``x``) is what the generator sees, e.g. a noisy copy; losses use ``x``."""
-        from skipgan_edge.train.losses import generator_loss
+        from skipgan_edge.model.losses import generator_loss
 
         fake = self.generator(x if x_in is None else x_in)
         pred_fake, f_fake = self.discriminator(fake)
@@ -175,7 +175,7 @@ class SkipGANomaly(nn.Module):
         return loss, parts, fake
 
     def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        from skipgan_edge.train.losses import discriminator_loss
+        from skipgan_edge.model.losses import discriminator_loss
 
         pred_real, _ = self.discriminator(x)
         pred_fake, _ = self.discriminator(fake)
@@ -275,7 +275,7 @@ class Ganomaly(nn.Module):
     def generator_step_loss(
         self, x: torch.Tensor, w: tuple[float, float, float], x_in: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        from skipgan_edge.train.losses import l1, l2
+        from skipgan_edge.model.losses import l1, l2
 
         fake, z, z_hat = self.generator(x if x_in is None else x_in)
         _, f_fake = self.discriminator(fake)
@@ -285,7 +285,7 @@ class Ganomaly(nn.Module):
         return total, {"g_adv": adv.item(), "g_con": con.item(), "g_lat": lat.item(), "g": total.item()}, fake
 
     def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        from skipgan_edge.train.losses import discriminator_loss
+        from skipgan_edge.model.losses import discriminator_loss
 
         pred_real, _ = self.discriminator(x)
         pred_fake, _ = self.discriminator(fake)

@@ -21,23 +21,15 @@ export keeps it in FP32 in every precision variant.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch  # the torch-free contract, re-exported
 
-class ScoreBatch(NamedTuple):
-    """What every backend returns, as numpy arrays."""
-
-    score: np.ndarray  # (B,) float32
-    anomaly_map: np.ndarray  # (B, 1, H, W) float32
-    normalized_score: np.ndarray  # (B,) float32
-
-
-OUTPUT_NAMES = list(ScoreBatch._fields)
-INPUT_NAME = "images"
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "SCORE_MODES", "ScoreBatch", "Scorer", "combine", "score_terms", "to_model_input"]
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.bench.stats import Reservoir
 from skipgan_edge.card import atomic_write_json
 from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine
 from skipgan_edge.runtime.sinks import Sink
 from skipgan_edge.runtime.sources import Frame, Source
+from skipgan_edge.runtime.stats import Reservoir
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from skipgan_edge.config import RunConfig, load_toml, merge
 from skipgan_edge.data.datasets import load_data
-from skipgan_edge.errors import ConfigError, ModelFolderError
+from skipgan_edge.errors import ConfigError, ModelFolderError, require
 
 
 def _resume_meta(run: Path) -> dict[str, Any]:
@@ -31,6 +31,8 @@ def train_from_cli(
     data: str | None, out: Path | None, config: Path | None, resume: Path | None, overrides: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Resolve file config + CLI overrides, load the data, train; return the card (with ``_folder``)."""
+    require("torch", "train", "skipgan-edge train")
+    from skipgan_edge.model.networks import default_score
     from skipgan_edge.train.trainer import train
 
     if resume is not None:
@@ -55,7 +57,8 @@ def train_from_cli(
         cfg_dict = merge(file_cfg, overrides)
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
-    cfg = RunConfig.from_dict(cfg_dict).validate()
+    cfg = RunConfig.from_dict(cfg_dict)
+    cfg = cfg.validate(default_score(cfg.model.arch))
     ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
     card = train(ds, cfg, Path(out), resume=resume is not None)
     card["_folder"] = str(out)

@@ -47,7 +47,7 @@ from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_optimal_threshold
-from skipgan_edge.model.networks import build_model, init_weights
+from skipgan_edge.model.networks import build_model, default_score, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class Trainer:
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.data = data
-        self.cfg = cfg.validate()
+        self.cfg = cfg.validate(default_score(cfg.model.arch))
         self.out = Path(out)
         self.progress = progress
         self.on_epoch = on_epoch

@@ -84,7 +84,7 @@ def race_cpu_runtimes(path: Path, batch: int, threads: int = 0, seconds: float =
     """Time ONNX Runtime and OpenVINO on this ONNX file at this batch size; return the faster one's
     name and each one's median milliseconds per call (warm-up first, then about ``seconds`` or at
     least 5 calls each, on random frames)."""
-    from skipgan_edge.bench.latency import BenchConfig, time_backend  # lazily: bench imports this module
+    from skipgan_edge.runtime.timing import BenchConfig, time_backend
 
     per_call: dict[str, float] = {}
     kw: dict[str, Any] = {"threads": threads} if threads else {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.model.scorer import ScoreBatch
+from skipgan_edge.contract import ScoreBatch
 
 
 class Backend:

@@ -14,14 +14,13 @@ while the backend alone was as fast with or without it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, ScoreBatch, card_from_json
 from skipgan_edge.errors import ModelFolderError
-from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.runtime.backends.base import Backend
 
 
@@ -47,10 +46,10 @@ def _card_from_session(sess: Any, path: Path) -> dict[str, Any]:
             f"{path} is not a skipgan-edge scorer: inputs {inputs}, outputs {outputs}; expected input "
             f"'{INPUT_NAME}' and outputs {OUTPUT_NAMES}; export one with: skipgan-edge export --model RUN_DIR"
         )
-    if "skipgan_edge.card" not in meta:
+    if CARD_KEY not in meta:
         raise ModelFolderError(f"{path} has no model card in its metadata; re-export it with skipgan-edge export")
-    card: dict[str, Any] = json.loads(meta["skipgan_edge.card"])
-    card["precision"] = meta.get("skipgan_edge.precision", "fp32")
+    card = card_from_json(meta[CARD_KEY], str(path))
+    card["precision"] = meta.get(PRECISION_KEY, "fp32")
     return card
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import MissingDependencyError, ModelFolderError
-from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.runtime.backends.base import Backend
 
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import EngineError
-from skipgan_edge.model.scorer import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.cuda import CudaApi, CudaError, IOBuffers, make_cuda_api
 
@@ -79,7 +79,7 @@ class TensorRTBackend(Backend):
         return make_cuda_api(self.cuda_api_name)
 
     def _open_engine(self) -> tuple[dict[str, Any], Any]:
-        from skipgan_edge.export.engine import load_engine
+        from skipgan_edge.runtime.engine_file import load_engine
 
         return load_engine(self.path)
 

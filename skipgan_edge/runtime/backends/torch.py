@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skipgan_edge.model.scorer import ScoreBatch
+from skipgan_edge.contract import ScoreBatch
 from skipgan_edge.runtime.backends.base import Backend
 
 
@@ -18,7 +18,7 @@ class TorchBackend(Backend):
         self.device = device
 
     def activate(self) -> None:
-        from skipgan_edge.card import build_scorer
+        from skipgan_edge.model.folder import build_scorer
 
         self.card, self.scorer = build_scorer(self.path, self.device)
 

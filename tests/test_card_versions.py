@@ -1,0 +1,60 @@
+"""Every embedded model card goes through the same check as model.json: a future format_version is one line, everywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import run_cli
+
+from skipgan_edge import FORMAT_VERSION
+from skipgan_edge.contract import CARD_KEY, card_from_json
+from skipgan_edge.errors import ModelFolderError
+from skipgan_edge.export.engine import read_engine_file, write_engine_file
+
+
+def test_card_from_json_checks_version_and_shape() -> None:
+    assert card_from_json(json.dumps({"format_version": FORMAT_VERSION}), "x")["format_version"] == FORMAT_VERSION
+    for bad, msg in ((json.dumps({"format_version": FORMAT_VERSION + 1}), "newer than this skipgan-edge"),
+                     (json.dumps({"input": {}}), "no format_version"), ("[1, 2]", "not a JSON object"), ("{nope", "not valid JSON"),
+                     (json.dumps({"format_version": True}), "no format_version")):
+        with pytest.raises(ModelFolderError, match=msg):
+            card_from_json(bad, "x")
+
+
+def test_future_card_in_onnx_metadata_is_refused_by_every_verb(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    m = onnx.load(str(demo_onnx / "scorer.onnx"))
+    for p in m.metadata_props:
+        if p.key == CARD_KEY:
+            card = json.loads(p.value)
+            card["format_version"] = FORMAT_VERSION + 1
+            p.value = json.dumps(card)
+    onnx.save(m, str(tmp_path / "future.onnx"))
+    for args in (["run", "--onnx", str(tmp_path / "future.onnx"), "--source", str(synth_dir / "test" / "good"), "--backend", "onnxruntime"],
+                 ["eval", "--onnx", str(tmp_path / "future.onnx"), "--data", str(synth_dir)],
+                 ["bench", "--onnx", str(tmp_path / "future.onnx"), "--backend", "onnxruntime", "--iterations", "2"]):
+        p = run_cli(*args, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "newer than this skipgan-edge understands" in lines[0], (args, p.stderr)
+
+
+def test_future_card_in_weights_and_engine_header(tiny_model: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    with safe_open(str(folder / "model.safetensors"), "np") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    card = json.loads(meta["card"])
+    card["format_version"] = FORMAT_VERSION + 1
+    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(card)})
+    p = run_cli("eval", "--model", str(folder), "--data", str(folder), check=False)
+    assert p.returncode == 2 and "newer than this skipgan-edge understands" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    write_engine_file(tmp_path / "e.engine", {"tensorrt": "10.3", "card": card}, b"\x00")
+    with pytest.raises(ModelFolderError, match="newer than this skipgan-edge understands"):
+        read_engine_file(tmp_path / "e.engine")

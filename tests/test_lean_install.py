@@ -1,0 +1,67 @@
+"""The runtime-only install (``pip install skipgan-edge``) streams a model exported by the full install.
+
+``make test`` builds ``.venv-lean`` first: a venv holding only the base dependencies (numpy,
+opencv-python-headless, onnxruntime, typer, packaging) and this tree, editable. These tests run
+the runtime verbs there, as real subprocesses, on a scorer exported in ``.venv``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, write_defect_video
+
+LEAN = ROOT / ".venv-lean" / "bin"
+
+
+@pytest.fixture(scope="module")
+def lean() -> Path:
+    assert (LEAN / "skipgan-edge").exists(), "no .venv-lean: make test builds it (make lean-venv), then runs these tests"
+    return LEAN
+
+
+def _lean(lean: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(lean / "skipgan-edge"), *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_lean_venv_has_no_training_stack(lean: Path) -> None:
+    heavy = "('torch', 'matplotlib', 'skimage', 'scipy', 'onnx', 'safetensors', 'modelopt')"
+    code = f"import importlib.util as u; print([m for m in {heavy} if u.find_spec(m)])"
+    p = subprocess.run([str(lean / "python"), "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]"
+
+
+def test_runtime_verbs_in_the_lean_install(lean: Path, demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "line.mp4", 40, {12, 30}, "mp4v")
+    p = _lean(lean, "run", "--onnx", str(demo_onnx / "scorer.int8.onnx"), "--source", str(video), "--jsonl", "s.jsonl", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["scored"] == 40 and s["backend"] == "onnxruntime"
+    assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 40
+    p = _lean(lean, "eval", "--onnx", str(demo_onnx / "scorer.onnx"), "--data", str(synth_dir), "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["auroc"] > 0.7 and rep["plots"] is None and "skipgan-edge[train]" in rep["plots_skipped"]
+    p = _lean(lean, "bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--batch", "1,4", "--iterations", "5", "--warmup", "1",
+              "--json", "b.json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert {r["batch"] for r in b["records"]} == {1, 4} and "skipgan-edge[export]" in b["flops_unavailable"]
+    p = _lean(lean, "doctor", cwd=tmp_path)
+    assert p.returncode == 0 and "torch          missing" in p.stdout
+
+
+@pytest.mark.parametrize(("args", "extra"), [
+    (["train", "--data", "d", "--out", "r"], "train"),
+    (["export", "--model", "m", "--out", "e"], "export"),
+    (["build", "--onnx", "x.onnx", "--dry-run"], "export"),
+    (["run", "--model", "m", "--source", "v.mp4"], "train"),
+])
+def test_a_verb_whose_extra_is_missing_says_which(lean: Path, tmp_path: Path, args: list[str], extra: str) -> None:
+    (tmp_path / "x.onnx").write_bytes(b"")
+    p = _lean(lean, *args, cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and f"pip install 'skipgan-edge[{extra}]'" in lines[0], p.stderr
