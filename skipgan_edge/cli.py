@@ -153,18 +153,25 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option(help="Where to write eval.json and plots (default: next to the model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
+    backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
+                                         "see the README's Runtime section).")] = "auto",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
 ) -> None:
     """Image AUROC, pixel AUROC (with masks), F1, ROC and histogram plots."""
     from skipgan_edge.evaluate import evaluate_cli
 
-    report = evaluate_cli(data, model, onnx, engine, out, device)
+    report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads)
     if as_json:
         _echo_json(report)
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}")
-        if "plots" in report:
-            typer.echo(f"plots: {report['plots']['roc']}  {report['plots']['histogram']}\nreport: {report['report']}")
+        typer.echo(f"backend: {report['backend']} ({report['backend_chosen_by']})")
+        if report.get("plots"):
+            typer.echo(f"plots: {report['plots']['roc']}  {report['plots']['histogram']}")
+        elif report.get("plots_skipped"):
+            typer.echo(f"plots: none ({report['plots_skipped']})")
+        typer.echo(f"report: {report['report']}")
 
 
 # ------------------------------------------------------------------------------------ calibrate
@@ -333,6 +340,7 @@ def run_cmd(
 ) -> None:
     """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
     from skipgan_edge.runtime.api import SinkOptions, artifact, run
+    from skipgan_edge.runtime.backends import BackendOptions
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
     from skipgan_edge.runtime.sources import SourceOptions
 
@@ -344,7 +352,7 @@ def run_cmd(
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, reconnect_attempts=reconnect_attempts,
                                   decode_threads=decode_threads),
-        device=device, cuda_api=cuda_api, threads=threads, cuda_graphs=cuda_graphs, pad_batch=pad_batch,
+        options=BackendOptions(device=device, threads=threads, cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch),
     )
     if as_json:
         _echo_json(s)

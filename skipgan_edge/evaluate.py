@@ -87,27 +87,34 @@ def torch_score_fn(model_dir: Path, device: str = "cpu", batch: int = 256) -> tu
     return card, lambda imgs: scorer.score_numpy(imgs, batch=batch)
 
 
+#: the batch ``eval`` scores in, and the size ``--backend auto`` times the CPU runtimes at
+EVAL_BATCH = 64
+
+
 def evaluate_cli(
-    data: str, model: Path | None, onnx: Path | None, engine: Path | None, out: Path | None, device: str = "cpu"
+    data: str, model: Path | None, onnx: Path | None, engine: Path | None, out: Path | None, device: str = "cpu",
+    backend: str = "auto", threads: int = 0,
 ) -> dict[str, Any]:
     """Evaluate exactly one of a model folder, an ONNX scorer or a TensorRT engine on ``data``."""
     from skipgan_edge.data.datasets import load_data
     from skipgan_edge.errors import ConfigError
-    from skipgan_edge.runtime.backends import open_backend
+    from skipgan_edge.runtime.backends import BackendOptions, open_backend
 
     given = [(k, p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None]
     if len(given) != 1:
         raise ConfigError("give exactly one of --model, --onnx or --engine")
     kind, path = given[0]
-    with open_backend(kind, Path(path), backend="auto", device=device) as be:
+    be = open_backend(kind, Path(path), backend, BackendOptions(device=device, threads=threads), batch=EVAL_BATCH)
+    with be:
         card = be.card
         ds = load_data(data, card["input"]["isize"], card["input"]["channels"], seed=card["config"]["train"]["seed"])
         if ds.test is None:
             raise DataError(f"{data} has no test/ folder to evaluate on (test/good and test/<defect>)")
         if out is None:
             out = (Path(path) if kind == "model" else Path(path).parent) / f"eval_{Path(path).stem if kind != 'model' else 'torch'}"
-        report = evaluate_split(be.infer_all, ds.test, card, out, title=f"{Path(path).name} on {Path(data).name}")
+        report = evaluate_split(lambda imgs: be.infer_all(imgs, EVAL_BATCH), ds.test, card, out, title=f"{Path(path).name} on {Path(data).name}")
         report["backend"] = be.name
+        report["backend_chosen_by"] = (be.chosen_by or {}).get("rule")
         report["precision"] = be.precision
         report["data"] = data
         atomic_write_json(out / "eval.json", report)

@@ -32,7 +32,7 @@ def engines(demo_onnx: Path) -> dict[str, Path]:
 
 def test_engine_matches_onnxruntime_on_different_frames_at_every_size(engines: dict[str, Path], demo_onnx: Path, synth_dir: Path) -> None:
     from skipgan_edge.data.datasets import load_folder
-    from skipgan_edge.runtime.backends import open_backend
+    from skipgan_edge.runtime.backends import BackendOptions, open_backend
 
     test = load_folder(synth_dir, 32, 3).test
     assert test is not None and len(test.images) >= 24
@@ -40,7 +40,7 @@ def test_engine_matches_onnxruntime_on_different_frames_at_every_size(engines: d
         ref = ref_be.infer_all(test.images[:24])
     tol = {"fp32": 1e-3, "fp16": 0.05, "int8": 0.5}  # |Δ normalized_score|, as in test_backend_parity_contract
     for prec, eng in engines.items():
-        with open_backend("engine", eng, cuda_api="cuda-python") as be:
+        with open_backend("engine", eng, options=BackendOptions(cuda_api="cuda-python")) as be:
             start = 0
             for b in (1, 3, 8, 3, 8, 1):  # 1 is below the profile's min (2): padded; graphs captured per size
                 for _ in range(2):  # different frames on consecutive calls: a stale graph output would fail here

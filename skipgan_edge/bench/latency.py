@@ -24,7 +24,7 @@ import numpy as np
 
 from skipgan_edge.bench.power import PowerSampler, jetson_power_mode
 from skipgan_edge.errors import ConfigError
-from skipgan_edge.runtime.backends import RUNS, THREADED, open_backend, resolve_backend
+from skipgan_edge.runtime.backends import RUNS, BackendOptions, open_backend, resolve_backend
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.timing import BenchConfig
 from skipgan_edge.runtime.timing import time_backend as _time_backend
@@ -101,13 +101,10 @@ def run_bench(
         # of the requested backends, those that run this kind of artifact (an engine in an export
         # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
         names = [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
+        opts = BackendOptions(threads=cfg.threads, profile=kind == "engine")
         for name in names:
-            kw: dict[str, Any] = {}
-            if resolve_backend(kind, name) in THREADED and cfg.threads:
-                kw["threads"] = cfg.threads
-            if kind == "engine":
-                kw["profile"] = True
-            be = open_backend(kind, path, name, **kw)
+            # auto: the rule every verb uses; a race is timed at the sweep's middle batch size
+            be = open_backend(kind, path, name, opts, batch=sorted(cfg.batches)[len(cfg.batches) // 2])
             with be:
                 on_gpu = on_gpu or be.name == "tensorrt"
                 shape = be.input_shape
@@ -124,7 +121,12 @@ def run_bench(
                     if b > be.max_batch and be.name == "tensorrt":
                         continue
                     rec = time_backend(be, frames_cache[shape], b, cfg)
-                    rec.update({"artifact": str(path), "model_id": be.card.get("model_id"), "input": list(shape)})
+                    rec.update({"artifact": str(path), "model_id": be.card.get("model_id"), "input": list(shape),
+                                "backend_chosen_by": (be.chosen_by or {}).get("rule")})
+                    if be.name == "openvino":
+                        rec["inference_precision"] = getattr(be, "inference_precision", None)
+                    if be.precision == "fp16":
+                        rec["half_precision_meant"] = half_precision_meant(be)
                     if onnx_path is not None and str(onnx_path) in flops_cache:
                         rec["flops_per_image"] = flops_cache[str(onnx_path)]["total"]
                     records.append(rec)
@@ -151,6 +153,19 @@ def run_bench(
     if not flops_available:
         result["flops_unavailable"] = "onnx is not installed (pip install 'skipgan-edge[export]'): no FLOP count or roofline"
     return result
+
+
+def half_precision_meant(be: Backend) -> str:
+    """What running the FP16 variant meant on this backend and machine (recorded with every FP16 result)."""
+    if be.name == "openvino":
+        if getattr(be, "inference_precision", "f32") == "bf16":
+            return "bf16 compute (this CPU has bf16 and the export's bf16 gate passed)"
+        return "FP16 weights computed in f32 (no bf16 on this CPU, or the export's bf16 gate did not pass)"
+    if be.name == "onnxruntime":
+        return "FP16 tensors; ONNX Runtime's CPU provider computes most of them in f32 (GPU providers: fp16)"
+    if be.name == "tensorrt":
+        return "fp16 compute on the GPU (strongly typed engine)"
+    return be.name
 
 
 def _onnx_for(kind: str, path: Path, be: Backend) -> Path | None:
@@ -195,8 +210,7 @@ def pipeline_bench(artifacts: list[tuple[str, Path]], source: str, batches: tupl
     out = []
     for kind, path in artifacts:
         for name in backends or ["auto"]:
-            kw: dict[str, Any] = {"threads": threads} if threads and resolve_backend(kind, name) in THREADED else {}
-            with open_backend(kind, path, name, **kw) as be:
+            with open_backend(kind, path, name, BackendOptions(threads=threads), batch=max(batches)) as be:
                 for b in batches:
                     s = Pipeline(open_source(source), be, [], PipelineConfig(batch=b, max_wait_ms=50)).run(handle_signals=False)
                     s.update({"artifact": str(path), "batch": b})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 
@@ -109,8 +108,6 @@ def _gpu_peak(device: str, n: int, reps: int) -> dict[str, float]:
 
 
 def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    from skipgan_edge.runtime.backends.openvino import cpu_has_bf16
+
+    return cpu_has_bf16()

@@ -49,15 +49,15 @@ def choose_calibration(fp32: Path, out: Path, calib: np.ndarray, val: Split) -> 
     the validation split (never the test split) agree best with FP32 (Spearman; ties: smaller max
     relative error). Label-free, so it works when validation has no anomalies."""
     from skipgan_edge.export.precision import CALIBRATION_METHODS
-    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
 
-    with OnnxRuntimeBackend(fp32, providers=["CPUExecutionProvider"]) as be:
+    with open_backend("onnx", fp32, "onnxruntime", CPU_ONLY) as be:
         ref = be.infer_all(val.images).score
     results: dict[str, Any] = {}
     for m in CALIBRATION_METHODS:
         path = out.with_name(f".{out.stem}.{m}.onnx")
         to_int8(fp32, path, calib, m)
-        with OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]) as be:
+        with open_backend("onnx", path, "onnxruntime", CPU_ONLY) as be:
             got = be.infer_all(val.images).score
         rel = float((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-12)).max())
         results[m] = {"spearman_vs_fp32_on_val": spearman(got, ref), "max_rel_error_on_val": rel, "file": path}
@@ -73,12 +73,12 @@ def choose_calibration(fp32: Path, out: Path, calib: np.ndarray, val: Split) -> 
 
 def gate_variants(files: dict[str, Path], split: Split, max_drop: float) -> dict[str, dict[str, Any]]:
     """AUROC, drop against FP32 and rank correlation for each variant (ONNX Runtime, CPU)."""
-    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
 
     scores: dict[str, np.ndarray] = {}
     out: dict[str, dict[str, Any]] = {}
     for name, path in files.items():
-        with OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"]) as be:
+        with open_backend("onnx", path, "onnxruntime", CPU_ONLY) as be:
             t0 = time.perf_counter()
             res = be.infer_all(split.images)
             dt = time.perf_counter() - t0
@@ -147,6 +147,8 @@ def export_all(
             raise ExportError(f"{path}: the score head is not FP32 ({', '.join(bad[:3])}); please report this")
     report["tensorrt_check"] = tensorrt_check(files)
     report["variants"] = gate_variants(files, split, max_drop)
+    if "fp16" in files:
+        report["variants"]["fp16"]["cpu_bf16"] = gate_cpu_bf16(files["fp16"], split, report["variants"]["fp32"]["auroc"], max_drop)
     report["gate"] = {"max_auroc_drop": max_drop, "enforced": enforce_gate}
     report["seconds"] = round(time.perf_counter() - t0, 2)
     failed = [n for n, r in report["variants"].items() if r["gate"] == "failed"]
@@ -183,6 +185,42 @@ def export_all(
             f"(> {max_drop}); file(s) removed; see {out_dir / 'export_report.json'} (--no-gate keeps them marked failed)"
         )
     return report
+
+
+def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) -> dict[str, Any]:
+    """The FP16 variant as a bf16 CPU runs it (OpenVINO, inference precision bf16), through the same gate.
+
+    The verdict goes into the FP16 file's card (``export.cpu_bf16``): OpenVINO's ``auto`` precision
+    uses bf16 for this file only where this gate passed (runtime/backends/openvino.py). Not run
+    (and so never bf16 at run time) where this machine has no bf16 or no OpenVINO.
+    """
+    import importlib.util
+
+    from skipgan_edge.runtime.backends import BackendOptions, open_backend
+    from skipgan_edge.runtime.backends.openvino import cpu_has_bf16
+
+    if importlib.util.find_spec("openvino") is None:
+        rec: dict[str, Any] = {"gate": "not run", "why": "OpenVINO is not installed (pip install 'skipgan-edge[openvino]')"}
+    elif not cpu_has_bf16():
+        rec = {"gate": "not run", "why": "this CPU has no bf16 (AMX or AVX512-BF16): FP16 runs in f32 here"}
+    else:
+        with open_backend("onnx", fp16, "openvino", BackendOptions(precision_hint="bf16")) as be:
+            scores = be.infer_all(split.images).score
+        a = auroc(split.labels, scores)
+        rec = {"gate": "passed" if fp32_auroc - a <= max_drop else "failed", "auroc": a, "auroc_drop": fp32_auroc - a,
+               "runtime": "openvino", "inference_precision": "bf16"}
+    import onnx
+
+    from skipgan_edge.card import atomic_write_bytes
+    from skipgan_edge.export.onnx import card_from_onnx, set_metadata
+
+    m = onnx.load(str(fp16))
+    card = card_from_onnx(m)
+    card.setdefault("export", {})["cpu_bf16"] = {k: rec[k] for k in ("gate", "auroc_drop", "why") if k in rec}
+    set_metadata(m, card, "fp16")
+    atomic_write_bytes(fp16, m.SerializeToString())
+    log.info("FP16 as a bf16 CPU runs it: %s", rec)
+    return rec
 
 
 def tensorrt_check(files: dict[str, Path]) -> dict[str, Any]:

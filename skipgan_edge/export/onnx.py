@@ -130,10 +130,10 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
 
 def check_parity(scorer: Any, onnx_path: Path, images: np.ndarray, card: dict[str, Any]) -> dict[str, Any]:
     """ONNX Runtime vs the torch scorer on ``images``; raises ExportError beyond the tolerance."""
-    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
 
     ref = scorer.score_numpy(images)
-    with OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"]) as be:
+    with open_backend("onnx", onnx_path, "onnxruntime", CPU_ONLY) as be:
         got = be.infer_all(images)
     stats = card["score"]["val_stats"]
     spread = max(float(stats["max"] - stats["min"]), 1e-12)

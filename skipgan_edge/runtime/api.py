@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from skipgan_edge.errors import ConfigError
-from skipgan_edge.runtime.backends import THREADED, open_backend, race_cpu_runtimes, resolve_backend
+from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
@@ -33,24 +33,18 @@ def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tupl
 
 def run(
     kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
-    sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), device: str = "cpu",
-    cuda_api: str = "auto", threads: int = 0, cuda_graphs: bool = True, pad_batch: bool = True,
+    sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), options: BackendOptions = BackendOptions(),
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary.
 
     The model is checked first, then the sinks and the source, so that each mistake is one line
-    before anything runs. ``backend="auto"`` with an ONNX file on the CPU, where OpenVINO is
-    installed beside ONNX Runtime: once everything opened, both runtimes are timed at this run's
-    batch size and the faster one streams (the summary records both under ``backend_race_ms``)."""
-    kw: dict[str, Any] = {}
+    before anything runs. ``backend="auto"`` means what it means in every verb
+    (:func:`skipgan_edge.runtime.backends.choose_backend`); when it has to time the CPU runtimes,
+    ``run`` does it once everything opened, at this run's batch size, and streams with the faster
+    one (the summary records both under ``backend_race_ms``, and the rule under ``backend_chosen_by``)."""
     summary: dict[str, Any] = {}
-    chosen = resolve_backend(kind, backend)
-    race_needed = backend == "auto" and kind == "onnx" and chosen == "openvino"
-    if chosen == "tensorrt":
-        kw.update(cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch)
-    if chosen in THREADED and threads:
-        kw["threads"] = threads
-    be = open_backend(kind, path, chosen, device=device, **kw)
+    do_race = race_needed(kind, backend)
+    be = open_backend(kind, path, backend, options, batch=max(1, pipeline.batch), race=False)
     with contextlib.ExitStack() as stack:
         stack.enter_context(be)
         # vmax for the heatmap colours: the normal validation maps' level at the threshold
@@ -71,11 +65,12 @@ def run(
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
             src = open_source(source, source_opts)
-            if race_needed:
-                winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), threads)
+            if do_race:
+                winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), options)
                 if winner != be.name:
                     stack.close()  # the first choice's memory goes before the winner loads
-                    be = stack.enter_context(open_backend(kind, path, winner, **kw))
+                    be = stack.enter_context(open_backend(kind, path, winner, options, race=False))
+                be.chosen_by = {"rule": f"auto: faster CPU runtime on this model at batch {max(1, pipeline.batch)}", "race_ms": race}
         except BaseException:
             for s in out:
                 s.close()
@@ -85,5 +80,7 @@ def run(
         pl = Pipeline(src, be, out, pipeline)
         if race is not None:
             pl.extra_summary["backend_race_ms"] = race
+        if be.chosen_by is not None:
+            pl.extra_summary["backend_chosen_by"] = be.chosen_by["rule"]
         summary = pl.run(sinks.summary)
     return summary

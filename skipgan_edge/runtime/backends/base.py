@@ -2,12 +2,16 @@
 
 A backend is a context manager: creating one allocates nothing; ``__enter__`` (``activate``)
 loads the model and allocates; ``infer(images)`` takes uint8 NHWC [B, H, W, C] with B up to
-``max_batch`` and returns a ScoreBatch of numpy arrays; ``__exit__`` frees. One shared test
-(tests/test_backends.py) runs every backend present on the machine through the same frames.
+``max_batch`` and returns a ScoreBatch of numpy arrays; ``__exit__`` frees. ``infer`` is the
+base class's: it checks the batch against the model card (uint8, NHWC, the card's size and
+channels, at least one image), times the call (``last_ms``, ``perf_counter_ns``) and calls the
+subclass's ``_run``, which is only the inference itself. One shared test runs every backend
+present on the machine through the same frames.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,13 +34,25 @@ class Backend:
         self.card: dict[str, Any] = {}
         self.max_batch = 256
         self.active = False
+        self.last_ms = 0.0
+        #: how ``auto`` picked this backend, when it did (the rule, and the race's timings): reports name it
+        self.chosen_by: dict[str, Any] | None = None
 
     # subclasses -----------------------------------------------------------------------------
     def activate(self) -> None:
         raise NotImplementedError
 
-    def infer(self, images: np.ndarray) -> ScoreBatch:
+    def _run(self, images: np.ndarray) -> ScoreBatch:
+        """The inference itself, on a batch ``infer`` has already checked."""
         raise NotImplementedError
+
+    def infer(self, images: np.ndarray) -> ScoreBatch:
+        """Check ``images`` against the card, run, time: every backend's entry point."""
+        self.check_input(images)
+        t0 = time.perf_counter_ns()
+        out = self._run(images)
+        self.last_ms = (time.perf_counter_ns() - t0) / 1e6
+        return out
 
     def deactivate(self) -> None:
         self.active = False
@@ -48,17 +64,19 @@ class Backend:
         return int(inp["isize"]), int(inp["isize"]), int(inp["channels"])
 
     def check_input(self, images: np.ndarray) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape \
+                or len(images) == 0:
             raise ValueError(
                 f"{self.name}: expected uint8 images of shape (B, {', '.join(map(str, self.input_shape))}), "
-                f"got {images.dtype} {tuple(images.shape)}"
+                f"got {getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}"
             )
 
-    def infer_all(self, images: np.ndarray) -> ScoreBatch:
-        """Score any number of images in chunks of ``max_batch``."""
-        if 0 < len(images) <= self.max_batch:
+    def infer_all(self, images: np.ndarray, batch: int | None = None) -> ScoreBatch:
+        """Score any number of images in chunks of ``batch`` (at most ``max_batch``, its default)."""
+        step = max(1, min(batch or self.max_batch, self.max_batch))
+        if 0 < len(images) <= step:
             return self.infer(images)
-        parts = [self.infer(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        parts = [self.infer(images[i : i + step]) for i in range(0, len(images), step)]
         if not parts:
             h, w, _ = self.input_shape
             return ScoreBatch(np.zeros(0, np.float32), np.zeros((0, 1, h, w), np.float32), np.zeros(0, np.float32))

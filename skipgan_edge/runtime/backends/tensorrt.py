@@ -168,8 +168,7 @@ class TensorRTBackend(Backend):
             except CudaError as exc:
                 log.debug("destroying a CUDA graph: %s", exc)
 
-    def infer(self, images: np.ndarray) -> ScoreBatch:
-        self.check_input(images)
+    def _run(self, images: np.ndarray) -> ScoreBatch:
         b = len(images)
         run_b = profile_batch(b, self.min_batch, self.max_batch, self.pad_to_profile)
         host = self.buffers.tensors[INPUT_NAME].array(run_b)

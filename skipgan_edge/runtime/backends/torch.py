@@ -22,8 +22,7 @@ class TorchBackend(Backend):
 
         self.card, self.scorer = build_scorer(self.path, self.device)
 
-    def infer(self, images: np.ndarray) -> ScoreBatch:
-        self.check_input(images)
+    def _run(self, images: np.ndarray) -> ScoreBatch:
         return self.scorer.score_numpy(images, batch=self.max_batch)
 
     def deactivate(self) -> None:

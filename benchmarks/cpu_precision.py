@@ -1,0 +1,128 @@
+"""Half precision on the CPU: each of our variants, as we run it, against OpenVINO's own defaults.
+
+    python benchmarks/cpu_precision.py [--export-dir demo_out/export] [--batch 64] [--rounds 9]
+
+On the same exported scorer, at one batch size, interleaved in rounds (this VM's speed drifts by
+±15 % within minutes, so every ratio is taken within a round and the median over rounds is
+reported, with its spread):
+
+* reference: OpenVINO's defaults on ``scorer.onnx`` (no precision hint: bf16 on a CPU with AMX or
+  AVX512-BF16, silently);
+* ``fp16 as we run it``: ``scorer.fp16.onnx`` through our OpenVINO backend with ``auto`` precision
+  (bf16 where the export's bf16 gate passed and the CPU has bf16; f32 otherwise);
+* ``fastest gated``: the fastest of our variants whose accuracy gate passed (INT8 on this CPU);
+* ``fp32 ours`` against OpenVINO pinned to f32 on ``scorer.onnx``.
+
+Writes results/cpu_precision.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import RESULTS, command_line, export_dir_or_demo, machine, stamp, write_json
+
+from skipgan_edge.runtime.backends import BackendOptions, open_backend
+from skipgan_edge.runtime.backends.openvino import cpu_has_bf16
+
+
+class RawOpenVino:
+    """OpenVINO with its own defaults (or one explicit precision hint), no skipgan-edge code in the loop."""
+
+    def __init__(self, path: Path, precision: str | None) -> None:
+        import openvino as ov
+
+        cfg = {"PERFORMANCE_HINT": "LATENCY"}
+        if precision:
+            cfg["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = ov.Core().compile_model(str(path), "CPU", cfg)
+        self.request = self.compiled.create_infer_request()
+        t = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        name = t.get_type_name() if hasattr(t, "get_type_name") else str(t)
+        self.precision = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(name, name)
+
+    def infer(self, x: np.ndarray) -> Any:
+        return self.request.infer({"images": x})
+
+
+def per_call_ms(fn: Any, x: np.ndarray, seconds: float) -> float:
+    for _ in range(3):
+        fn(x)
+    times = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
+        t0 = time.perf_counter_ns()
+        fn(x)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--export-dir", type=Path)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        exp = export_dir_or_demo(args.export_dir, Path(work))
+        report = json.loads((exp / "export_report.json").read_text())
+        x = np.random.default_rng(0).integers(0, 256, (args.batch, 32, 32, 3), dtype=np.uint8)
+        gated = [n for n, v in report["variants"].items() if v["gate"] in ("reference", "passed")]
+        ours = {}
+        for name, file in (("fp32", "scorer.onnx"), ("fp16", "scorer.fp16.onnx"), ("int8", "scorer.int8.onnx")):
+            if name in gated:
+                be = open_backend("onnx", exp / file, "openvino", BackendOptions())
+                be.__enter__()
+                x = np.random.default_rng(0).integers(0, 256, (args.batch, *be.input_shape), dtype=np.uint8)
+                ours[name] = be
+        raw = {"ov_default": RawOpenVino(exp / "scorer.onnx", None), "ov_f32": RawOpenVino(exp / "scorer.onnx", "f32")}
+        rows: list[dict[str, float]] = []
+        for r in range(args.rounds):
+            ms = {k: per_call_ms(v.infer, x, args.seconds) for k, v in {**raw, **ours}.items()}
+            rows.append(ms)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
+        for be in ours.values():
+            be.__exit__(None, None, None)
+
+    def ratio(num: str, den: str) -> dict[str, float]:
+        rs = sorted(row[den] / row[num] for row in rows)  # speed-up of `num` over `den`
+        return {"median": statistics.median(rs), "q1": rs[len(rs) // 4], "q3": rs[(3 * len(rs)) // 4]}
+
+    fastest = min(ours, key=lambda n: statistics.median(row[n] for row in rows))
+    results = {
+        "fp16_as_we_run_it_vs_ov_default": ratio("fp16", "ov_default") if "fp16" in ours else None,
+        "fastest_gated_vs_ov_default": {"variant": fastest, **ratio(fastest, "ov_default")},
+        "fp32_ours_vs_ov_f32": ratio("fp32", "ov_f32"),
+    }
+    targets = {"fp16_as_we_run_it_vs_ov_default": 1.0, "fastest_gated_vs_ov_default": 1.5, "fp32_ours_vs_ov_f32": 0.95}
+    precisions = {"ov_default": raw["ov_default"].precision, "ov_f32": raw["ov_f32"].precision,
+                  **{n: getattr(be, "inference_precision", "?") for n, be in ours.items()}}
+    res = {"benchmark": "cpu_precision", "batch": args.batch, "rounds": rows, "ratios": results, "targets": targets,
+           "inference_precision": precisions, "cpu_has_bf16": cpu_has_bf16(),
+           "fp16_cpu_bf16_gate": report["variants"].get("fp16", {}).get("cpu_bf16"),
+           "model_id": report["model_id"], "machine": machine(), "command": command_line(), "date": stamp()}
+    write_json("cpu_precision.json", res)
+    lines = [f"# Half precision on the CPU (batch {args.batch}, {args.rounds} interleaved rounds, median speed-up [q1, q3])", "",
+             f"`{res['command']}`, {res['date']}; model {res['model_id']}; CPU bf16: {res['cpu_has_bf16']}; "
+             f"inference precision: {', '.join(f'{k} {v}' for k, v in precisions.items())}.", "",
+             "| comparison | speed-up | target | met |", "|---|---|---|---|"]
+    for k, v in results.items():
+        if v is None:
+            continue
+        label = k.replace("_", " ") + (f" ({v['variant']})" if "variant" in v else "")
+        met = "yes" if v["median"] >= targets[k] else "no"
+        lines.append(f"| {label} | {v['median']:.2f}× [{v['q1']:.2f}, {v['q3']:.2f}] | ≥ {targets[k]} | {met} |")
+    (RESULTS / "cpu_precision.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

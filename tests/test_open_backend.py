@@ -1,0 +1,82 @@
+"""One way to open a scorer: options in one place, the base infer checks and times, ``auto`` means the same in every verb,
+and the FP16 variant runs in bf16 on a bf16 CPU only where its export gated it that way."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli, write_defect_video
+
+from skipgan_edge.export.onnx import card_from_onnx
+from skipgan_edge.runtime.backends import BackendOptions, choose_backend, open_backend
+from skipgan_edge.runtime.backends.openvino import cpu_has_bf16, inference_precision
+
+HAS_OV = importlib.util.find_spec("openvino") is not None
+
+
+def test_options_reach_each_backend_and_only_their_fields() -> None:
+    o = BackendOptions(device="cpu", threads=2, precision_hint="f32", cuda_api="pycuda", cuda_graphs=False, pad_to_profile=False)
+    assert o.kwargs_for("torch") == {"device": "cpu"}
+    assert o.kwargs_for("onnxruntime") == {"threads": 2, "providers": "auto"}
+    assert o.kwargs_for("openvino") == {"threads": 2, "precision_hint": "f32"}
+    assert o.kwargs_for("tensorrt") == {"cuda_api": "pycuda", "cuda_graphs": False, "pad_to_profile": False, "profile": False}
+
+
+def test_base_infer_checks_the_batch_against_the_card_and_times_it(demo_onnx: Path) -> None:
+    with open_backend("onnx", demo_onnx / "scorer.onnx", "onnxruntime") as be:
+        good = np.zeros((2, 32, 32, 3), np.uint8)
+        assert be.infer(good).score.shape == (2,) and be.last_ms > 0
+        for bad in (good.astype(np.float32), good[:, :16], good[..., :1], good[:0], good[0]):
+            with pytest.raises(ValueError, match="expected uint8 images of shape"):
+                be.infer(bad)
+        assert be.chosen_by == {"rule": "named with --backend"}
+
+
+def test_bf16_only_for_a_gated_fp16_variant_on_a_bf16_cpu() -> None:
+    gated = {"export": {"cpu_bf16": {"gate": "passed"}}}
+    assert inference_precision(gated, "fp16", "auto", has_bf16=True) == "bf16"
+    assert inference_precision(gated, "fp16", "auto", has_bf16=False) == "f32"
+    assert inference_precision({"export": {"cpu_bf16": {"gate": "failed"}}}, "fp16", "auto", has_bf16=True) == "f32"
+    assert inference_precision({}, "fp16", "auto", has_bf16=True) == "f32"  # never gated: never bf16
+    assert inference_precision(gated, "fp32", "auto", has_bf16=True) == "f32" and inference_precision(gated, "int8", "auto", True) == "f32"
+    assert inference_precision({}, "fp32", "bf16", has_bf16=False) == "bf16"  # forced
+    assert cpu_has_bf16("flags : fpu sse avx512f amx_bf16 amx_tile") and cpu_has_bf16("flags : avx512_bf16")
+    assert not cpu_has_bf16("flags : fpu sse avx2 avx512f")
+
+
+def test_export_gates_fp16_as_this_cpu_runs_it(demo_onnx: Path) -> None:
+    card = card_from_onnx(onnx.load(str(demo_onnx / "scorer.fp16.onnx")))
+    rec = card["export"]["cpu_bf16"]
+    if HAS_OV and cpu_has_bf16():
+        assert rec["gate"] in ("passed", "failed") and "auroc_drop" in rec
+        with open_backend("onnx", demo_onnx / "scorer.fp16.onnx", "openvino") as be:
+            assert be.inference_precision == ("bf16" if rec["gate"] == "passed" else "f32")
+    else:
+        assert rec["gate"] == "not run" and rec["why"]
+    with open_backend("onnx", demo_onnx / "scorer.onnx", "openvino" if HAS_OV else "onnxruntime") as be:
+        assert getattr(be, "inference_precision", "f32") == "f32"  # FP32 stays pinned to f32
+
+
+def test_auto_means_the_same_in_every_verb(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    onnx_file = str(demo_onnx / "scorer.onnx")
+    name, why = choose_backend("onnx", Path(onnx_file), "auto", batch=8)
+    if HAS_OV:
+        assert name in ("onnxruntime", "openvino") and "faster CPU runtime" in why["rule"] and set(why["race_ms"]) == {"onnxruntime", "openvino"}
+    else:
+        assert name == "onnxruntime" and "only CPU runtime" in why["rule"]
+    rule = why["rule"].split(" at batch")[0]
+    ev = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--json").stdout)
+    video = write_defect_video(tmp_path / "v.avi", 12, {4}, "MJPG")
+    rn = json.loads(run_cli("run", "--onnx", onnx_file, "--source", str(video), "--json").stdout)
+    run_cli("bench", "--onnx", onnx_file, "--batch", "1,8", "--iterations", "3", "--warmup", "1", "--json", str(tmp_path / "b.json"))
+    bn = json.loads((tmp_path / "b.json").read_text())["records"]
+    for chosen in (ev["backend_chosen_by"], rn["backend_chosen_by"], *(r["backend_chosen_by"] for r in bn)):
+        assert chosen.split(" at batch")[0] == rule, chosen
+    ev2 = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--backend", "onnxruntime", "--json").stdout)
+    assert ev2["backend"] == "onnxruntime" and ev2["backend_chosen_by"] == "named with --backend"
+    assert abs(ev2["auroc"] - ev["auroc"]) < 1e-3
