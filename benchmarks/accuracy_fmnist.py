@@ -63,7 +63,7 @@ def run_one(anomaly: int, variant: str, budget: dict, seed: int, threads: int) -
         res = score_fn(ds.test.images)
     return {
         "class": anomaly, "name": fmnist.CLASSES[anomaly], "variant": variant, "auroc": auroc(ds.test.labels, res.score),
-        "best_epoch": card["training"]["best_epoch"], "seconds": round(time.perf_counter() - t0, 1),
+        "best_epoch": card.training["best_epoch"], "seconds": round(time.perf_counter() - t0, 1),
         "n_train": len(ds.train), "n_test": len(ds.test), "n_test_anomalous": int(ds.test.labels.sum()),
     }
 

@@ -43,7 +43,7 @@ def main() -> None:
             flops, moved = count_flops(m), bytes_moved(m, args.batch)
             card = card_from_onnx(m)
             models[prec] = {"file": name, "gflop_per_image": flops["total"] / 1e9, "mb_moved_per_batch": moved["total"] / 1e6,
-                            "model_id": card.get("model_id"), "input": card.get("input")}
+                            "model_id": card.model_id, "input": {"isize": card.input.isize, "channels": card.input.channels}}
             rows += [project(flops, moved, b, prec, args.batch) for b in BOARDS]
     res = {"benchmark": "jetson_projection", "kind": "projection (roofline), not a measurement", "batch": args.batch,
            "models": models, "boards": [b.__dict__ for b in BOARDS], "rows": rows, "command": command_line(), "date": stamp()}

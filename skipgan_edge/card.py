@@ -1,4 +1,12 @@
-"""The model folder: ``model.json`` (the model card) and ``model.safetensors`` (the weights).
+"""The model card, typed (:class:`ModelCard`), and the model folder: ``model.json`` and ``model.safetensors``.
+
+This module owns the card: the dataclasses, their JSON round trip (:meth:`ModelCard.to_dict`,
+:meth:`ModelCard.from_dict`, which names the first missing or mistyped field in one line), the one
+builder the trainer and the random benchmark models share (:func:`build_card`), and the readers:
+``model.json`` and the weights' embedded card here, ONNX metadata (:func:`skipgan_edge.export.onnx.card_from_onnx`
+and the runtime's ``read_card``) and engine headers through :meth:`ModelCard.from_json` /
+:meth:`ModelCard.from_dict`. Every reader checks ``format_version``
+(:func:`skipgan_edge.contract.check_card`), and mypy checks every field access.
 
 Weights are safetensors only: loading a model never unpickles, so it cannot run code. Every
 write goes to a temporary file in the same folder and is renamed into place, so a killed
@@ -12,15 +20,22 @@ can be traced to the model that produced it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import platform
 import tempfile
+import time
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skipgan_edge import FORMAT_VERSION
-from skipgan_edge.contract import card_from_json
+from skipgan_edge import FORMAT_VERSION, __version__
+from skipgan_edge.config import RunConfig
+from skipgan_edge.contract import card_from_json, check_card
 from skipgan_edge.errors import ModelFolderError, SinkError
 
 if TYPE_CHECKING:
@@ -58,6 +73,186 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# ------------------------------------------------------------------------------- the typed card
+@dataclass(frozen=True)
+class InputSpec:
+    """What the exported graph takes: uint8 NHWC frames of this size, in this channel order."""
+
+    isize: int
+    channels: int
+    channel_order: str = "BGR"
+    dtype: str = "uint8"
+    layout: str = "NHWC"
+    scaling: str = "x / 127.5 - 1 inside the graph; 16-bit files / 257 first"
+
+
+@dataclass(frozen=True)
+class ValStats:
+    """The raw scores of the normal validation images: ``normalized_score`` = (s - min) / (max - min)."""
+
+    min: float
+    max: float
+    mean: float = 0.0
+    std: float = 0.0
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class Threshold:
+    normalized: float
+    method: str
+    raw: float | None = None
+    val_f1: float | None = None
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """How the graph's score head combines its terms (see ``model/scorer.py``), and the alarm threshold."""
+
+    lam: float
+    mode: str
+    pool: int
+    val_stats: ValStats
+    threshold: Threshold
+    term_stats: dict[str, float] | None = None
+    lam_method: str = "configured"
+    formula: str = ""
+    normalization: str = "min-max over the normal validation scores"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything a score can be traced to. ``model_id`` is set by the readers (sha256 of the weights file);
+    ``precision`` is that of the artifact the card was read from (ONNX metadata), ``export`` what export added."""
+
+    format_version: int
+    arch: str
+    config: RunConfig
+    input: InputSpec
+    score: ScoreSpec
+    data: dict[str, Any]
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    package: str = "skipgan-edge"
+    package_version: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    weights: str | None = None
+    model_id: str | None = None
+    precision: str = "fp32"
+    export: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer of the same format added: kept, not read
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``model.json``, ONNX metadata, engine headers); ``from_dict(to_dict())`` is the identity."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if f.name in ("weights", "model_id") and v is None:
+                continue
+            if isinstance(v, RunConfig):
+                v = v.to_dict()
+            elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+                v = dataclasses.asdict(v)
+            out[f.name] = v
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ModelCard:
+        """Check the version, then every field's presence and type; one line naming the first that is wrong."""
+        check_card(data, where)
+        try:
+            return _build(cls, data, "")
+        except _CardFieldError as exc:
+            raise ModelFolderError(f"{where}: the model card's {exc}; re-export or retrain") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> ModelCard:
+        return cls.from_dict(card_from_json(text, where), where)
+
+    def replace(self, **changes: Any) -> ModelCard:
+        return dataclasses.replace(self, **changes)
+
+
+class _CardFieldError(ValueError):
+    pass
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise _CardFieldError(f"'{path or 'card'}' is not an object")
+    if cls is RunConfig:
+        try:
+            cfg = RunConfig.from_dict(data)
+            cfg.model.validate()
+            cfg.train.validate()
+            cfg.score.validate()
+            return cfg
+        except Exception as exc:  # noqa: BLE001 - ConfigError and type errors alike: a card we cannot use
+            raise _CardFieldError(f"'config' is invalid ({exc})") from None
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name == "extra":
+            continue
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _CardFieldError(f"field '{key}' is missing")
+            continue
+        kwargs[f.name] = _value(hints[f.name], data[f.name], key)
+    if "extra" in names:
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
+    return cls(**kwargs)
+
+
+def _value(tp: Any, v: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        return _value(next(a for a in args if a is not type(None)), v, key)
+    if tp is RunConfig or dataclasses.is_dataclass(tp):
+        return _build(tp, v, key)
+    if origin is dict or tp is dict:
+        if not isinstance(v, dict):
+            raise _CardFieldError(f"field '{key}' is not an object")
+        return dict(v)
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _CardFieldError(f"field '{key}' is not a number")
+        return float(v)
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _CardFieldError(f"field '{key}' is not an integer")
+        return v
+    if tp is str:
+        if not isinstance(v, str):
+            raise _CardFieldError(f"field '{key}' is not a string")
+        return v
+    return v
+
+
+def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], training: dict[str, Any],
+               metrics: dict[str, Any] | None = None, weights: str | None = None, versions: dict[str, str] | None = None) -> ModelCard:
+    """The one card builder, for trained models and random benchmark models alike: the input spec and the score
+    head's formulation come from ``cfg`` (validated, so ``mode``, ``pool`` and ``lam`` are always set)."""
+    mc = cfg.model
+    if cfg.score.mode is None or cfg.score.pool is None or cfg.score.lam is None:
+        raise ValueError("build_card needs a validated RunConfig (RunConfig.validate fills the score's defaults)")
+    return ModelCard(
+        format_version=FORMAT_VERSION, arch=mc.arch, config=cfg,
+        input=InputSpec(isize=mc.isize, channels=mc.channels, channel_order="BGR" if mc.channels == 3 else "GRAY"),
+        score=score, data=data, training=training, metrics=metrics or {}, package_version=__version__,
+        versions={"python": platform.python_version(), **(versions or {})}, weights=weights,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
 def save_weights(path: Path, module: nn.Module) -> str:
     """Save a module's state dict as safetensors, atomically; returns the file's sha256."""
     from safetensors.torch import save
@@ -68,8 +263,8 @@ def save_weights(path: Path, module: nn.Module) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_card(folder: Path) -> dict[str, Any]:
-    """Read and check ``model.json``; one-line errors for every way it can be wrong."""
+def load_card(folder: Path) -> ModelCard:
+    """Read and check ``model.json`` (and the card embedded in the weights); one-line errors for every way it can be wrong."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder not found: {folder}; train one with: skipgan-edge train --data DIR --out {folder}")
@@ -80,17 +275,10 @@ def load_card(folder: Path) -> dict[str, Any]:
             f"(was training interrupted? resume with: skipgan-edge train --resume {folder})"
         )
     try:
-        card: dict[str, Any] = json.loads(card_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFolderError(f"{card_path} is not valid JSON ({exc}); retrain or restore the folder") from None
-    version = card.get("format_version")
-    if not isinstance(version, int):
-        raise ModelFolderError(f"{card_path} has no format_version: not a skipgan-edge model folder")
-    if version > FORMAT_VERSION:
-        raise ModelFolderError(
-            f"{folder} uses model format {version}, newer than this skipgan-edge understands ({FORMAT_VERSION}); "
-            "upgrade: pip install -U skipgan-edge"
-        )
+        raw = card_path.read_bytes()
+    except OSError as exc:
+        raise ModelFolderError(f"{card_path} is unreadable ({exc.strerror}); restore the folder") from None
+    card = ModelCard.from_json(raw, str(card_path))
     weights = folder / WEIGHTS_NAME
     if not weights.exists():
         raise ModelFolderError(f"{folder} is missing {WEIGHTS_NAME}; retrain or restore the folder")
@@ -104,10 +292,9 @@ def load_card(folder: Path) -> dict[str, Any]:
     except (SafetensorError, OSError) as exc:
         raise ModelFolderError(f"{weights} is unreadable ({exc}); retrain or restore the folder") from None
     if embedded:
-        card = card_from_json(embedded, str(weights))
-    card["model_id"] = file_sha256(weights)[:16]
-    return card
+        card = ModelCard.from_json(embedded, str(weights))
+    return card.replace(model_id=file_sha256(weights)[:16])
 
 
-def model_id(card: dict[str, Any]) -> str:
-    return str(card.get("model_id", "unknown"))
+def model_id(card: ModelCard) -> str:
+    return card.model_id or "unknown"

@@ -135,10 +135,10 @@ def train(
         from skipgan_edge.config import paper_overrides
 
         overrides = paper_overrides(overrides)
-    card = train_from_cli(data, out, config, resume, overrides)
-    m = card["metrics"]
+    card, folder = train_from_cli(data, out, config, resume, overrides)
+    m = card.metrics
     typer.echo(
-        f"model folder: {card['_folder']}  best epoch {card['training']['best_epoch']}  "
+        f"model folder: {folder}  best epoch {card.training['best_epoch']}  "
         + "  ".join(f"{k} {v:.4f}" for k, v in m.items())
     )
 
@@ -209,7 +209,7 @@ def calibrate(
         from skipgan_edge.card import load_card
 
         card = load_card(model)
-        isize, channels = card["input"]["isize"], card["input"]["channels"]
+        isize, channels = card.input.isize, card.input.channels
     cs = calibration.build(str(data or source), size, isize, channels)
     calibration.save(cs, out)
     m = cs.manifest

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import atomic_write_json
+from skipgan_edge.card import ModelCard, atomic_write_json
 from skipgan_edge.contract import ScoreBatch
 from skipgan_edge.data.datasets import Split
 from skipgan_edge.errors import DataError
@@ -23,14 +23,14 @@ ScoreFn = Callable[[np.ndarray], ScoreBatch]
 
 
 def evaluate_split(
-    score_fn: ScoreFn, split: Split, card: dict[str, Any], out: Path | None = None, title: str = "",
+    score_fn: ScoreFn, split: Split, card: ModelCard, out: Path | None = None, title: str = "",
 ) -> dict[str, Any]:
     """Score a labelled split and build the report; write plots and ``eval.json`` under ``out``."""
     if not split.has_anomalies or (split.labels == 0).sum() == 0:
         raise DataError("evaluation data needs both normal (test/good) and anomalous (test/<defect>) images")
     res = score_fn(split.images)
     norm = res.normalized_score.astype(np.float64)
-    thr_model = float(card["score"]["threshold"]["normalized"])
+    thr_model = card.score.threshold.normalized
     thr_best, f1_best = f1_optimal_threshold(split.labels, norm)
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
@@ -38,10 +38,10 @@ def evaluate_split(
         "n_anomalous": int(split.labels.sum()),
         "f1_at_model_threshold": f1_at(split.labels, norm, thr_model),
         "model_threshold": thr_model,
-        "model_threshold_method": card["score"]["threshold"].get("method"),
+        "model_threshold_method": card.score.threshold.method,
         "f1_optimal_threshold": thr_best,
         "f1_optimal": f1_best,
-        "model_id": card.get("model_id"),
+        "model_id": card.model_id,
     }
     if split.masks is not None:
         gt = split.masks.reshape(-1)
@@ -80,7 +80,7 @@ def evaluate_split(
     return report
 
 
-def torch_score_fn(model_dir: Path, device: str = "cpu", batch: int = 256) -> tuple[dict[str, Any], ScoreFn]:
+def torch_score_fn(model_dir: Path, device: str = "cpu", batch: int = 256) -> tuple[ModelCard, ScoreFn]:
     from skipgan_edge.model.folder import build_scorer
 
     card, scorer = build_scorer(model_dir, device)
@@ -107,7 +107,7 @@ def evaluate_cli(
     be = open_backend(kind, Path(path), backend, BackendOptions(device=device, threads=threads), batch=EVAL_BATCH)
     with be:
         card = be.card
-        ds = load_data(data, card["input"]["isize"], card["input"]["channels"], seed=card["config"]["train"]["seed"])
+        ds = load_data(data, card.input.isize, card.input.channels, seed=card.config.train.seed)
         if ds.test is None:
             raise DataError(f"{data} has no test/ folder to evaluate on (test/good and test/<defect>)")
         if out is None:

@@ -58,3 +58,47 @@ def test_future_card_in_weights_and_engine_header(tiny_model: Path, tmp_path: Pa
     write_engine_file(tmp_path / "e.engine", {"tensorrt": "10.3", "card": card}, b"\x00")
     with pytest.raises(ModelFolderError, match="newer than this skipgan-edge understands"):
         read_engine_file(tmp_path / "e.engine")
+
+
+def test_typed_card_round_trip_and_one_line_field_errors(tiny_model: Path, tmp_path: Path) -> None:
+    from skipgan_edge.card import ModelCard, load_card
+
+    card = load_card(tiny_model)
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict())), "x") == card
+    d = card.to_dict()
+    assert isinstance(card.input.isize, int) and isinstance(card.score.val_stats.max, float) and card.config.model.isize == 32
+    for mutate, msg in ((lambda c: c["score"].pop("val_stats"), "field 'score.val_stats' is missing"),
+                        (lambda c: c["input"].__setitem__("isize", "32"), "field 'input.isize' is not an integer"),
+                        (lambda c: c["score"]["threshold"].__setitem__("normalized", None), "'score.threshold.normalized' is not a number"),
+                        (lambda c: c.__setitem__("config", {"model": {"isize": 33}}), "'config' is invalid")):
+        bad = json.loads(json.dumps(d))
+        mutate(bad)
+        with pytest.raises(ModelFolderError, match=msg):
+            ModelCard.from_dict(bad, "x")
+    # a model.json missing a field is one line in a verb
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(folder / "model.safetensors"), "np") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    bad = json.loads(meta["card"])
+    del bad["score"]["threshold"]
+    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(bad)})
+    p = run_cli("eval", "--model", str(folder), "--data", str(folder), check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "field 'score.threshold' is missing" in p.stderr
+
+
+def test_random_models_get_the_trainers_card(tmp_path: Path) -> None:
+    """One builder: a random benchmark model's card has the score head's formulation (mode, pool, term stats)."""
+    from skipgan_edge.bench.random_model import random_model_folder
+    from skipgan_edge.card import load_card
+    from skipgan_edge.config import ModelConfig
+    from skipgan_edge.model.networks import default_score
+
+    card = load_card(random_model_folder(tmp_path / "r", ModelConfig(isize=32, channels=3, ngf=8, ndf=8)))
+    want = default_score("skipganomaly")
+    assert (card.score.mode, card.score.pool, card.score.lam) == (want["mode"], want["pool"], want["lam"])
+    assert card.score.term_stats is not None and card.weights == "random (benchmark only)"

@@ -72,8 +72,9 @@ def test_model_card_round_trip(exported: tuple[Path, dict], tiny_model: Path) ->
     card = load_card(tiny_model)
     for name, prec in (("scorer.onnx", "fp32"), ("scorer.fp16.onnx", "fp16"), ("scorer.int8.onnx", "int8")):
         got = card_from_onnx(onnx.load(str(out / name)))
-        assert got["model_id"] == card["model_id"]
-        assert got["score"] == card["score"] and got["input"] == card["input"]
+        assert got.model_id == card.model_id and got.precision == prec
+        assert got.score == card.score and got.input == card.input and got.config == card.config
+        assert got.replace(precision="fp32", export={}) == card.replace(export={})  # the whole card, typed, round-trips
         with OnnxRuntimeBackend(out / name) as be:
             assert be.precision == prec
 

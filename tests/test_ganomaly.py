@@ -36,7 +36,7 @@ def test_ganomaly_end_to_end_through_the_cli(synth_dir: Path, tmp_path: Path) ->
     run_cli("train", "--arch", "ganomaly", "--data", str(synth_dir), "--out", str(run), "--epochs", "2", "--ngf", "8", "--ndf", "8",
             "--batch", "32")
     card = load_card(run)
-    assert card["arch"] == "ganomaly" and (card["score"]["mode"], card["score"]["lam"], card["score"]["pool"]) == ("standardized", 0.5, 3)
+    assert card.arch == "ganomaly" and (card.score.mode, card.score.lam, card.score.pool) == ("standardized", 0.5, 3)
     rep = json.loads(run_cli("eval", "--model", str(run), "--data", str(synth_dir), "--json").stdout)
     assert 0.0 <= rep["auroc"] <= 1.0
     run_cli("calibrate", "--data", str(synth_dir), "--model", str(run), "--size", "64", "--out", str(tmp_path / "c.npz"))

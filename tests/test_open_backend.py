@@ -38,10 +38,10 @@ def test_base_infer_checks_the_batch_against_the_card_and_times_it(demo_onnx: Pa
 
 
 def test_bf16_only_for_a_gated_fp16_variant_on_a_bf16_cpu() -> None:
-    gated = {"export": {"cpu_bf16": {"gate": "passed"}}}
+    gated = {"cpu_bf16": {"gate": "passed"}}
     assert inference_precision(gated, "fp16", "auto", has_bf16=True) == "bf16"
     assert inference_precision(gated, "fp16", "auto", has_bf16=False) == "f32"
-    assert inference_precision({"export": {"cpu_bf16": {"gate": "failed"}}}, "fp16", "auto", has_bf16=True) == "f32"
+    assert inference_precision({"cpu_bf16": {"gate": "failed"}}, "fp16", "auto", has_bf16=True) == "f32"
     assert inference_precision({}, "fp16", "auto", has_bf16=True) == "f32"  # never gated: never bf16
     assert inference_precision(gated, "fp32", "auto", has_bf16=True) == "f32" and inference_precision(gated, "int8", "auto", True) == "f32"
     assert inference_precision({}, "fp32", "bf16", has_bf16=False) == "bf16"  # forced
@@ -51,7 +51,7 @@ def test_bf16_only_for_a_gated_fp16_variant_on_a_bf16_cpu() -> None:
 
 def test_export_gates_fp16_as_this_cpu_runs_it(demo_onnx: Path) -> None:
     card = card_from_onnx(onnx.load(str(demo_onnx / "scorer.fp16.onnx")))
-    rec = card["export"]["cpu_bf16"]
+    rec = card.export["cpu_bf16"]
     if HAS_OV and cpu_has_bf16():
         assert rec["gate"] in ("passed", "failed") and "auroc_drop" in rec
         with open_backend("onnx", demo_onnx / "scorer.fp16.onnx", "openvino") as be:

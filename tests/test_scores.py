@@ -3,7 +3,6 @@ only; --paper is exactly the paper's formula."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +44,8 @@ def test_standardization_uses_validation_statistics_only(synth_dir: Path, tmp_pa
     run_cli("train", "--data", str(synth_dir), "--out", str(run), "--epochs", "2", "--ngf", "8", "--ndf", "8", "--batch", "32",
             "--score-mode", "standardized", "--pool", "3", "--select-lam")
     card = load_card(run)
-    sc = card["score"]
-    assert sc["mode"] == "standardized" and sc["pool"] == 3 and sc["lam_method"].startswith("best validation AUROC")
+    sc = card.score
+    assert sc.mode == "standardized" and sc.pool == 3 and sc.lam_method.startswith("best validation AUROC")
     # the statistics are those of the normal validation images, recomputed here by hand
     _, scorer = build_scorer(run)
     ds = load_folder(synth_dir, 32, 3)
@@ -55,13 +54,13 @@ def test_standardization_uses_validation_statistics_only(synth_dir: Path, tmp_pa
         xx = x.float().permute(0, 3, 1, 2) / 127.5 - 1
         fake, a, b = scorer.model.terms(xx)
         rec, lat, _ = score_terms(xx, fake, a, b, 3)
-    assert abs(float(rec.mean()) - sc["term_stats"]["rec_mean"]) < 1e-6
-    assert abs(float(lat.std(unbiased=False)) - sc["term_stats"]["lat_std"]) < 1e-6
+    assert abs(float(rec.mean()) - sc.term_stats["rec_mean"]) < 1e-6
+    assert abs(float(lat.std(unbiased=False)) - sc.term_stats["lat_std"]) < 1e-6
     # scoring test data changes nothing: same card, same scores for the same frames
     probe = ds.val.images[:5]
     before = scorer.score_numpy(probe).score
     run_cli("eval", "--model", str(run), "--data", str(synth_dir), "--json")
-    assert load_card(run)["score"] == sc
+    assert load_card(run).score == sc
     _, scorer2 = build_scorer(run)
     np.testing.assert_array_equal(scorer2.score_numpy(probe).score, before)
 
@@ -69,9 +68,9 @@ def test_standardization_uses_validation_statistics_only(synth_dir: Path, tmp_pa
 def test_paper_flag_is_the_paper_formula(synth_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "paper"
     run_cli("train", "--paper", "--data", str(synth_dir), "--out", str(run), "--epochs", "1", "--ngf", "8", "--ndf", "8", "--batch", "32")
-    sc = load_card(run)["score"]
-    assert (sc["mode"], sc["lam"], sc["pool"]) == ("paper", 0.9, 0)
-    assert load_card(run)["config"]["train"]["input_noise"] == 0.0 and load_card(run)["config"]["model"]["skip_dropout"] == 0.0
+    sc = load_card(run).score
+    assert (sc.mode, sc.lam, sc.pool) == ("paper", 0.9, 0)
+    assert load_card(run).config.train.input_noise == 0.0 and load_card(run).config.model.skip_dropout == 0.0
     _, scorer = build_scorer(run)
     imgs = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     with torch.no_grad():
@@ -82,4 +81,4 @@ def test_paper_flag_is_the_paper_formula(synth_dir: Path, tmp_path: Path) -> Non
     np.testing.assert_allclose(scorer.score_numpy(imgs).score, 0.9 * rec + 0.1 * lat, rtol=1e-5)
     p = run_cli("train", "--paper", "--lam", "0.5", "--data", str(synth_dir), "--out", str(tmp_path / "x"), check=False)
     assert p.returncode == 2 and "--paper fixes score.lam = 0.9" in p.stderr
-    assert json.loads(json.dumps(sc))["formula"].startswith("lam*rec + (1-lam)*lat")
+    assert sc.formula.startswith("lam*rec + (1-lam)*lat")

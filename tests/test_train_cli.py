@@ -23,16 +23,16 @@ def test_train_then_eval_subprocess(synth_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_cli("train", "--data", str(synth_dir), "--out", str(run), "--epochs", "3", *TINY)
     card = load_card(run)
-    assert card["input"] == {**card["input"], "isize": 32, "channels": 3, "channel_order": "BGR", "layout": "NHWC"}
-    assert card["score"]["threshold"]["method"] == "f1_optimal_on_labelled_validation"
-    assert card["data"]["val_has_anomalies"] is True and len(card["data"]["fingerprint"]) == 64
-    assert set(card["score"]["val_stats"]) == {"min", "max", "mean", "std", "n"}
+    assert (card.input.isize, card.input.channels, card.input.channel_order, card.input.layout) == (32, 3, "BGR", "NHWC")
+    assert card.score.threshold.method == "f1_optimal_on_labelled_validation"
+    assert card.data["val_has_anomalies"] is True and len(card.data["fingerprint"]) == 64
+    assert set(card.to_dict()["score"]["val_stats"]) == {"min", "max", "mean", "std", "n"}
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     proc = run_cli("eval", "--model", str(run), "--data", str(synth_dir), "--json")
     report = json.loads(proc.stdout)
     assert report["auroc"] > 0.75, report  # well above chance on synthetic defects
-    assert "pixel_auroc" in report and report["model_id"] == card["model_id"]
+    assert "pixel_auroc" in report and report["model_id"] == card.model_id
     assert Path(report["plots"]["roc"]).stat().st_size > 1000
     assert Path(report["plots"]["histogram"]).stat().st_size > 1000
 
@@ -41,8 +41,8 @@ def test_config_file_and_overrides(synth_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[model]\nisize = 32\nngf = 8\nndf = 8\nnz = 16\n[train]\nepochs = 1\nbatch = 32\nseed = 5\n')
     run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--config", str(cfg), "--nz", "12")
-    c = load_card(tmp_path / "r")["config"]
-    assert c["model"]["nz"] == 12 and c["model"]["ngf"] == 8 and c["train"]["seed"] == 5
+    c = load_card(tmp_path / "r").config
+    assert c.model.nz == 12 and c.model.ngf == 8 and c.train.seed == 5
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nepoch = 3\n")
     p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r2"), "--config", str(bad), check=False)

@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from skipgan_edge.card import ScoreSpec, Threshold, ValStats, build_card
+from skipgan_edge.config import ModelConfig, RunConfig
 from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend, profile_batch
 
-H, W, C = 4, 4, 3
+H, W, C = 32, 32, 3
 
 
 class RecordingCuda:
@@ -186,7 +188,10 @@ class StandInBackend(TensorRTBackend):
         super().__init__(Path("standin.engine"), **kw)
         self.fake = RecordingCuda(supports_graphs)
         self.fake_ctx = RecordingContext(self.fake, lo, hi, fail_in_capture)
-        self.fake_meta = {"card": {"input": {"isize": H, "channels": C}}, "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}}
+        card = build_card(RunConfig(model=ModelConfig(isize=H, channels=C)).validate({"mode": "paper", "lam": 0.9, "pool": 0}),
+                          score=ScoreSpec(lam=0.9, mode="paper", pool=0, val_stats=ValStats(min=0.0, max=255.0),
+                                          threshold=Threshold(normalized=1.0, method="test")), data={}, training={})
+        self.fake_meta = {"card": card.to_dict(), "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}}
 
     def _open_api(self) -> Any:
         return self.fake

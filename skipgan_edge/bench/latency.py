@@ -116,12 +116,12 @@ def run_bench(
                         flops_cache[str(onnx_path)] = count_flops(onnx_path)
                     except ImportError:  # the runtime install has no onnx: no FLOP count, no roofline
                         flops_available = False
-                model_ids.add(str(be.card.get("model_id")))
+                model_ids.add(str(be.card.model_id))
                 for b in cfg.batches:
                     if b > be.max_batch and be.name == "tensorrt":
                         continue
                     rec = time_backend(be, frames_cache[shape], b, cfg)
-                    rec.update({"artifact": str(path), "model_id": be.card.get("model_id"), "input": list(shape),
+                    rec.update({"artifact": str(path), "model_id": be.card.model_id, "input": list(shape),
                                 "backend_chosen_by": (be.chosen_by or {}).get("rule")})
                     if be.name == "openvino":
                         rec["inference_precision"] = getattr(be, "inference_precision", None)

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
-from typing import Any
 
-from skipgan_edge import FORMAT_VERSION, __version__
-from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
+from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, ScoreSpec, Threshold, ValStats, atomic_write_bytes, atomic_write_json, build_card
 from skipgan_edge.config import ModelConfig, RunConfig
 
 
@@ -27,18 +24,16 @@ def random_model_folder(out: Path, model: ModelConfig, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     net = build_model(model).eval()
     cfg = RunConfig(model=model).validate(default_score(model.arch))
-    card: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "package": "skipgan-edge", "package_version": __version__, "arch": model.arch,
-        "config": cfg.to_dict(), "weights": "random (benchmark only)",
-        "input": {"isize": model.isize, "channels": model.channels, "channel_order": "BGR" if model.channels == 3 else "GRAY",
-                  "dtype": "uint8", "layout": "NHWC"},
-        "score": {"lam": cfg.score.lam, "val_stats": {"min": 0.0, "max": 1.0, "mean": 0.5, "std": 0.1, "n": 0},
-                  "threshold": {"normalized": 1.0, "method": "placeholder", "raw": 1.0}},
-        "data": {"source": "none", "fingerprint": "none", "n_train": 0, "n_val": 0, "val_has_anomalies": False},
-        "training": {"best_epoch": 0}, "metrics": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    # the same builder as the trainer's, so the score head's formulation (mode, pool, term stats) is the
+    # architecture's default here too; the statistics are placeholders (random weights, no validation data)
+    score = ScoreSpec(lam=float(cfg.score.lam or 0.5), mode=str(cfg.score.mode), pool=int(cfg.score.pool or 0),
+                      term_stats={"rec_mean": 0.0, "rec_std": 1.0, "lat_mean": 0.0, "lat_std": 1.0},
+                      val_stats=ValStats(min=0.0, max=1.0, mean=0.5, std=0.1, n=0),
+                      threshold=Threshold(normalized=1.0, method="placeholder", raw=1.0), lam_method="architecture default")
+    card = build_card(cfg, score=score, weights="random (benchmark only)", training={"best_epoch": 0},
+                      data={"source": "none", "fingerprint": "none", "n_train": 0, "n_val": 0, "val_has_anomalies": False})
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    data = save(state, metadata={"card": json.dumps(card)})
+    data = save(state, metadata={"card": json.dumps(card.to_dict())})
     atomic_write_bytes(Path(out) / WEIGHTS_NAME, data)
-    atomic_write_json(Path(out) / CARD_NAME, dict(card, model_id=hashlib.sha256(data).hexdigest()[:16]))
+    atomic_write_json(Path(out) / CARD_NAME, card.replace(model_id=hashlib.sha256(data).hexdigest()[:16]).to_dict())
     return Path(out)

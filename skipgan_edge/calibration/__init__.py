@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.data.images import VIDEO_SUFFIXES
 from skipgan_edge.errors import CalibrationError, DataError
 
@@ -205,9 +206,9 @@ def load(path: Path) -> CalibrationSet:
     return CalibrationSet(images, manifest)
 
 
-def check_matches(cs: CalibrationSet, card: dict[str, Any], path: Path) -> None:
+def check_matches(cs: CalibrationSet, card: ModelCard, path: Path) -> None:
     """Refuse a set made for another input size or channel count, with one line."""
-    want = (card["input"]["isize"], card["input"]["channels"])
+    want = (card.input.isize, card.input.channels)
     got = (cs.manifest.get("isize"), cs.manifest.get("channels"))
     if tuple(cs.images.shape[1:]) != (want[0], want[0], want[1]) or got != want:
         raise CalibrationError(

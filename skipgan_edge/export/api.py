@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge import calibration
-from skipgan_edge.card import atomic_write_json, load_card
+from skipgan_edge.card import ModelCard, atomic_write_json, load_card
 from skipgan_edge.data.datasets import Split, load_data
 from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
 from skipgan_edge.export.onnx import export_onnx
@@ -30,15 +30,15 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_DROP = 0.01
 
 
-def eval_split_for(card: dict[str, Any], eval_data: str | None) -> tuple[str, Split, Split]:
+def eval_split_for(card: ModelCard, eval_data: str | None) -> tuple[str, Split, Split]:
     """The held-out labelled split the gate uses, and the validation split (for choices made before the gate)."""
-    source = eval_data or card["data"]["source"]
+    source = eval_data or str(card.data.get("source", ""))
     if not eval_data and not source.startswith("fmnist:") and not Path(source).exists():
         raise DataError(
             f"the model's training data {source} is not on this machine; pass --eval-data DIR "
             "(an MVTec-style folder with test/good and test/<defect>) for the accuracy gate"
         )
-    ds = load_data(source, card["input"]["isize"], card["input"]["channels"], seed=card["config"]["train"]["seed"])
+    ds = load_data(source, card.input.isize, card.input.channels, seed=card.config.train.seed)
     if ds.test is None or not ds.test.has_anomalies:
         raise DataError(f"{source} has no labelled test split (test/good and test/<defect>) for the accuracy gate")
     return source, ds.test, ds.val
@@ -113,7 +113,7 @@ def export_all(
             cs = calibration.load(calib)
             calibration.check_matches(cs, card, calib)
         elif calib_data is not None:
-            cs = calibration.build(calib_data, 512, card["input"]["isize"], card["input"]["channels"])
+            cs = calibration.build(calib_data, 512, card.input.isize, card.input.channels)
             calibration.save(cs, out_dir / "calib.npz")
         else:
             raise CalibrationError(
@@ -123,7 +123,7 @@ def export_all(
     source, split, val = eval_split_for(card, eval_data)
     t0 = time.perf_counter()
     files: dict[str, Path] = {"fp32": out_dir / "scorer.onnx"}
-    report: dict[str, Any] = {"model": str(model_dir), "model_id": card["model_id"], "eval_data": source,
+    report: dict[str, Any] = {"model": str(model_dir), "model_id": card.model_id, "eval_data": source,
                               "eval_images": len(split), "eval_anomalous": int(split.labels.sum())}
     report["export"] = export_onnx(model_dir, files["fp32"], split.images[:256])
     import onnx
@@ -216,7 +216,7 @@ def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) 
 
     m = onnx.load(str(fp16))
     card = card_from_onnx(m)
-    card.setdefault("export", {})["cpu_bf16"] = {k: rec[k] for k in ("gate", "auroc_drop", "why") if k in rec}
+    card = card.replace(export={**card.export, "cpu_bf16": {k: rec[k] for k in ("gate", "auroc_drop", "why") if k in rec}})
     set_metadata(m, card, "fp16")
     atomic_write_bytes(fp16, m.SerializeToString())
     log.info("FP16 as a bf16 CPU runs it: %s", rec)

@@ -35,6 +35,7 @@ from packaging.version import Version
 if TYPE_CHECKING:
     import tensorrt as trt
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.engine_file import (  # re-exported: the loading half lives in the runtime
     ENGINE_FORMAT,
@@ -121,11 +122,11 @@ class TrtCompat:
             config.set_flag(trt.BuilderFlag.INT8)
 
 
-def onnx_precision(onnx_path: Path) -> tuple[str, dict[str, Any]]:
+def onnx_precision(onnx_path: Path) -> tuple[str, ModelCard]:
     from skipgan_edge.runtime.backends.onnxrt import read_card
 
     card = read_card(onnx_path)
-    return str(card.get("precision", "fp32")), card
+    return card.precision, card
 
 
 def build_command(onnx_path: Path, out: Path, cfg: BuildConfig) -> str:
@@ -216,7 +217,7 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     import tensorrt as trt
 
     compat = TrtCompat()
-    isize, ch = int(card["input"]["isize"]), int(card["input"]["channels"])
+    isize, ch = card.input.isize, card.input.channels
     gpu = gpu_info()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -260,9 +261,9 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
         "precision": precision,
         "profile": {"min": lo, "opt": opt, "max": hi},
         "placement": placement,
-        "input": card["input"],
-        "model_id": card.get("model_id"),
-        "card": card,
+        "input": asdict(card.input),
+        "model_id": card.model_id,
+        "card": card.to_dict(),
         "build": asdict(cfg) | {"timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None},
         "build_command": build_command(onnx_path, out, cfg),
         "onnx": str(onnx_path),

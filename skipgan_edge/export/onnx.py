@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, card_from_json
+from skipgan_edge.card import ModelCard
+from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY
 from skipgan_edge.errors import ExportError, require
 
 log = logging.getLogger(__name__)
@@ -73,19 +74,19 @@ def fold_batchnorm(module: Any) -> Any:
     return module
 
 
-def card_from_onnx(model: Any) -> dict[str, Any]:
+def card_from_onnx(model: Any) -> ModelCard:
     meta = {p.key: p.value for p in model.metadata_props}
     if CARD_KEY not in meta:
         raise ExportError("this ONNX file has no skipgan-edge model card in metadata_props")
-    return card_from_json(meta[CARD_KEY], "ONNX metadata")
+    return ModelCard.from_json(meta[CARD_KEY], "ONNX metadata").replace(precision=meta.get(PRECISION_KEY, "fp32"))
 
 
-def set_metadata(model: Any, card: dict[str, Any], precision: str) -> None:
+def set_metadata(model: Any, card: ModelCard, precision: str) -> None:
     for key in (CARD_KEY, PRECISION_KEY):
         for i in reversed(range(len(model.metadata_props))):
             if model.metadata_props[i].key == key:
                 del model.metadata_props[i]
-    for key, value in ((CARD_KEY, json.dumps(card)), (PRECISION_KEY, precision)):
+    for key, value in ((CARD_KEY, json.dumps(card.replace(precision=precision).to_dict())), (PRECISION_KEY, precision)):
         p = model.metadata_props.add()
         p.key, p.value = key, value
 
@@ -101,7 +102,7 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
 
     card, scorer = build_scorer(model_dir, "cpu")
     fused = fold_batchnorm(scorer)
-    isize, ch = card["input"]["isize"], card["input"]["channels"]
+    isize, ch = card.input.isize, card.input.channels
     dummy = torch.zeros(2, isize, isize, ch, dtype=torch.uint8)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,21 +123,21 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
     set_metadata(m, card, "fp32")
     onnx.checker.check_model(m, full_check=True)
     atomic_write_bytes(out, m.SerializeToString())
-    report: dict[str, Any] = {"onnx": str(out), "opset": OPSET, "model_id": card["model_id"], "nodes": len(m.graph.node)}
+    report: dict[str, Any] = {"onnx": str(out), "opset": OPSET, "model_id": card.model_id, "nodes": len(m.graph.node)}
     if parity_images is not None and len(parity_images):
         report["parity"] = check_parity(scorer, out, parity_images, card)
     return report
 
 
-def check_parity(scorer: Any, onnx_path: Path, images: np.ndarray, card: dict[str, Any]) -> dict[str, Any]:
+def check_parity(scorer: Any, onnx_path: Path, images: np.ndarray, card: ModelCard) -> dict[str, Any]:
     """ONNX Runtime vs the torch scorer on ``images``; raises ExportError beyond the tolerance."""
     from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
 
     ref = scorer.score_numpy(images)
     with open_backend("onnx", onnx_path, "onnxruntime", CPU_ONLY) as be:
         got = be.infer_all(images)
-    stats = card["score"]["val_stats"]
-    spread = max(float(stats["max"] - stats["min"]), 1e-12)
+    stats = card.score.val_stats
+    spread = max(stats.max - stats.min, 1e-12)
     d_score = float(np.abs(ref.score - got.score).max())
     d_map = float(np.abs(ref.anomaly_map - got.anomaly_map).max())
     tol = PARITY_RTOL * spread + 1e-6

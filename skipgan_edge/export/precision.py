@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.errors import CalibrationError, ExportError, require
 from skipgan_edge.export.onnx import HEAD_NODE_REGEX, card_from_onnx, is_head_node, set_metadata
 
@@ -66,12 +67,11 @@ def _quiet() -> Any:
         logging.disable(logging.NOTSET)
 
 
-def _finish(model: Any, src_card: dict[str, Any], precision: str, out: Path, extra: dict[str, Any]) -> None:
+def _finish(model: Any, src_card: ModelCard, precision: str, out: Path, extra: dict[str, Any]) -> None:
     onnx = require("onnx", "export", "precision conversion")
     from skipgan_edge.card import atomic_write_bytes
 
-    card = dict(src_card)
-    card["export"] = {**card.get("export", {}), "precision": precision, **extra}
+    card = src_card.replace(export={**src_card.export, "precision": precision, **extra})
     set_metadata(model, card, precision)
     onnx.checker.check_model(model)
     atomic_write_bytes(out, model.SerializeToString())

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+
+from skipgan_edge.card import ModelCard
 
 
-def write_triton_repo(model_path: Path, out: Path, card: dict[str, Any], max_batch: int = 32, name: str = "skipgan_scorer") -> Path:
+def write_triton_repo(model_path: Path, out: Path, card: ModelCard, max_batch: int = 32, name: str = "skipgan_scorer") -> Path:
     """``model_path``: a scorer ``.onnx`` or a raw ``.plan`` from ``build --plan``."""
-    isize, ch = card["input"]["isize"], card["input"]["channels"]
+    isize, ch = card.input.isize, card.input.channels
     model_dir = Path(out) / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     is_plan = Path(model_path).suffix == ".plan"
@@ -37,7 +38,7 @@ output [
   {{ name: "normalized_score" data_type: TYPE_FP32 dims: [ ] }}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
-parameters {{ key: "skipgan_edge.model_id" value: {{ string_value: "{card.get('model_id', 'unknown')}" }} }}
+parameters {{ key: "skipgan_edge.model_id" value: {{ string_value: "{card.model_id or 'unknown'}" }} }}
 """
     (model_dir / "config.pbtxt").write_text(config)
     return Path(out)

@@ -7,20 +7,19 @@ from typing import Any
 
 from torch import nn
 
-from skipgan_edge.card import WEIGHTS_NAME, load_card
+from skipgan_edge.card import WEIGHTS_NAME, ModelCard, load_card
 from skipgan_edge.errors import ModelFolderError
 
 
-def load_model(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], nn.Module]:
+def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]:
     """Card and network (eval mode) from a model folder, without unpickling anything."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from skipgan_edge.config import RunConfig
     from skipgan_edge.model.networks import build_model
 
     card = load_card(folder)
-    cfg = RunConfig.from_dict(card["config"])
+    cfg = card.config
     net = build_model(cfg.model)
     try:
         state = load_file(str(Path(folder) / WEIGHTS_NAME), device="cpu")
@@ -36,13 +35,12 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], nn.Mo
     return card, net
 
 
-def build_scorer(folder: Path, device: str = "cpu") -> tuple[dict[str, Any], Any]:
+def build_scorer(folder: Path, device: str = "cpu") -> tuple[ModelCard, Any]:
     """The torch :class:`~skipgan_edge.model.scorer.Scorer` of a model folder, in eval mode."""
     from skipgan_edge.model.scorer import Scorer
 
     card, net = load_model(folder, device)
-    sc = card["score"]
-    stats = sc["val_stats"]
-    scorer = Scorer(net, sc["lam"], stats["min"], stats["max"], mode=sc.get("mode", "paper"), pool=int(sc.get("pool", 0)),
-                    term_stats=sc.get("term_stats")).to(device).eval()
+    sc = card.score
+    scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool,
+                    term_stats=sc.term_stats).to(device).eval()
     return card, scorer

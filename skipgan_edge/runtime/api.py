@@ -48,8 +48,7 @@ def run(
     with contextlib.ExitStack() as stack:
         stack.enter_context(be)
         # vmax for the heatmap colours: the normal validation maps' level at the threshold
-        stats = be.card["score"]["val_stats"]
-        vmax = max(float(stats["max"]) * 4.0, 1e-6)
+        vmax = max(be.card.score.val_stats.max * 4.0, 1e-6)
         out: list[Sink] = []
         src = None
         race: dict[str, float] | None = None

@@ -211,9 +211,8 @@ class Pipeline:
 
     def run(self, summary_path: Path | None = None, handle_signals: bool = True) -> dict[str, Any]:
         card = self.backend.card
-        inp = card["input"]
-        pre = Preprocessor(int(inp["isize"]), int(inp["channels"]), self.cfg.mode, self.cfg.overlap)
-        self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card["score"]["threshold"]["normalized"])
+        pre = Preprocessor(card.input.isize, card.input.channels, self.cfg.mode, self.cfg.overlap)
+        self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card.score.threshold.normalized)
         chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(max(self.cfg.queue_size, 2 * self.cfg.batch))
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -320,7 +319,7 @@ class Pipeline:
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
         return {
             "source": self.source.spec, "live": self.source.live, "backend": self.backend.name, "precision": self.backend.precision,
-            "model_id": self.backend.card.get("model_id"), "frames_in": self.frames_in, "scored": self.scored,
+            "model_id": self.backend.card.model_id, "frames_in": self.frames_in, "scored": self.scored,
             "dropped": dropped, "unreadable": self.unreadable + self.source.unreadable, "anomalies": self.anomalies,
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.config import RunConfig, load_toml, merge
 from skipgan_edge.data.datasets import load_data
 from skipgan_edge.errors import ConfigError, ModelFolderError, require
@@ -29,8 +30,8 @@ def _resume_meta(run: Path) -> dict[str, Any]:
 
 def train_from_cli(
     data: str | None, out: Path | None, config: Path | None, resume: Path | None, overrides: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """Resolve file config + CLI overrides, load the data, train; return the card (with ``_folder``)."""
+) -> tuple[ModelCard, Path]:
+    """Resolve file config + CLI overrides, load the data, train; return the card and the run folder."""
     require("torch", "train", "skipgan-edge train")
     from skipgan_edge.model.networks import default_score
     from skipgan_edge.train.trainer import train
@@ -60,6 +61,4 @@ def train_from_cli(
     cfg = RunConfig.from_dict(cfg_dict)
     cfg = cfg.validate(default_score(cfg.model.arch))
     ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
-    card = train(ds, cfg, Path(out), resume=resume is not None)
-    card["_folder"] = str(out)
-    return card
+    return train(ds, cfg, Path(out), resume=resume is not None), Path(out)

@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
 import signal
 import sys
 import time
@@ -41,8 +40,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from skipgan_edge import FORMAT_VERSION, __version__
-from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json
+from skipgan_edge import FORMAT_VERSION
+from skipgan_edge.card import (
+    CARD_NAME,
+    WEIGHTS_NAME,
+    ModelCard,
+    ScoreSpec,
+    Threshold,
+    ValStats,
+    atomic_write_bytes,
+    atomic_write_json,
+    build_card,
+)
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
@@ -239,18 +248,17 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         return meta
 
-    def _write_best(self, card: dict[str, Any]) -> None:
+    def _write_best(self, card: ModelCard) -> None:
         """Weights with the card embedded (one atomic rename), then the readable model.json copy."""
         from safetensors.torch import save
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        data = save(state, metadata={"card": json.dumps(card)})
-        card = dict(card, model_id=hashlib.sha256(data).hexdigest()[:16])
+        data = save(state, metadata={"card": json.dumps(card.to_dict())})
         atomic_write_bytes(self.out / WEIGHTS_NAME, data)
-        atomic_write_json(self.out / CARD_NAME, card)
+        atomic_write_json(self.out / CARD_NAME, card.replace(model_id=hashlib.sha256(data).hexdigest()[:16]).to_dict())
 
     # -- the loop ----------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False) -> ModelCard:
         tc = self.cfg.train
         _set_determinism(tc.seed)
         if tc.threads:
@@ -383,47 +391,27 @@ class Trainer:
         )
         return rec
 
-    def _card(self, rep: dict[str, Any], epoch: int, signal_name: str, value: float) -> dict[str, Any]:
-        mc = self.cfg.model
+    def _card(self, rep: dict[str, Any], epoch: int, signal_name: str, value: float) -> ModelCard:
         metrics = {"val_loss": rep["val_loss"]}
         if "val_auroc" in rep:
             metrics["val_auroc"] = rep["val_auroc"]
-        card: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "package": "skipgan-edge",
-            "package_version": __version__,
-            "arch": mc.arch,
-            "config": self.cfg.to_dict(),
-            "input": {
-                "isize": mc.isize, "channels": mc.channels, "channel_order": "BGR" if mc.channels == 3 else "GRAY",
-                "dtype": "uint8", "layout": "NHWC", "scaling": "x / 127.5 - 1 inside the graph; 16-bit files / 257 first",
-            },
-            "score": {
-                "lam": rep["lam"], "lam_method": rep["lam_method"], "mode": self.cfg.score.mode, "pool": self.cfg.score.pool,
-                "term_stats": rep["term_stats"],
-                "formula": ("lam*rec + (1-lam)*lat" if self.cfg.score.mode == "paper" else
-                            "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
-                + "; rec = " + ("mean((x-G(x))^2)" if self.cfg.score.pool == 0
-                                else f"max of {self.cfg.score.pool}x{self.cfg.score.pool} box-smoothed map")
-                + "; lat = mean((f(x)-f(G(x)))^2)",
-                "normalization": "min-max over the normal validation scores",
-                "val_stats": rep["val_stats"],
-                "threshold": rep["threshold"],
-            },
-            "data": {
-                "source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
-                "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies,
-            },
-            "training": {"best_epoch": epoch,
-                         "selection": f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})",
-                         "selection_value": value, "device": str(self.device), "epochs_run": epoch},
-            "metrics": metrics,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        return card
+        sc = self.cfg.score
+        formula = ("lam*rec + (1-lam)*lat" if sc.mode == "paper" else "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
+        formula += "; rec = " + ("mean((x-G(x))^2)" if sc.pool == 0 else f"max of {sc.pool}x{sc.pool} box-smoothed map")
+        formula += "; lat = mean((f(x)-f(G(x)))^2)"
+        score = ScoreSpec(lam=rep["lam"], lam_method=rep["lam_method"], mode=str(sc.mode), pool=int(sc.pool or 0),
+                          term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
+                          threshold=Threshold(**rep["threshold"]))
+        return build_card(
+            self.cfg, score=score,
+            data={"source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
+                  "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies},
+            training={"best_epoch": epoch, "selection": f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})",
+                      "selection_value": value, "device": str(self.device), "epochs_run": epoch},
+            metrics=metrics, versions={"torch": torch.__version__, "numpy": np.__version__},
+        )
 
 
-def train(data: Dataset, cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(data: Dataset, cfg: RunConfig, out: Path, resume: bool = False, progress: bool = True) -> ModelCard:
     """Train a model folder at ``out``; see :class:`Trainer`."""
     return Trainer(data, cfg, out, progress=progress).fit(resume=resume)

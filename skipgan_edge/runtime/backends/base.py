@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.contract import ScoreBatch
 
 
@@ -25,13 +26,14 @@ class Backend:
     """Base class; subclasses set ``name`` and implement ``activate``, ``infer``, ``deactivate``."""
 
     name = "base"
+    #: the model card, set by ``activate`` (read from the artifact)
+    card: ModelCard
     #: tolerance of this backend's scores against the torch FP32 reference (relative to the
     #: spread of normal scores); the contract test uses it.
     precision = "fp32"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.card: dict[str, Any] = {}
         self.max_batch = 256
         self.active = False
         self.last_ms = 0.0
@@ -60,8 +62,8 @@ class Backend:
     # shared ---------------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        inp = self.card["input"]
-        return int(inp["isize"]), int(inp["isize"]), int(inp["channels"])
+        inp = self.card.input
+        return inp.isize, inp.isize, inp.channels
 
     def check_input(self, images: np.ndarray) -> None:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape \

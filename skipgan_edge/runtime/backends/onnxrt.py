@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, ScoreBatch, card_from_json
+from skipgan_edge.card import ModelCard
+from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, ScoreBatch
 from skipgan_edge.errors import ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
 
 
-def read_card(path: Path) -> dict[str, Any]:
+def read_card(path: Path) -> ModelCard:
     """The model card stored in an exported ONNX file's metadata_props, with I/O checks."""
     import onnxruntime as ort
 
@@ -37,7 +38,7 @@ def read_card(path: Path) -> dict[str, Any]:
     return _card_from_session(sess, path)
 
 
-def _card_from_session(sess: Any, path: Path) -> dict[str, Any]:
+def _card_from_session(sess: Any, path: Path) -> ModelCard:
     meta = sess.get_modelmeta().custom_metadata_map
     inputs = [i.name for i in sess.get_inputs()]
     outputs = [o.name for o in sess.get_outputs()]
@@ -48,9 +49,7 @@ def _card_from_session(sess: Any, path: Path) -> dict[str, Any]:
         )
     if CARD_KEY not in meta:
         raise ModelFolderError(f"{path} has no model card in its metadata; re-export it with skipgan-edge export")
-    card = card_from_json(meta[CARD_KEY], str(path))
-    card["precision"] = meta.get(PRECISION_KEY, "fp32")
-    return card
+    return ModelCard.from_json(meta[CARD_KEY], str(path)).replace(precision=meta.get(PRECISION_KEY, "fp32"))
 
 
 def release_freed_memory() -> None:
@@ -107,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
             raise ModelFolderError(f"{self.path} cannot be loaded by ONNX Runtime ({str(exc).splitlines()[0]})") from None
         release_freed_memory()  # the parsed model and optimiser temporaries are freed by now: give them back
         self.card = _card_from_session(self.session, self.path)
-        self.precision = self.card["precision"]
+        self.precision = self.card.precision
         self.provider = self.session.get_providers()[0]
 
     def _run(self, images: np.ndarray) -> ScoreBatch:

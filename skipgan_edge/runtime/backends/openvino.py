@@ -36,11 +36,11 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def inference_precision(card: dict[str, Any], precision: str, hint: str, has_bf16: bool | None = None) -> str:
-    """The precision OpenVINO computes in for this file: see the module docstring."""
+def inference_precision(export: dict[str, Any], precision: str, hint: str, has_bf16: bool | None = None) -> str:
+    """The precision OpenVINO computes in for a file whose card's ``export`` record is ``export``: see the module docstring."""
     if hint != "auto":
         return hint
-    gated = str(card.get("export", {}).get("cpu_bf16", {}).get("gate")) == "passed"
+    gated = str(export.get("cpu_bf16", {}).get("gate")) == "passed"
     bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
     return "bf16" if precision == "fp16" and gated and bf16 else "f32"
 
@@ -67,9 +67,9 @@ class OpenVinoBackend(Backend):
         if not self.path.exists():
             raise ModelFolderError(f"ONNX file not found: {self.path}")
         self.card = read_card(self.path)
-        self.precision = str(self.card.get("precision", "fp32"))
+        self.precision = self.card.precision
         core = ov.Core()
-        self.inference_precision = inference_precision(self.card, self.precision, self.precision_hint)
+        self.inference_precision = inference_precision(self.card.export, self.precision, self.precision_hint)
         cfg: dict[str, str] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
         if self.threads:
             cfg["INFERENCE_NUM_THREADS"] = str(self.threads)

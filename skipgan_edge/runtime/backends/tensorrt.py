@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from skipgan_edge.card import ModelCard
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.backends.base import Backend
@@ -93,7 +94,7 @@ class TensorRTBackend(Backend):
         if self.use_graphs and not self.api.supports_graphs:
             log.info("CUDA graphs are off: %s has no stream capture", self.api.name)
             self.use_graphs = False
-        self.card = dict(self.meta["card"])
+        self.card = ModelCard.from_dict(self.meta.get("card"), str(self.path))
         self.precision = str(self.meta["precision"])
         self.min_batch = int(self.meta["profile"]["min"])
         self.max_batch = int(self.meta["profile"]["max"])
