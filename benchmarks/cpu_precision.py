@@ -2,9 +2,9 @@
 
     python benchmarks/cpu_precision.py [--export-dir demo_out/export] [--batch 64] [--rounds 9]
 
-On the same exported scorer, at one batch size, interleaved in rounds (this VM's speed drifts by
-±15 % within minutes, so every ratio is taken within a round and the median over rounds is
-reported, with its spread):
+On the same exported scorer, at one batch size, in rounds whose calls alternate between the
+configurations one call at a time (this VM's speed jumps between states within seconds, by up to
+25 %; a ratio is taken within a round, and the median over rounds is reported with its spread):
 
 * reference: OpenVINO's defaults on ``scorer.onnx`` (no precision hint: bf16 on a CPU with AMX or
   AVX512-BF16, silently);
@@ -52,16 +52,20 @@ class RawOpenVino:
         return self.request.infer({"images": x})
 
 
-def per_call_ms(fn: Any, x: np.ndarray, seconds: float) -> float:
-    for _ in range(3):
-        fn(x)
-    times = []
+def round_ms(fns: dict[str, Any], x: np.ndarray, seconds: float) -> dict[str, float]:
+    """Median ms per call of each configuration, calls interleaved one by one (A, B, C, A, B, C, ...): the VM's
+    speed jumps between states within seconds, and only interleaving at this grain gives each the same states."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn(x)
+    times: dict[str, list[float]] = {k: [] for k in fns}
     t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 5:
-        t0 = time.perf_counter_ns()
-        fn(x)
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    return statistics.median(times)
+    while time.perf_counter() < t_end or min(len(v) for v in times.values()) < 5:
+        for k, fn in fns.items():
+            t0 = time.perf_counter_ns()
+            fn(x)
+            times[k].append((time.perf_counter_ns() - t0) / 1e6)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -86,7 +90,7 @@ def main() -> None:
         raw = {"ov_default": RawOpenVino(exp / "scorer.onnx", None), "ov_f32": RawOpenVino(exp / "scorer.onnx", "f32")}
         rows: list[dict[str, float]] = []
         for r in range(args.rounds):
-            ms = {k: per_call_ms(v.infer, x, args.seconds) for k, v in {**raw, **ours}.items()}
+            ms = round_ms({k: v.infer for k, v in {**raw, **ours}.items()}, x, args.seconds * len(raw | ours))
             rows.append(ms)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
         for be in ours.values():
@@ -119,7 +123,7 @@ def main() -> None:
             continue
         label = k.replace("_", " ") + (f" ({v['variant']})" if "variant" in v else "")
         met = "yes" if v["median"] >= targets[k] else "no"
-        lines.append(f"| {label} | {v['median']:.2f}× [{v['q1']:.2f}, {v['q3']:.2f}] | ≥ {targets[k]} | {met} |")
+        lines.append(f"| {label} | {v['median']:.3f}× [{v['q1']:.3f}, {v['q3']:.3f}] | ≥ {targets[k]} | {met} |")
     (RESULTS / "cpu_precision.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
