@@ -22,7 +22,8 @@ ZERO_COST = {"Reshape", "Concat", "Transpose", "QuantizeLinear", "DequantizeLine
 REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"}
 
 
-def _shapes(model: Any) -> dict[str, list[int]]:
+def inferred_at_batch_1(model: Any) -> Any:
+    """A copy of ``model`` with a dynamic batch axis fixed at 1 and every tensor's shape and type inferred."""
     import onnx
 
     m = onnx.ModelProto()
@@ -31,7 +32,11 @@ def _shapes(model: Any) -> dict[str, list[int]]:
         dims = inp.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
-    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    return onnx.shape_inference.infer_shapes(m, data_prop=True)
+
+
+def _shapes(model: Any) -> dict[str, list[int]]:
+    m = inferred_at_batch_1(model)
     out: dict[str, list[int]] = {}
     for vi in [*m.graph.input, *m.graph.value_info, *m.graph.output]:
         dims = vi.type.tensor_type.shape.dim

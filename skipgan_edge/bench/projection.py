@@ -53,14 +53,10 @@ def bytes_moved(model_or_path: Any, batch: int) -> dict[str, float]:
     import onnx
     from onnx import helper
 
+    from skipgan_edge.bench.flops import inferred_at_batch_1
+
     model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for inp in m.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    m = inferred_at_batch_1(model)
     quantized_inputs = {n.input[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
     dq_outputs = {n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
     q_outputs = {n.output[0] for n in m.graph.node if n.op_type == "QuantizeLinear"}
