@@ -45,11 +45,25 @@ CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc says it (Linux 4.7+), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are as readable as the umask allows (0644 usually)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

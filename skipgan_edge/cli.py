@@ -326,7 +326,10 @@ def run_cmd(
     replay_fps: Annotated[Optional[float], typer.Option(help="Play a video file as a live camera at this frame rate.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
     stop_after_idle: Annotated[Optional[float], typer.Option(help="watch: stop after this many idle seconds.")] = None,
-    watch_state: Annotated[Optional[Path], typer.Option(help="watch: file remembering scored names.")] = None,
+    watch_state: Annotated[Optional[Path], typer.Option(help="watch: file remembering scored names (default: in "
+                                                    "$XDG_STATE_HOME/skipgan-edge/watch, never inside the watched folder).")] = None,
+    watch_follow_symlinks: Annotated[bool, typer.Option("--watch-follow-symlinks", help="watch: also score symbolic links "
+                                                        "that point out of the folder (off: skipped).")] = False,
     reconnect_attempts: Annotated[int, typer.Option(help="Camera/RTSP reopen attempts before giving up.")] = 10,
     decode_threads: Annotated[int, typer.Option(help="FFmpeg decoder threads for video files and RTSP (0 = one per core).")] = 1,
     cuda_api: Annotated[str, typer.Option(help="TensorRT buffers: auto, cuda-python or pycuda.")] = "auto",
@@ -350,7 +353,8 @@ def run_cmd(
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
         sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
-                                  watch_state=watch_state, reconnect_attempts=reconnect_attempts,
+                                  watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
+                                  reconnect_attempts=reconnect_attempts,
                                   decode_threads=decode_threads),
         options=BackendOptions(device=device, threads=threads, cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "skipgan_edge"]
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# watch folders remember scored names under $XDG_STATE_HOME: keep the tests' state out of the user's home
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="skipgan-edge-test-state-")
 
 
 def need_gpu_stack(tensorrt: bool) -> None:

@@ -57,6 +57,17 @@ def prepare(img: np.ndarray, isize: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def opencv_path(path: Path, error: type[Exception]) -> str:
+    """``path`` as OpenCV can take it, or a one-line error: OpenCV's Python bindings need UTF-8, and a
+    name with bytes that are not UTF-8 crashed the process inside OpenCV instead of raising."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{path!r}: the path is not valid UTF-8 and OpenCV cannot open it; rename it (or its folder)") from None
+    return text
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """Read an image file unchanged (keeps 16-bit); None when OpenCV cannot decode it."""
     try:

@@ -25,13 +25,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skipgan_edge.data.images import opencv_path
 from skipgan_edge.errors import SinkError
 
 FIELDS = ["source", "frame", "file", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"]
 STAGE_FIELDS = ("capture", "preprocess", "queue", "infer", "postprocess")
 
 _encode = json.JSONEncoder(check_circular=False).encode  # records are plain trees: no cycle check per line
-_string = json.encoder.encode_basestring  # type: ignore[attr-defined] # JSON string literal (C-accelerated)
+# JSON string literal, ASCII only (C-accelerated): a name with a newline, U+2028 or bytes that are not UTF-8
+# (surrogateescape) is escaped losslessly, never written raw, so no name can break a line or the encoding
+_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _FAST_KEYS = frozenset([*FIELDS, "stages_ms"])
 _STAGE_SET = frozenset(STAGE_FIELDS)
 _FAST_LINE = (
@@ -103,7 +106,7 @@ class JsonlSink(_TextFileSink):
         self.name = f"JSONL {path}"
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(path, "a")  # noqa: SIM115 - closed in close(); flushed after every batch of records
+            self.fh = open(path, "a", encoding="ascii")  # noqa: SIM115 - closed in close(); flushed after every batch; all ASCII
         except OSError as exc:
             raise _fail(self, exc) from None
 
@@ -126,7 +129,8 @@ class CsvSink(_TextFileSink):
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             new = not Path(path).exists() or Path(path).stat().st_size == 0
-            self.fh = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
+            # surrogateescape: a file name that is not UTF-8 is written back as its original bytes, never an error
+            self.fh = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed in close()
             self.w = csv.DictWriter(self.fh, fieldnames=FIELDS, extrasaction="ignore")
             if new:
                 self.w.writeheader()
@@ -167,6 +171,7 @@ class VideoSink(Sink):
         self.path, self.fps, self.vmax = Path(path), fps, vmax
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
+        self.cv_path = opencv_path(self.path, SinkError)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -178,7 +183,7 @@ class VideoSink(Sink):
         img = annotate(view, amap, record, self.vmax)
         if self.writer is None:
             self.size = (img.shape[1], img.shape[0])
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
+            self.writer = cv2.VideoWriter(self.cv_path, cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self.size)
             if not self.writer.isOpened():
                 raise SinkError(f"{self.name} sink failed: OpenCV cannot write mp4v to {self.path}; check the folder is writable")
         if (img.shape[1], img.shape[0]) != self.size:
@@ -204,10 +209,17 @@ class ImageFolderSink(Sink):
     def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
         if view is None or amap is None:
             return
-        stem = Path(record["file"]).stem if record.get("file") else f"frame_{record['frame']:06d}"
+        # the frame index first: two files with the same stem (two folders, two suffixes) never share an image
+        stem = f"{record['frame']:06d}_{Path(record['file']).stem}" if record.get("file") else f"frame_{record['frame']:06d}"
         path = self.folder / f"{stem}.png"
-        if not cv2.imwrite(str(path), annotate(view, amap, record, self.vmax)):
-            raise SinkError(f"{self.name} sink failed: cannot write {path}; free disk space or choose another folder")
+        ok, buf = cv2.imencode(".png", annotate(view, amap, record, self.vmax))  # encoded in memory: any file name works
+        if not ok:
+            raise SinkError(f"{self.name} sink failed: OpenCV could not encode frame {record['frame']}")
+        try:
+            with open(path, "wb") as fh:
+                fh.write(buf.tobytes())
+        except OSError as exc:
+            raise _fail(self, exc) from None
 
 
 class ShowSink(Sink):

@@ -33,8 +33,10 @@ is the bottleneck, e.g. a GPU engine fed 1080p video.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from skipgan_edge.data.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_image
+from skipgan_edge.data.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, opencv_path, read_image
 from skipgan_edge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,8 @@ class SourceOptions:
     replay_fps: float | None = None  # play a video file as a live camera at this rate (drops like a camera)
     watch_poll: float = 0.2  # watch folders: seconds between scans
     watch_settle: float = 0.5  # a file is complete when its size and mtime are unchanged this long
-    watch_state: Path | None = None  # where scored names are remembered (default DIR/.skipgan-edge-scored)
+    watch_state: Path | None = None  # where scored names are remembered (default: default_watch_state(DIR), outside DIR)
+    watch_follow_symlinks: bool = False  # watch: follow symbolic links that point out of the folder
     stop_after_idle: float | None = None  # watch: end the run after this many seconds with nothing new
     watch_give_up: float = 30.0  # watch: an unchanged file that still does not decode after this long is unreadable
     decode_threads: int = 1  # FFmpeg decoder threads for video files and RTSP (0 = FFmpeg's default, one per core)
@@ -128,7 +131,7 @@ class VideoFileSource(Source):
         self.path = Path(spec[7:] if spec.startswith("file://") else spec)
         if not self.path.exists():
             raise SourceError(f"video file not found: {self.path}")
-        self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, decode_params(opts))
+        self.cap = cv2.VideoCapture(opencv_path(self.path, SourceError), cv2.CAP_FFMPEG, decode_params(opts))
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video {self.path}: OpenCV (FFmpeg) could not decode it; check the file or re-encode it (mp4v, MJPG)")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -285,6 +288,98 @@ def csi_pipeline(sensor: int, opts: SourceOptions) -> str:
     )
 
 
+def default_watch_state(folder: Path) -> Path:
+    """Where a watch folder's scored names live by default: in the service's own state directory
+    (``$XDG_STATE_HOME``, else ``~/.local/state``), never inside the folder that scanners (and anyone
+    else who can write there) drop files into. One file per watched folder, named by a hash of its real path."""
+    import hashlib
+
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    real = os.fsencode(os.path.realpath(folder))
+    return base / "skipgan-edge" / "watch" / f"{hashlib.sha256(real).hexdigest()[:16]}.scored"
+
+
+def encode_name(name: str) -> str:
+    """A file name as one line of the state file: a JSON string, ASCII only. Lossless for any name: a
+    newline, carriage return or U+2028 is escaped, and a byte that is not UTF-8 (Python's
+    surrogateescape, U+DC80-U+DCFF) is written as its escape (\\udcNN), so the line never breaks."""
+    return json.dumps(name, ensure_ascii=True)
+
+
+class WatchState:
+    """The names a watch folder has scored: one JSON string per line, appended, flushed and fsynced.
+
+    Opened with ``O_NOFOLLOW`` (a symlink planted where the file should be is refused, not followed)
+    and checked to be a regular file owned by this user; created 0600 in a 0700 directory. Lines that
+    are not JSON are read as plain names (the format before JSON lines); a torn last line from a crash
+    is ignored, so that file is scored again rather than lost.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import errno
+
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SourceError(f"watch state {self.path} is a symbolic link; refusing to follow it (remove it, or pass "
+                                  "--watch-state PATH in a directory only this service writes)") from None
+            raise SourceError(f"cannot open the watch state {self.path}: {exc.strerror}; pass --watch-state PATH") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+            os.close(fd)
+            raise SourceError(f"watch state {self.path} is not a regular file owned by this user; refusing it (pass --watch-state PATH "
+                              "in a directory only this service writes)")
+        self.fd = fd
+        chunks = []
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        self.done: set[str] = set()
+        data = b"".join(chunks)
+        lines = data.split(b"\n")
+        if lines and lines[-1]:
+            lines = lines[:-1]  # a torn last line: that file is scored again, never lost
+        for raw in lines:
+            if not raw:
+                continue
+            if raw.startswith(b'"'):
+                try:
+                    self.done.add(json.loads(raw.decode("ascii")))
+                    continue
+                except (ValueError, UnicodeDecodeError):
+                    pass
+            self.done.add(raw.decode("utf-8", "surrogateescape"))
+
+    def add(self, name: str) -> None:
+        try:
+            os.write(self.fd, (encode_name(name) + "\n").encode("ascii"))
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise SourceError(f"cannot record a scored file in {self.path}: {exc.strerror}; free disk space") from None
+        self.done.add(name)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_nofollow(path: Path) -> bytes | None:
+    """A file's bytes, never through a symlink (``O_NOFOLLOW``); None if it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 class WatchFolder(Source):
     """A scanner's drop folder: score every new file once, in arrival order, never twice.
 
@@ -293,11 +388,18 @@ class WatchFolder(Source):
     * Arrival order is mtime order (then name).
     * Scored names are appended (flushed and fsynced) to a state file after their results reach
       every sink; on restart, those are skipped and everything else is scored: nothing is lost
-      and nothing is scored twice. Default state file: ``DIR/.skipgan-edge-scored``.
-    * A file that does not decode is taken to be still in transfer: it is retried whenever its
-      size or mtime changes. Only when it stays unchanged and undecodable for ``watch_give_up``
-      seconds is it passed on as unreadable (counted, logged, recorded so it is not retried
-      forever). A scanner that pauses mid-file therefore never gets half a file scored.
+      and nothing is scored twice. Any name works, including newlines, carriage returns, U+2028
+      and bytes that are not UTF-8 (:func:`encode_name`).
+    * The state file lives where only the service writes (:func:`default_watch_state`, or
+      ``--watch-state``), is never followed through a symlink and must be this user's regular
+      file (:class:`WatchState`): whoever can write into the drop folder cannot make the runtime
+      write anywhere else. A state file left inside the folder by an older version is ignored.
+    * Symbolic links inside the folder are skipped unless they point inside the folder, or
+      ``watch_follow_symlinks`` allows any target; files are read with ``O_NOFOLLOW``.
+    * A file that does not decode (or is empty) is taken to be still in transfer: it is retried
+      whenever its size or mtime changes. Only when it stays unchanged and undecodable for
+      ``watch_give_up`` seconds is it passed on as unreadable (counted, logged, recorded so it is
+      not retried forever). A scanner that pauses mid-file therefore never gets half a file scored.
     """
 
     def __init__(self, spec: str, opts: SourceOptions) -> None:
@@ -305,16 +407,24 @@ class WatchFolder(Source):
         self.dir = Path(spec[len("watch:") :])
         if not self.dir.is_dir():
             raise SourceError(f"watch folder not found: {self.dir}; create it or point watch: at the scanner's output folder")
-        self.state = opts.watch_state or self.dir / ".skipgan-edge-scored"
-        self.done: set[str] = set()
-        if self.state.exists():
-            self.done = {ln for ln in self.state.read_text().splitlines() if ln}
-        self._fh = open(self.state, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+        self.real_dir = os.path.realpath(self.dir)
+        legacy = self.dir / ".skipgan-edge-scored"
+        if opts.watch_state is None and os.path.lexists(legacy):
+            log.warning("ignoring %s: the scored-names file now lives outside the watch folder (%s); files listed there may be "
+                        "scored once more", legacy, default_watch_state(self.dir))
+        self.state = WatchState(opts.watch_state or default_watch_state(self.dir))
+        self.done = self.state.done
         self._seen: dict[str, tuple[int, int, float]] = {}
         self._queued: set[str] = set()
         self._undecodable: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (size/mtime when it failed, first failure)
+        self._skipped_links: set[str] = set()
 
-    def _scan(self) -> list[Path]:
+    def _inside(self, path: str) -> bool:
+        real = os.path.realpath(path)
+        return os.path.commonpath([real, self.real_dir]) == self.real_dir
+
+    def _scan(self) -> list[tuple[str, str]]:
+        """(name, path to read) of the files that are complete, in arrival order."""
         ready = []
         now = time.monotonic()
         try:
@@ -322,19 +432,34 @@ class WatchFolder(Source):
         except OSError as exc:
             raise SourceError(f"cannot read watch folder {self.dir}: {exc.strerror}") from None
         for e in entries:
-            if not e.is_file() or e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
+            if e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if e.name in self.done or e.name in self._queued:
                 continue
-            st = e.stat()
+            target = e.path
+            try:
+                if e.is_symlink():
+                    if not self.opts.watch_follow_symlinks and not self._inside(e.path):
+                        if e.name not in self._skipped_links:
+                            self._skipped_links.add(e.name)
+                            log.warning("skipping %r: a symbolic link out of the watch folder (--watch-follow-symlinks allows it)", e.name)
+                        continue
+                    target = os.path.realpath(e.path)
+                    st = os.stat(target)
+                else:
+                    st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
             sig = (st.st_size, st.st_mtime_ns)
             prev = self._seen.get(e.name)
             if prev is None or prev[:2] != sig:
                 self._seen[e.name] = (*sig, now)
                 continue
-            if now - prev[2] >= self.opts.watch_settle and st.st_size > 0:
-                ready.append(Path(e.path))
-        ready.sort(key=lambda p: (self._seen[p.name][1], p.name))
+            if now - prev[2] >= self.opts.watch_settle:
+                ready.append((e.name, target))
+        ready.sort(key=lambda p: (self._seen[p[0]][1], p[0]))
         return ready
 
     def frames(self) -> Iterator[Frame]:
@@ -343,23 +468,26 @@ class WatchFolder(Source):
         while not self.stop_requested:
             ready = self._scan()
             yielded = False
-            for p in ready:
+            for name, target in ready:
                 if self.stop_requested:
                     return
-                sig = self._seen[p.name][:2]
-                bad = self._undecodable.get(p.name)
+                sig = self._seen[name][:2]
+                bad = self._undecodable.get(name)
                 if bad is not None and bad[0] == sig and time.monotonic() - bad[1] < self.opts.watch_give_up:
                     continue  # unchanged since it last failed to decode: wait for the writer
                 t0 = time.perf_counter()
-                img = read_image(p)
+                data = read_nofollow(Path(target))
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
                 ms = (time.perf_counter() - t0) * 1e3
                 if img is None and (bad is None or time.monotonic() - bad[1] < self.opts.watch_give_up):
                     first = bad[1] if bad is not None else time.monotonic()
-                    self._undecodable[p.name] = ((int(sig[0]), int(sig[1])), first)
+                    self._undecodable[name] = ((int(sig[0]), int(sig[1])), first)
                     continue
-                self._undecodable.pop(p.name, None)
-                self._queued.add(p.name)
-                yield Frame(self.spec, i, time.time(), img, name=p.name, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)
+                if img is None and not data:
+                    log.warning("%r is empty (0 bytes) after %.0f s; counted as unreadable", name, self.opts.watch_give_up)
+                self._undecodable.pop(name, None)
+                self._queued.add(name)
+                yield Frame(self.spec, i, time.time(), img, name=name, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)
                 yielded = True
                 i += 1
             if yielded:
@@ -371,14 +499,11 @@ class WatchFolder(Source):
     def ack(self, frame: Frame) -> None:
         if frame.name is None:
             return
-        self._fh.write(frame.name + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.done.add(frame.name)
+        self.state.add(frame.name)
         self._queued.discard(frame.name)
 
     def close(self) -> None:
-        self._fh.close()
+        self.state.close()
 
 
 def open_source(spec: str, opts: SourceOptions | None = None) -> Source:
