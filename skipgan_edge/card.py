@@ -75,6 +75,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise SinkError(f"cannot write {path}: {exc.strerror or exc}; free disk space or choose another --out") from None
 
 
+def check_writable(path: Path, what: str) -> None:
+    """One line, before any work starts, if ``path`` cannot be written (its folder cannot be made, it is a folder, or
+    it or its folder is not writable)."""
+    p = Path(path)
+    if p.is_dir():
+        raise SinkError(f"{what} {p} is a folder; give a file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(f"cannot create the folder of {what} {p}: {exc.strerror or exc}; choose another path") from None
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise SinkError(f"{what} {p} is not writable; choose another path")
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -284,10 +298,10 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelFolderError(f"model folder not found: {folder}; train one with: skipgan-edge train --data DIR --out {folder}")
     card_path = folder / CARD_NAME
     if not card_path.exists():
-        raise ModelFolderError(
-            f"{folder} has no {CARD_NAME}: not a finished model folder "
-            f"(was training interrupted? resume with: skipgan-edge train --resume {folder})"
-        )
+        if (folder / "checkpoint" / "state.safetensors").exists():  # the trainer's resumable checkpoint
+            raise ModelFolderError(f"{folder} has no {CARD_NAME} yet: its training was interrupted; resume with: "
+                                   f"skipgan-edge train --resume {folder}")
+        raise ModelFolderError(f"{folder} has no {CARD_NAME}: not a model folder; train one with: skipgan-edge train --data DIR --out {folder}")
     try:
         raw = card_path.read_bytes()
     except OSError as exc:

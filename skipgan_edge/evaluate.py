@@ -44,13 +44,18 @@ def evaluate_split(
         "model_id": card.model_id,
     }
     if split.masks is not None:
-        gt = split.masks.reshape(-1)
-        amap = res.anomaly_map[:, 0]
+        ok = split.mask_valid if split.mask_valid is not None else np.ones(len(split), bool)
+        anomalous = split.labels == 1
+        report["pixel_coverage"] = {"anomalous_images": int(anomalous.sum()), "with_usable_mask": int((ok & anomalous).sum()),
+                                    **(split.mask_issues or {})}
+        gt = split.masks[ok].reshape(-1)
+        amap = res.anomaly_map[ok, 0]
         if amap.shape[1:] != split.masks.shape[1:]:
             import cv2
 
             amap = np.stack([cv2.resize(m, split.masks.shape[1:][::-1], interpolation=cv2.INTER_LINEAR) for m in amap])
         if gt.any() and (~gt).any():
+            # computed on the images whose masks could be read (pixel_coverage says how many); withheld if none
             report["pixel_auroc"] = auroc(gt, amap.reshape(-1))
     kinds: dict[str, list[int]] = {}
     for i, name in enumerate(split.names):

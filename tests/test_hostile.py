@@ -163,3 +163,143 @@ def test_artifacts_honour_the_umask(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def _limited(limit: int, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI with a file-size limit (RLIMIT_FSIZE): writes past it fail with EFBIG, as on a full disk."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, cwd=cwd, preexec_fn=cap)
+
+
+def test_a_jsonl_that_cannot_grow_stops_the_run_and_keeps_only_whole_records(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 120, set(), "MJPG")
+    p = _limited(8000, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                 "--batch", "4", "--jsonl", str(tmp_path / "s.jsonl"), cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "JSONL" in lines[0] and "sink failed" in lines[0], p.stderr
+    data = (tmp_path / "s.jsonl").read_bytes()
+    assert data.endswith(b"\n") and 0 < len(data) <= 8000
+    assert all(json.loads(ln)["file"] is None for ln in data.splitlines())  # every line a whole record
+
+
+def test_a_video_that_cannot_grow_fails_the_run_after_the_other_sinks(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 60, set(), "MJPG")
+    p = _limited(30000, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                 "--save-video", str(tmp_path / "out.mp4"), "--csv", str(tmp_path / "s.csv"), cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and "video" in lines[-1] and "of the 60 frames written" in lines[-1], (p.returncode, p.stderr)
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 61  # the CSV was flushed and closed first
+
+
+def test_the_summary_is_never_lost(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 10, set(), "MJPG")
+    p = _limited(500, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                 "--summary", str(tmp_path / "summary.json"), cwd=tmp_path)
+    assert p.returncode == 2 and "summary went to stdout" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert json.loads(p.stdout.splitlines()[0])["scored"] == 10
+
+
+def test_unwritable_outputs_are_one_line_before_any_work(demo_onnx: Path, tiny_model: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    video = write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG")
+    base = ["run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video)]
+    for flag in ("--summary", "--jsonl", "--csv", "--save-video", "--watch-state"):
+        p = run_cli(*base, flag, str(blocker / "x"), check=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and flag in p.stderr, (flag, p.stderr)
+    p = run_cli(*base, "--summary", str(tmp_path), check=False)
+    assert p.returncode == 2 and "is a folder" in p.stderr
+    p = run_cli("export", "--model", str(tiny_model), "--out", str(blocker / "exp"), check=False)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--out" in p.stderr, p.stderr
+
+
+def test_mismatches_are_one_line_in_every_verb(demo_onnx: Path, tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    import onnx
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from skipgan_edge.export.engine import write_engine_file
+
+    # a card whose widths disagree with the weights (same tensor names, other shapes)
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    with safe_open(str(folder / "model.safetensors"), "np") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    card = json.loads(meta["card"])
+    card["config"]["model"]["ngf"] = 16
+    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(card)})
+    video = write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG")
+    for args in (["eval", "--model", str(folder), "--data", str(synth_dir)], ["run", "--model", str(folder), "--source", str(video)],
+                 ["export", "--model", str(folder), "--out", str(tmp_path / "e")]):
+        p = run_cli(*args, check=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "does not match the weights" in p.stderr, (args, p.stderr)
+    # an ONNX whose input is not uint8 NHWC of the card's size (eval used to print an AUROC for a float-input graph)
+    m = onnx.load(str(demo_onnx / "scorer.onnx"))
+    m.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save(m, str(tmp_path / "float.onnx"))
+    for args in (["eval", "--onnx", str(tmp_path / "float.onnx"), "--data", str(synth_dir), "--backend", "onnxruntime"],
+                 ["run", "--onnx", str(tmp_path / "float.onnx"), "--source", str(video), "--backend", "onnxruntime"],
+                 ["bench", "--onnx", str(tmp_path / "float.onnx"), "--backend", "onnxruntime", "--iterations", "2"]):
+        p = run_cli(*args, check=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "tensor(float)" in p.stderr, (args, p.stderr)
+    # engine headers of the wrong type
+    for bad in ({"tensorrt": 10, "profile": {"min": 1, "opt": 1, "max": 1}}, {"tensorrt": "10.3", "profile": "1,8,32"},
+                {"tensorrt": "ten", "gpu": "x", "compute_capability": "8.7", "profile": {"min": 1, "opt": 2, "max": 4}},
+                {"tensorrt": "10.3", "profile": {"min": 4, "opt": 2, "max": 1}}, {"tensorrt": "10.3", "card": [1]}):
+        write_engine_file(tmp_path / "e.engine", bad, b"\x00")
+        for args in (["run", "--engine", str(tmp_path / "e.engine"), "--source", str(video)],
+                     ["eval", "--engine", str(tmp_path / "e.engine"), "--data", str(synth_dir)]):
+            p = run_cli(*args, check=False)
+            assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, (bad, args, p.stderr)
+
+
+def test_masks_are_checked_not_guessed(tmp_path: Path) -> None:
+    import cv2
+
+    from skipgan_edge.data.datasets import load_folder
+
+    root = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for sub, n in (("train/good", 8), ("test/good", 3), ("test/bad", 5)):
+        (root / sub).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / sub / f"{i}.png"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    gt = root / "ground_truth" / "bad"
+    gt.mkdir(parents=True)
+    good_mask = np.zeros((48, 48), np.uint8)
+    good_mask[10:20, 10:20] = 255
+    cv2.imwrite(str(gt / "0_mask.png"), good_mask)
+    bgra = np.zeros((48, 48, 4), np.uint8)
+    bgra[..., 3] = 255  # fully opaque, black: no defect; the alpha channel must not read as foreground
+    cv2.imwrite(str(gt / "1_mask.png"), bgra)
+    (gt / "2_mask.png").write_bytes(b"not a png")
+    cv2.imwrite(str(gt / "3_mask.png"), np.zeros((30, 48), np.uint8))  # misshapen: not the image's 48x48
+    # 4.png has no mask at all
+    test = load_folder(root, 32, 3).test
+    assert test is not None and test.masks is not None and test.mask_valid is not None
+    assert test.mask_issues == {"missing": 1, "undecodable": 1, "misshapen": 1}
+    bad = [i for i, n in enumerate(test.names) if "/bad/" in n]
+    by_name = {test.names[i].split("/")[-1]: i for i in bad}
+    assert test.masks[by_name["0.png"]].any() and not test.masks[by_name["1.png"]].any()
+    assert [bool(test.mask_valid[by_name[f"{k}.png"]]) for k in range(5)] == [True, True, False, False, False]
+    from skipgan_edge.card import ScoreSpec, Threshold, ValStats, build_card
+    from skipgan_edge.config import ModelConfig, RunConfig
+    from skipgan_edge.contract import ScoreBatch
+    from skipgan_edge.evaluate import evaluate_split
+
+    card = build_card(RunConfig(model=ModelConfig(isize=32)).validate({"mode": "paper", "lam": 0.9, "pool": 0}),
+                      score=ScoreSpec(lam=0.9, mode="paper", pool=0, val_stats=ValStats(min=0.0, max=255.0),
+                                      threshold=Threshold(normalized=1.0, method="test")), data={}, training={})
+
+    def fake_scores(images: np.ndarray) -> ScoreBatch:  # a scorer stand-in: brightness as the score, the image as the map
+        s = images.mean(axis=(1, 2, 3)).astype(np.float32)
+        return ScoreBatch(s, images.mean(axis=3)[:, None].astype(np.float32), s / 255)
+
+    rep = evaluate_split(fake_scores, test, card, None)
+    assert rep["pixel_coverage"] == {"anomalous_images": 5, "with_usable_mask": 2, "missing": 1, "undecodable": 1, "misshapen": 1}
+    assert "pixel_auroc" in rep

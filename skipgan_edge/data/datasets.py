@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from skipgan_edge.data import fmnist
-from skipgan_edge.data.images import convert_channels, list_images, load_images, load_masks
+from skipgan_edge.data.images import MASK_ISSUES, convert_channels, image_size, list_images, load_images, load_masks
 from skipgan_edge.errors import DataError
 
 
@@ -32,6 +32,8 @@ class Split:
     labels: np.ndarray  # (N,) int64, 1 = anomalous
     masks: np.ndarray | None  # (N, H, W) bool, or None when the data has no masks
     names: list[str]
+    mask_valid: np.ndarray | None = None  # (N,) bool: the mask can be trusted (None: all of them)
+    mask_issues: dict[str, int] | None = None  # anomalous images whose mask is missing / undecodable / misshapen
 
     def __len__(self) -> int:
         return len(self.images)
@@ -70,7 +72,8 @@ def _labelled_split(root: Path, split: str, isize: int, channels: int) -> tuple[
     base = root / split
     if not base.is_dir():
         return None, 0
-    images, labels, masks, names = [], [], [], []
+    images, labels, masks, names, valid = [], [], [], [], []
+    issues = dict.fromkeys(MASK_ISSUES, 0)
     any_mask = False
     skipped = 0
     for sub in sorted(d for d in base.iterdir() if d.is_dir()):
@@ -87,12 +90,18 @@ def _labelled_split(root: Path, split: str, isize: int, channels: int) -> tuple[
                 mask_paths.append(None)
         images.append(arr)
         labels.append(np.full(len(arr), label, np.int64))
-        masks.append(load_masks(mask_paths, isize))
+        shapes = [image_size(p) if m is not None else None for p, m in zip(ok, mask_paths)]
+        mk, ok_mask, found = load_masks(mask_paths, isize, shapes, [bool(label)] * len(ok))
+        masks.append(mk)
+        valid.append(ok_mask)
+        for k, v in found.items():
+            issues[k] += v
         names += [f"{split}/{sub.name}/{p.name}" for p in ok]
     if not names:
         return None, skipped
     return (
-        Split(np.concatenate(images), np.concatenate(labels), np.concatenate(masks) if any_mask else None, names),
+        Split(np.concatenate(images), np.concatenate(labels), np.concatenate(masks) if any_mask else None, names,
+              np.concatenate(valid) if any_mask else None, issues if any_mask else None),
         skipped,
     )
 

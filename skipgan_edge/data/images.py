@@ -68,6 +68,12 @@ def opencv_path(path: Path, error: type[Exception]) -> str:
     return text
 
 
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of an image file, or None if it does not decode."""
+    img = read_image(path)
+    return None if img is None else (int(img.shape[0]), int(img.shape[1]))
+
+
 def read_image(path: Path) -> np.ndarray | None:
     """Read an image file unchanged (keeps 16-bit); None when OpenCV cannot decode it."""
     try:
@@ -116,19 +122,44 @@ def load_images(
     return arr, ok, bad
 
 
-def load_masks(paths: Iterable[Path | None], isize: int) -> np.ndarray:
-    """Masks → (N, isize, isize) bool; a missing mask means an all-normal image."""
-    out = []
-    for p in paths:
+MASK_ISSUES = ("missing", "undecodable", "misshapen")
+
+
+def load_masks(paths: Iterable[Path | None], isize: int, expect: Iterable[tuple[int, int] | None] | None = None,
+               needed: Iterable[bool] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Masks → ((N, isize, isize) bool, (N,) valid, issue counts).
+
+    ``needed[i]``: image i is anomalous, so it must have a mask (a normal image's mask is all zeros and
+    valid). A needed mask that is absent, does not decode, or whose height × width differs from its
+    image's (``expect[i]``) is not guessed: it is marked invalid and counted under ``missing``,
+    ``undecodable`` or ``misshapen``. Foreground is > 127 in the colour channels only: an alpha channel
+    (fully opaque everywhere in most PNG masks) is dropped, never read as foreground.
+    """
+    paths = list(paths)
+    expect_l = list(expect) if expect is not None else [None] * len(paths)
+    needed_l = list(needed) if needed is not None else [p is not None for p in paths]
+    out, valid = [], []
+    issues = dict.fromkeys(MASK_ISSUES, 0)
+    for p, shape, need in zip(paths, expect_l, needed_l):
+        m = read_image(p) if p is not None else None
+        problem = None
         if p is None:
+            problem = "missing" if need else None
+        elif m is None:
+            problem = "undecodable"
+        elif shape is not None and tuple(m.shape[:2]) != tuple(shape):
+            problem = "misshapen"
+        if problem is not None or m is None:
+            if problem:
+                issues[problem] += 1
             out.append(np.zeros((isize, isize), bool))
-            continue
-        m = read_image(p)
-        if m is None:
-            out.append(np.zeros((isize, isize), bool))
+            valid.append(problem is None)
             continue
         m = to_uint8(m)
         if m.ndim == 3:
-            m = m.max(axis=2)
+            colour = m[:, :, :3] if m.shape[2] >= 3 else m[:, :, :1]  # drop alpha (BGRA, or gray + alpha)
+            m = colour.max(axis=2)
         out.append(cv2.resize(m, (isize, isize), interpolation=cv2.INTER_NEAREST) > 127)
-    return np.stack(out) if out else np.zeros((0, isize, isize), bool)
+        valid.append(True)
+    masks = np.stack(out) if out else np.zeros((0, isize, isize), bool)
+    return masks, np.asarray(valid, bool), issues

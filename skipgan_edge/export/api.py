@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge import calibration
-from skipgan_edge.card import ModelCard, atomic_write_json, load_card
+from skipgan_edge.card import ModelCard, atomic_write_json, check_writable, load_card
 from skipgan_edge.data.datasets import Split, load_data
 from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
 from skipgan_edge.export.onnx import export_onnx
@@ -106,7 +106,7 @@ def export_all(
         require(module, "export", "skipgan-edge export")
     card = load_card(model_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir / "export_report.json", "--out")
     cs = None
     if int8:
         if calib is not None:

@@ -25,7 +25,11 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]
         state = load_file(str(Path(folder) / WEIGHTS_NAME), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ModelFolderError(f"{Path(folder) / WEIGHTS_NAME} is unreadable ({exc}); retrain or restore the folder") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # same tensor names, other shapes: the card's size, channels or widths are not the weights'
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise ModelFolderError(f"{folder}: the card does not match the weights ({first[:160]}); the folder was mixed from two models") from None
     if missing or unexpected:
         raise ModelFolderError(
             f"{folder}: weights do not match the card's architecture ({len(missing)} missing, "

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skipgan_edge.card import check_writable
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
@@ -43,6 +44,10 @@ def run(
     ``run`` does it once everything opened, at this run's batch size, and streams with the faster
     one (the summary records both under ``backend_race_ms``, and the rule under ``backend_chosen_by``)."""
     summary: dict[str, Any] = {}
+    for target, what in ((sinks.summary, "--summary"), (source_opts.watch_state, "--watch-state"), (sinks.jsonl, "--jsonl"),
+                         (sinks.csv, "--csv"), (sinks.save_video, "--save-video")):
+        if target is not None:
+            check_writable(Path(target), what)  # one line before the model is even loaded
     do_race = race_needed(kind, backend)
     be = open_backend(kind, path, backend, options, batch=max(1, pipeline.batch), race=False)
     with contextlib.ExitStack() as stack:

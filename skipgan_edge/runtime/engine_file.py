@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import tensorrt as trt
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from skipgan_edge.contract import check_card
 from skipgan_edge.errors import EngineError, MissingDependencyError
@@ -108,14 +108,38 @@ def read_engine_file(path: Path) -> tuple[dict[str, Any], bytes]:
         raise EngineError(f"{path} has a corrupt header (not a JSON object); rebuild it with skipgan-edge build")
     if "card" in meta:
         check_card(meta["card"], str(path))
+    problem = _header_problem(meta)
+    if problem:
+        raise EngineError(f"{path} has an invalid header ({problem}); rebuild it with skipgan-edge build")
     return meta, data[start + n :]
+
+
+def _header_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with an engine header's fields, or None (the card is checked on its own)."""
+    for key in ("tensorrt", "gpu", "compute_capability", "precision"):
+        if key in meta and not isinstance(meta[key], str):
+            return f"'{key}' is not a string"
+    prof = meta.get("profile")
+    if prof is not None:
+        if not isinstance(prof, dict) or not all(isinstance(prof.get(k), int) and not isinstance(prof.get(k), bool)
+                                                 for k in ("min", "opt", "max")):
+            return "'profile' is not {min, opt, max} integers"
+        if not 1 <= prof["min"] <= prof["opt"] <= prof["max"]:
+            return "'profile' is not 1 <= min <= opt <= max"
+    if "card" in meta and not isinstance(meta["card"], dict):
+        return "'card' is not an object"
+    return None
 
 
 def check_compatible(meta: dict[str, Any], trt_version: str, gpu: dict[str, Any], path: Path) -> None:
     """Refuse an engine built for another TensorRT version or GPU, saying how to rebuild."""
     built = f"TensorRT {meta.get('tensorrt')} on {meta.get('gpu')} (sm_{meta.get('compute_capability')})"
     here = f"TensorRT {trt_version} on {gpu['gpu']} (sm_{gpu['compute_capability']})"
-    if Version(str(meta.get("tensorrt"))) != Version(trt_version) or meta.get("gpu") != gpu["gpu"] or meta.get(
+    try:
+        built_version = Version(str(meta.get("tensorrt")))
+    except InvalidVersion:
+        raise EngineError(f"{path} has an invalid header (TensorRT version {meta.get('tensorrt')!r}); rebuild it with skipgan-edge build") from None
+    if built_version != Version(trt_version) or meta.get("gpu") != gpu["gpu"] or meta.get(
         "compute_capability"
     ) != gpu["compute_capability"]:
         raise EngineError(f"{path} was built for {built}; this is {here}: rebuild it here with: {meta.get('build_command')}")

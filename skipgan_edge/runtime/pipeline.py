@@ -22,8 +22,10 @@ Memory is bounded: records are not kept; latency statistics use a fixed-size res
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -239,13 +241,20 @@ class Pipeline:
             for sink in self.sinks:
                 try:
                     sink.close()
+                except SkipganError as exc:
+                    close_errors.append(str(exc))
                 except OSError as exc:
                     close_errors.append(f"{sink.name}: {exc}")
             self.source.close()
         summary = self._summary(time.perf_counter() - t_start, chan.dropped)
-        if summary_path is not None:
-            atomic_write_json(summary_path, summary)
         self.summary = summary
+        if summary_path is not None:
+            try:
+                atomic_write_json(summary_path, summary)
+            except SkipganError as exc:  # the summary is never lost: it goes to stdout, and the run fails with one line
+                sys.stdout.write(json.dumps(summary, default=str) + "\n")
+                sys.stdout.flush()
+                close_errors.append(f"{exc} (the summary went to stdout instead)")
         if error is not None:
             raise error
         if self._capture_error is not None and not isinstance(self._capture_error, GeneratorExit):

@@ -15,6 +15,7 @@ the other sinks first, then exits with one line naming the sink and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -101,26 +102,46 @@ class _TextFileSink(Sink):
             raise _fail(self, exc) from None
 
 
-class JsonlSink(_TextFileSink):
+class JsonlSink(Sink):
+    """One JSON record per line, a batch per ``write`` system call, never a partial record on disk.
+
+    A write that fails or comes up short (disk full, file-size limit) is cut back to the end of the last
+    whole record (``ftruncate``) before the run stops with one line; every line in the file parses.
+    """
+
+    needs_image = False
+
     def __init__(self, path: Path) -> None:
         self.name = f"JSONL {path}"
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(path, "a", encoding="ascii")  # noqa: SIM115 - closed in close(); flushed after every batch; all ASCII
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             raise _fail(self, exc) from None
 
-    def _emit(self, records: list[dict[str, Any]]) -> None:
-        self.fh.write("".join([jsonl_line(r) for r in records]))
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
+        data = "".join([jsonl_line(r) for r in records]).encode("ascii")
+        start = os.lseek(self.fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, start)  # no partial record left behind
+            raise _fail(self, exc) from None
 
     def close(self) -> None:
         try:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
+            os.fsync(self.fd)
         except OSError:
             pass
         finally:
-            self.fh.close()
+            os.close(self.fd)
 
 
 class CsvSink(_TextFileSink):
@@ -172,6 +193,7 @@ class VideoSink(Sink):
         self.writer: cv2.VideoWriter | None = None
         self.size: tuple[int, int] | None = None
         self.cv_path = opencv_path(self.path, SinkError)
+        self.written = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -189,10 +211,20 @@ class VideoSink(Sink):
         if (img.shape[1], img.shape[0]) != self.size:
             img = cv2.resize(img, self.size)
         self.writer.write(img)
+        self.written += 1
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
+        """Release the writer, then check the file holds every frame: OpenCV's writer reports no write errors,
+        so a full disk would otherwise leave an unplayable file behind a successful run."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        cap = cv2.VideoCapture(self.cv_path)
+        found = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+        cap.release()
+        if found < self.written:
+            raise SinkError(f"{self.name} sink failed: the file holds {found} of the {self.written} frames written "
+                            "(disk full or the file cannot grow); free disk space or choose another path")
 
 
 class ImageFolderSink(Sink):

@@ -282,6 +282,8 @@ class Trainer:
         metrics_path = self.out / "metrics.jsonl"
         if not resume and metrics_path.exists():
             metrics_path.unlink()
+        if resume:  # the checkpoint's history is the authority: a row written after the last checkpoint is not repeated
+            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
         train_u8 = torch.from_numpy(self.data.train.images)  # (N, H, W, C) uint8, stays on the host
         n = len(train_u8)

@@ -49,7 +49,13 @@ def _card_from_session(sess: Any, path: Path) -> ModelCard:
         )
     if CARD_KEY not in meta:
         raise ModelFolderError(f"{path} has no model card in its metadata; re-export it with skipgan-edge export")
-    return ModelCard.from_json(meta[CARD_KEY], str(path)).replace(precision=meta.get(PRECISION_KEY, "fp32"))
+    card = ModelCard.from_json(meta[CARD_KEY], str(path)).replace(precision=meta.get(PRECISION_KEY, "fp32"))
+    inp = sess.get_inputs()[0]
+    want = [card.input.isize, card.input.isize, card.input.channels]
+    if inp.type != "tensor(uint8)" or len(inp.shape) != 4 or list(inp.shape[1:]) != want:
+        raise ModelFolderError(f"{path}: input '{INPUT_NAME}' is {inp.type} {inp.shape}, but its card says uint8 [batch, {want[0]}, "
+                               f"{want[1]}, {want[2]}] (NHWC); re-export it with skipgan-edge export")
+    return card
 
 
 def release_freed_memory() -> None:
