@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,25 @@ def need_gpu_stack(tensorrt: bool) -> None:
     if os.environ.get("SKIPGAN_REQUIRE_GPU") == "1":
         pytest.fail(f"make test-gpu needs the GPU stack: {msg}", pytrace=False)
     pytest.skip(msg)
+
+
+def model_with_card(src: Path, dest: Path, mutate: Any) -> tuple[Path, dict[str, Any]]:
+    """A copy of model folder ``src`` at ``dest`` whose weights embed the card ``mutate(card)`` left (the authority
+    over model.json); returns the folder and the mutated card."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    shutil.copytree(src, dest)
+    with safe_open(str(dest / "model.safetensors"), "np") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    card = json.loads(meta["card"])
+    mutate(card)
+    save_file(tensors, str(dest / "model.safetensors"), metadata={**meta, "card": json.dumps(card)})
+    return dest, card
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import onnx
 import pytest
-from conftest import run_cli
+from conftest import model_with_card, run_cli
 
 from skipgan_edge import FORMAT_VERSION
 from skipgan_edge.contract import CARD_KEY, card_from_json
@@ -42,17 +41,7 @@ def test_future_card_in_onnx_metadata_is_refused_by_every_verb(demo_onnx: Path, 
 
 
 def test_future_card_in_weights_and_engine_header(tiny_model: Path, tmp_path: Path) -> None:
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    folder = tmp_path / "m"
-    shutil.copytree(tiny_model, folder)
-    with safe_open(str(folder / "model.safetensors"), "np") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    card = json.loads(meta["card"])
-    card["format_version"] = FORMAT_VERSION + 1
-    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(card)})
+    folder, card = model_with_card(tiny_model, tmp_path / "m", lambda c: c.__setitem__("format_version", FORMAT_VERSION + 1))
     p = run_cli("eval", "--model", str(folder), "--data", str(folder), check=False)
     assert p.returncode == 2 and "newer than this skipgan-edge understands" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     write_engine_file(tmp_path / "e.engine", {"tensorrt": "10.3", "card": card}, b"\x00")
@@ -76,17 +65,7 @@ def test_typed_card_round_trip_and_one_line_field_errors(tiny_model: Path, tmp_p
         with pytest.raises(ModelFolderError, match=msg):
             ModelCard.from_dict(bad, "x")
     # a model.json missing a field is one line in a verb
-    folder = tmp_path / "m"
-    shutil.copytree(tiny_model, folder)
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    with safe_open(str(folder / "model.safetensors"), "np") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    bad = json.loads(meta["card"])
-    del bad["score"]["threshold"]
-    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(bad)})
+    folder, _ = model_with_card(tiny_model, tmp_path / "m", lambda c: c["score"].pop("threshold"))
     p = run_cli("eval", "--model", str(folder), "--data", str(folder), check=False)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "field 'score.threshold' is missing" in p.stderr
 

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from conftest import CLI, run_cli, write_defect_video
+from conftest import CLI, model_with_card, run_cli, write_defect_video
 
 from skipgan_edge.runtime.sources import SourceOptions, WatchState, default_watch_state, encode_name, open_source
 
@@ -219,20 +219,11 @@ def test_unwritable_outputs_are_one_line_before_any_work(demo_onnx: Path, tiny_m
 
 def test_mismatches_are_one_line_in_every_verb(demo_onnx: Path, tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
     import onnx
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
 
     from skipgan_edge.export.engine import write_engine_file
 
     # a card whose widths disagree with the weights (same tensor names, other shapes)
-    folder = tmp_path / "m"
-    shutil.copytree(tiny_model, folder)
-    with safe_open(str(folder / "model.safetensors"), "np") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
-    card = json.loads(meta["card"])
-    card["config"]["model"]["ngf"] = 16
-    save_file(tensors, str(folder / "model.safetensors"), metadata={**meta, "card": json.dumps(card)})
+    folder, _ = model_with_card(tiny_model, tmp_path / "m", lambda c: c["config"]["model"].__setitem__("ngf", 16))
     video = write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG")
     for args in (["eval", "--model", str(folder), "--data", str(synth_dir)], ["run", "--model", str(folder), "--source", str(video)],
                  ["export", "--model", str(folder), "--out", str(tmp_path / "e")]):
