@@ -143,6 +143,7 @@ class ScoreSpec:
     val_stats: ValStats
     threshold: Threshold
     term_stats: dict[str, float] | None = None
+    map_scale: float | None = None  # anomaly-map level drawn as full red (1.5x the normal validation maps' p99 peak)
     lam_method: str = "configured"
     formula: str = ""
     normalization: str = "min-max over the normal validation scores"

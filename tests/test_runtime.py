@@ -427,3 +427,23 @@ def test_jsonl_lines_parse_to_the_record() -> None:
             assert got["score"] != got["score"]
             got["score"] = want["score"] = 0.0
         assert got == want
+
+
+def test_heatmap_overlay_shows_the_defect(demo_model: Path, demo_onnx: Path, tmp_path: Path) -> None:
+    """The overlay's colour scale is the card's map_scale, in the map's own units: defect frames turn warm, normal
+    frames stay cool. (It came from the score statistics before, and every frame, the defects too, was uniform blue.)"""
+    from skipgan_edge.card import load_card
+
+    card = load_card(demo_model)
+    assert card.score.map_scale is not None and 0 < card.score.map_scale < 4
+    video = write_defect_video(tmp_path / "v.avi", 12, {3, 8}, "MJPG")
+    run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+            "--save-images", str(tmp_path / "imgs"))
+    warmth = {}
+    for p in sorted((tmp_path / "imgs").glob("*.png")):
+        img = cv2.imread(str(p)).astype(int)[40:]  # below the verdict text
+        warm = (img[..., 2] - img[..., 0]) > 40  # orange to red: the top of the JET scale over the frame
+        warmth[int(p.stem.split("_")[-1])] = float(warm.mean())
+    normal = [w for i, w in warmth.items() if i not in (3, 8)]
+    assert len(warmth) == 12 and min(warmth[3], warmth[8]) > 0.02, sorted(warmth.items())  # the hole shows
+    assert min(warmth[3], warmth[8]) > 10 * max(normal), sorted(warmth.items())  # and normal frames stay cool

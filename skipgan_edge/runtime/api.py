@@ -32,6 +32,11 @@ def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tupl
     return given[0][0], Path(given[0][1])
 
 
+#: the heatmap's full-red level for cards written before ``map_scale`` existed: the map is a squared error of
+#: pixels in [-1, 1], and a visible defect is well above 0.5 while a normal reconstruction stays far below it
+DEFAULT_MAP_SCALE = 0.5
+
+
 def run(
     kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
     sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), options: BackendOptions = BackendOptions(),
@@ -52,8 +57,9 @@ def run(
     be = open_backend(kind, path, backend, options, batch=max(1, pipeline.batch), race=False)
     with contextlib.ExitStack() as stack:
         stack.enter_context(be)
-        # vmax for the heatmap colours: the normal validation maps' level at the threshold
-        vmax = max(be.card.score.val_stats.max * 4.0, 1e-6)
+        # the heatmap's colour scale, in the map's own units: the card's map_scale (1.5x the normal validation maps'
+        # p99 peak); it used to come from the score statistics, which are not map units, and every frame was blue
+        vmax = be.card.score.map_scale or DEFAULT_MAP_SCALE
         out: list[Sink] = []
         src = None
         race: dict[str, float] | None = None

@@ -106,16 +106,17 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
     """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array."""
     was_training = net.training
     net.eval()
-    rec, lat, l1s = [], [], []
+    rec, lat, l1s, peaks = [], [], [], []
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
-        r, la, _ = score_terms(x, fake, f_real, f_fake, pool)
+        r, la, amap = score_terms(x, fake, f_real, f_fake, pool)
         rec.append(r.cpu().numpy())
         lat.append(la.cpu().numpy())
         l1s.append((x - fake).abs().mean(dim=(1, 2, 3)).cpu().numpy())
+        peaks.append(amap.amax(dim=(1, 2, 3)).float().cpu().numpy())
     net.train(was_training)
-    return {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s)}
+    return {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s), "map_peak": np.concatenate(peaks)}
 
 
 def validation_report(
@@ -148,6 +149,9 @@ def validation_report(
             "min": smin, "max": smax, "mean": float(normal.mean()), "std": float(normal.std()), "n": len(normal),
         },
         "term_stats": term_stats, "lam": float(lam), "lam_method": lam_method,
+        # the heatmap's colour scale: 1.5x the 99th percentile of the normal validation maps' peaks, so a normal
+        # image stays blue to green and a defect, whose map is far above anything normal, saturates to red
+        "map_scale": float(np.quantile(terms["map_peak"][is_normal], 0.99)) * 1.5,
     }
     # the generator's non-adversarial objective on the held-out normal images
     rep["val_loss"] = float(cfg.train.w_con * terms["l1"][is_normal].mean() + cfg.train.w_lat * terms["lat"][is_normal].mean())
@@ -403,6 +407,7 @@ class Trainer:
         formula += "; lat = mean((f(x)-f(G(x)))^2)"
         score = ScoreSpec(lam=rep["lam"], lam_method=rep["lam_method"], mode=str(sc.mode), pool=int(sc.pool or 0),
                           term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
+                          map_scale=rep["map_scale"],
                           threshold=Threshold(**rep["threshold"]))
         return build_card(
             self.cfg, score=score,
