@@ -165,7 +165,10 @@ def eval_cmd(
         _echo_json(report)
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
-        typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}")
+        typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "
+                   f"average precision {report['average_precision']:.4f}" + (f"; AUPRO {report['aupro']:.4f}" if "aupro" in report else ""))
+        typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (reached {v['fpr']:.3f})"
+                                                               for k, v in report["recall_at_fpr"].items()))
         typer.echo(f"backend: {report['backend']} ({report['backend_chosen_by']})")
         if report.get("plots"):
             typer.echo(f"plots: {report['plots']['roc']}  {report['plots']['histogram']}")

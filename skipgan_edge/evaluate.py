@@ -17,7 +17,20 @@ from skipgan_edge.card import ModelCard, atomic_write_json
 from skipgan_edge.contract import ScoreBatch
 from skipgan_edge.data.datasets import Split
 from skipgan_edge.errors import DataError
-from skipgan_edge.metrics import auroc, f1_at, f1_optimal_threshold, plot_histogram, plot_roc, plots_available
+from skipgan_edge.metrics import (
+    aupro,
+    auroc,
+    average_precision,
+    f1_at,
+    f1_optimal_threshold,
+    plot_histogram,
+    plot_roc,
+    plots_available,
+    recall_at_fpr,
+)
+
+#: the false-alarm rates every accuracy report states the recall at (share of normal images flagged)
+ALARM_FPRS = (0.01, 0.05)
 
 ScoreFn = Callable[[np.ndarray], ScoreBatch]
 
@@ -34,6 +47,9 @@ def evaluate_split(
     thr_best, f1_best = f1_optimal_threshold(split.labels, norm)
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
+        "average_precision": average_precision(split.labels, res.score),
+        # what an operator meets: the share of defects caught when at most this share of good parts raises an alarm
+        "recall_at_fpr": {str(f): dict(zip(("recall", "fpr"), recall_at_fpr(split.labels, res.score, f))) for f in ALARM_FPRS},
         "n_images": len(split),
         "n_anomalous": int(split.labels.sum()),
         "f1_at_model_threshold": f1_at(split.labels, norm, thr_model),
@@ -57,6 +73,7 @@ def evaluate_split(
         if gt.any() and (~gt).any():
             # computed on the images whose masks could be read (pixel_coverage says how many); withheld if none
             report["pixel_auroc"] = auroc(gt, amap.reshape(-1))
+            report["aupro"] = aupro(split.masks[ok], amap)
     kinds: dict[str, list[int]] = {}
     for i, name in enumerate(split.names):
         parts = name.split("/")

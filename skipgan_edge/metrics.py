@@ -1,7 +1,8 @@
-"""AUROC, ROC curve, F1-optimal threshold, rank correlation and the two report plots.
+"""AUROC, average precision, recall at a false-alarm rate, AUPRO, F1-optimal threshold, rank correlation, plots.
 
-Plain numpy (no scikit-learn): AUROC is the Mann-Whitney statistic with ties counted half,
-which equals the area under the trapezoidal ROC curve.
+Plain numpy (no scikit-learn at run time): AUROC is the Mann-Whitney statistic with ties counted
+half, which equals the area under the trapezoidal ROC curve; average precision is scikit-learn's
+definition. The tests check both against scikit-learn on random data.
 """
 
 from __future__ import annotations
@@ -73,6 +74,67 @@ def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
     tp = float((pred & labels).sum())
     denom = float(pred.sum() + labels.sum())
     return 2 * tp / denom if denom else 0.0
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision: sum over thresholds of (recall step) x precision, as scikit-learn defines it (no interpolation)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    if not labels.any():
+        raise ValueError("average precision needs anomalous samples")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct].astype(np.float64)
+    precision = tp / (distinct + 1)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float) -> tuple[float, float]:
+    """(recall, false-alarm rate actually reached) at the strictest threshold whose false-alarm rate on the normal
+    samples is at most ``fpr``: what an operator gets when the alarm may fire on that share of good parts."""
+    f, t, _ = roc_curve(labels, scores)
+    ok = f <= fpr + 1e-12
+    i = int(np.flatnonzero(ok)[-1])
+    return float(t[i]), float(f[i])
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3, steps: int = 200) -> float:
+    """Area under the per-region-overlap curve up to ``max_fpr`` (MVTec AD's AUPRO), normalised to [0, 1].
+
+    For each threshold: PRO is the mean, over every connected defect region (8-connected) of every mask, of
+    the share of that region's pixels at or above the threshold; the false-positive rate is the share of
+    defect-free pixels (of all images) at or above it. The curve PRO(FPR) is integrated from 0 to
+    ``max_fpr`` (trapezoids, the last point interpolated at ``max_fpr``) and divided by ``max_fpr``.
+    ``masks`` (N, H, W) bool, ``maps`` (N, H, W); thresholds are ``steps`` quantiles of the maps.
+    """
+    import cv2
+
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, np.float64)
+    regions: list[np.ndarray] = []  # each region's map values, sorted
+    for m, a in zip(masks, maps):
+        n, lab = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
+        regions += [np.sort(a[lab == k]) for k in range(1, n)]
+    if not regions:
+        raise ValueError("AUPRO needs at least one defect region")
+    neg = np.sort(maps[~masks])
+    thresholds = np.unique(np.quantile(maps, np.linspace(0.0, 1.0, steps)))[::-1]
+
+    def share_at_or_above(sorted_values: np.ndarray, th: float) -> float:
+        return 1.0 - np.searchsorted(sorted_values, th, side="left") / max(len(sorted_values), 1)
+
+    f = np.r_[0.0, [share_at_or_above(neg, th) for th in thresholds]]
+    p = np.r_[0.0, [float(np.mean([share_at_or_above(r, th) for r in regions])) for th in thresholds]]
+    keep = f <= max_fpr
+    fk, pk = f[keep], p[keep]
+    j = int(np.flatnonzero(keep)[-1])
+    if j + 1 < len(f) and f[j + 1] > f[j]:  # the curve at exactly max_fpr
+        fk = np.r_[fk, max_fpr]
+        pk = np.r_[pk, p[j] + (p[j + 1] - p[j]) * (max_fpr - f[j]) / (f[j + 1] - f[j])]
+    area = float(np.sum(np.diff(fk) * (pk[1:] + pk[:-1]) / 2))
+    return area / max_fpr
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,7 +23,7 @@ from skipgan_edge.data.datasets import Split, load_data
 from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
 from skipgan_edge.export.onnx import export_onnx
 from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
-from skipgan_edge.metrics import auroc, spearman
+from skipgan_edge.metrics import auroc, recall_at_fpr, spearman
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def gate_variants(files: dict[str, Path], split: Split, max_drop: float) -> dict
             res = be.infer_all(split.images)
             dt = time.perf_counter() - t0
         scores[name] = res.score
-        out[name] = {"file": str(path), "auroc": auroc(split.labels, res.score), "eval_seconds": round(dt, 3)}
+        recall, fpr = recall_at_fpr(split.labels, res.score, 0.01)
+        out[name] = {"file": str(path), "auroc": auroc(split.labels, res.score), "recall_at_1pct_fpr": recall, "fpr_reached": fpr,
+                     "eval_seconds": round(dt, 3)}
     ref = out["fp32"]["auroc"]
     for name, rec in out.items():
         rec["auroc_drop"] = ref - rec["auroc"]
@@ -238,8 +240,9 @@ def tensorrt_check(files: dict[str, Path]) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    rows = ["variant  AUROC    drop     spearman  gate       file"]
+    rows = ["variant  AUROC    drop     recall@1%FPR  spearman  gate       file"]
     for name, r in report["variants"].items():
         file = r["file"] or "(removed)"
-        rows.append(f"{name:7s}  {r['auroc']:.4f}  {r['auroc_drop']:+.4f}  {r['spearman_vs_fp32']:.4f}    {r['gate']:9s}  {file}")
+        rows.append(f"{name:7s}  {r['auroc']:.4f}  {r['auroc_drop']:+.4f}  {r['recall_at_1pct_fpr']:.3f}         "
+                    f"{r['spearman_vs_fp32']:.4f}    {r['gate']:9s}  {file}")
     return "\n".join(rows)
