@@ -191,15 +191,18 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ModelCard:
         """Check the version, then every field's presence and type; one line naming the first that is wrong."""
-        check_card(data, where)
+        return cls._typed(check_card(data, where), where)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str) -> ModelCard:
+        return cls._typed(card_from_json(text, where), where)  # card_from_json parses and checks the version
+
+    @classmethod
+    def _typed(cls, data: dict[str, Any], where: str) -> ModelCard:
         try:
             return _build(cls, data, "")
         except _CardFieldError as exc:
             raise ModelFolderError(f"{where}: the model card's {exc}; re-export or retrain") from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes, where: str) -> ModelCard:
-        return cls.from_dict(card_from_json(text, where), where)
 
     def replace(self, **changes: Any) -> ModelCard:
         return dataclasses.replace(self, **changes)

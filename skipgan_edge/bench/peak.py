@@ -17,6 +17,8 @@ import contextlib
 import time
 from typing import Any
 
+from skipgan_edge.runtime.backends.openvino import cpu_has_bf16
+
 
 def _best(fn: Any, flops: float, reps: int, sync: Any = None) -> float:
     fn()
@@ -62,7 +64,7 @@ def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, 
     t = torch.randn(n, n)
     with torch.no_grad():
         out["fp32"] = max(best_np, _best(lambda: t @ t, flops, reps) / 1e9)
-        if torch.backends.mkldnn.is_available() and _cpu_has_bf16():
+        if torch.backends.mkldnn.is_available() and cpu_has_bf16():
             b = t.to(torch.bfloat16)
             out["bf16"] = _best(lambda: b @ b, flops, reps) / 1e9
     return out
@@ -105,9 +107,3 @@ def _gpu_peak(device: str, n: int, reps: int) -> dict[str, float]:
     except Exception as exc:  # noqa: BLE001 - cupy raises its own CUDA errors without a driver
         tried.append(f"CuPy: {exc.__class__.__name__}")
     raise PeakUnavailable(f"cannot measure the GPU's matmul peak here ({'; '.join(tried)}); install torch with CUDA or CuPy")
-
-
-def _cpu_has_bf16() -> bool:
-    from skipgan_edge.runtime.backends.openvino import cpu_has_bf16
-
-    return cpu_has_bf16()

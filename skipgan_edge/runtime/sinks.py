@@ -82,26 +82,6 @@ def _fail(sink: Sink, exc: OSError) -> SinkError:
     return SinkError(f"{sink.name} sink failed: {exc.strerror or exc}; free disk space or choose another path")
 
 
-class _TextFileSink(Sink):
-    """A text file written per batch of records and flushed after each batch."""
-
-    needs_image = False
-    fh: Any
-
-    def _emit(self, records: list[dict[str, Any]]) -> None:
-        raise NotImplementedError
-
-    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
-        self.write_batch([record], None, None)
-
-    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
-        try:
-            self._emit(records)
-            self.fh.flush()
-        except OSError as exc:
-            raise _fail(self, exc) from None
-
-
 class JsonlSink(Sink):
     """One JSON record per line, a batch per ``write`` system call, never a partial record on disk.
 
@@ -144,7 +124,11 @@ class JsonlSink(Sink):
             os.close(self.fd)
 
 
-class CsvSink(_TextFileSink):
+class CsvSink(Sink):
+    """The records' fields as CSV rows, flushed after each batch."""
+
+    needs_image = False
+
     def __init__(self, path: Path) -> None:
         self.name = f"CSV {path}"
         try:
@@ -158,8 +142,15 @@ class CsvSink(_TextFileSink):
         except OSError as exc:
             raise _fail(self, exc) from None
 
-    def _emit(self, records: list[dict[str, Any]]) -> None:
-        self.w.writerows(records)
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
+        try:
+            self.w.writerows(records)
+            self.fh.flush()
+        except OSError as exc:
+            raise _fail(self, exc) from None
 
     def close(self) -> None:
         self.fh.close()

@@ -41,9 +41,7 @@ def default_onnx_backend() -> str:
     """The fastest installed runtime for an ONNX file on this machine (see the module docstring)."""
     import importlib.util
 
-    import onnxruntime as ort
-
-    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers()):
+    if _gpu_provider():
         return "onnxruntime"
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
 
@@ -59,11 +57,7 @@ def resolve_backend(kind: str, backend: str = "auto") -> str:
 
 def race_needed(kind: str, backend: str) -> bool:
     """Whether ``auto`` must time the CPU runtimes for this artifact (an ONNX file, no GPU provider, both installed)."""
-    if backend != "auto" or kind != "onnx":
-        return False
-    import importlib.util
-
-    return default_onnx_backend() == "openvino" and importlib.util.find_spec("onnxruntime") is not None
+    return backend == "auto" and kind == "onnx" and default_onnx_backend() == "openvino"  # ONNX Runtime is always installed
 
 
 #: backends whose constructor takes ``threads`` (CPU runtimes)
