@@ -127,10 +127,23 @@ class ValStats:
 
 @dataclass(frozen=True)
 class Threshold:
+    """The alarm: flag when ``normalized_score`` > ``normalized`` (``raw`` is the same in score units).
+
+    ``policy`` is how it was set (skipgan_edge/thresholds.py); ``expected_fpr`` (with its 95 % interval) and
+    ``expected_recall`` are what that policy measured on validation (recall on labelled or synthetic anomalies,
+    ``recall_source``); ``commissioning`` is filled by ``skipgan-edge threshold`` when it was re-set on the line."""
+
     normalized: float
     method: str
     raw: float | None = None
     val_f1: float | None = None
+    policy: str | None = None
+    expected_fpr: float | None = None
+    fpr_interval: list[float] | None = None
+    expected_recall: float | None = None
+    recall_source: str | None = None
+    n_normal: int | None = None
+    commissioning: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

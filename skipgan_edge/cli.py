@@ -118,6 +118,12 @@ def train(
     input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training.")] = None,
     skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training.")] = None,
     feature_layer: Annotated[Optional[str], typer.Option(help="D layer used as f(x): last (paper) or penultimate.")] = None,
+    skip_levels: Annotated[Optional[str], typer.Option(help="UNet skips kept: all (paper), none (autoencoder) or levels like 2,3,4 "
+                                                      "(1 = full resolution).")] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: fpr:Q (at most Q of normal images flagged), f1 (on labelled, "
+                                                    "else synthetic validation anomalies) or max-normal.")] = None,
+    synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",
+                                                          help="Synthetic defects on normal validation images when val/ has no anomalies.")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
 ) -> None:
@@ -126,10 +132,11 @@ def train(
 
     overrides: dict[str, dict[str, Any]] = {
         "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz, "skip_dropout": skip_dropout,
-                  "feature_layer": feature_layer},
+                  "feature_layer": feature_layer, "skip_levels": skip_levels},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
                   "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise},
-        "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam},
+        "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam, "threshold": threshold,
+                  "synthetic_val": synthetic_val},
     }
     if paper:
         from skipgan_edge.config import paper_overrides

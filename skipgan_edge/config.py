@@ -39,6 +39,7 @@ class ModelConfig:
     nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
     skip_dropout: float = 0.0  # channel dropout on the UNet skip connections while training (0 = the paper)
     feature_layer: str = "penultimate"  # D layer for f(x): penultimate (4x4 map, measured better) or last (the paper's nz-d conv)
+    skip_levels: str = "all"  # UNet skips kept: all (the paper), none (an autoencoder) or levels "1,3" (1 = full resolution)
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:
@@ -52,6 +53,25 @@ class ModelConfig:
         for name in ("ngf", "ndf", "nz"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        self.skip_level_set  # noqa: B018 (validates)
+
+    @property
+    def skip_level_set(self) -> frozenset[int]:
+        """The UNet levels that keep their skip connection (1 = full resolution ... depth-1 = innermost)."""
+        levels = range(1, self.depth)
+        text = self.skip_levels.strip().lower()
+        if text == "all":
+            return frozenset(levels)
+        if text in ("none", ""):
+            return frozenset()
+        try:
+            chosen = frozenset(int(t) for t in text.split(","))
+        except ValueError:
+            raise ConfigError(f"skip_levels must be all, none or comma-separated levels like 1,3; got {self.skip_levels!r}") from None
+        bad = sorted(chosen - set(levels))
+        if bad:
+            raise ConfigError(f"skip_levels {bad} out of range: isize {self.isize} has levels 1..{self.depth - 1}")
+        return chosen
 
     @property
     def depth(self) -> int:
@@ -66,10 +86,15 @@ class ScoreConfig:
     mode: str | None = None  # paper: λ·rec + (1-λ)·lat on raw terms; standardized: terms in units of their normal spread; None = the architecture's
     pool: int | None = None  # 0: rec = mean of the anomaly map (paper); k > 0: max of the k×k box-smoothed map; None = the architecture's
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
+    threshold: str = "auto"  # alarm policy (thresholds.py): auto, fpr:Q, f1, max-normal; auto = f1 on labelled anomalies, else the study's winner
+    synthetic_val: bool = True  # without labelled validation anomalies, make synthetic ones from the normal validation images
 
     def validate(self) -> None:
         if self.mode not in (None, "paper", "standardized"):
             raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
+        from skipgan_edge.thresholds import parse_policy
+
+        parse_policy(self.threshold)
         if self.pool is not None and self.pool < 0:
             raise ConfigError(f"pool must be >= 0, got {self.pool}")
 
@@ -158,7 +183,7 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
     return cls(**out)
 
 
-PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0, "feature_layer": "last"},
+PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0, "feature_layer": "last", "skip_levels": "all"},
                                     "train": {"input_noise": 0.0},
          "score": {"lam": 0.9, "mode": "paper", "pool": 0, "select_lam": False}}
 

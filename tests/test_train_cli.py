@@ -24,7 +24,9 @@ def test_train_then_eval_subprocess(synth_dir: Path, tmp_path: Path) -> None:
     run_cli("train", "--data", str(synth_dir), "--out", str(run), "--epochs", "3", *TINY)
     card = load_card(run)
     assert (card.input.isize, card.input.channels, card.input.channel_order, card.input.layout) == (32, 3, "BGR", "NHWC")
-    assert card.score.threshold.method == "f1_optimal_on_labelled_validation"
+    thr = card.score.threshold  # auto: F1-optimal on the labelled validation anomalies this data has
+    assert (thr.policy, thr.recall_source, thr.n_normal) == ("f1", "labelled", 32)
+    assert thr.expected_recall is not None and thr.expected_fpr is not None and thr.fpr_interval is not None
     assert card.data["val_has_anomalies"] is True and len(card.data["fingerprint"]) == 64
     assert set(card.to_dict()["score"]["val_stats"]) == {"min", "max", "mean", "std", "n"}
     lines = (run / "metrics.jsonl").read_text().splitlines()

@@ -35,20 +35,24 @@ class UnetBlock(nn.Module):
         in_ch: int | None = None,
         outermost: bool = False,
         skip_dropout: float = 0.0,
+        skip: bool = True,
     ) -> None:
         super().__init__()
         self.skip_drop = nn.Dropout2d(skip_dropout) if skip_dropout > 0 and not outermost else nn.Identity()
         in_ch = outer if in_ch is None else in_ch
         self.outermost = outermost
+        self.skip = skip and not outermost  # concatenate the input to the output (the UNet skip at this level)
+        self.out_channels = outer * 2 if self.skip else outer
+        sub_out = sub.out_channels if isinstance(sub, UnetBlock) else inner  # what the level below hands up
         down_conv = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=False)
         if outermost:
-            up_conv = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1)  # bias: nothing normalises it
+            up_conv = nn.ConvTranspose2d(sub_out, outer, 4, 2, 1)  # bias: nothing normalises it
             layers: list[nn.Module] = [down_conv, sub, nn.ReLU(), up_conv, nn.Tanh()]  # type: ignore[list-item]
         elif sub is None:  # innermost: no norm on the 1×1 bottleneck going down
             up_conv = nn.ConvTranspose2d(inner, outer, 4, 2, 1, bias=False)
             layers = [nn.LeakyReLU(0.2), down_conv, nn.ReLU(), up_conv, nn.BatchNorm2d(outer)]
         else:
-            up_conv = nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1, bias=False)
+            up_conv = nn.ConvTranspose2d(sub_out, outer, 4, 2, 1, bias=False)
             layers = [
                 nn.LeakyReLU(0.2), down_conv, nn.BatchNorm2d(inner),
                 sub,
@@ -57,23 +61,33 @@ class UnetBlock(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.outermost:
+        if not self.skip:
             return self.model(x)
         return torch.cat([self.skip_drop(x), self.model(x)], 1)  # (B, outer + outer, H, W)
 
 
 class UnetGenerator(nn.Module):
-    """G: x ↦ x̂, same shape, values in [-1, 1]."""
+    """G: x ↦ x̂, same shape, values in [-1, 1].
+
+    Skip levels are numbered from the full-resolution end: level 1 concatenates the first
+    convolution's output (isize/2 × isize/2) to the last up-convolution's input, level
+    depth-1 is the innermost (2×2). ``ModelConfig.skip_levels`` keeps any subset: all of them is
+    the paper, none is a plain encoder-decoder (an autoencoder). A level without its skip hands
+    up only its decoder's output, so the up-convolution above it has half the input channels.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         ngf, p = cfg.ngf, cfg.skip_dropout
-        block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None, skip_dropout=p)  # innermost, 2×2 → 1×1
+        keep = cfg.skip_level_set
+        level = cfg.depth - 1  # the innermost block's level
+        block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None, skip_dropout=p, skip=level in keep)  # innermost, 2×2 → 1×1
         for _ in range(cfg.depth - 5):
-            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p)
-        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p)
-        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p)
-        block = UnetBlock(ngf, ngf * 2, block, skip_dropout=p)
+            level -= 1
+            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p, skip=level in keep)
+        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p, skip=level - 1 in keep)
+        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p, skip=level - 2 in keep)
+        block = UnetBlock(ngf, ngf * 2, block, skip_dropout=p, skip=level - 3 in keep)
         self.model = UnetBlock(cfg.channels, ngf, block, in_ch=cfg.channels, outermost=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

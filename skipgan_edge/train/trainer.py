@@ -55,9 +55,10 @@ from skipgan_edge.card import (
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
-from skipgan_edge.metrics import auroc, f1_optimal_threshold
+from skipgan_edge.metrics import auroc, f1_at
 from skipgan_edge.model.networks import build_model, default_score, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
+from skipgan_edge.thresholds import apply_policy, resolve
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,13 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
 
 
 def validation_report(
-    net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device
+    net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device, synthetic: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal.
 
-    ``cfg`` is a validated config (``RunConfig.validate``): the score's mode, λ and pool are filled in."""
+    ``cfg`` is a validated config (``RunConfig.validate``): the score's mode, λ and pool are filled in.
+    ``synthetic``: anomalous copies of the normal validation images (``data.synthval``), used when the data has
+    no labelled validation anomalies, for the threshold policy's recall and the synthetic-validation AUROC."""
     sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
     terms = score_split(net, data.val.images, device, pool)
@@ -143,7 +146,6 @@ def validation_report(
     normal = score[is_normal]
     smin, smax = float(normal.min()), float(normal.max())
     span = smax - smin if smax > smin else 1.0
-    norm = (score - smin) / span
     rep: dict[str, Any] = {
         "val_stats": {
             "min": smin, "max": smax, "mean": float(normal.mean()), "std": float(normal.std()), "n": len(normal),
@@ -155,15 +157,36 @@ def validation_report(
     }
     # the generator's non-adversarial objective on the held-out normal images
     rep["val_loss"] = float(cfg.train.w_con * terms["l1"][is_normal].mean() + cfg.train.w_lat * terms["lat"][is_normal].mean())
+    anomalous, source = None, None
     if data.val.has_anomalies:
+        anomalous, source = score[~is_normal], "labelled"
         rep["val_auroc"] = auroc(data.val.labels, score)
-        thr, f1 = f1_optimal_threshold(data.val.labels, norm)
-        rep["threshold"] = {"normalized": thr, "method": "f1_optimal_on_labelled_validation", "val_f1": f1}
         rep["signal"] = ("val_auroc", rep["val_auroc"], "max")
     else:
-        rep["threshold"] = {"normalized": 1.0, "method": "max_normal_validation_score"}
+        if synthetic is not None and len(synthetic):
+            syn = score_split(net, synthetic, device, pool)
+            anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats)), "synthetic"
+            rep["val_synth_auroc"] = auroc(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous])
         rep["signal"] = ("val_loss", rep["val_loss"], "min")
-    rep["threshold"]["raw"] = smin + rep["threshold"]["normalized"] * span
+    policy = resolve(sc.threshold, data.val.has_anomalies)
+    if policy == "f1" and anomalous is None:
+        log.warning("--threshold f1 needs validation anomalies and there are none (synthetic validation is off): using max-normal")
+        policy = "max-normal"
+    try:
+        choice = apply_policy(policy, normal, anomalous, source)
+    except ConfigError as exc:  # too few validation images for the promised rate: say so, fall back to the strictest
+        log.warning("%s; the threshold falls back to max-normal", exc)
+        choice = apply_policy("max-normal", normal, anomalous, source)
+    rep["threshold"] = {
+        "normalized": (choice.raw - smin) / span, "raw": choice.raw,
+        "method": f"{choice.policy} on {len(normal)} normal validation images"
+                  + (f" and {len(anomalous)} {source} anomalies" if anomalous is not None else ""),
+        "policy": choice.policy, "expected_fpr": choice.expected_fpr, "fpr_interval": list(choice.fpr_interval),
+        "expected_recall": choice.expected_recall, "recall_source": choice.recall_source, "n_normal": choice.n_normal,
+    }
+    if anomalous is not None:
+        rep["threshold"]["val_f1"] = f1_at(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous],
+                                           float(np.nextafter(choice.raw, np.inf)))
     return rep
 
 
@@ -198,6 +221,11 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.on_epoch = on_epoch
+        self.synthetic: np.ndarray | None = None
+        if not data.val.has_anomalies and self.cfg.score.synthetic_val and len(data.val) >= 2:
+            from skipgan_edge.data.synthval import make_defects
+
+            self.synthetic = make_defects(data.val.images, cfg.train.seed).images
         self.device = select_device(cfg.train.device)
         self._stop_signal: int | None = None
         self.net: Any = None  # the architecture's module with .generator and .discriminator
@@ -378,11 +406,12 @@ class Trainer:
         rec.update({k: (v / n if k != "d_reinit" else v) for k, v in sums.items()})
         rec["seconds"] = round(seconds, 3)
         rec["images_per_s"] = round(imgs / seconds, 1) if seconds > 0 and imgs else None
-        rep = validation_report(self.net, self.data, self.cfg, self.device)
+        rep = validation_report(self.net, self.data, self.cfg, self.device, self.synthetic)
         name, value, mode = rep.pop("signal")
         rec["val_loss"] = rep["val_loss"]
-        if "val_auroc" in rep:
-            rec["val_auroc"] = rep["val_auroc"]
+        for key in ("val_auroc", "val_synth_auroc"):
+            if key in rep:
+                rec[key] = rep[key]
         improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
         if math.isnan(value):
             improved = False
@@ -399,8 +428,9 @@ class Trainer:
 
     def _card(self, rep: dict[str, Any], epoch: int, signal_name: str, value: float) -> ModelCard:
         metrics = {"val_loss": rep["val_loss"]}
-        if "val_auroc" in rep:
-            metrics["val_auroc"] = rep["val_auroc"]
+        for key in ("val_auroc", "val_synth_auroc"):
+            if key in rep:
+                metrics[key] = rep[key]
         sc = self.cfg.score
         formula = ("lam*rec + (1-lam)*lat" if sc.mode == "paper" else "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
         formula += "; rec = " + ("mean((x-G(x))^2)" if sc.pool == 0 else f"max of {sc.pool}x{sc.pool} box-smoothed map")

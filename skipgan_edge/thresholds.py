@@ -1,0 +1,167 @@
+"""Threshold policies and the statistics of a threshold set from normal images (numpy and the standard library).
+
+A threshold decides the alarm: an image is flagged when its score is *above* it. Policies
+(``--threshold`` in ``train``; ``skipgan-edge threshold`` on the line):
+
+* ``fpr:Q``: from normal images only. With ``n`` normal scores, the threshold is the
+  ``(k+1)``-th largest with ``k = floor(Q·(n+1)) - 1``, so ``k`` of them are flagged and the
+  expected false-alarm rate on new normal images is ``(k+1)/(n+1) <= Q`` (the order statistic's
+  exceedance probability is Beta(k+1, n-k) distributed whatever the score distribution; the
+  interval reported is that distribution's central 95 %). Fewer than ``ceil(1/Q) - 1`` normal
+  images cannot promise Q at all: refused.
+* ``f1``: the F1-optimal threshold on validation anomalies: labelled ones when the data has
+  them, else synthetic ones (``skipgan_edge.data.synthval``).
+* ``max-normal``: the most anomalous normal validation image (anomalib's fallback; what
+  training did before policies existed). Expected FPR 1/(n+1).
+* ``auto`` (the default): ``f1`` when the data has labelled validation anomalies, else
+  :data:`AUTO_UNLABELLED`, the policy that won the study in benchmarks/results/synthval_study.md.
+
+Every policy reports what it expects on validation: the FPR and, where anomalies exist, the recall.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from skipgan_edge.errors import ConfigError
+
+POLICIES = ("auto", "fpr:Q", "f1", "max-normal")
+#: what ``auto`` means without labelled validation anomalies: the winner of benchmarks/results/synthval_study.md
+AUTO_UNLABELLED = "fpr:0.01"
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    raw: float  # flag when score > raw
+    policy: str  # as given: "fpr:0.01", "f1", "max-normal"
+    expected_fpr: float  # on new normal images (fpr, max-normal: (k+1)/(n+1); f1: share of validation normals above)
+    fpr_interval: tuple[float, float]  # central 95 % interval of the FPR
+    expected_recall: float | None  # on validation anomalies (labelled or synthetic), None without any
+    recall_source: str | None  # "labelled" or "synthetic"
+    n_normal: int
+    flagged_normal: int  # validation normals above the threshold
+
+
+def parse_policy(text: str) -> tuple[str, float | None]:
+    """``"fpr:0.01"`` → ("fpr", 0.01); ``"f1"``; ``"max-normal"``; one line naming the choices otherwise."""
+    t = text.strip().lower()
+    if t in ("f1", "max-normal", "auto"):
+        return t, None
+    if t.startswith("fpr:"):
+        try:
+            q = float(t[4:])
+        except ValueError:
+            q = -1.0
+        if not 0.0 < q < 0.5:
+            raise ConfigError(f"--threshold {text}: the false-alarm rate must be a number in (0, 0.5), e.g. fpr:0.01")
+        return "fpr", q
+    raise ConfigError(f"--threshold {text!r}: choose auto, f1, max-normal or fpr:Q (e.g. fpr:0.01)")
+
+
+def resolve(policy: str, labelled: bool) -> str:
+    """``auto`` → ``f1`` with labelled validation anomalies, else :data:`AUTO_UNLABELLED`; others unchanged."""
+    p = policy.strip().lower()
+    if p != "auto":
+        return p
+    return "f1" if labelled else AUTO_UNLABELLED
+
+
+def _binom_sf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k), summed in log space (exact enough for n up to millions of frames)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+
+    def tail(lo: int, hi: int) -> float:  # sum of P(X = i) for lo <= i < hi
+        terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(lo, hi)]
+        m = max(terms)
+        return math.exp(m) * math.fsum(math.exp(t - m) for t in terms)
+
+    # sum the shorter side: a threshold near the top of many frames has small k
+    return min(1.0, tail(k, n + 1)) if n - k < k else max(0.0, 1.0 - tail(0, k))
+
+
+def beta_quantile(a: int, b: int, q: float) -> float:
+    """The q-quantile of Beta(a, b) for integers a, b >= 1: P(Beta(a, b) <= x) = P(Binomial(a+b-1, x) >= a)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _binom_sf(a, a + b - 1, mid) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def order_statistic_fpr(k: int, n: int) -> tuple[float, tuple[float, float]]:
+    """A threshold at the (k+1)-th largest of n normal scores: expected FPR and its central 95 % interval."""
+    a, b = k + 1, n - k
+    tail = (1 - CONFIDENCE) / 2
+    return a / (n + 1), (beta_quantile(a, b, tail), beta_quantile(a, b, 1 - tail))
+
+
+def min_normal_images(q: float) -> int:
+    """The fewest normal images that can promise an expected FPR <= q: n + 1 >= 1/q."""
+    return max(1, math.ceil(1.0 / q - 1.0 - 1e-9))
+
+
+def fpr_threshold(normal: np.ndarray, q: float) -> tuple[float, int]:
+    """(threshold, k): the (k+1)-th largest normal score with (k+1)/(n+1) <= q; ConfigError when n is too small."""
+    s = np.sort(np.asarray(normal, np.float64).ravel())
+    n = len(s)
+    k = math.floor(q * (n + 1) + 1e-9) - 1
+    if k < 0:
+        raise ConfigError(
+            f"{n} normal image(s) cannot set a false-alarm rate of {q:g}: need at least {min_normal_images(q)}; "
+            "give more normal frames or a larger rate"
+        )
+    return float(s[n - 1 - k]), k
+
+
+def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, recall_source: str | None = "synthetic") -> ThresholdChoice:
+    """The threshold ``policy`` gives on validation scores (normal, and anomalous if any)."""
+    kind, q = parse_policy(policy)
+    if kind == "auto":
+        raise ValueError("resolve 'auto' first (thresholds.resolve)")
+    normal = np.asarray(normal, np.float64).ravel()
+    n = len(normal)
+    if n == 0:
+        raise ConfigError("no normal validation scores to set a threshold on")
+    if kind == "max-normal":
+        raw, k = float(normal.max()), 0
+    elif kind == "fpr":
+        assert q is not None
+        raw, k = fpr_threshold(normal, q)
+    else:
+        if anomalous is None or len(anomalous) == 0:
+            raise ConfigError("--threshold f1 needs validation anomalies (labelled, or synthetic ones); use fpr:Q or max-normal")
+        from skipgan_edge.metrics import f1_optimal_threshold
+
+        scores = np.r_[normal, np.asarray(anomalous, np.float64).ravel()]
+        labels = np.r_[np.zeros(n), np.ones(len(anomalous))]
+        t_ge, _ = f1_optimal_threshold(labels, scores)  # rule: score >= t; ours is score > raw
+        below = scores[scores < t_ge]
+        raw = float(below.max()) if len(below) else float(np.nextafter(t_ge, -np.inf))
+        k = int((normal > raw).sum())
+    flagged = int((normal > raw).sum())
+    if kind == "f1":  # not an order-statistic rule: the validation share, with the same interval for that count
+        exp, ci = order_statistic_fpr(flagged, n)
+        exp = flagged / n
+    else:
+        exp, ci = order_statistic_fpr(k, n)
+    recall = None
+    if anomalous is not None and len(anomalous):
+        recall = float((np.asarray(anomalous) > raw).mean())
+    return ThresholdChoice(raw=raw, policy=policy.strip().lower(), expected_fpr=float(exp), fpr_interval=(float(ci[0]), float(ci[1])),
+                           expected_recall=recall, recall_source=recall_source if recall is not None else None,
+                           n_normal=n, flagged_normal=flagged)
