@@ -160,6 +160,9 @@ class ScoreSpec:
     lam_method: str = "configured"
     formula: str = ""
     normalization: str = "min-max over the normal validation scores"
+    #: [min, max] the artifact's graph computes normalized_score with, when that differs from val_stats: an engine
+    #: commissioned after it was built (its constants cannot change without a rebuild); the runtime re-normalizes
+    graph_norm: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -338,7 +341,10 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelFolderError(f"{weights} is unreadable ({exc}); retrain or restore the folder") from None
     if embedded:
         card = ModelCard.from_json(embedded, str(weights))
-    return card.replace(model_id=file_sha256(weights)[:16])
+    # the id of the trained weights: a card re-thresholded on the line (skipgan-edge threshold) rewrote the file's
+    # header, not its tensors, and keeps the id it had
+    kept = (card.score.threshold.commissioning or {}).get("model_id")
+    return card.replace(model_id=kept if isinstance(kept, str) and kept else file_sha256(weights)[:16])
 
 
 def model_id(card: ModelCard) -> str:

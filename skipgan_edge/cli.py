@@ -374,6 +374,45 @@ def run_cmd(
         typer.echo(format_summary(s))
 
 
+# ------------------------------------------------------------------------------------ threshold
+@app.command("threshold")
+def threshold_cmd(
+    normal: Annotated[str, typer.Option(help="Normal frames from the site: a folder, video, camera (with --frames) or any run --source.")],
+    model: Annotated[Optional[Path], typer.Option(help="Model folder to update.")] = None,
+    onnx: Annotated[Optional[Path], typer.Option(help="Scorer ONNX to update (its graph constants and card).")] = None,
+    engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine to update (its header's card; the runtime "
+                                                  "re-normalizes).")] = None,
+    fpr: Annotated[float, typer.Option(help="False-alarm rate to promise on normal frames.")] = 0.01,
+    anomalous: Annotated[Optional[str], typer.Option(help="Anomalous frames, to report the new threshold's recall.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Frames to collect per source (required for a camera).")] = None,
+    mode: Annotated[str, typer.Option(help="Frame to input, as the line runs it: resize, crop or tiles.")] = "resize",
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, openvino or torch.")] = "auto",
+    batch: Annotated[int, typer.Option(help="Frames per backend call.")] = 8,
+    width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
+    height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
+    camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", help="Capture frame rate (cameras).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the new threshold would be; change nothing.")] = False,
+    score_with: Annotated[Optional[str], typer.Option(help="Which given artifact scores the frames: engine, onnx or model "
+                                                     "(default: the first given of these, what the line runs).")] = None,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
+    device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining."""
+    from skipgan_edge.runtime.backends import BackendOptions
+    from skipgan_edge.runtime.commission import commission, format_report
+    from skipgan_edge.runtime.sources import SourceOptions
+
+    arts = {k: Path(p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None}
+    r = commission(arts, normal, fpr=fpr, anomalous=anomalous, frames=frames, mode=mode, backend=backend, batch=batch,
+                   options=BackendOptions(device=device, threads=threads),
+                   source_opts=SourceOptions(width=width, height=height, fps=camera_fps), dry_run=dry_run, score_with=score_with)
+    if as_json:
+        _echo_json(r)
+    else:
+        typer.echo(format_report(r))
+
+
 # ---------------------------------------------------------------------------------------- bench
 @app.command()
 def bench(

@@ -2,7 +2,8 @@
 
 Bottom up; a module may import modules of its own layer or below, never above::
 
-    0 contract, errors, card, config       numpy and the standard library (card: safetensors lazily)
+    0 contract, errors, card, config,      numpy and the standard library (card: safetensors lazily)
+      thresholds
     1 data, model, metrics                 OpenCV; torch (model only)
     2 runtime                              sources, preprocess, pipeline, sinks, backends, CUDA: no torch, matplotlib, scikit-image
     3 train, export, calibration           torch, onnx, Model Optimizer
@@ -16,7 +17,7 @@ The edge device installs layers 0-2 (plus ``cli``): ``pip install skipgan-edge``
 from __future__ import annotations
 
 LAYERS: dict[str, int] = {
-    "contract": 0, "errors": 0, "card": 0, "config": 0, "layers": 0, "__init__": 0,
+    "contract": 0, "errors": 0, "card": 0, "config": 0, "thresholds": 0, "layers": 0, "__init__": 0,
     "data": 1, "model": 1, "metrics": 1,
     "runtime": 2,
     "train": 3, "export": 3, "calibration": 3,
@@ -33,7 +34,7 @@ HEAVY = ("torch", "matplotlib", "skimage", "scipy", "safetensors", "onnx", "mode
 ALLOWED_UPWARD: dict[str, set[str]] = {
     "runtime.backends.torch": {"card", "model"},
 }
-TORCH_FREE = ("contract", "errors", "config", "card", "data", "metrics", "runtime", "doctor", "cli")
+TORCH_FREE = ("contract", "errors", "config", "card", "thresholds", "data", "metrics", "runtime", "doctor", "cli")
 
 
 def layer_of(module: str) -> int | None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skipgan_edge.thresholds import f1_optimal_threshold  # noqa: F401 - re-exported: the F1 sweep lives with the policies
+
 
 def _rankdata(x: np.ndarray) -> np.ndarray:
     """Average ranks (1-based), ties sharing the mean rank."""
@@ -52,20 +54,6 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     tpr = np.r_[0.0, tps / max(1, y.sum())]
     fpr = np.r_[0.0, fps / max(1, (~y).sum())]
     return fpr, tpr, np.r_[np.inf, s[distinct]]
-
-
-def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 for the rule score >= threshold."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, np.float64).ravel()
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[distinct].astype(np.float64)
-    pred_pos = (distinct + 1).astype(np.float64)
-    f1 = 2 * tp / (pred_pos + y.sum())
-    best = int(np.argmax(f1))
-    return float(s[distinct][best]), float(f1[best])
 
 
 def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:

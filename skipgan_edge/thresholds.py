@@ -128,6 +128,20 @@ def fpr_threshold(normal: np.ndarray, q: float) -> tuple[float, int]:
     return float(s[n - 1 - k]), k
 
 
+def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 for the rule score >= threshold."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct].astype(np.float64)
+    pred_pos = (distinct + 1).astype(np.float64)
+    f1 = 2 * tp / (pred_pos + y.sum())
+    best = int(np.argmax(f1))
+    return float(s[distinct][best]), float(f1[best])
+
+
 def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, recall_source: str | None = "synthetic") -> ThresholdChoice:
     """The threshold ``policy`` gives on validation scores (normal, and anomalous if any)."""
     kind, q = parse_policy(policy)
@@ -145,8 +159,6 @@ def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, 
     else:
         if anomalous is None or len(anomalous) == 0:
             raise ConfigError("--threshold f1 needs validation anomalies (labelled, or synthetic ones); use fpr:Q or max-normal")
-        from skipgan_edge.metrics import f1_optimal_threshold
-
         scores = np.r_[normal, np.asarray(anomalous, np.float64).ravel()]
         labels = np.r_[np.zeros(n), np.ones(len(anomalous))]
         t_ge, _ = f1_optimal_threshold(labels, scores)  # rule: score >= t; ours is score > raw

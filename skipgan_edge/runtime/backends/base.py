@@ -5,7 +5,9 @@ loads the model and allocates; ``infer(images)`` takes uint8 NHWC [B, H, W, C] w
 ``max_batch`` and returns a ScoreBatch of numpy arrays; ``__exit__`` frees. ``infer`` is the
 base class's: it checks the batch against the model card (uint8, NHWC, the card's size and
 channels, at least one image), times the call (``last_ms``, ``perf_counter_ns``) and calls the
-subclass's ``_run``, which is only the inference itself. One shared test runs every backend
+subclass's ``_run``, which is only the inference itself. Where the card's ``score.graph_norm`` says the
+graph normalizes with other numbers than the card (an engine re-thresholded by ``skipgan-edge threshold``
+after it was built), ``infer`` recomputes ``normalized_score`` from ``score`` with the card's. One shared test runs every backend
 present on the machine through the same frames.
 """
 
@@ -53,6 +55,10 @@ class Backend:
         self.check_input(images)
         t0 = time.perf_counter_ns()
         out = self._run(images)
+        if self.card.score.graph_norm is not None:  # re-set on the line after the graph was built: the card's numbers rule
+            vs = self.card.score.val_stats
+            span = vs.max - vs.min if vs.max > vs.min else 1.0
+            out = out._replace(normalized_score=((out.score - np.float32(vs.min)) * np.float32(1.0 / span)).astype(np.float32))
         self.last_ms = (time.perf_counter_ns() - t0) / 1e6
         return out
 
