@@ -301,6 +301,19 @@ def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], traini
     )
 
 
+def set_onnx_metadata(model: Any, card: ModelCard, precision: str) -> None:
+    """Replace the card and precision in an ONNX ModelProto's ``metadata_props`` (no onnx import: protobuf fields only)."""
+    from skipgan_edge.contract import CARD_KEY, PRECISION_KEY
+
+    for key in (CARD_KEY, PRECISION_KEY):
+        for i in reversed(range(len(model.metadata_props))):
+            if model.metadata_props[i].key == key:
+                del model.metadata_props[i]
+    for key, text in ((CARD_KEY, json.dumps(card.replace(precision=precision).to_dict())), (PRECISION_KEY, precision)):
+        p = model.metadata_props.add()
+        p.key, p.value = key, text
+
+
 def save_weights(path: Path, module: nn.Module) -> str:
     """Save a module's state dict as safetensors, atomically; returns the file's sha256."""
     from safetensors.torch import save

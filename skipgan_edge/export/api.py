@@ -214,7 +214,8 @@ def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) 
     import onnx
 
     from skipgan_edge.card import atomic_write_bytes
-    from skipgan_edge.export.onnx import card_from_onnx, set_metadata
+    from skipgan_edge.card import set_onnx_metadata as set_metadata
+    from skipgan_edge.export.onnx import card_from_onnx
 
     m = onnx.load(str(fp16))
     card = card_from_onnx(m)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard
+from skipgan_edge.card import ModelCard, set_onnx_metadata
 from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY
 from skipgan_edge.errors import ExportError, require
 
@@ -81,16 +80,6 @@ def card_from_onnx(model: Any) -> ModelCard:
     return ModelCard.from_json(meta[CARD_KEY], "ONNX metadata").replace(precision=meta.get(PRECISION_KEY, "fp32"))
 
 
-def set_metadata(model: Any, card: ModelCard, precision: str) -> None:
-    for key in (CARD_KEY, PRECISION_KEY):
-        for i in reversed(range(len(model.metadata_props))):
-            if model.metadata_props[i].key == key:
-                del model.metadata_props[i]
-    for key, value in ((CARD_KEY, json.dumps(card.replace(precision=precision).to_dict())), (PRECISION_KEY, precision)):
-        p = model.metadata_props.add()
-        p.key, p.value = key, value
-
-
 def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = None) -> dict[str, Any]:
     """Export a model folder to ``out`` (a .onnx path); returns the parity report."""
     require("torch", "train", "export")
@@ -120,7 +109,7 @@ def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = N
     m = onnx.load(str(tmp))
     tmp.unlink()
     m.producer_name = "skipgan-edge"
-    set_metadata(m, card, "fp32")
+    set_onnx_metadata(m, card, "fp32")
     onnx.checker.check_model(m, full_check=True)
     atomic_write_bytes(out, m.SerializeToString())
     report: dict[str, Any] = {"onnx": str(out), "opset": OPSET, "model_id": card.model_id, "nodes": len(m.graph.node)}

@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.card import ModelCard
+from skipgan_edge.card import set_onnx_metadata as set_metadata
 from skipgan_edge.errors import CalibrationError, ExportError, require
-from skipgan_edge.export.onnx import HEAD_NODE_REGEX, card_from_onnx, is_head_node, set_metadata
+from skipgan_edge.export.onnx import HEAD_NODE_REGEX, card_from_onnx, is_head_node
 
 log = logging.getLogger(__name__)
 

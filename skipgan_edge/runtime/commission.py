@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, ModelCard, Threshold, ValStats, atomic_write_bytes, load_card
-from skipgan_edge.contract import CARD_KEY, PRECISION_KEY
+from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, ModelCard, Threshold, ValStats, atomic_write_bytes, load_card, set_onnx_metadata
+from skipgan_edge.contract import PRECISION_KEY
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
 from skipgan_edge.runtime.engine_file import MAGIC, read_engine_file
@@ -142,14 +142,7 @@ def _onnx_with(path: Path, card: ModelCard) -> bytes:
     for tensor, value in ((c_min, vs.min), (c_inv, 1.0 / span)):
         old = numpy_helper.to_array(tensor)
         tensor.CopyFrom(numpy_helper.from_array(np.full(old.shape, value, old.dtype), tensor.name))
-    precision = next((p.value for p in m.metadata_props if p.key == PRECISION_KEY), "fp32")
-    for key in (CARD_KEY, PRECISION_KEY):
-        for i in reversed(range(len(m.metadata_props))):
-            if m.metadata_props[i].key == key:
-                del m.metadata_props[i]
-    for key, value in ((CARD_KEY, json.dumps(card.replace(precision=precision).to_dict())), (PRECISION_KEY, precision)):
-        p = m.metadata_props.add()
-        p.key, p.value = key, value
+    set_onnx_metadata(m, card, next((p.value for p in m.metadata_props if p.key == PRECISION_KEY), "fp32"))
     out: bytes = m.SerializeToString()
     return out
 
