@@ -164,7 +164,7 @@ def eval_cmd(
                                          "see the README's Runtime section).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
 ) -> None:
-    """Image AUROC, pixel AUROC (with masks), F1, ROC and histogram plots."""
+    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots."""
     from skipgan_edge.evaluate import evaluate_cli
 
     report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads)
@@ -172,13 +172,16 @@ def eval_cmd(
         _echo_json(report)
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
+        at = report["at_model_threshold"]
+        typer.echo(f"the alarm at the model's threshold ({report['model_threshold_policy'] or report['model_threshold_method']}): "
+                   f"false alarms {at['fpr']:.3f}, recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "
                    f"average precision {report['average_precision']:.4f}" + (f"; AUPRO {report['aupro']:.4f}" if "aupro" in report else ""))
         typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (reached {v['fpr']:.3f})"
                                                                for k, v in report["recall_at_fpr"].items()))
         typer.echo(f"backend: {report['backend']} ({report['backend_chosen_by']})")
         if report.get("plots"):
-            typer.echo(f"plots: {report['plots']['roc']}  {report['plots']['histogram']}")
+            typer.echo("plots: " + "  ".join(report["plots"].values()))
         elif report.get("plots_skipped"):
             typer.echo(f"plots: none ({report['plots_skipped']})")
         typer.echo(f"report: {report['report']}")

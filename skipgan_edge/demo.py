@@ -6,6 +6,9 @@
 4. Build a calibration set and export FP32, FP16 and INT8 scorers with the accuracy gate.
 5. Write a synthetic line-camera video with defects at known frames, stream it through the FP32
    and INT8 scorers with ONNX Runtime, and compare the flagged frames with the truth.
+6. Commission on the line: the camera's first 300 frames after installation (all normal) re-set the
+   INT8 scorer's threshold and normalization for a promised 2 % false-alarm rate (``skipgan-edge
+   threshold``), then the line video streams through it again: promised and achieved rate side by side.
 
 Everything lands under ``--out`` (default ``demo_out/``).
 """
@@ -60,7 +63,7 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
             shutil.rmtree(d)
     spec = SyntheticSpec(n_train=192, n_val_good=32, n_val_defect=4, n_test_good=40, n_test_defect=10) if fast else SyntheticSpec()
     write_synthetic(data_dir, spec)
-    typer.echo(f"[1/5] synthetic data: {data_dir}")
+    typer.echo(f"[1/6] synthetic data: {data_dir}")
     width = 8 if fast else 32
     cfg = RunConfig(
         model=ModelConfig(isize=32, channels=3, ngf=width, ndf=width),
@@ -68,10 +71,10 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
     )
     ds = load_folder(data_dir, cfg.model.isize, cfg.model.channels, seed=cfg.train.seed)
     train(ds, cfg, run_dir)
-    typer.echo(f"[2/5] trained {run_dir} ({time.perf_counter() - t0:.0f} s so far)")
+    typer.echo(f"[2/6] trained {run_dir} ({time.perf_counter() - t0:.0f} s so far)")
     rep = evaluate_cli(str(data_dir), run_dir, None, None, None)
     typer.echo(
-        f"[3/5] test AUROC {rep['auroc']:.3f}"
+        f"[3/6] test AUROC {rep['auroc']:.3f}"
         + (f", pixel AUROC {rep['pixel_auroc']:.3f}" if "pixel_auroc" in rep else "")
         + f", F1 {rep['f1_at_model_threshold']:.3f} at the model's threshold; plots in {Path(rep['report']).parent}"
     )
@@ -91,15 +94,15 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
     try:
         export = export_all(run_dir, exp_dir, fp16=True, int8=True, calib=exp_dir / "calib.npz")
     except ExportError as exc:
-        typer.echo(f"[4/5] {exc}")
+        typer.echo(f"[4/6] {exc}")
         export = json.loads((exp_dir / "export_report.json").read_text())
-    typer.echo(f"[4/5] exported to {exp_dir}; accuracy gate (ONNX Runtime, test split):")
+    typer.echo(f"[4/6] exported to {exp_dir}; accuracy gate (ONNX Runtime, test split):")
     typer.echo("      " + format_table(export).replace("\n", "\n      "))
     result["export"] = export
     video = write_demo_video(out / "line.mp4")
     from skipgan_edge.runtime.api import SinkOptions, run
 
-    typer.echo(f"[5/5] streaming {video} (defects at frames {list(DEFECT_FRAMES)}):")
+    typer.echo(f"[5/6] streaming {video} (defects at frames {list(DEFECT_FRAMES)}):")
     truth = set(DEFECT_FRAMES)
     for name in ("scorer.onnx", "scorer.int8.onnx"):
         path = exp_dir / name
@@ -119,5 +122,39 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
             f"median latency {summary['latency_ms']['total']['median']:.2f} ms ({summary['backend']})"
         )
         result[name] = {"flagged": sorted(flagged), "hits": hit, "false_alarms": fa, "summary": summary}
+    int8 = exp_dir / "scorer.int8.onnx"
+    if int8.exists():
+        result["commissioning"] = _commission(out, int8, truth)
     typer.echo(f"demo finished in {time.perf_counter() - t0:.0f} s; everything is under {out}/")
     return result
+
+
+COMMISSION_FRAMES = 300
+COMMISSION_FPR = 0.02
+
+
+def _commission(out: Path, scorer: Path, truth: set[int]) -> dict[str, Any]:
+    """Step 6: re-threshold ``scorer`` on normal frames from the same camera, then stream the line video through it."""
+    from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.commission import commission
+
+    site = write_demo_video(out / "commissioning.mp4", COMMISSION_FRAMES, (), seed=11)  # same camera, before the line starts
+    rep = commission({"onnx": scorer}, str(site), fpr=COMMISSION_FPR, backend="onnxruntime")
+    lo, hi = rep["fpr_interval_95"]
+    typer.echo(f"[6/6] commissioned {scorer.name} on {rep['frames']} normal frames of {site.name}: threshold "
+               f"{rep['previous_threshold_normalized']:.3f} -> {rep['threshold_normalized']:.3f}; promised false-alarm rate "
+               f"<= {COMMISSION_FPR:.0%} (expected {rep['expected_fpr']:.3f}, 95 % interval {lo:.3f}-{hi:.3f})")
+    jsonl = out / "scores_commissioned.jsonl"
+    jsonl.unlink(missing_ok=True)
+    run("onnx", scorer, str(out / "line.mp4"), backend="onnxruntime", sinks=SinkOptions(jsonl=jsonl))
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    flagged = {r["frame"] for r in recs if r["anomalous"]}
+    from skipgan_edge.thresholds import rate_interval
+
+    normal = len(recs) - len(truth)
+    achieved = len(flagged - truth) / max(1, normal)
+    a_lo, a_hi = rate_interval(len(flagged - truth), normal)
+    typer.echo(f"      {scorer.name} on the line after commissioning: {len(flagged & truth)}/{len(truth)} defects found, "
+               f"{len(flagged - truth)} false alarm(s) in {normal} normal frames: achieved rate {achieved:.3f} "
+               f"(95 % interval {a_lo:.3f}-{a_hi:.3f} from {normal} frames) against the promised {COMMISSION_FPR:.3f}")
+    return {**rep, "line_flagged": sorted(flagged), "line_hits": len(flagged & truth), "line_achieved_fpr": achieved}

@@ -1,4 +1,6 @@
-"""``skipgan-edge eval``: image AUROC, pixel AUROC, F1, ROC and histogram plots, a JSON report.
+"""``skipgan-edge eval``: image AUROC, AP, recall at stated false-alarm rates, AUPRO and pixel AUROC (with masks),
+the alarm at the model's threshold (false-alarm rate, recall, precision, F1, counted as the runtime flags:
+``normalized_score > threshold``), ROC (operating point marked), precision-recall and histogram plots, a JSON report.
 
 Any scorer can be evaluated: a model folder (torch), or an exported ONNX file (ONNX Runtime),
 or a TensorRT engine where TensorRT exists; all go through the same report. Scores are
@@ -21,9 +23,9 @@ from skipgan_edge.metrics import (
     aupro,
     auroc,
     average_precision,
-    f1_at,
     f1_optimal_threshold,
     plot_histogram,
+    plot_pr,
     plot_roc,
     plots_available,
     recall_at_fpr,
@@ -45,6 +47,12 @@ def evaluate_split(
     norm = res.normalized_score.astype(np.float64)
     thr_model = card.score.threshold.normalized
     thr_best, f1_best = f1_optimal_threshold(split.labels, norm)
+    # the alarm as the runtime raises it (normalized_score > threshold): what an operator meets
+    flagged = norm > thr_model
+    y = split.labels.astype(bool)
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    at_model = {"fpr": fp / int((~y).sum()), "recall": tp / int(y.sum()), "precision": tp / (tp + fp) if tp + fp else None,
+                "flagged": int(flagged.sum())}
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
         "average_precision": average_precision(split.labels, res.score),
@@ -52,7 +60,9 @@ def evaluate_split(
         "recall_at_fpr": {str(f): dict(zip(("recall", "fpr"), recall_at_fpr(split.labels, res.score, f))) for f in ALARM_FPRS},
         "n_images": len(split),
         "n_anomalous": int(split.labels.sum()),
-        "f1_at_model_threshold": f1_at(split.labels, norm, thr_model),
+        "f1_at_model_threshold": 2 * tp / (int(flagged.sum()) + int(y.sum())),
+        "at_model_threshold": at_model,
+        "model_threshold_policy": card.score.threshold.policy,
         "model_threshold": thr_model,
         "model_threshold_method": card.score.threshold.method,
         "f1_optimal_threshold": thr_best,
@@ -91,12 +101,14 @@ def evaluate_split(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if plots_available():
-            plot_roc(split.labels, res.score, out / "roc.png", title)
+            plot_roc(split.labels, res.score, out / "roc.png", title, (at_model["fpr"], at_model["recall"]))
+            plot_pr(split.labels, res.score, out / "pr.png", title,
+                    (at_model["recall"], at_model["precision"]) if at_model["precision"] is not None else None)
             plot_histogram(split.labels, norm, thr_model, out / "histogram.png", title)
-            report["plots"] = {"roc": str(out / "roc.png"), "histogram": str(out / "histogram.png")}
+            report["plots"] = {"roc": str(out / "roc.png"), "pr": str(out / "pr.png"), "histogram": str(out / "histogram.png")}
         else:  # the runtime install has no matplotlib: the numbers do not need it
             report["plots"] = None
-            report["plots_skipped"] = "matplotlib is not installed: pip install 'skipgan-edge[train]' for ROC and histogram PNGs"
+            report["plots_skipped"] = "matplotlib is not installed: pip install 'skipgan-edge[train]' for ROC, precision-recall and histogram PNGs"
         atomic_write_json(out / "eval.json", report)
         report["report"] = str(out / "eval.json")
     return report

@@ -143,7 +143,20 @@ def plots_available() -> bool:
     return True
 
 
-def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "") -> None:
+def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, strictest first (the points average_precision sums over)."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, np.float64).ravel()
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[distinct].astype(np.float64)
+    return tp / max(1, int(y.sum())), tp / (distinct + 1)
+
+
+def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "",
+             operating_point: tuple[float, float] | None = None) -> None:
+    """The ROC curve; ``operating_point`` (false-alarm rate, recall) marks where the model's threshold puts the alarm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,11 +165,42 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = ""
     fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(labels, scores):.3f}")
+    if operating_point is not None:
+        ax.plot([operating_point[0]], [operating_point[1]], "o", color="crimson", ms=8,
+                label=f"model threshold: FPR {operating_point[0]:.3f}, recall {operating_point[1]:.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title or "ROC")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_pr(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "",
+            operating_point: tuple[float, float] | None = None) -> None:
+    """Precision against recall with the average precision; ``operating_point`` (recall, precision) marks the model's threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec, prec = pr_curve(labels, scores)
+    base = float(np.mean(np.asarray(labels).astype(bool)))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.step(np.r_[0.0, rec], np.r_[prec[0] if len(prec) else 1.0, prec], where="pre", lw=2,
+            label=f"AP {average_precision(labels, scores):.3f}")
+    ax.axhline(base, color="k", ls="--", lw=1, label=f"chance ({base:.2f})")
+    if operating_point is not None:
+        ax.plot([operating_point[0]], [operating_point[1]], "o", color="crimson", ms=8,
+                label=f"model threshold: recall {operating_point[0]:.3f}, precision {operating_point[1]:.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -110,6 +110,14 @@ def order_statistic_fpr(k: int, n: int) -> tuple[float, tuple[float, float]]:
     return a / (n + 1), (beta_quantile(a, b, tail), beta_quantile(a, b, 1 - tail))
 
 
+def rate_interval(x: int, n: int) -> tuple[float, float]:
+    """Clopper-Pearson 95 % interval of a rate observed as x events in n trials (e.g. false alarms on a line)."""
+    tail = (1 - CONFIDENCE) / 2
+    lo = 0.0 if x == 0 else beta_quantile(x, n - x + 1, tail)
+    hi = 1.0 if x == n else beta_quantile(x + 1, n - x, 1 - tail)
+    return lo, hi
+
+
 def min_normal_images(q: float) -> int:
     """The fewest normal images that can promise an expected FPR <= q: n + 1 >= 1/q."""
     return max(1, math.ceil(1.0 / q - 1.0 - 1e-9))

@@ -113,6 +113,8 @@ def test_runtime_verbs_run_with_torch_blocked(demo_onnx: Path, synth_dir: Path, 
                  "--json", "b.json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert {r["batch"] for r in json.loads((tmp_path / "b.json").read_text())["records"]} == {1, 4}
+    p = _blocked("threshold", "--onnx", onnx, "--normal", str(video), "--fpr", "0.05", "--dry-run", "--json", cwd=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout)["frames"] == 30, p.stderr
     p = _blocked("doctor", cwd=tmp_path)
     assert p.returncode == 0 and "torch" in p.stdout and "missing" in p.stdout, p.stdout + p.stderr
 

@@ -52,6 +52,15 @@ def test_runtime_verbs_in_the_lean_install(lean: Path, demo_onnx: Path, synth_di
     assert {r["batch"] for r in b["records"]} == {1, 4} and "skipgan-edge[export]" in b["flops_unavailable"]
     p = _lean(lean, "doctor", cwd=tmp_path)
     assert p.returncode == 0 and "torch          missing" in p.stdout
+    # commissioning on the device: a dry run needs nothing more; rewriting the ONNX graph needs the onnx package,
+    # and says so in one line before any frame is scored
+    normal = write_defect_video(tmp_path / "site.mp4", 40, set(), "mp4v", seed=3)
+    p = _lean(lean, "threshold", "--onnx", str(demo_onnx / "scorer.onnx"), "--normal", str(normal), "--fpr", "0.05", "--dry-run",
+              "--json", cwd=tmp_path)
+    assert p.returncode == 0 and json.loads(p.stdout)["frames"] == 40, p.stderr
+    p = _lean(lean, "threshold", "--onnx", str(demo_onnx / "scorer.onnx"), "--normal", str(normal), "--fpr", "0.05", cwd=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "pip install 'skipgan-edge[onnx]'" in lines[0], p.stderr
 
 
 @pytest.mark.parametrize(("args", "extra"), [

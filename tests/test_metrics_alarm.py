@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from skipgan_edge.metrics import aupro, auroc, average_precision, recall_at_fpr
+from skipgan_edge.metrics import aupro, auroc, average_precision, pr_curve, recall_at_fpr
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -46,3 +46,13 @@ def test_eval_and_export_state_recall_at_a_false_alarm_rate(demo_onnx: Path, syn
     assert "recall at a false-alarm rate:" in p.stdout
     export = json.loads((demo_onnx / "export_report.json").read_text())
     assert all("recall_at_1pct_fpr" in v for v in export["variants"].values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pr_curve_agrees_with_scikit_learn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.normal(size=300) + y, 1)  # rounding makes ties, the case that needs care
+    rec, prec = pr_curve(y, s)
+    p_ref, r_ref, _ = precision_recall_curve(y, s)  # sklearn: loosest threshold first, plus a final (recall 0, precision 1)
+    assert np.allclose(rec, r_ref[:-1][::-1]) and np.allclose(prec, p_ref[:-1][::-1])

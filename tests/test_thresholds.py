@@ -17,6 +17,7 @@ from skipgan_edge.thresholds import (
     min_normal_images,
     order_statistic_fpr,
     parse_policy,
+    rate_interval,
     resolve,
 )
 
@@ -43,6 +44,14 @@ def test_fpr_policy_keeps_its_promise_on_new_normal_images() -> None:
     assert abs(np.mean(achieved) - expected) < 0.004
     inside = np.mean([(lo <= a <= hi) for a in achieved])  # the interval covers ~95 % of runs (2000 test images add a little noise)
     assert 0.9 <= inside <= 0.99
+
+
+def test_rate_interval_is_clopper_pearson() -> None:
+    for x, n in ((0, 50), (8, 143), (50, 50), (3, 1000)):
+        lo, hi = rate_interval(x, n)
+        ref_lo = 0.0 if x == 0 else stats.beta.ppf(0.025, x, n - x + 1)
+        ref_hi = 1.0 if x == n else stats.beta.ppf(0.975, x + 1, n - x)
+        assert (lo, hi) == (pytest.approx(ref_lo, abs=1e-9), pytest.approx(ref_hi, abs=1e-9))
 
 
 def test_too_few_normals_are_refused_in_one_line() -> None:

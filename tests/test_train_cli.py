@@ -37,6 +37,12 @@ def test_train_then_eval_subprocess(synth_dir: Path, tmp_path: Path) -> None:
     assert "pixel_auroc" in report and report["model_id"] == card.model_id
     assert Path(report["plots"]["roc"]).stat().st_size > 1000
     assert Path(report["plots"]["histogram"]).stat().st_size > 1000
+    assert Path(report["plots"]["pr"]).stat().st_size > 1000
+    at = report["at_model_threshold"]  # the alarm as run raises it; F1 follows from its precision and recall
+    assert 0 <= at["fpr"] <= 1 and 0 <= at["recall"] <= 1 and report["model_threshold_policy"] == "f1"
+    if at["precision"]:
+        p, r = at["precision"], at["recall"]
+        assert report["f1_at_model_threshold"] == pytest.approx(2 * p * r / (p + r))
 
 
 def test_config_file_and_overrides(synth_dir: Path, tmp_path: Path) -> None:
