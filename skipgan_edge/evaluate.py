@@ -51,8 +51,9 @@ def evaluate_split(
     flagged = norm > thr_model
     y = split.labels.astype(bool)
     tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
-    at_model = {"fpr": fp / int((~y).sum()), "recall": tp / int(y.sum()), "precision": tp / (tp + fp) if tp + fp else None,
-                "flagged": int(flagged.sum())}
+    op_fpr, op_recall = fp / int((~y).sum()), tp / int(y.sum())
+    op_precision = tp / (tp + fp) if tp + fp else None
+    at_model = {"fpr": op_fpr, "recall": op_recall, "precision": op_precision, "flagged": int(flagged.sum())}
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
         "average_precision": average_precision(split.labels, res.score),
@@ -101,9 +102,8 @@ def evaluate_split(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if plots_available():
-            plot_roc(split.labels, res.score, out / "roc.png", title, (at_model["fpr"], at_model["recall"]))
-            plot_pr(split.labels, res.score, out / "pr.png", title,
-                    (at_model["recall"], at_model["precision"]) if at_model["precision"] is not None else None)
+            plot_roc(split.labels, res.score, out / "roc.png", title, (op_fpr, op_recall))
+            plot_pr(split.labels, res.score, out / "pr.png", title, (op_recall, op_precision) if op_precision is not None else None)
             plot_histogram(split.labels, norm, thr_model, out / "histogram.png", title)
             report["plots"] = {"roc": str(out / "roc.png"), "pr": str(out / "pr.png"), "histogram": str(out / "histogram.png")}
         else:  # the runtime install has no matplotlib: the numbers do not need it
