@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import struct
 import tempfile
 import time
 import types
@@ -312,6 +313,24 @@ def set_onnx_metadata(model: Any, card: ModelCard, precision: str) -> None:
     for key, text in ((CARD_KEY, json.dumps(card.replace(precision=precision).to_dict())), (PRECISION_KEY, precision)):
         p = model.metadata_props.add()
         p.key, p.value = key, text
+
+
+def weights_with_card(path: Path, card_json: str) -> bytes:
+    """The bytes of safetensors file ``path`` with its metadata's ``card`` replaced; the tensors are untouched."""
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ModelFolderError(f"{path} is not a safetensors file; retrain or restore the folder")
+    (n,) = struct.unpack("<Q", data[:8])
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelFolderError(f"{path} has a corrupt header; retrain or restore the folder") from None
+    meta = dict(header.get("__metadata__") or {})
+    meta["card"] = card_json
+    header["__metadata__"] = meta
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
 
 
 def save_weights(path: Path, module: nn.Module) -> str:

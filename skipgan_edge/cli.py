@@ -98,7 +98,8 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder to create.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] [train] [score] tables.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder.")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture: skipganomaly (the paper) or ganomaly.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture: skipganomaly (the paper), ganomaly, or auto (train both, "
+                                                "keep the better validation AUROC, on synthetic anomalies without labelled ones).")] = None,
     isize: Annotated[Optional[int], typer.Option(help="Input size: 32, 64, 128 or 256.")] = None,
     channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (BGR).")] = None,
     ngf: Annotated[Optional[int], typer.Option(help="Generator base width.")] = None,

@@ -155,3 +155,34 @@ def test_skip_levels_are_validated_and_the_paper_keeps_all() -> None:
     with pytest.raises(ConfigError, match="--paper fixes model.skip_levels"):
         paper_overrides({"model": {"skip_levels": "none"}})
     RunConfig.from_dict({"model": {"skip_levels": "2,3"}}).model.validate()
+
+
+# ------------------------------------------------------------------------------ training without labelled anomalies
+def test_training_without_labelled_anomalies_uses_synthetic_ones_and_arch_auto(synth_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A folder with no val/: the trainer holds out normal images, makes synthetic anomalies from them, sets the threshold
+    by the auto policy (fpr:Q without labels) and reports recall on the synthetic ones; --arch auto keeps the better."""
+    import json
+    import shutil
+
+    from conftest import run_cli
+
+    from skipgan_edge.card import load_card
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir / "train", data / "train")
+    shutil.copytree(synth_dir / "test", data / "test")
+    run_cli("train", "--data", str(data), "--out", str(tmp_path / "r"), "--arch", "auto", "--ngf", "8", "--ndf", "8",
+            "--epochs", "1", "--batch", "32", "--val-fraction", "0.45")
+    card = load_card(tmp_path / "r")
+    auto = card.training["arch_auto"]
+    assert set(auto["candidates"]) == {"skipganomaly", "ganomaly"} and auto["by"] == "val_synth_auroc (max)"
+    values = {a: c["value"] for a, c in auto["candidates"].items()}
+    assert auto["chosen"] == max(values, key=lambda a: values[a]) == card.arch
+    assert card.metrics["val_synth_auroc"] == values[card.arch]
+    thr = card.score.threshold
+    assert thr.policy == AUTO_UNLABELLED and thr.recall_source == "synthetic" and thr.n_normal == card.data["n_val"]
+    assert thr.expected_recall is not None and 0 <= thr.expected_recall <= 1
+    lines = [json.loads(x) for x in (tmp_path / "r" / "candidates" / "ganomaly" / "metrics.jsonl").read_text().splitlines()]
+    assert "val_synth_auroc" in lines[0]
+    p = run_cli("train", "--data", str(data), "--out", str(tmp_path / "r"), "--arch", "auto", "--epochs", "1", check=False)
+    assert p.returncode == 2 and "already holds a run" in p.stderr

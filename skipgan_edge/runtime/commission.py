@@ -42,7 +42,17 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, ModelCard, Threshold, ValStats, atomic_write_bytes, load_card, set_onnx_metadata
+from skipgan_edge.card import (
+    CARD_NAME,
+    WEIGHTS_NAME,
+    ModelCard,
+    Threshold,
+    ValStats,
+    atomic_write_bytes,
+    load_card,
+    set_onnx_metadata,
+    weights_with_card,
+)
 from skipgan_edge.contract import PRECISION_KEY
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
@@ -77,24 +87,6 @@ def collect_scores(backend: Any, spec: str, frames: int | None, mode: str, batch
     sink = _Collect()
     summary = Pipeline(src, backend, [sink], PipelineConfig(batch=batch, mode=mode, max_frames=frames)).run()
     return np.asarray(sink.scores, np.float64), summary
-
-
-def _safetensors_with_card(path: Path, card_json: str) -> bytes:
-    """The bytes of safetensors file ``path`` with its metadata's ``card`` replaced; the tensors are untouched."""
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise ModelFolderError(f"{path} is not a safetensors file; retrain or restore the folder")
-    (n,) = struct.unpack("<Q", data[:8])
-    try:
-        header = json.loads(data[8 : 8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelFolderError(f"{path} has a corrupt header; retrain or restore the folder") from None
-    meta = dict(header.get("__metadata__") or {})
-    meta["card"] = card_json
-    header["__metadata__"] = meta
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
-    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
 
 
 def _normalization_constants(model: Any) -> tuple[Any, Any]:
@@ -244,7 +236,7 @@ def commission(
         if what == "model":
             body = new.to_dict()
             body.pop("model_id", None)
-            pending.append((path / WEIGHTS_NAME, _safetensors_with_card(path / WEIGHTS_NAME, json.dumps(body))))
+            pending.append((path / WEIGHTS_NAME, weights_with_card(path / WEIGHTS_NAME, json.dumps(body))))
             pending.append((path / CARD_NAME, (json.dumps(new.to_dict(), indent=2) + "\n").encode()))
         elif what == "onnx":
             data = _onnx_with(path, new)

@@ -59,6 +59,54 @@ def train_from_cli(
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
+    if cfg.model.arch == AUTO:
+        if resume is not None:
+            raise ConfigError(f"--resume of an --arch auto run: resume its candidate instead (--resume {out}/candidates/ARCH), "
+                              "then run --arch auto again with a new --out")
+        cfg.validate(default_score("skipganomaly"))
+        ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
+        return train_auto(ds, cfg, Path(out)), Path(out)
     cfg = cfg.validate(default_score(cfg.model.arch))
     ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
     return train(ds, cfg, Path(out), resume=resume is not None), Path(out)
+
+
+AUTO = "auto"
+
+
+def train_auto(ds: Any, cfg: RunConfig, out: Path) -> ModelCard:
+    """``--arch auto``: train every architecture on the same data, budget and seed into ``OUT/candidates/ARCH``, keep the
+    one with the better validation AUROC (on labelled validation anomalies, else on synthetic ones), and make ``OUT``
+    that model; the card records every candidate's numbers under ``training.arch_auto``.
+
+    Each architecture keeps its own score defaults (``model.networks.default_score``) unless the config sets them."""
+    import dataclasses
+    import hashlib
+    import shutil
+
+    from skipgan_edge.card import CARD_NAME, WEIGHTS_NAME, atomic_write_bytes, atomic_write_json, load_card, weights_with_card
+    from skipgan_edge.model.networks import ARCHITECTURES, default_score
+    from skipgan_edge.train.trainer import train
+
+    if (out / CARD_NAME).exists() or (out / "candidates").exists():
+        raise ConfigError(f"{out} already holds a run; choose another --out")
+    signal = "val_auroc" if ds.val.has_anomalies else "val_synth_auroc"
+    if signal == "val_synth_auroc" and not cfg.score.synthetic_val:
+        raise ConfigError("--arch auto without labelled validation anomalies chooses on synthetic ones: drop --no-synthetic-val")
+    found: dict[str, dict[str, Any]] = {}
+    for arch in ARCHITECTURES:
+        c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)).validate(default_score(arch))
+        card = train(ds, c, out / "candidates" / arch)
+        found[arch] = {"signal": signal, "value": card.metrics.get(signal), "best_epoch": card.training["best_epoch"],
+                       "val_loss": card.metrics.get("val_loss")}
+    chosen = max(found, key=lambda a: found[a]["value"] if found[a]["value"] is not None else float("-inf"))
+    src = out / "candidates" / chosen
+    card = load_card(src)
+    card = card.replace(training={**card.training, "arch_auto": {"chosen": chosen, "by": f"{signal} (max)", "candidates": found}})
+    body = card.to_dict()
+    body.pop("model_id", None)
+    data = weights_with_card(src / WEIGHTS_NAME, json.dumps(body))
+    atomic_write_bytes(out / WEIGHTS_NAME, data)
+    atomic_write_json(out / CARD_NAME, card.replace(model_id=hashlib.sha256(data).hexdigest()[:16]).to_dict())
+    shutil.copy(src / "metrics.jsonl", out / "metrics.jsonl")
+    return load_card(out)
