@@ -179,6 +179,7 @@ def test_training_without_labelled_anomalies_uses_synthetic_ones_and_arch_auto(s
     values = {a: c["value"] for a, c in auto["candidates"].items()}
     assert auto["chosen"] == max(values, key=lambda a: values[a]) == card.arch
     assert card.metrics["val_synth_auroc"] == values[card.arch]
+    assert 0 < card.metrics["val_synth_pixel_auroc"] <= 1  # the synthetic masks make pixel metrics possible
     thr = card.score.threshold
     assert thr.policy == AUTO_UNLABELLED and thr.recall_source == "synthetic" and thr.n_normal == card.data["n_val"]
     assert thr.expected_recall is not None and 0 <= thr.expected_recall <= 1

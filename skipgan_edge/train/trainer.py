@@ -54,6 +54,7 @@ from skipgan_edge.card import (
 )
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
+from skipgan_edge.data.synthval import SyntheticDefects, make_defects
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_at
 from skipgan_edge.model.networks import build_model, default_score, init_weights
@@ -103,11 +104,12 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 
 @torch.no_grad()
-def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256) -> dict[str, np.ndarray]:
-    """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array."""
+def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256,
+                keep_maps: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array (and the anomaly maps)."""
     was_training = net.training
     net.eval()
-    rec, lat, l1s, peaks = [], [], [], []
+    rec, lat, l1s, peaks, maps = [], [], [], [], []
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
@@ -116,12 +118,17 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
         lat.append(la.cpu().numpy())
         l1s.append((x - fake).abs().mean(dim=(1, 2, 3)).cpu().numpy())
         peaks.append(amap.amax(dim=(1, 2, 3)).float().cpu().numpy())
+        if keep_maps:
+            maps.append(amap[:, 0].float().cpu().numpy())
     net.train(was_training)
-    return {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s), "map_peak": np.concatenate(peaks)}
+    out = {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s), "map_peak": np.concatenate(peaks)}
+    if keep_maps:
+        out["maps"] = np.concatenate(maps)
+    return out
 
 
 def validation_report(
-    net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device, synthetic: np.ndarray | None = None,
+    net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device, synthetic: SyntheticDefects | None = None,
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal.
 
@@ -163,10 +170,12 @@ def validation_report(
         rep["val_auroc"] = auroc(data.val.labels, score)
         rep["signal"] = ("val_auroc", rep["val_auroc"], "max")
     else:
-        if synthetic is not None and len(synthetic):
-            syn = score_split(net, synthetic, device, pool)
+        if synthetic is not None and len(synthetic.images):
+            syn = score_split(net, synthetic.images, device, pool, keep_maps=True)
             anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats)), "synthetic"
             rep["val_synth_auroc"] = auroc(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous])
+            # the masks were kept: how well the anomaly map localises the synthetic defects
+            rep["val_synth_pixel_auroc"] = auroc(synthetic.masks.reshape(-1), syn["maps"].reshape(-1))
         rep["signal"] = ("val_loss", rep["val_loss"], "min")
     policy = resolve(sc.threshold, data.val.has_anomalies)
     if policy == "f1" and anomalous is None:
@@ -221,11 +230,9 @@ class Trainer:
         self.out = Path(out)
         self.progress = progress
         self.on_epoch = on_epoch
-        self.synthetic: np.ndarray | None = None
+        self.synthetic: SyntheticDefects | None = None
         if not data.val.has_anomalies and self.cfg.score.synthetic_val and len(data.val) >= 2:
-            from skipgan_edge.data.synthval import make_defects
-
-            self.synthetic = make_defects(data.val.images, cfg.train.seed).images
+            self.synthetic = make_defects(data.val.images, cfg.train.seed)
         self.device = select_device(cfg.train.device)
         self._stop_signal: int | None = None
         self.net: Any = None  # the architecture's module with .generator and .discriminator
@@ -409,7 +416,7 @@ class Trainer:
         rep = validation_report(self.net, self.data, self.cfg, self.device, self.synthetic)
         name, value, mode = rep.pop("signal")
         rec["val_loss"] = rep["val_loss"]
-        for key in ("val_auroc", "val_synth_auroc"):
+        for key in ("val_auroc", "val_synth_auroc", "val_synth_pixel_auroc"):
             if key in rep:
                 rec[key] = rep[key]
         improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
@@ -428,7 +435,7 @@ class Trainer:
 
     def _card(self, rep: dict[str, Any], epoch: int, signal_name: str, value: float) -> ModelCard:
         metrics = {"val_loss": rep["val_loss"]}
-        for key in ("val_auroc", "val_synth_auroc"):
+        for key in ("val_auroc", "val_synth_auroc", "val_synth_pixel_auroc"):
             if key in rep:
                 metrics[key] = rep[key]
         sc = self.cfg.score
