@@ -134,7 +134,7 @@ def evaluate(sc: dict[str, dict[str, np.ndarray]], ds: Dataset) -> dict[str, obj
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=";".join(VARIANTS), help="model variants, separated by semicolons")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--out", default="synthval.json", help="file name under benchmarks/peers/out (one per parallel process)")
     args = ap.parse_args()
@@ -144,7 +144,7 @@ def main() -> None:
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], r["seed"], r["model"]) for r in rows}
     for seed in SEEDS:
-        for variant in args.variants.split(","):
+        for variant in args.variants.split(";"):
             for name in split_names():
                 if (name, seed, variant) in done:
                     continue

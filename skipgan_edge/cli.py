@@ -82,11 +82,13 @@ def data_video(
     out: Annotated[Path, typer.Option(help="Video file to write (.mp4 = mp4v, .avi = MJPG).")],
     frames: Annotated[int, typer.Option(help="Number of frames.")] = 150,
     seed: Annotated[int, typer.Option()] = 7,
+    defects_: Annotated[bool, typer.Option("--defects/--no-defects", help="Draw the defects (off: normal frames only, "
+                                           "e.g. to commission a threshold with skipgan-edge threshold).")] = True,
 ) -> None:
     """A synthetic line-camera video (brick texture) with dark holes at known frames, to try `run` on."""
     from skipgan_edge.demo import DEFECT_FRAMES, write_demo_video
 
-    defects = tuple(f for f in DEFECT_FRAMES if f < frames)
+    defects = tuple(f for f in DEFECT_FRAMES if f < frames) if defects_ else ()
     write_demo_video(out, frames, defects, seed)
     typer.echo(f"wrote {out}: {frames} frames, defects at frames {list(defects)}")
 
