@@ -187,3 +187,29 @@ def test_training_without_labelled_anomalies_uses_synthetic_ones_and_arch_auto(s
     assert "val_synth_auroc" in lines[0]
     p = run_cli("train", "--data", str(data), "--out", str(tmp_path / "r"), "--arch", "auto", "--epochs", "1", check=False)
     assert p.returncode == 2 and "already holds a run" in p.stderr
+
+
+@pytest.mark.parametrize(("policy", "labelled"), [("max-normal", False), ("fpr:0.05", False), ("f1", False), ("fpr:0.05", True)])
+def test_each_policy_through_the_trainer(synth_dir, tmp_path, policy: str, labelled: bool) -> None:  # type: ignore[no-untyped-def]
+    """The card records the policy, what it promises and the recall on validation anomalies (labelled or synthetic)."""
+    from skipgan_edge.config import TrainConfig
+    from skipgan_edge.data.datasets import load_folder
+    from skipgan_edge.train.trainer import train
+
+    ds = load_folder(synth_dir, 32, 3, val_fraction=0.4, seed=0)
+    if not labelled:  # drop the labelled validation anomalies: the trainer makes synthetic ones
+        keep = ds.val.labels == 0
+        ds.val = type(ds.val)(ds.val.images[keep], ds.val.labels[keep], None, [n for n, k in zip(ds.val.names, keep) if k])
+    cfg = RunConfig(model=ModelConfig(isize=32, channels=3, ngf=8, ndf=8), train=TrainConfig(epochs=1, batch=32),
+                    score=ScoreConfig(threshold=policy))
+    card = train(ds, cfg, tmp_path / "r", progress=False)
+    thr, n = card.score.threshold, int((ds.val.labels == 0).sum())
+    assert thr.policy == policy and thr.n_normal == n
+    assert thr.recall_source == ("labelled" if labelled else "synthetic") and thr.expected_recall is not None
+    if policy == "max-normal":
+        assert thr.normalized == pytest.approx(1.0) and thr.expected_fpr == pytest.approx(1 / (n + 1))
+    if policy.startswith("fpr:"):
+        assert thr.expected_fpr <= 0.05 and thr.fpr_interval[0] < thr.expected_fpr < thr.fpr_interval[1]
+    # the threshold in raw units and normalized agree through the card's normalization
+    vs = card.score.val_stats
+    assert thr.raw == pytest.approx(vs.min + thr.normalized * (vs.max - vs.min))
