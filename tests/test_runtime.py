@@ -447,3 +447,10 @@ def test_heatmap_overlay_shows_the_defect(demo_model: Path, demo_onnx: Path, tmp
     normal = [w for i, w in warmth.items() if i not in (3, 8)]
     assert len(warmth) == 12 and min(warmth[3], warmth[8]) > 0.02, sorted(warmth.items())  # the hole shows
     assert min(warmth[3], warmth[8]) > 10 * max(normal), sorted(warmth.items())  # and normal frames stay cool
+    # the region above the normal maps' peak level is outlined (pure white: nothing else in the overlay is) on the
+    # defect frames, and on no frame that was not flagged
+    outlined = {int(p.stem.split("_")[-1]): int((cv2.imread(str(p))[40:] >= 250).all(axis=2).sum()) for p in (tmp_path / "imgs").glob("*.png")}
+    assert outlined[3] > 20 and outlined[8] > 20, sorted(outlined.items())
+    flagged = {int(p.stem.split("_")[-1]) for p in (tmp_path / "imgs").glob("*.png")
+               if (cv2.imread(str(p))[:40, :, 2].astype(int) - cv2.imread(str(p))[:40, :, 1] > 100).any()}  # red verdict text
+    assert all(outlined[i] == 0 for i in outlined if i not in flagged), (sorted(outlined.items()), sorted(flagged))

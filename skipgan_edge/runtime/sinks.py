@@ -156,8 +156,14 @@ class CsvSink(Sink):
         self.fh.close()
 
 
+#: the heatmap's full-red level is 1.5x the normal validation maps' p99 peak (card ``score.map_scale``): a region is
+#: outlined where the map exceeds that p99 peak itself, i.e. where no normal validation image's map reached
+OUTLINE_OF_VMAX = 1 / 1.5
+
+
 def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: float) -> np.ndarray:
-    """The frame with the anomaly map as a JET overlay, score and verdict drawn."""
+    """The frame with the anomaly map as a JET overlay (fixed scale: ``vmax`` is always full red), score and verdict
+    drawn, and on an anomalous frame the region above the normal maps' peak level outlined in white."""
     base = view if view.ndim == 3 and view.shape[2] == 3 else cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
     level = np.clip(amap / max(vmax, 1e-12), 0, 1)
     heat = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
@@ -167,6 +173,12 @@ def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: f
     if heat.shape[:2] != base.shape[:2]:
         heat = cv2.resize(heat, (base.shape[1], base.shape[0]))
     out = cv2.addWeighted(base, 0.6, heat, 0.4, 0)
+    if record["anomalous"]:
+        region = (level >= OUTLINE_OF_VMAX).astype(np.uint8)
+        if region.shape[:2] != out.shape[:2]:
+            region = cv2.resize(region, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, (255, 255, 255), 2, cv2.LINE_AA)
     scale = max(1.2, base.shape[1] / 320)
     verdict = "ANOMALY" if record["anomalous"] else "ok"
     color = (0, 0, 255) if record["anomalous"] else (0, 200, 0)
