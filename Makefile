@@ -24,8 +24,8 @@ MODELOPT_SPEC := nvidia-modelopt==0.47.0
 MODELOPT_DEPS := 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnxscript>=0.5' 'onnx-graphsurgeon>=0.6.1' \
   'onnxconverter-common~=1.16.0' 'onnxslim>=0.1.76' 'polygraphy>=0.53.4' ml_dtypes cppimport lief \
   ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy
-DEV_DEPS := 'pytest>=8' 'hypothesis>=6' 'scikit-learn>=1.3' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=2024.0'
-DEBS := dataset-fashion-mnist python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+DEV_DEPS := 'pytest>=8' 'hypothesis>=6' 'scikit-learn>=1.3' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=2024.0' 'paho-mqtt>=2.0,<3'
+DEBS := dataset-fashion-mnist mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
 # The runtime on a Jetson (JetPack 6): a venv that sees JetPack's TensorRT (apt python3-libnvinfer, built for the
@@ -52,7 +52,8 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-# Debian packages the tests use (Fashion-MNIST; GStreamer's RTSP server for the RTSP source test).
+# Debian packages the tests use (Fashion-MNIST; Mosquitto, started by the MQTT tests on loopback; GStreamer's RTSP
+# server for the RTSP source test).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

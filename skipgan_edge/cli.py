@@ -335,6 +335,13 @@ def run_cmd(
     save_images: Annotated[Optional[Path], typer.Option(help="Folder for annotated images.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Show annotated frames in a window.")] = False,
     summary: Annotated[Optional[Path], typer.Option(help="Write the run summary JSON here.")] = None,
+    mqtt: Annotated[Optional[str], typer.Option(help="Publish results: mqtt://[user:pass@]host[:port]/topic-prefix "
+                                               "(mqtts:// for TLS); topics PREFIX/CAMERA/result, status, heartbeat.")] = None,
+    mqtt_ca: Annotated[Optional[Path], typer.Option(help="CA bundle for mqtts:// (default: the system's).")] = None,
+    mqtt_anomalies_only: Annotated[bool, typer.Option("--mqtt-anomalies-only", help="Publish anomalous frames only.")] = False,
+    mqtt_buffer: Annotated[int, typer.Option(help="Messages kept while the broker is unreachable; more are counted as dropped.")] = 10000,
+    mqtt_heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeat messages.")] = 10.0,
+    camera_id: Annotated[str, typer.Option(help="This camera's id (the MQTT topic level under the prefix).")] = "cam0",
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Capture frame rate (cameras).")] = None,
@@ -364,10 +371,17 @@ def run_cmd(
     from skipgan_edge.runtime.sources import SourceOptions
 
     kind, path = artifact(model, onnx, engine)
+    mqtt_opts = None
+    if mqtt is not None:
+        from skipgan_edge.runtime.mqtt import MqttOptions, parse_url
+
+        parse_url(mqtt)  # one line before the model loads
+        mqtt_opts = MqttOptions(mqtt, camera=camera_id, ca=mqtt_ca, anomalies_only=mqtt_anomalies_only, buffer=mqtt_buffer,
+                                heartbeat_s=mqtt_heartbeat)
     s = run(
         kind, path, source, backend=backend,
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
-        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
+        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary, mqtt_opts),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
                                   reconnect_attempts=reconnect_attempts,
@@ -508,7 +522,7 @@ def doctor(
 #: The pip extra that provides each optional module (pip install skipgan-edge is the runtime only).
 EXTRA_OF = {"torch": "train", "safetensors": "train", "matplotlib": "train", "skimage": "train", "scipy": "train", "tqdm": "train",
             "onnx": "export", "onnxscript": "export", "modelopt": "export", "onnxconverter_common": "export",
-            "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda"}
+            "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda", "paho": "mqtt"}
 
 
 def main() -> None:

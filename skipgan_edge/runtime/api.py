@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skipgan_edge.card import check_writable
 from skipgan_edge.errors import ConfigError
@@ -13,6 +13,9 @@ from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
+
+if TYPE_CHECKING:
+    from skipgan_edge.runtime.mqtt import MqttOptions
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class SinkOptions:
     save_images: Path | None = None
     show: bool = False
     summary: Path | None = None
+    mqtt: MqttOptions | None = None
 
 
 def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tuple[str, Path]:
@@ -74,6 +78,10 @@ def run(
                 out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
+            if sinks.mqtt is not None:
+                from skipgan_edge.runtime.mqtt import MqttSink
+
+                out.append(MqttSink(sinks.mqtt))
             src = open_source(source, source_opts)
             if do_race:
                 winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), options)

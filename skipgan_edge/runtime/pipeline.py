@@ -333,6 +333,7 @@ class Pipeline:
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": {s: self.lat.summary(i) for i, s in enumerate(STAGES)},
+            **({"sinks": stats} if (stats := {s.name: s.stats() for s in self.sinks if hasattr(s, "stats")}) else {}),
             **self.extra_summary,
         }
 

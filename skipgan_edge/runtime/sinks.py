@@ -174,7 +174,7 @@ def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: f
         heat = cv2.resize(heat, (base.shape[1], base.shape[0]))
     out = cv2.addWeighted(base, 0.6, heat, 0.4, 0)
     if record["anomalous"]:
-        region = (level >= OUTLINE_OF_VMAX).astype(np.uint8)
+        region: Any = (level >= OUTLINE_OF_VMAX).astype(np.uint8)
         if region.shape[:2] != out.shape[:2]:
             region = cv2.resize(region, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

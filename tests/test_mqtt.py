@@ -1,0 +1,172 @@
+"""``run --mqtt``: a real Mosquitto broker started on loopback, real subscribers, real CLI runs (a broker restart included)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import CLI, run_cli, write_defect_video
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Debian's mosquitto (make test installs it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """Mosquitto on 127.0.0.1:port with persistence in a temporary folder (a restart keeps durable sessions)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.conf = folder / "mosquitto.conf"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {folder}/\nautosave_interval 1\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto writes its persistence file, durable sessions survive the restart
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A durable QoS 1 subscriber (clean_session False): the broker keeps its messages while it is away."""
+
+    def __init__(self, port: int, topic: str, client_id: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, dict[str, object], bool]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        c.reconnect_delay_set(0.1, 0.5)
+        c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.client = c
+        assert self.subscribed.wait(10)
+
+    def _on_message(self, client: object, userdata: object, msg: object) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))  # type: ignore[attr-defined]
+
+    def on(self, suffix: str) -> list[dict[str, object]]:
+        with self.lock:
+            return [m for t, m, _ in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_every_frame_reaches_the_broker_with_status_and_heartbeat(broker: Broker, demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "line.avi", 60, {10, 40}, "MJPG")
+    sub = Subscriber(broker.port, "line1/#", "test-sub-1")
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                "--replay-fps", "40", "--mqtt", f"mqtt://127.0.0.1:{broker.port}/line1", "--camera-id", "camA",
+                "--mqtt-heartbeat", "0.3", "--jsonl", str(tmp_path / "s.jsonl"), "--json")
+    summary = json.loads(p.stdout)
+    stats = next(iter(summary["sinks"].values()))
+    time.sleep(0.5)
+    results = sub.on("/camA/result")
+    local = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert stats["published"] == stats["queued"] == summary["scored"] == len(local) and stats["dropped"] == 0
+    assert sorted({r["frame"] for r in results}) == [r["frame"] for r in local]  # at least once, none missing
+    by_frame = {r["frame"]: r for r in results}
+    for rec in local:  # the same record as the JSONL line, plus the camera
+        got = by_frame[rec["frame"]]
+        assert got["camera"] == "camA" and got["score"] == rec["score"] and got["anomalous"] == rec["anomalous"]
+    assert any(r["anomalous"] for r in results)
+    beats = sub.on("/camA/heartbeat")
+    assert len(beats) >= 2 and beats[-1]["camera"] == "camA" and beats[-1]["frames_seen"] > 0
+    assert [s["state"] for s in sub.on("/camA/status")][-1] == "offline"
+    sub.close()
+    # the status is retained: a subscriber arriving later learns the camera is offline
+    late = Subscriber(broker.port, "line1/camA/status", "test-sub-late")
+    deadline = time.monotonic() + 5
+    while not late.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert late.messages and late.messages[0][1]["state"] == "offline" and late.messages[0][2] is True
+    late.close()
+
+
+def test_a_broker_restart_mid_run_loses_nothing_within_the_buffer(broker: Broker, demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "line.avi", 150, {30, 100}, "MJPG")
+    sub = Subscriber(broker.port, "line1/camB/result", "test-sub-2")
+    proc = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                             "--replay-fps", "30", "--mqtt", f"mqtt://127.0.0.1:{broker.port}/line1", "--camera-id", "camB",
+                             "--jsonl", str(tmp_path / "s.jsonl"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    before = len(sub.on("result"))
+    broker.stop()  # the broker goes away for about 1.5 s of a 5 s run
+    time.sleep(1.5)
+    broker.start()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    stats = next(iter(summary["sinks"].values()))
+    deadline = time.monotonic() + 10
+    local = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    while len({r["frame"] for r in sub.on("result")}) < len(local) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    got = {r["frame"] for r in sub.on("result")}
+    assert 0 < before < len(local), "the broker must go away mid-run for this test to mean anything"
+    assert got == {r["frame"] for r in local}, f"missing frames: {sorted({r['frame'] for r in local} - got)}"
+    assert stats["dropped"] == 0 and stats["published"] >= len(local)
+    assert "connection lost" in err  # the run said so, in one warning
+    sub.close()
+
+
+def test_without_a_broker_messages_beyond_the_buffer_are_counted_as_dropped(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "line.avi", 30, {5}, "MJPG")
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                "--mqtt", f"mqtt://127.0.0.1:{port}/x", "--mqtt-buffer", "5", "--json")
+    stats = next(iter(json.loads(p.stdout)["sinks"].values()))
+    assert (stats["queued"], stats["dropped"], stats["published"], stats["connected"]) == (5, 25, 0, False)
+    assert time.monotonic() - t0 < 60  # scoring did not wait for the network
+
+
+def test_bad_mqtt_options_are_one_line(demo_onnx: Path, tmp_path: Path) -> None:
+    for args, msg in ((["--mqtt", "http://x/y"], "expected mqtt://"), (["--mqtt", "mqtt://h/a+b"], "wildcards"),
+                      (["--mqtt", "mqtt://h/x", "--camera-id", "a/b"], "--camera-id"),
+                      (["--mqtt", "mqtts://h/x", "--mqtt-ca", str(tmp_path / "none.pem")], "--mqtt-ca")):
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", "missing.mp4", *args, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], (args, p.stderr)
+    assert sys.executable
