@@ -341,7 +341,9 @@ def run_cmd(
     mqtt_anomalies_only: Annotated[bool, typer.Option("--mqtt-anomalies-only", help="Publish anomalous frames only.")] = False,
     mqtt_buffer: Annotated[int, typer.Option(help="Messages kept while the broker is unreachable; more are counted as dropped.")] = 10000,
     mqtt_heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeat messages.")] = 10.0,
-    camera_id: Annotated[str, typer.Option(help="This camera's id (the MQTT topic level under the prefix).")] = "cam0",
+    camera_id: Annotated[str, typer.Option(help="This camera's id (the MQTT topic level under the prefix, the metrics' camera label).")] = "cam0",
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port while the run lasts.")] = None,
+    metrics_addr: Annotated[str, typer.Option(help="Address the metrics server binds (0.0.0.0: reachable from other hosts).")] = "127.0.0.1",
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Capture frame rate (cameras).")] = None,
@@ -381,7 +383,7 @@ def run_cmd(
     s = run(
         kind, path, source, backend=backend,
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
-        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary, mqtt_opts),
+        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary, mqtt_opts, metrics_port, metrics_addr, camera_id),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
                                   reconnect_attempts=reconnect_attempts,
@@ -522,7 +524,8 @@ def doctor(
 #: The pip extra that provides each optional module (pip install skipgan-edge is the runtime only).
 EXTRA_OF = {"torch": "train", "safetensors": "train", "matplotlib": "train", "skimage": "train", "scipy": "train", "tqdm": "train",
             "onnx": "export", "onnxscript": "export", "modelopt": "export", "onnxconverter_common": "export",
-            "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda", "paho": "mqtt"}
+            "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda", "paho": "mqtt",
+            "prometheus_client": "metrics"}
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ class SinkOptions:
     show: bool = False
     summary: Path | None = None
     mqtt: MqttOptions | None = None
+    metrics_port: int | None = None  # Prometheus /metrics while the run lasts
+    metrics_addr: str = "127.0.0.1"
+    camera: str = "cam0"  # the camera label of the metrics
 
 
 def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tuple[str, Path]:
@@ -78,6 +81,10 @@ def run(
                 out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
+            if sinks.metrics_port is not None:
+                from skipgan_edge.runtime.prom import MetricsSink
+
+                out.append(MetricsSink(sinks.metrics_port, sinks.camera, sinks.metrics_addr))
             if sinks.mqtt is not None:
                 from skipgan_edge.runtime.mqtt import MqttSink
 

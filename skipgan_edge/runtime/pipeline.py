@@ -220,6 +220,9 @@ class Pipeline:
         if handle_signals and threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         t_start = time.perf_counter()
+        hooks = [sk for sk in self.sinks if type(sk).counts is not Sink.counts]  # sinks that report on the run (metrics)
+        for sk in hooks:
+            sk.started(card.model_id, self.backend.name, self.backend.precision, self.threshold)
         cap = threading.Thread(target=self._capture, args=(chan, pre), name="capture", daemon=True)
         cap.start()
         error: BaseException | None = None
@@ -229,6 +232,8 @@ class Pipeline:
                 batch, ended = chan.take(self.cfg.batch, 0.2, self.cfg.max_wait_ms / 1e3)
                 if batch:
                     self._process(batch)
+                for sk in hooks:
+                    sk.counts(chan.dropped, self.unreadable + self.source.unreadable)
         except BaseException as exc:  # noqa: BLE001 - sinks are closed below, then it is re-raised
             error = exc
             self.stop_event.set()

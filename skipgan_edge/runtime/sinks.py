@@ -77,6 +77,13 @@ class Sink:
     def close(self) -> None:
         pass
 
+    # hooks for sinks that report on the run itself (metrics); the pipeline calls them only where overridden
+    def started(self, model_id: str | None, backend: str, precision: str, threshold: float) -> None:
+        """The run starts: what scores it."""
+
+    def counts(self, dropped: int, unreadable: int) -> None:
+        """After each batch: totals so far of the frames no sink sees (dropped, unreadable)."""
+
 
 def _fail(sink: Sink, exc: OSError) -> SinkError:
     return SinkError(f"{sink.name} sink failed: {exc.strerror or exc}; free disk space or choose another path")

@@ -1,0 +1,99 @@
+"""Prometheus metrics (``run --metrics-port PORT``): ``/metrics`` over plain HTTP while the run lasts (prometheus-client).
+
+Every series carries the ``camera`` label (``--camera-id``):
+
+* ``skipgan_frames_total{outcome}``: frames scored, dropped (a live source's newer frame replaced an unconsumed
+  one) and unreadable (undecodable files or frames);
+* ``skipgan_anomalies_total``: frames over the threshold;
+* ``skipgan_stage_latency_seconds{stage}``: histograms of each pipeline stage (capture, preprocess, queue, infer,
+  postprocess) and of the whole way from capture to result (``total``);
+* ``skipgan_model_info{model_id, backend, precision}`` = 1, and ``skipgan_threshold``: what is scoring;
+* ``skipgan_up``: 1 while the source delivers frames, 0 once it ended or failed.
+
+It is a sink (it sees each batch's records after they are scored) plus a counter hook the pipeline calls after
+each batch for what sinks do not see (drops and unreadable frames). The HTTP server is prometheus-client's, on a
+daemon thread, bound to ``--metrics-addr`` (default 127.0.0.1; 0.0.0.0 to let a remote Prometheus scrape).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from skipgan_edge.errors import ConfigError, MissingDependencyError
+from skipgan_edge.runtime.sinks import STAGE_FIELDS, Sink
+
+#: latency buckets in seconds: 0.25 ms to 10 s (an edge GPU batch is about a millisecond, a CPU batch tens of them)
+BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class MetricsSink(Sink):
+    needs_image = False
+
+    def __init__(self, port: int, camera: str, addr: str = "127.0.0.1") -> None:
+        try:
+            import prometheus_client as pc
+        except ImportError:
+            raise MissingDependencyError("--metrics-port needs prometheus-client: pip install 'skipgan-edge[metrics]'") from None
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--metrics-port must be in 0-65535, got {port}")
+        self.name = f"metrics :{port}"
+        self.camera = camera
+        reg = pc.CollectorRegistry()
+        self.frames = pc.Counter("skipgan_frames", "Frames by outcome", ["camera", "outcome"], registry=reg)
+        self.anomalies = pc.Counter("skipgan_anomalies", "Frames over the threshold", ["camera"], registry=reg)
+        self.latency = pc.Histogram("skipgan_stage_latency_seconds", "Pipeline stage latency", ["camera", "stage"],
+                                    buckets=BUCKETS, registry=reg)
+        self.info = pc.Gauge("skipgan_model_info", "The model and backend scoring this camera",
+                             ["camera", "model_id", "backend", "precision"], registry=reg)
+        self.threshold = pc.Gauge("skipgan_threshold", "Normalized-score threshold", ["camera"], registry=reg)
+        self.up = pc.Gauge("skipgan_up", "1 while the source delivers frames", ["camera"], registry=reg)
+        self.registry = reg
+        for outcome in ("scored", "dropped", "unreadable"):
+            self.frames.labels(camera, outcome)  # every series exists from the first scrape
+        self.anomalies.labels(camera)
+        self._stages = {st: self.latency.labels(camera, st) for st in (*STAGE_FIELDS, "total")}
+        self._scored, self._anom = self.frames.labels(camera, "scored"), self.anomalies.labels(camera)
+        self._dropped, self._unreadable = self.frames.labels(camera, "dropped"), self.frames.labels(camera, "unreadable")
+        self._seen = {"dropped": 0, "unreadable": 0}
+        self.up.labels(camera).set(0)
+        try:
+            self.server, self.thread = pc.start_http_server(port, addr=addr, registry=reg)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); choose another port") from None
+        self.port = int(self.server.server_address[1])
+
+    def started(self, model_id: str | None, backend: str, precision: str, threshold: float) -> None:
+        self.info.labels(self.camera, model_id or "unknown", backend, precision).set(1)
+        self.threshold.labels(self.camera).set(threshold)
+        self.up.labels(self.camera).set(1)
+
+    def counts(self, dropped: int, unreadable: int) -> None:
+        """Totals so far of what the sinks do not see; the counters advance by the difference."""
+        for key, total, counter in (("dropped", dropped, self._dropped), ("unreadable", unreadable, self._unreadable)):
+            if total > self._seen[key]:
+                counter.inc(total - self._seen[key])
+                self._seen[key] = total
+
+    def write(self, record: dict[str, Any], view: np.ndarray | None, amap: np.ndarray | None) -> None:
+        self.write_batch([record], None, None)
+
+    def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
+        for r in records:  # latencies first, then the counters: a scrape never sees more frames than observations
+            st = r["stages_ms"]
+            for name in STAGE_FIELDS:
+                self._stages[name].observe(st[name] / 1e3)
+            self._stages["total"].observe(r["latency_ms"] / 1e3)
+        self._scored.inc(len(records))
+        n_anom = sum(1 for r in records if r["anomalous"])
+        if n_anom:
+            self._anom.inc(n_anom)
+
+    def ended(self) -> None:
+        self.up.labels(self.camera).set(0)
+
+    def close(self) -> None:
+        self.ended()
+        self.server.shutdown()
+        self.server.server_close()
