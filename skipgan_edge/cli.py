@@ -329,7 +329,8 @@ def run_cmd(
     mode: Annotated[str, typer.Option(help="Frame to input: resize, crop or tiles.")] = "resize",
     overlap: Annotated[float, typer.Option(help="Tile overlap (tiles mode).")] = 0.25,
     threshold: Annotated[Optional[float], typer.Option(help="Normalized-score threshold (default: the model's).")] = None,
-    jsonl: Annotated[Optional[Path], typer.Option(help="JSON Lines output, one record per frame.")] = None,
+    jsonl: Annotated[Optional[Path], typer.Option(help="JSON Lines output, one record per frame (- = standard output; "
+                                                 "the summary then goes to standard error).")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="CSV output.")] = None,
     save_video: Annotated[Optional[Path], typer.Option(help="Annotated video (mp4v).")] = None,
     save_images: Annotated[Optional[Path], typer.Option(help="Folder for annotated images.")] = None,
@@ -370,9 +371,11 @@ def run_cmd(
     from skipgan_edge.runtime.api import SinkOptions, artifact, run
     from skipgan_edge.runtime.backends import BackendOptions
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
+    from skipgan_edge.runtime.sinks import check_camera_id
     from skipgan_edge.runtime.sources import SourceOptions
 
     kind, path = artifact(model, onnx, engine)
+    check_camera_id(camera_id)
     mqtt_opts = None
     if mqtt is not None:
         from skipgan_edge.runtime.mqtt import MqttOptions, parse_url
@@ -382,7 +385,8 @@ def run_cmd(
                                 heartbeat_s=mqtt_heartbeat)
     s = run(
         kind, path, source, backend=backend,
-        pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames),
+        pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames,
+                                camera=camera_id),
         sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary, mqtt_opts, metrics_port, metrics_addr, camera_id),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
@@ -390,10 +394,11 @@ def run_cmd(
                                   decode_threads=decode_threads),
         options=BackendOptions(device=device, threads=threads, cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch),
     )
+    to_stderr = jsonl is not None and str(jsonl) == "-"  # standard output carries the records
     if as_json:
-        _echo_json(s)
+        typer.echo(json.dumps(s, indent=2, default=str), err=to_stderr)
     else:
-        typer.echo(format_summary(s))
+        typer.echo(format_summary(s), err=to_stderr)
 
 
 # ------------------------------------------------------------------------------------ threshold

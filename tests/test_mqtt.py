@@ -111,6 +111,13 @@ def test_every_frame_reaches_the_broker_with_status_and_heartbeat(broker: Broker
         got = by_frame[rec["frame"]]
         assert got["camera"] == "camA" and got["score"] == rec["score"] and got["anomalous"] == rec["anomalous"]
     assert any(r["anomalous"] for r in results)
+    import jsonschema
+
+    from skipgan_edge.schemas import load
+
+    validator = jsonschema.Draft202012Validator(load("record"))
+    for r in results:  # the message is the shipped record schema
+        validator.validate(r)
     beats = sub.on("/camA/heartbeat")
     assert len(beats) >= 2 and beats[-1]["camera"] == "camA" and beats[-1]["frames_seen"] > 0
     assert [s["state"] for s in sub.on("/camA/status")][-1] == "offline"

@@ -413,13 +413,18 @@ def test_jsonl_lines_parse_to_the_record() -> None:
     from skipgan_edge.runtime.sinks import jsonl_line
 
     stages = {"capture": 0.0123456, "preprocess": 0.003, "queue": 10.123456789, "infer": 2.5, "postprocess": 0.00449}
-    rec = {"source": 'cam "A"\\line', "frame": 7, "file": "ünï/0001.png", "timestamp": 1795883648.9370809, "score": -0.434058666229248,
-           "normalized_score": 0.2862483263015747, "anomalous": False, "latency_ms": 18.582749000532964, "stages_ms": stages}
+    rec = {"schema": 1, "camera": "cam0", "source": 'cam "A"\\line', "frame": 7, "file": "ünï/0001.png", "timestamp": 1795883648.9370809,
+           "time": "2026-11-28T13:14:08.937Z", "model_id": "a1526e95fa34d447", "threshold": 1.0, "score": -0.434058666229248,
+           "normalized_score": 0.2862483263015747, "anomalous": False, "bbox": None, "latency_ms": 18.582749000532964, "stages_ms": stages}
     rounded = {**rec, "stages_ms": {k: round(v, 4) for k, v in stages.items()}}
     fast = jsonl_line(rec)
     assert fast.endswith("}\n") and fast.count("\n") == 1
     assert json.loads(fast) == rounded
-    for other in ({**rec, "file": None, "anomalous": True}, {**rec, "tiles": {"rows": 2, "cols": 3, "worst": 4}},
+    from skipgan_edge.runtime.sinks import _FAST_KEYS
+
+    assert rec.keys() == _FAST_KEYS  # the usual record: the fast path
+    for other in ({**rec, "file": None, "anomalous": True, "bbox": [1, 2, 30, 40], "model_id": None},
+                  {**rec, "tiles": {"rows": 2, "cols": 3, "worst": 4}},
                   {**rec, "score": float("nan")}):
         want = {**other, "stages_ms": rounded["stages_ms"]}
         got = json.loads(jsonl_line(other))

@@ -11,7 +11,7 @@ from skipgan_edge.card import check_writable
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
-from skipgan_edge.runtime.sinks import CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
+from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
 
 if TYPE_CHECKING:
@@ -39,9 +39,6 @@ def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tupl
     return given[0][0], Path(given[0][1])
 
 
-#: the heatmap's full-red level for cards written before ``map_scale`` existed: the map is a squared error of
-#: pixels in [-1, 1], and a visible defect is well above 0.5 while a normal reconstruction stays far below it
-DEFAULT_MAP_SCALE = 0.5
 
 
 def run(
@@ -58,7 +55,7 @@ def run(
     summary: dict[str, Any] = {}
     for target, what in ((sinks.summary, "--summary"), (source_opts.watch_state, "--watch-state"), (sinks.jsonl, "--jsonl"),
                          (sinks.csv, "--csv"), (sinks.save_video, "--save-video")):
-        if target is not None:
+        if target is not None and str(target) != "-":
             check_writable(Path(target), what)  # one line before the model is even loaded
     do_race = race_needed(kind, backend)
     be = open_backend(kind, path, backend, options, batch=max(1, pipeline.batch), race=False)

@@ -4,7 +4,7 @@
 private CA). Topics, under ``PREFIX/CAMERA`` (``--camera-id``, default ``cam0``):
 
 * ``PREFIX/CAMERA/result``: one message per frame (or per anomalous frame with ``--mqtt-anomalies-only``), the
-  same JSON object as a ``--jsonl`` line plus ``camera``, QoS 1 (at least once: a consumer that must not count
+  same JSON object as a ``--jsonl`` line (``skipgan_edge/schemas/record.schema.json``), QoS 1 (at least once: a consumer that must not count
   a frame twice keys on ``source`` + ``frame``).
 * ``PREFIX/CAMERA/status``: retained ``{"state": "online"}`` once connected; ``offline`` when the run ends, and
   from the broker (the last will) when the process or its network dies.
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.errors import ConfigError, MissingDependencyError
-from skipgan_edge.runtime.sinks import Sink, jsonl_line
+from skipgan_edge.runtime.sinks import Sink, check_camera_id, jsonl_line
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ def parse_url(url: str) -> BrokerUrl:
                      urllib.parse.unquote(u.username) if u.username else None, urllib.parse.unquote(u.password) if u.password else None)
 
 
-def _camera_ok(camera: str) -> str:
-    if not camera or any(c in camera for c in "/+#\x00"):
-        raise ConfigError(f"--camera-id {camera!r}: give a non-empty id without / + # (it is an MQTT topic level)")
-    return camera
-
-
 def _acknowledged(info: Any) -> bool:
     """Whether the broker acknowledged this QoS 1 message. paho's ``is_published`` raises for a message first
     handed over while disconnected (its ``rc`` stays MQTT_ERR_NO_CONN after paho resends it on reconnect), so the
@@ -106,7 +100,7 @@ class MqttSink(Sink):
             raise MissingDependencyError("--mqtt needs paho-mqtt: pip install 'skipgan-edge[mqtt]'") from None
         self.opts = opts
         b = parse_url(opts.url)
-        camera = _camera_ok(opts.camera)
+        camera = check_camera_id(opts.camera)
         if opts.buffer < 1:
             raise ConfigError(f"--mqtt-buffer must be at least 1, got {opts.buffer}")
         if opts.ca is not None and not Path(opts.ca).is_file():
@@ -169,7 +163,7 @@ class MqttSink(Sink):
                 self.anomalies += anomalous
             if self.opts.anomalies_only and not anomalous:
                 continue
-            payload = jsonl_line({**r, "camera": self.camera}).rstrip("\n")
+            payload = jsonl_line(r).rstrip("\n")
             info = self.client.publish(self.topic_result, payload, qos=1)
             with self.lock:
                 if info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN:

@@ -39,8 +39,8 @@ import numpy as np
 from skipgan_edge.card import atomic_write_json
 from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.runtime.backends.base import Backend
-from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine
-from skipgan_edge.runtime.sinks import Sink
+from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate
+from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, OUTLINE_OF_VMAX, SCHEMA_VERSION, Sink, iso_time
 from skipgan_edge.runtime.sources import Frame, Source
 from skipgan_edge.runtime.stats import Reservoir
 
@@ -58,6 +58,7 @@ class PipelineConfig:
     mode: str = "resize"  # resize, crop or tiles (see preprocess.py)
     overlap: float = 0.25  # tile overlap
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
+    camera: str = "cam0"  # this camera's id, in every record, the summary, MQTT topics and metrics labels
 
 
 class _Channel:
@@ -215,6 +216,9 @@ class Pipeline:
         card = self.backend.card
         pre = Preprocessor(card.input.isize, card.input.channels, self.cfg.mode, self.cfg.overlap)
         self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card.score.threshold.normalized)
+        # the region a record's bbox encloses: the anomaly map at or above the normal validation maps' p99 peak (the level
+        # the overlay outlines; map_scale is 1.5x that peak)
+        self.map_level = (card.score.map_scale or DEFAULT_MAP_SCALE) * OUTLINE_OF_VMAX
         chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(max(self.cfg.queue_size, 2 * self.cfg.batch))
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -297,20 +301,30 @@ class Pipeline:
                 n = len(p.inputs)
                 results.append(combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images))
                 k += n
-        post_ms = (time.perf_counter() - t1) * 1e3
         records = []
-        for (f, _), res in zip(good, results, strict=True):
+        model_id, camera, thr = self.backend.card.model_id, self.cfg.camera, self.threshold
+        k = 0
+        for (f, p), res in zip(good, results, strict=True):
+            anomalous = res["normalized_score"] > thr
+            box = None
+            if anomalous:  # where the defect is: in frame pixels (the direct path's maps are at model resolution)
+                m = out.anomaly_map[k, 0] if self.direct else res["map"]
+                box = locate(m, self.map_level, p.view.shape[:2], p.offset)
+            k += len(p.inputs)
             rec: dict[str, Any] = {
-                "source": f.source, "frame": f.index, "file": f.name, "timestamp": f.timestamp,
-                "score": res["score"], "normalized_score": res["normalized_score"],
-                "anomalous": res["normalized_score"] > self.threshold,
+                "schema": SCHEMA_VERSION, "camera": camera, "source": f.source, "frame": f.index, "file": f.name,
+                "timestamp": f.timestamp, "time": iso_time(f.timestamp), "model_id": model_id, "threshold": thr,
+                "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous, "bbox": box,
             }
             if "tiles" in res:
                 rec["tiles"] = res["tiles"]
             rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
             rec["stages_ms"] = {"capture": f.capture_ms, "preprocess": f.extra["preprocess_ms"],
-                                "queue": (t_deq - f.extra["t_queued_ns"]) / 1e6, "infer": infer_ms, "postprocess": post_ms}
+                                "queue": (t_deq - f.extra["t_queued_ns"]) / 1e6, "infer": infer_ms, "postprocess": 0.0}
             records.append(rec)
+        post_ms = (time.perf_counter() - t1) * 1e3
+        for rec in records:
+            rec["stages_ms"]["postprocess"] = post_ms
         t2 = time.perf_counter()
         views = [p.view for _, p in good] if self.need_images else None
         maps = [r["map"] for r in results] if self.need_images else None
@@ -332,7 +346,8 @@ class Pipeline:
 
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
         return {
-            "source": self.source.spec, "live": self.source.live, "backend": self.backend.name, "precision": self.backend.precision,
+            "schema": SCHEMA_VERSION, "camera": self.cfg.camera, "source": self.source.spec, "live": self.source.live,
+            "backend": self.backend.name, "precision": self.backend.precision,
             "model_id": self.backend.card.model_id, "frames_in": self.frames_in, "scored": self.scored,
             "dropped": dropped, "unreadable": self.unreadable + self.source.unreadable, "anomalies": self.anomalies,
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),

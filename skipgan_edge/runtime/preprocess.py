@@ -45,6 +45,7 @@ class Prepared:
     inputs: np.ndarray  # (T, isize, isize, C) uint8: T = 1 except in tiles mode
     layout: dict[str, Any] | None  # tiles: frame shape and tile origins
     view: np.ndarray  # the uint8 frame (channel-converted) that maps are drawn on
+    offset: tuple[int, int] = (0, 0)  # (x, y) of the view's top-left corner in the frame (crop mode)
 
 
 class Preprocessor:
@@ -63,7 +64,7 @@ class Preprocessor:
             side = min(h, w)
             y0, x0 = (h - side) // 2, (w - side) // 2
             img = img[y0 : y0 + side, x0 : x0 + side]
-            return Prepared(prepare(img, s, self.channels)[None], None, img)
+            return Prepared(prepare(img, s, self.channels)[None], None, img, (x0, y0))
         if self.mode == "tiles" and h >= s and w >= s:
             ys, xs = tile_starts(h, s, self.overlap), tile_starts(w, s, self.overlap)
             tiles = np.stack([img[y : y + s, x : x + s] for y in ys for x in xs])
@@ -98,3 +99,18 @@ def combine(p: Prepared, score: np.ndarray, norm: np.ndarray, amap: np.ndarray, 
         "tiles": {"rows": len(lay["ys"]), "cols": len(lay["xs"]), "worst": worst,
                   "worst_origin": [lay["ys"][worst // len(lay["xs"])], lay["xs"][worst % len(lay["xs"])]]},
     }
+
+
+def locate(amap: np.ndarray, level: float, view_hw: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> list[int] | None:
+    """Bounding box [x0, y0, x1, y1] (frame pixels, x1 and y1 exclusive) of the defect: the connected region of the map at
+    or above ``level`` that holds the map's maximum. None when no pixel reaches the level. ``amap`` is at model
+    resolution or already at the view's size."""
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    if not amap[peak] >= level:
+        return None
+    _, labels = cv2.connectedComponents((amap >= level).astype(np.uint8), connectivity=8)
+    ys, xs = np.nonzero(labels == labels[peak])
+    h, w = view_hw
+    sy, sx = h / amap.shape[0], w / amap.shape[1]
+    ox, oy = offset
+    return [int(xs.min() * sx) + ox, int(ys.min() * sy) + oy, int(np.ceil((xs.max() + 1) * sx)) + ox, int(np.ceil((ys.max() + 1) * sy)) + oy]

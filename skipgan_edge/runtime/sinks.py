@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,18 @@ import cv2
 import numpy as np
 
 from skipgan_edge.data.images import opencv_path
-from skipgan_edge.errors import SinkError
+from skipgan_edge.errors import ConfigError, SinkError
 
-FIELDS = ["source", "frame", "file", "timestamp", "score", "normalized_score", "anomalous", "latency_ms"]
+#: version of the record and summary format: skipgan_edge/schemas/record.schema.json and summary.schema.json
+SCHEMA_VERSION = 1
+FIELDS = ["schema", "camera", "source", "frame", "file", "timestamp", "time", "model_id", "threshold", "score", "normalized_score",
+          "anomalous", "bbox", "latency_ms"]
+CSV_FIELDS = [*FIELDS, "tile"]
 STAGE_FIELDS = ("capture", "preprocess", "queue", "infer", "postprocess")
+
+#: the heatmap's full-red level for cards written before ``map_scale`` existed: the map is a squared error of
+#: pixels in [-1, 1], and a visible defect is well above 0.5 while a normal reconstruction stays far below it
+DEFAULT_MAP_SCALE = 0.5
 
 _encode = json.JSONEncoder(check_circular=False).encode  # records are plain trees: no cycle check per line
 # JSON string literal, ASCII only (C-accelerated): a name with a newline, U+2028 or bytes that are not UTF-8
@@ -39,28 +49,54 @@ _string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _FAST_KEYS = frozenset([*FIELDS, "stages_ms"])
 _STAGE_SET = frozenset(STAGE_FIELDS)
 _FAST_LINE = (
-    '{"source": %s, "frame": %d, "file": %s, "timestamp": %r, "score": %r, "normalized_score": %r, "anomalous": %s, '
+    '{"schema": %d, "camera": %s, "source": %s, "frame": %d, "file": %s, "timestamp": %r, "time": %s, "model_id": %s, '
+    '"threshold": %r, "score": %r, "normalized_score": %r, "anomalous": %s, "bbox": %s, '
     '"latency_ms": %r, "stages_ms": {"capture": %.4f, "preprocess": %.4f, "queue": %.4f, "infer": %.4f, "postprocess": %.4f}}\n'
 )
+
+
+def check_camera_id(camera: str) -> str:
+    """A camera id is a record field, an MQTT topic level and a metrics label: non-empty, printable ASCII, no / + #."""
+    if not camera or len(camera) > 64 or not camera.isascii() or not camera.isprintable() or any(c in camera for c in "/+# "):
+        raise ConfigError(f"--camera-id {camera!r}: give 1-64 printable ASCII characters without spaces, / + or #")
+    return camera
+
+
+def iso_time(ts: float) -> str:
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-28T21:53:46.123Z."""
+    ms = int((ts % 1) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
 
 
 def jsonl_line(r: dict[str, Any]) -> str:
     """One record as a line of JSON, stage timings to 0.1 µs. The pipeline's usual record (the
     fields above, finite numbers) is formatted directly: json.dumps with rounding spent 6.1 µs per
-    record, half of the main thread's own work per frame; this takes 2.7 µs. Any other
+    record, half of the main thread's own work per frame; the direct formatting a third of that. Any other
     record (tiles, non-finite scores) goes through json; both give the same parsed values."""
     st = r.get("stages_ms")
     if r.keys() == _FAST_KEYS and type(st) is dict and st.keys() == _STAGE_SET and math.isfinite(r["score"]) \
-            and math.isfinite(r["normalized_score"]):
-        f = r["file"]
+            and math.isfinite(r["normalized_score"]) and math.isfinite(r["threshold"]):
+        f, mid, box = r["file"], r["model_id"], r["bbox"]
         return _FAST_LINE % (
-            _string(r["source"]), r["frame"], "null" if f is None else _string(f), float(r["timestamp"]), float(r["score"]),
-            float(r["normalized_score"]), "true" if r["anomalous"] else "false", float(r["latency_ms"]),
+            r["schema"], _string(r["camera"]), _string(r["source"]), r["frame"], "null" if f is None else _string(f),
+            float(r["timestamp"]), _string(r["time"]), "null" if mid is None else _string(mid), float(r["threshold"]),
+            float(r["score"]), float(r["normalized_score"]), "true" if r["anomalous"] else "false",
+            "null" if box is None else f"[{box[0]:d}, {box[1]:d}, {box[2]:d}, {box[3]:d}]", float(r["latency_ms"]),
             st["capture"], st["preprocess"], st["queue"], st["infer"], st["postprocess"],
         )
     if type(st) is dict:
         r = {**r, "stages_ms": {k: round(v, 4) for k, v in st.items()}}
     return _encode(r) + "\n"
+
+
+def csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    """The record's CSV cells: booleans as true/false, the box as "x0 y0 x1 y1", the worst tile as "row col"."""
+    row = {k: r.get(k) for k in FIELDS}
+    row["anomalous"] = "true" if r["anomalous"] else "false"
+    row["bbox"] = "" if r.get("bbox") is None else " ".join(str(v) for v in r["bbox"])
+    t = r.get("tiles")
+    row["tile"] = "" if not t else f"{t['worst'] // t['cols']} {t['worst'] % t['cols']}"
+    return row
 
 
 class Sink:
@@ -86,6 +122,8 @@ class Sink:
 
 
 def _fail(sink: Sink, exc: OSError) -> SinkError:
+    if exc.errno == errno.EPIPE:
+        return SinkError(f"{sink.name} sink failed: the reader of the pipe went away (broken pipe)")
     return SinkError(f"{sink.name} sink failed: {exc.strerror or exc}; free disk space or choose another path")
 
 
@@ -100,9 +138,13 @@ class JsonlSink(Sink):
 
     def __init__(self, path: Path) -> None:
         self.name = f"JSONL {path}"
+        self.stdout = str(path) == "-"  # --jsonl -: records to standard output (the summary then goes to stderr)
         try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o666)
+            if self.stdout:
+                self.fd = os.dup(1)
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o666)
         except OSError as exc:
             raise _fail(self, exc) from None
 
@@ -111,20 +153,22 @@ class JsonlSink(Sink):
 
     def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
         data = "".join([jsonl_line(r) for r in records]).encode("ascii")
-        start = os.lseek(self.fd, 0, os.SEEK_END)
+        start = 0 if self.stdout else os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(data)
         try:
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, start)  # no partial record left behind
+            if not self.stdout:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, start)  # no partial record left behind
             raise _fail(self, exc) from None
 
     def close(self) -> None:
         try:
-            os.fsync(self.fd)
+            if not self.stdout:
+                os.fsync(self.fd)
         except OSError:
             pass
         finally:
@@ -143,7 +187,7 @@ class CsvSink(Sink):
             new = not Path(path).exists() or Path(path).stat().st_size == 0
             # surrogateescape: a file name that is not UTF-8 is written back as its original bytes, never an error
             self.fh = open(path, "a", newline="", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed in close()
-            self.w = csv.DictWriter(self.fh, fieldnames=FIELDS, extrasaction="ignore")
+            self.w = csv.DictWriter(self.fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
             if new:
                 self.w.writeheader()
         except OSError as exc:
@@ -154,7 +198,7 @@ class CsvSink(Sink):
 
     def write_batch(self, records: list[dict[str, Any]], views: list[np.ndarray] | None, maps: list[np.ndarray] | None) -> None:
         try:
-            self.w.writerows(records)
+            self.w.writerows([csv_row(r) for r in records])
             self.fh.flush()
         except OSError as exc:
             raise _fail(self, exc) from None

@@ -1,0 +1,89 @@
+"""The result record and the run summary against their shipped JSON Schemas, on real runs (JSONL file, stdout, CSV, tiles)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+from conftest import CLI, run_cli, write_defect_video
+
+from skipgan_edge.runtime.sinks import CSV_FIELDS
+from skipgan_edge.schemas import load
+
+RECORD, SUMMARY = load("record"), load("summary")
+
+
+def _validate(obj: object, schema: dict[str, object]) -> None:
+    jsonschema.Draft202012Validator(schema).validate(obj)
+
+
+def test_schemas_are_valid_and_can_fail() -> None:
+    for schema in (RECORD, SUMMARY):
+        jsonschema.Draft202012Validator.check_schema(schema)
+    with pytest.raises(jsonschema.ValidationError):
+        _validate({"schema": 1, "camera": "a/b"}, RECORD)
+
+
+def _dark_box(frame: np.ndarray) -> list[int]:
+    """The drawn defect: the test videos' holes are black discs on a brick texture."""
+    ys, xs = np.nonzero(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) < 25)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def _iou(a: list[int], b: list[int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("mode", ["resize", "tiles"])
+def test_every_record_of_a_real_run_matches_the_schema(demo_onnx: Path, tmp_path: Path, mode: str) -> None:
+    size = 64 if mode == "resize" else 96
+    defects = {4, 11, 19}
+    video = write_defect_video(tmp_path / "line.avi", 24, defects, "MJPG", size=size)
+    run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video), "--batch", "4",
+            "--mode", mode, "--camera-id", "press-2", "--jsonl", str(tmp_path / "r.jsonl"), "--summary", str(tmp_path / "s.json"),
+            "--csv", str(tmp_path / "r.csv"))
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    _validate(summary, SUMMARY)
+    assert len(records) == 24 == summary["scored"]
+    for r in records:
+        _validate(r, RECORD)
+        assert r["camera"] == "press-2" and r["model_id"] == summary["model_id"] and r["threshold"] == summary["threshold"]
+        assert (r["bbox"] is not None) <= r["anomalous"]  # a box only on anomalous frames
+        assert ("tiles" in r) == (mode == "tiles")
+    # the box is where the defect was drawn, in frame pixels
+    cap = cv2.VideoCapture(str(video))
+    frames = [cap.read()[1] for _ in range(24)]
+    for i in defects:
+        r = records[i]
+        assert r["anomalous"] and r["bbox"] is not None, r
+        assert _iou(r["bbox"], _dark_box(frames[i])) > 0.3, (r["bbox"], _dark_box(frames[i]))
+    # CSV: the same fields, portable booleans
+    with open(tmp_path / "r.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == 24
+    assert {row["anomalous"] for row in rows} == {"true", "false"}
+    assert rows[4]["bbox"] == " ".join(map(str, records[4]["bbox"])) and (rows[4]["tile"] != "") == (mode == "tiles")
+
+
+def test_jsonl_to_stdout_and_the_summary_to_stderr(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "line.avi", 10, {3}, "MJPG")
+    p = subprocess.run([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                        "--jsonl", "-", "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 10
+    for line in lines:
+        _validate(json.loads(line), RECORD)
+    summary = json.loads(p.stderr[p.stderr.index("{"):])
+    _validate(summary, SUMMARY)
+    assert summary["scored"] == 10
