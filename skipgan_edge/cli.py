@@ -401,6 +401,37 @@ def run_cmd(
         typer.echo(format_summary(s), err=to_stderr)
 
 
+# ---------------------------------------------------------------------------------------- serve
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Optional[Path], typer.Option(help="The cell's TOML: [serve] defaults and one [[camera]] table per camera.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+    print_unit: Annotated[bool, typer.Option("--print-unit", help="Print the systemd unit for serve and exit.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the config and exit.")] = False,
+) -> None:
+    """An inspection cell in one process: many cameras, one backend per model, MQTT, metrics, model hot-reload."""
+    from skipgan_edge.runtime.serve import UNIT, load_cell, run_cell
+
+    if print_unit:
+        typer.echo(UNIT, nl=False)
+        return
+    if config is None:
+        from skipgan_edge.errors import ConfigError
+
+        raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and the README's On the line)")
+    cell = load_cell(config)
+    if check:
+        typer.echo(f"{config}: ok, {len(cell.cameras)} camera(s)")
+        return
+    s = run_cell(cell, config)
+    if as_json:
+        _echo_json(s)
+    else:
+        for cid, c in s["cameras"].items():
+            typer.echo(f"{cid}: scored {c['scored']}, anomalies {c['anomalies']}, dropped {c['dropped']}, unreadable {c['unreadable']}, "
+                       f"{'finished' if c['finished'] else 'stopped'} (model {c['model_id']})")
+
+
 # ------------------------------------------------------------------------------------ threshold
 @app.command("threshold")
 def threshold_cmd(

@@ -79,9 +79,9 @@ def run(
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
             if sinks.metrics_port is not None:
-                from skipgan_edge.runtime.prom import MetricsSink
+                from skipgan_edge.runtime.prom import Metrics, MetricsSink
 
-                out.append(MetricsSink(sinks.metrics_port, sinks.camera, sinks.metrics_addr))
+                out.append(MetricsSink(Metrics(sinks.metrics_port, sinks.metrics_addr), sinks.camera, own=True))
             if sinks.mqtt is not None:
                 from skipgan_edge.runtime.mqtt import MqttSink
 

@@ -179,6 +179,8 @@ class Pipeline:
         self._unreadable_logged = False
         self.need_images = any(getattr(s, "needs_image", False) for s in sinks)
         self.extra_summary: dict[str, Any] = {}  # recorded as they are in the summary (e.g. how the backend was chosen)
+        self.next_backend: Backend | None = None  # set (active) by a reloader thread; the run loop swaps it in
+        self.on_swap: Any = None  # called with the old and the new backend after a swap
         # one input per frame and no sink draws: the backend's outputs are the results as they are
         self.direct = cfg.mode != "tiles" and not self.need_images
 
@@ -190,12 +192,14 @@ class Pipeline:
                     break
                 t0 = time.perf_counter()
                 prepared: Prepared | None = None
-                if frame.image is not None:
+                if "prepared" in frame.extra:  # serve: each camera's own thread preprocessed it, in its own mode
+                    prepared = frame.extra.pop("prepared")
+                elif frame.image is not None:
                     try:
                         prepared = pre(frame.image)
                     except (ValueError, TypeError, OSError):
                         prepared = None
-                frame.extra["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
+                frame.extra.setdefault("preprocess_ms", (time.perf_counter() - t0) * 1e3)
                 frame.extra["t_queued_ns"] = time.perf_counter_ns()
                 self.frames_in += 1
                 chan.put((frame, prepared), self.stop_event)
@@ -234,6 +238,8 @@ class Pipeline:
             ended = False
             while not ended:
                 batch, ended = chan.take(self.cfg.batch, 0.2, self.cfg.max_wait_ms / 1e3)
+                if self.next_backend is not None:  # a reloaded model: swapped between batches, no frame is lost
+                    self._swap()
                 if batch:
                     self._process(batch)
                 for sk in hooks:
@@ -272,6 +278,18 @@ class Pipeline:
             raise SinkError("; ".join(close_errors))
         return summary
 
+    def _swap(self) -> None:
+        new, self.next_backend = self.next_backend, None
+        assert new is not None
+        old, self.backend = self.backend, new
+        if self.cfg.threshold is None:
+            self.threshold = float(new.card.score.threshold.normalized)
+        self.map_level = (new.card.score.map_scale or DEFAULT_MAP_SCALE) * OUTLINE_OF_VMAX
+        log.info("model %s replaced %s between batches", new.card.model_id, old.card.model_id)
+        if self.on_swap is not None:
+            self.on_swap(old, new)
+        old.deactivate()
+
     # --------------------------------------------------------------------------------- process
     def _process(self, batch: list[tuple[Frame, Prepared | None]]) -> None:
         t_deq = time.perf_counter_ns()
@@ -302,9 +320,11 @@ class Pipeline:
                 results.append(combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images))
                 k += n
         records = []
-        model_id, camera, thr = self.backend.card.model_id, self.cfg.camera, self.threshold
+        model_id = self.backend.card.model_id
         k = 0
         for (f, p), res in zip(good, results, strict=True):
+            # serve: the frame's camera, and that camera's threshold where its config overrides the model's
+            camera, thr = f.extra.get("camera", self.cfg.camera), f.extra.get("threshold", self.threshold)
             anomalous = res["normalized_score"] > thr
             box = None
             if anomalous:  # where the defect is: in frame pixels (the direct path's maps are at model resolution)

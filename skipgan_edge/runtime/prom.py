@@ -8,7 +8,9 @@ Every series carries the ``camera`` label (``--camera-id``):
 * ``skipgan_stage_latency_seconds{stage}``: histograms of each pipeline stage (capture, preprocess, queue, infer,
   postprocess) and of the whole way from capture to result (``total``);
 * ``skipgan_model_info{model_id, backend, precision}`` = 1, and ``skipgan_threshold``: what is scoring;
-* ``skipgan_up``: 1 while the source delivers frames, 0 once it ended or failed.
+* ``skipgan_up``: 1 while the source delivers frames, 0 once it ended or failed (``serve``: while it is retried);
+* ``serve`` adds ``skipgan_model_reloads_total{model, outcome}`` and ``skipgan_frames_per_second`` (over the last
+  periodic summary).
 
 It is a sink (it sees each batch's records after they are scored) plus a counter hook the pipeline calls after
 each batch for what sinks do not see (drops and unreadable frames). The HTTP server is prometheus-client's, on a
@@ -28,18 +30,16 @@ from skipgan_edge.runtime.sinks import STAGE_FIELDS, Sink
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-class MetricsSink(Sink):
-    needs_image = False
+class Metrics:
+    """The registry, the metric families and the HTTP server: one per process, shared by every camera."""
 
-    def __init__(self, port: int, camera: str, addr: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, addr: str = "127.0.0.1") -> None:
         try:
             import prometheus_client as pc
         except ImportError:
             raise MissingDependencyError("--metrics-port needs prometheus-client: pip install 'skipgan-edge[metrics]'") from None
         if not 0 <= port <= 65535:
             raise ConfigError(f"--metrics-port must be in 0-65535, got {port}")
-        self.name = f"metrics :{port}"
-        self.camera = camera
         reg = pc.CollectorRegistry()
         self.frames = pc.Counter("skipgan_frames", "Frames by outcome", ["camera", "outcome"], registry=reg)
         self.anomalies = pc.Counter("skipgan_anomalies", "Frames over the threshold", ["camera"], registry=reg)
@@ -49,25 +49,54 @@ class MetricsSink(Sink):
                              ["camera", "model_id", "backend", "precision"], registry=reg)
         self.threshold = pc.Gauge("skipgan_threshold", "Normalized-score threshold", ["camera"], registry=reg)
         self.up = pc.Gauge("skipgan_up", "1 while the source delivers frames", ["camera"], registry=reg)
+        self.reloads = pc.Counter("skipgan_model_reloads", "Model reloads by outcome", ["model", "outcome"], registry=reg)
+        self.periodic = pc.Gauge("skipgan_frames_per_second", "Frames scored per second over the last summary period",
+                                 ["camera"], registry=reg)
         self.registry = reg
-        for outcome in ("scored", "dropped", "unreadable"):
-            self.frames.labels(camera, outcome)  # every series exists from the first scrape
-        self.anomalies.labels(camera)
-        self._stages = {st: self.latency.labels(camera, st) for st in (*STAGE_FIELDS, "total")}
-        self._scored, self._anom = self.frames.labels(camera, "scored"), self.anomalies.labels(camera)
-        self._dropped, self._unreadable = self.frames.labels(camera, "dropped"), self.frames.labels(camera, "unreadable")
-        self._seen = {"dropped": 0, "unreadable": 0}
-        self.up.labels(camera).set(0)
         try:
             self.server, self.thread = pc.start_http_server(port, addr=addr, registry=reg)
         except OSError as exc:
             raise ConfigError(f"--metrics-port {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); choose another port") from None
         self.port = int(self.server.server_address[1])
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class MetricsSink(Sink):
+    """One camera's series in a shared :class:`Metrics` (``own``: this sink also closes the server, as ``run`` does)."""
+
+    needs_image = False
+
+    def __init__(self, metrics: Metrics, camera: str, own: bool = False) -> None:
+        self.name = f"metrics :{metrics.port} {camera}"
+        self.m, self.camera, self.own = metrics, camera, own
+        for outcome in ("scored", "dropped", "unreadable"):
+            metrics.frames.labels(camera, outcome)  # every series exists from the first scrape
+        metrics.anomalies.labels(camera)
+        self._stages = {st: metrics.latency.labels(camera, st) for st in (*STAGE_FIELDS, "total")}
+        self._scored, self._anom = metrics.frames.labels(camera, "scored"), metrics.anomalies.labels(camera)
+        self._dropped, self._unreadable = metrics.frames.labels(camera, "dropped"), metrics.frames.labels(camera, "unreadable")
+        self._seen = {"dropped": 0, "unreadable": 0}
+        self._info: tuple[str, ...] | None = None
+        metrics.up.labels(camera).set(0)
+
     def started(self, model_id: str | None, backend: str, precision: str, threshold: float) -> None:
-        self.info.labels(self.camera, model_id or "unknown", backend, precision).set(1)
-        self.threshold.labels(self.camera).set(threshold)
-        self.up.labels(self.camera).set(1)
+        self.model(model_id, backend, precision, threshold)
+        self.set_up(True)
+
+    def model(self, model_id: str | None, backend: str, precision: str, threshold: float) -> None:
+        """What scores this camera now (a reload replaces the info series)."""
+        labels = (self.camera, model_id or "unknown", backend, precision)
+        if self._info is not None and self._info != labels:
+            self.m.info.remove(*self._info)
+        self.m.info.labels(*labels).set(1)
+        self._info = labels
+        self.m.threshold.labels(self.camera).set(threshold)
+
+    def set_up(self, up: bool) -> None:
+        self.m.up.labels(self.camera).set(1 if up else 0)
 
     def counts(self, dropped: int, unreadable: int) -> None:
         """Totals so far of what the sinks do not see; the counters advance by the difference."""
@@ -90,10 +119,7 @@ class MetricsSink(Sink):
         if n_anom:
             self._anom.inc(n_anom)
 
-    def ended(self) -> None:
-        self.up.labels(self.camera).set(0)
-
     def close(self) -> None:
-        self.ended()
-        self.server.shutdown()
-        self.server.server_close()
+        self.set_up(False)
+        if self.own:
+            self.m.close()

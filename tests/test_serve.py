@@ -1,0 +1,234 @@
+"""``skipgan-edge serve``: real cells in subprocesses: several cameras, two models, a camera that is missing and one that
+disappears, model hot-reload (file replaced, SIGHUP, a broken file refused), systemd notifications, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import pytest
+from conftest import CLI, run_cli, write_defect_video
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _up(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("skipgan_up{"):
+            out[line.split('camera="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _frames_to_folder(video: Path, folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cap = cv2.VideoCapture(str(video))
+    for i in range(n):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
+
+
+def test_a_cell_of_four_cameras_two_models_one_missing_one_disappearing(demo_onnx: Path, tiny_model: Path, tmp_path: Path) -> None:
+    a = write_defect_video(tmp_path / "a.avi", 60, {5, 40}, "MJPG", seed=1)
+    b = write_defect_video(tmp_path / "b.avi", 45, {20}, "MJPG", seed=2)
+    _frames_to_folder(write_defect_video(tmp_path / "w.avi", 8, {3}, "MJPG", seed=3), tmp_path / "drop", 8)
+    port = _free_port()
+    (tmp_path / "cell.toml").write_text(f"""
+[serve]
+batch = 8
+max_wait_ms = 20
+metrics_port = {port}
+summary_every_s = 0.5
+retry_max_s = 1
+
+[[camera]]
+id = "line-a"
+source = "{a}"
+replay_fps = 40
+onnx = "{demo_onnx / 'scorer.onnx'}"
+jsonl = "a.jsonl"
+
+[[camera]]
+id = "line-b"
+source = "{b}"
+replay_fps = 40
+onnx = "{demo_onnx / 'scorer.onnx'}"
+threshold = 1000.0
+jsonl = "b.jsonl"
+
+[[camera]]
+id = "scanner"
+source = "watch:{tmp_path / 'drop'}"
+model = "{tiny_model}"
+jsonl = "w.jsonl"
+
+[[camera]]
+id = "late"
+source = "{tmp_path / 'late.avi'}"
+onnx = "{demo_onnx / 'scorer.onnx'}"
+jsonl = "late.jsonl"
+""")
+    proc = subprocess.Popen([*CLI, "-v", "serve", "--config", "cell.toml", "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: len(_lines(tmp_path / "w.jsonl")) == 8), "the watch folder camera scores its files"
+        ups = _up(port)
+        assert ups["late"] == 0.0 and ups["scanner"] == 1.0  # missing at start: retried, shown down, the others run
+        # the scanner's folder disappears: that camera goes down and is retried; the others go on
+        shutil.rmtree(tmp_path / "drop")
+        assert _wait(lambda: _up(port)["scanner"] == 0.0, 20)
+        # the late camera's file appears: it is picked up on a retry
+        write_defect_video(tmp_path / "late.avi", 20, {7}, "MJPG", seed=4)
+        assert _wait(lambda: len(_lines(tmp_path / "late.jsonl")) == 20, 60)
+        # the folder comes back with two new files: scored, the old ones are not scored again
+        _frames_to_folder(write_defect_video(tmp_path / "w2.avi", 2, set(), "MJPG", seed=5), tmp_path / "drop2", 2)
+        (tmp_path / "drop").mkdir()
+        for i, p in enumerate(sorted((tmp_path / "drop2").iterdir())):
+            os.replace(p, tmp_path / "drop" / f"new{i}.png")
+        assert _wait(lambda: len(_lines(tmp_path / "w.jsonl")) == 10, 30)
+        assert _wait(lambda: len(_lines(tmp_path / "a.jsonl")) >= 55 and len(_lines(tmp_path / "b.jsonl")) >= 40, 60)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the watch camera never ends by itself
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    s = json.loads(out)
+    cams = s["cameras"]
+    assert set(cams) == {"line-a", "line-b", "scanner", "late"}
+    ra, rb, rw = _lines(tmp_path / "a.jsonl"), _lines(tmp_path / "b.jsonl"), _lines(tmp_path / "w.jsonl")
+    assert cams["line-a"]["scored"] == len(ra) and cams["line-a"]["scored"] + cams["line-a"]["dropped"] == 60
+    assert cams["late"]["scored"] == 20 and cams["late"]["failures"] >= 1 and cams["late"]["opens"] == 1
+    assert cams["scanner"]["opens"] >= 2 and cams["scanner"]["scored"] == 10
+    assert {r["camera"] for r in ra} == {"line-a"} and {r["camera"] for r in rw} == {"scanner"}
+    assert not any(r["anomalous"] for r in rb) and all(r["threshold"] == 1000.0 for r in rb)  # the camera's own threshold
+    assert any(r["anomalous"] for r in ra)
+    shared = s["models"][str(demo_onnx / "scorer.onnx")]
+    assert shared["cameras"] == ["line-a", "line-b", "late"] and shared["shared_batches"] > 0  # one backend, batches mixed
+    assert s["models"][str(tiny_model)]["model_id"] == rw[0]["model_id"] != ra[0]["model_id"]
+    assert "camera late:" in err and "retrying" in err and "camera line-a " in err and "frames/s" in err, err  # events, summaries
+
+
+def test_hot_reload_swaps_between_batches_and_refuses_a_broken_model(demo_onnx: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """The watched file is replaced by another model's scorer (atomic rename), then by garbage, then SIGHUP."""
+    from skipgan_edge.export.onnx import export_onnx
+
+    other = tmp_path / "other.onnx"
+    export_onnx(tiny_model, other)
+    live = tmp_path / "live.onnx"
+    shutil.copy(demo_onnx / "scorer.onnx", live)
+    video = write_defect_video(tmp_path / "v.avi", 150, {10, 100}, "MJPG")
+    port = _free_port()
+    (tmp_path / "cell.toml").write_text(f"""
+[serve]
+metrics_port = {port}
+reload_poll_s = 0.2
+[[camera]]
+id = "cam"
+source = "{video}"
+replay_fps = 25
+onnx = "{live}"
+jsonl = "r.jsonl"
+""")
+    proc = subprocess.Popen([*CLI, "serve", "--config", "cell.toml", "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = None
+    try:
+        assert _wait(lambda: len(_lines(tmp_path / "r.jsonl")) > 10)
+        first = _lines(tmp_path / "r.jsonl")[0]["model_id"]
+        tmp = tmp_path / "incoming.onnx"
+        shutil.copy(other, tmp)
+        os.replace(tmp, live)  # the deployment step: write beside, rename over
+        assert _wait(lambda: _lines(tmp_path / "r.jsonl")[-1]["model_id"] != first, 30)
+        (tmp_path / "broken.onnx").write_bytes(b"not a model")
+        os.replace(tmp_path / "broken.onnx", live)
+        metrics = ""
+        assert _wait(lambda: 'outcome="refused"} 1.0' in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode(), 30)
+        n = len(_lines(tmp_path / "r.jsonl"))
+        assert _wait(lambda: len(_lines(tmp_path / "r.jsonl")) > n + 5, 30)  # the previous model keeps scoring
+        shutil.copy(demo_onnx / "scorer.onnx", tmp_path / "back.onnx")
+        os.replace(tmp_path / "back.onnx", live)
+        assert _wait(lambda: _lines(tmp_path / "r.jsonl")[-1]["model_id"] == first, 30)
+        proc.send_signal(signal.SIGHUP)  # a reload on demand (same file): counted as a reload
+        assert _wait(lambda: 'outcome="ok"} 3.0' in (metrics := urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()), 30), metrics
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    s = json.loads(out)
+    recs = _lines(tmp_path / "r.jsonl")
+    cam = s["cameras"]["cam"]
+    assert cam["scored"] == len(recs) and cam["scored"] + cam["dropped"] == 150
+    assert [r["frame"] for r in recs] == sorted(r["frame"] for r in recs)  # in order, none twice
+    ids = [r["model_id"] for r in recs]
+    switches = sum(1 for x, y in zip(ids, ids[1:]) if x != y)
+    assert switches >= 2 and len(set(ids)) == 2  # demo -> other -> demo, the broken file never scored
+    assert s["models"][str(live)]["reloads"] == {"ok": 3, "refused": 1}
+    refused = [line for line in err.splitlines() if "reload refused" in line]
+    assert len(refused) == 1 and "keeps running" in refused[0]
+
+
+def test_systemd_notifications_and_the_unit(demo_onnx: Path, tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(str(sock_path))
+    srv.settimeout(30)
+    video = write_defect_video(tmp_path / "v.avi", 40, set(), "MJPG")
+    (tmp_path / "cell.toml").write_text(f'[serve]\nsummary_every_s = 0.5\n[[camera]]\nid = "c"\nsource = "{video}"\nreplay_fps = 20\n'
+                                        f'onnx = "{demo_onnx / "scorer.onnx"}"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([*CLI, "serve", "--config", "cell.toml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    got: list[str] = []
+    try:
+        while not ({"READY=1", "WATCHDOG=1"} <= {m.split("\n")[0] for m in got} and any(m.startswith("STATUS=c ") for m in got)):
+            got.append(srv.recv(4096).decode())
+    finally:
+        out, err = proc.communicate(timeout=60)
+        srv.close()
+    assert proc.returncode == 0, err
+    assert got[0].startswith("READY=1")  # readiness first, once the model is loaded
+    unit = run_cli("serve", "--print-unit").stdout
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "ExecStart=" in unit and "serve --config" in unit
+
+
+@pytest.mark.parametrize(("text", "msg"), [
+    ('[[camera]]\nid = "a"\nsorce = "x.mp4"\nonnx = "m.onnx"\n', "[[camera]] 1 ('a'): unknown key 'sorce'"),
+    ('[[camera]]\nid = "a"\nonnx = "m.onnx"\n', "[[camera]] 1 ('a'): 'source' is required"),
+    ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m.onnx"\nmodel = "r"\n', "give exactly one of 'model', 'onnx' or 'engine'"),
+    ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n[[camera]]\nid = "a"\nsource = "y"\nonnx = "m"\n', "is used by another camera"),
+    ('[serve]\nbatch = "8"\n[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n', "[serve]: 'batch' must be int"),
+    ('[servr]\n', "unknown table 'servr'"),
+    ('[serve]\nbatch = 2\n', "no [[camera]] table"),
+    ('[[camera]]\nid = "a b"\nsource = "x"\nonnx = "m"\n', "'id' must be"),
+])
+def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, msg: str) -> None:
+    (tmp_path / "cell.toml").write_text(text)
+    p = run_cli("serve", "--config", str(tmp_path / "cell.toml"), "--check", check=False)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], p.stderr
