@@ -209,7 +209,7 @@ def test_systemd_notifications_and_the_unit(demo_onnx: Path, tmp_path: Path) -> 
         while not ({"READY=1", "WATCHDOG=1"} <= {m.split("\n")[0] for m in got} and any(m.startswith("STATUS=c ") for m in got)):
             got.append(srv.recv(4096).decode())
     finally:
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         srv.close()
     assert proc.returncode == 0, err
     assert got[0].startswith("READY=1")  # readiness first, once the model is loaded
