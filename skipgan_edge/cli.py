@@ -487,6 +487,8 @@ def bench(
     pipeline: Annotated[bool, typer.Option("--pipeline", help="End to end from --source, per-stage latency.")] = False,
     source: Annotated[Optional[str], typer.Option(help="Source for --pipeline (a video file, folder, ...).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+    plots: Annotated[Optional[Path], typer.Option(help="Write latency, throughput and roofline PNGs into this folder "
+                                                  "(default with --json: beside it; needs matplotlib).")] = None,
 ) -> None:
     """Latency (min/mean/median/p90/p95/p99) and throughput per backend × precision × batch, like trtexec."""
     from skipgan_edge.bench.latency import BenchConfig, discover, format_table, pipeline_bench, run_bench
@@ -523,6 +525,17 @@ def bench(
     if json_out:
         atomic_write_json(json_out, result)
         typer.echo(f"results: {json_out}")
+    if plots is not None or json_out is not None:
+        from skipgan_edge.metrics import plots_available
+
+        if plots_available():
+            from skipgan_edge.bench.plots import latency_plots
+
+            folder = plots if plots is not None else Path(json_out or ".").parent
+            prefix = Path(json_out).stem if json_out is not None else "bench"
+            typer.echo("plots: " + "  ".join(str(p) for p in latency_plots(result, folder, prefix)))
+        else:
+            typer.echo("plots: none (matplotlib is not installed: pip install 'skipgan-edge[train]')")
 
 
 # ----------------------------------------------------------------------------------------- demo

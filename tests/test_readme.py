@@ -53,3 +53,5 @@ def test_readme_tour_runs(tmp_path: Path) -> None:
     assert (tmp_path / "scores.jsonl").exists() and (tmp_path / "annotated.mp4").stat().st_size > 0
     bench = json.loads((tmp_path / "bench.json").read_text())
     assert {r["batch"] for r in bench["records"]} == {1, 8, 64}
+    for kind in ("latency", "throughput"):  # bench writes its own plots beside its JSON
+        assert (tmp_path / f"bench_{kind}.png").stat().st_size > 1000
