@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import socket
@@ -17,6 +18,8 @@ from conftest import CLI, run_cli, write_defect_video
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Debian's mosquitto (make test installs it)")
+# run as root, mosquitto drops to the 'mosquitto' user, which cannot read the test's private folders: stay this user
+USER = f"user {getpass.getuser()}\n"
 
 
 def _free_port() -> int:
@@ -33,7 +36,7 @@ class Broker:
         self.conf = folder / "mosquitto.conf"
         folder.mkdir(parents=True, exist_ok=True)
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {folder}/\nautosave_interval 1\n")
+                             f"persistence_location {folder}/\nautosave_interval 1\n{USER}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -177,3 +180,42 @@ def test_bad_mqtt_options_are_one_line(demo_onnx: Path, tmp_path: Path) -> None:
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], (args, p.stderr)
     assert sys.executable
+
+
+def test_mqtts_with_a_private_ca(demo_onnx: Path, tmp_path: Path) -> None:
+    """TLS to a Mosquitto listener whose certificate a private CA signed (openssl CLI makes both), verified with --mqtt-ca."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make the test certificates")
+    d = tmp_path / "pki"
+    d.mkdir()
+
+    def ssl(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2",
+        "-extfile", "san.ext")
+    port = _free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\n"
+                    f"keyfile {d / 'server.key'}\n{USER}")
+    assert MOSQUITTO is not None
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        video = write_defect_video(tmp_path / "line.avi", 12, {4}, "MJPG")
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                    "--mqtt", f"mqtts://127.0.0.1:{port}/secure", "--mqtt-ca", str(d / "ca.crt"), "--json")
+        stats = next(iter(json.loads(p.stdout)["sinks"].values()))
+        assert stats["published"] == 12 and stats["dropped"] == 0
+        # without the CA the broker's certificate is not trusted: nothing is published, every message waits or drops
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                    "--mqtt", f"mqtts://127.0.0.1:{port}/secure", "--json")
+        stats = next(iter(json.loads(p.stdout)["sinks"].values()))
+        assert stats["published"] == 0 and stats["connected"] is False
+    finally:
+        broker.terminate()
+        broker.wait()

@@ -187,10 +187,12 @@ class MqttSink(Sink):
             self.client.publish(self.topic_heartbeat, json.dumps({"camera": self.camera, "time": time.time(), **s}), qos=0)
 
     def close(self, drain_s: float = 10.0) -> None:
-        """Send what waits (up to ``drain_s`` if the broker is there), publish ``offline``, disconnect."""
+        """Send what waits (for up to ``drain_s``: a broker that is away costs the run's end that long), publish
+        ``offline``, disconnect."""
         self._stop.set()
         deadline = time.monotonic() + drain_s
-        while self.connected.is_set() and self.stats()["waiting"] > 0 and time.monotonic() < deadline:
+        # a short run may end before the (TLS) connection is up: messages that wait get until the deadline either way
+        while self.stats()["waiting"] > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         s = self.stats()
         if s["waiting"]:
