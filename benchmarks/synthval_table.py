@@ -19,7 +19,8 @@ from skipgan_edge.metrics import spearman
 
 OUT = Path(__file__).resolve().parent / "peers" / "out"
 DEFAULT_SCORE = "default (standardized λ0.5, max-pooled 3x3)"
-DEFAULT_MODEL = "skip all (paper)"
+PAPER_MODEL = "skip all (paper)"  # the default before this study
+DEFAULT_MODEL = "skip 4"  # the innermost skip only: the default this study adopted (ModelConfig.skip_levels = "innermost")
 GROUPS = {"semantic (Fashion-MNIST)": "fmnist", "local defects (textures)": "texture"}
 
 
@@ -49,22 +50,24 @@ def main() -> None:
           "`python benchmarks/synthval_table.py`.", ""]
 
     # ---------------------------------------------------------------- 1. threshold policies
-    md += ["## 1. Threshold policies (default model and score)", "",
+    md += ["## 1. Threshold policies (default score; the adopted default model and the paper's generator)", "",
            "Each policy sets the threshold on validation, then the test split is scored: F1 at that threshold, recall, and the "
            "false-alarm rate reached on the test normals against the one promised (the policy's expected FPR on validation). "
-           "Mean ± std over splits and seeds.", "",
-           "| data | policy | test F1 | test recall | test FPR | promised FPR | fell back to max-normal |", "|---|---|---|---|---|---|---|"]
+           "Mean ± std over splits and seeds. With 64 normal validation images (the textures) `fpr:0.01` cannot be promised "
+           "(99 are needed) and falls back to max-normal.", "",
+           "| model | data | policy | test F1 | test recall | test FPR | promised FPR | fell back to max-normal |",
+           "|---|---|---|---|---|---|---|---|"]
     pol_out: dict[str, dict[str, dict[str, float]]] = {}
-    for group in [*GROUPS, "all"]:
+    for model, group in [(m, g) for m in (DEFAULT_MODEL, PAPER_MODEL) for g in [*GROUPS, "all"]]:
         for pol in ("max-normal", "fpr:0.01", "fpr:0.05", "f1"):
-            sel = [by[(d, s, DEFAULT_MODEL)]["policies"][pol] for d in datasets for s in seeds
-                   if (d, s, DEFAULT_MODEL) in by and (group == "all" or group_of(d) == group)]
+            sel = [by[(d, s, model)]["policies"][pol] for d in datasets for s in seeds
+                   if (d, s, model) in by and (group == "all" or group_of(d) == group)]
             if not sel:
                 continue
             agg = {k: float(np.mean([x[k] for x in sel])) for k in ("test_f1", "test_recall", "test_fpr", "promised_fpr")}
-            pol_out.setdefault(group, {})[pol] = agg
+            pol_out.setdefault(f"{model} / {group}", {})[pol] = agg
             fb = sum(bool(x.get("fell_back_to_max_normal")) for x in sel)
-            md.append(f"| {group} | {pol} | {ms([x['test_f1'] for x in sel])} | {ms([x['test_recall'] for x in sel])} | "
+            md.append(f"| {model} | {group} | {pol} | {ms([x['test_f1'] for x in sel])} | {ms([x['test_recall'] for x in sel])} | "
                       f"{ms([x['test_fpr'] for x in sel])} | {ms([x['promised_fpr'] for x in sel])} | {fb}/{len(sel)} |")
     res["policies"] = pol_out
 
@@ -151,6 +154,15 @@ def main() -> None:
             md.append(f"| {m} | " + " | ".join(cells) + " | " + " | ".join(gcells) + " |")
         md.append("")
     res["skip_levels"] = skip_out
+    md += ["**Against the paper's generator (every skip), default score, by group:** the best variant and whether it beats "
+           "the paper's beyond the seed spread (its mean minus its std above the paper's mean plus its std).", ""]
+    for g in GROUPS:
+        scores = {m: v[g] for m, v in skip_out[DEFAULT_SCORE].items() if v.get(g)}
+        best = max(scores, key=lambda m: np.mean(scores[m]))
+        b, p = scores[best], scores.get(PAPER_MODEL, [])
+        beyond = bool(p) and np.mean(b) - np.std(b) > np.mean(p) + np.std(p)
+        md.append(f"- {g}: best **{best}** {ms(b)} vs {PAPER_MODEL} {ms(p)}: " + ("beyond the seed spread" if beyond else "within it"))
+    md.append("")
     (RESULTS / "synthval_study.json").write_text(json.dumps(res, indent=1))
     (RESULTS / "synthval_study.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

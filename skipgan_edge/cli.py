@@ -121,8 +121,8 @@ def train(
     input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training.")] = None,
     skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training.")] = None,
     feature_layer: Annotated[Optional[str], typer.Option(help="D layer used as f(x): last (paper) or penultimate.")] = None,
-    skip_levels: Annotated[Optional[str], typer.Option(help="UNet skips kept: all (paper), none (autoencoder) or levels like 2,3,4 "
-                                                      "(1 = full resolution).")] = None,
+    skip_levels: Annotated[Optional[str], typer.Option(help="UNet skips kept: innermost (default, measured best), all (the paper), "
+                                                      "none (autoencoder) or levels like 2,3,4 (1 = full resolution).")] = None,
     threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: fpr:Q (at most Q of normal images flagged), f1 (on labelled, "
                                                     "else synthetic validation anomalies) or max-normal.")] = None,
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",

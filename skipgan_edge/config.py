@@ -39,7 +39,7 @@ class ModelConfig:
     nz: int = 100  # size of the discriminator feature f(x) used by the latent loss and score
     skip_dropout: float = 0.0  # channel dropout on the UNet skip connections while training (0 = the paper)
     feature_layer: str = "penultimate"  # D layer for f(x): penultimate (4x4 map, measured better) or last (the paper's nz-d conv)
-    skip_levels: str = "all"  # UNet skips kept: all (the paper), none (an autoencoder) or levels "1,3" (1 = full resolution)
+    skip_levels: str = "innermost"  # UNet skips kept: innermost (measured best), all (the paper), none (an autoencoder), or "1,3"
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:
@@ -62,12 +62,14 @@ class ModelConfig:
         text = self.skip_levels.strip().lower()
         if text == "all":
             return frozenset(levels)
+        if text == "innermost":  # the 2x2 bottleneck's skip only (benchmarks/results/synthval_study.md)
+            return frozenset({self.depth - 1})
         if text in ("none", ""):
             return frozenset()
         try:
             chosen = frozenset(int(t) for t in text.split(","))
         except ValueError:
-            raise ConfigError(f"skip_levels must be all, none or comma-separated levels like 1,3; got {self.skip_levels!r}") from None
+            raise ConfigError(f"skip_levels must be innermost, all, none or comma-separated levels like 1,3; got {self.skip_levels!r}") from None
         bad = sorted(chosen - set(levels))
         if bad:
             raise ConfigError(f"skip_levels {bad} out of range: isize {self.isize} has levels 1..{self.depth - 1}")

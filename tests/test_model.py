@@ -11,7 +11,7 @@ from skipgan_edge.model.scorer import Scorer
 
 
 def test_parameter_counts_match_authors_code() -> None:
-    m = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=64, ndf=64, nz=100))
+    m = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=64, ndf=64, nz=100, skip_levels="all"))  # the paper's generator
     assert count_parameters(m.generator) == 16_659_075
     assert count_parameters(m.discriminator) == 1_069_700
 

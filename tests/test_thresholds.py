@@ -129,6 +129,7 @@ def test_skip_levels_change_the_generator_as_declared() -> None:
     assert [b.skip for b in blocks("all")] == [True] * 4
     assert [b.skip for b in blocks("none")] == [False] * 4
     assert [b.skip for b in blocks("1,3")] == [True, False, True, False]
+    assert [b.skip for b in blocks("innermost")] == [False, False, False, True]
     for levels in ("all", "none", "2,3,4", "4"):
         net = build_model(ModelConfig(isize=32, channels=3, ngf=8, ndf=8, skip_levels=levels)).eval()
         fake, _, _ = net.terms(torch.zeros(2, 3, 32, 32))
@@ -151,6 +152,7 @@ def test_skip_levels_are_validated_and_the_paper_keeps_all() -> None:
     with pytest.raises(ConfigError, match="comma-separated"):
         ModelConfig(skip_levels="outer").validate()
     assert ModelConfig(isize=64, skip_levels="5").skip_level_set == {5}
+    assert ModelConfig(isize=64).skip_level_set == {5} and ModelConfig(isize=32).skip_level_set == {4}  # the default: innermost
     assert paper_overrides({})["model"]["skip_levels"] == "all"
     with pytest.raises(ConfigError, match="--paper fixes model.skip_levels"):
         paper_overrides({"model": {"skip_levels": "none"}})

@@ -6,8 +6,9 @@ ReLU going up, Tanh out. Discriminator: a DCGAN encoder whose last convolution g
 nz-dimensional feature f(x) (used by the latent loss and the score); a 3×3 classifier conv
 and a sigmoid on top give D(x).
 
-With isize 32, 3 channels and ngf = ndf = 64, nz = 100 the generator has 16,659,075 and the
-discriminator 1,069,700 parameters, the counts of the authors' released code (tested).
+With isize 32, 3 channels and ngf = ndf = 64, nz = 100 and every skip (``skip_levels="all"``, as
+``--paper``) the generator has 16,659,075 and the discriminator 1,069,700 parameters, the counts of
+the authors' released code (tested).
 
 What we do not copy from the official code: it adds an *uninitialised* noise tensor to the
 generator input during training (its values are whatever memory held); we add none.
@@ -72,7 +73,10 @@ class UnetGenerator(nn.Module):
     Skip levels are numbered from the full-resolution end: level 1 concatenates the first
     convolution's output (isize/2 × isize/2) to the last up-convolution's input, level
     depth-1 is the innermost (2×2). ``ModelConfig.skip_levels`` keeps any subset: all of them is
-    the paper, none is a plain encoder-decoder (an autoencoder). A level without its skip hands
+    the paper (``--paper``), none is a plain encoder-decoder (an autoencoder). The default keeps
+    only the innermost: the outer skips let the generator copy an anomaly through, and removing
+    them raised test AUROC from 0.585 to 0.716 on Fashion-MNIST and from 0.948 to 0.998 on the
+    textures, 3 seeds (benchmarks/results/synthval_study.md). A level without its skip hands
     up only its decoder's output, so the up-convolution above it has half the input channels.
     """
 
