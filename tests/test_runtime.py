@@ -356,7 +356,7 @@ def test_sink_failure_stops_with_one_line(demo_onnx: Path, tmp_path: Path) -> No
                 "--csv", str(tmp_path / "s.csv"), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("error: JSONL /dev/full sink failed: No space left on device")
-    assert (tmp_path / "s.csv").read_text().startswith("source,frame")  # the other sink was flushed and closed
+    assert (tmp_path / "s.csv").read_text().startswith("schema,camera,source,frame")  # the other sink was flushed and closed
 
 
 def test_run_with_model_folder_torch_backend(demo_model: Path, synth_dir: Path, tmp_path: Path) -> None:
