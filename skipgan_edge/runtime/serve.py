@@ -85,6 +85,7 @@ class ServeDefaults:
     mqtt: str | None = None
     mqtt_anomalies_only: bool = False
     mqtt_heartbeat_s: float = 10.0
+    mqtt_flush_ms: float = 20.0
     summary_every_s: float = 60.0
     reload: bool = True
     reload_poll_s: float = 1.0
@@ -493,7 +494,8 @@ class Cell:
                 url = d.mqtt
                 if cam.mqtt_topic:  # this camera's topic prefix on the same broker
                     url = urllib.parse.urlunsplit(urllib.parse.urlsplit(d.mqtt)._replace(path="/" + cam.mqtt_topic.strip("/")))
-                sinks.append(MqttSink(MqttOptions(url, camera=cam.id, anomalies_only=d.mqtt_anomalies_only, heartbeat_s=d.mqtt_heartbeat_s)))
+                sinks.append(MqttSink(MqttOptions(url, camera=cam.id, anomalies_only=d.mqtt_anomalies_only, heartbeat_s=d.mqtt_heartbeat_s,
+                                                  flush_ms=d.mqtt_flush_ms)))
             if self.metrics is not None:
                 from skipgan_edge.runtime.prom import MetricsSink
 
