@@ -87,3 +87,14 @@ def test_jsonl_to_stdout_and_the_summary_to_stderr(demo_onnx: Path, tmp_path: Pa
     summary = json.loads(p.stderr[p.stderr.index("{"):])
     _validate(summary, SUMMARY)
     assert summary["scored"] == 10
+
+
+def test_iso_time_matches_datetime() -> None:
+    import datetime
+
+    from skipgan_edge.runtime.sinks import iso_time
+
+    rng = np.random.default_rng(0)
+    for ts in [0.0, 0.9995, 1795902906.1221192, *rng.uniform(0, 4e9, 200).tolist(), 1795902907.0]:
+        want = datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - int(ts)) * 1000):03d}Z"
+        assert iso_time(ts) == want

@@ -62,10 +62,17 @@ def check_camera_id(camera: str) -> str:
     return camera
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted and its text (one tuple: threads read it whole)
+
+
 def iso_time(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2026-11-28T21:53:46.123Z."""
-    ms = int((ts % 1) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
+    """ISO-8601 UTC with milliseconds, e.g. 2026-11-28T21:53:46.123Z (the date and time part is formatted once per second)."""
+    global _second
+    sec = int(ts)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{int((ts - sec) * 1000):03d}Z"
 
 
 def jsonl_line(r: dict[str, Any]) -> str:
