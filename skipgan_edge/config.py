@@ -169,10 +169,17 @@ class RunConfig:
 
 
 def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) in [{table}]: {', '.join(unknown)}; known: {', '.join(known)}")
+    return cls(**typed_values(cls, values, f"[{table}] "))
+
+
+def typed_values(cls: type[Any], values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` checked against the dataclass ``cls``'s annotations (an int is a valid float); one line naming the key
+    (``where`` prefixes it) when a type is wrong. Unknown keys are the caller's to refuse, in its own words."""
+    known = {f.name: f for f in fields(cls)}
     out: dict[str, Any] = {}
     for name, value in values.items():
         # the field's annotation names the accepted types ("float | None"); an int is a valid float
@@ -180,9 +187,9 @@ def _build(cls: type[Any], values: dict[str, Any], table: str) -> Any:
         if "float" in allowed and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value).__name__ not in allowed:
-            raise ConfigError(f"[{table}] {name} must be {' or '.join(allowed)}, got {type(value).__name__} ({value!r})")
+            raise ConfigError(f"{where}{name} must be {' or '.join(allowed)}, got {type(value).__name__} ({value!r})")
         out[name] = value
-    return cls(**out)
+    return out
 
 
 PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0, "feature_layer": "last", "skip_levels": "all"},

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from skipgan_edge.thresholds import f1_optimal_threshold  # noqa: F401 - re-exported: the F1 sweep lives with the policies
+from skipgan_edge.thresholds import f1_optimal_threshold, ranked_counts  # noqa: F401 - re-exported: the F1 sweep lives with the policies
 
 
 def _rankdata(x: np.ndarray) -> np.ndarray:
@@ -66,16 +66,9 @@ def f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average precision: sum over thresholds of (recall step) x precision, as scikit-learn defines it (no interpolation)."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, np.float64).ravel()
-    if not labels.any():
+    if not np.asarray(labels).astype(bool).any():
         raise ValueError("average precision needs anomalous samples")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[distinct].astype(np.float64)
-    precision = tp / (distinct + 1)
-    recall = tp / y.sum()
+    recall, precision = pr_curve(labels, scores)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
@@ -145,13 +138,8 @@ def plots_available() -> bool:
 
 def pr_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(recall, precision) at every distinct threshold, strictest first (the points average_precision sums over)."""
-    labels = np.asarray(labels).astype(bool).ravel()
-    scores = np.asarray(scores, np.float64).ravel()
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[distinct].astype(np.float64)
-    return tp / max(1, int(y.sum())), tp / (distinct + 1)
+    _, tp, flagged, positives = ranked_counts(labels, scores)
+    return tp / max(1, positives), tp / flagged
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, path: Path, title: str = "",

@@ -136,18 +136,23 @@ def fpr_threshold(normal: np.ndarray, q: float) -> tuple[float, int]:
     return float(s[n - 1 - k]), k
 
 
-def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 for the rule score >= threshold."""
+def ranked_counts(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """For the rule score >= t at every distinct score t, strictest first: (t, true positives, flagged, positives).
+    The one sweep behind the F1-optimal threshold, average precision and the PR curve."""
     labels = np.asarray(labels).astype(bool).ravel()
     scores = np.asarray(scores, np.float64).ravel()
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], labels[order]
     distinct = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tp = np.cumsum(y)[distinct].astype(np.float64)
-    pred_pos = (distinct + 1).astype(np.float64)
-    f1 = 2 * tp / (pred_pos + y.sum())
+    return s[distinct], np.cumsum(y)[distinct].astype(np.float64), (distinct + 1).astype(np.float64), int(y.sum())
+
+
+def f1_optimal_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 for the rule score >= threshold."""
+    t, tp, flagged, positives = ranked_counts(labels, scores)
+    f1 = 2 * tp / (flagged + positives)
     best = int(np.argmax(f1))
-    return float(s[distinct][best]), float(f1[best])
+    return float(t[best]), float(f1[best])
 
 
 def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, recall_source: str | None = "synthetic") -> ThresholdChoice:

@@ -223,7 +223,7 @@ def test_systemd_notifications_and_the_unit(demo_onnx: Path, tmp_path: Path) -> 
     ('[[camera]]\nid = "a"\nonnx = "m.onnx"\n', "[[camera]] 1 ('a'): 'source' is required"),
     ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m.onnx"\nmodel = "r"\n', "give exactly one of 'model', 'onnx' or 'engine'"),
     ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n[[camera]]\nid = "a"\nsource = "y"\nonnx = "m"\n', "is used by another camera"),
-    ('[serve]\nbatch = "8"\n[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n', "[serve]: 'batch' must be int"),
+    ('[serve]\nbatch = "8"\n[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n', "[serve]: batch must be int"),
     ('[servr]\n', "unknown table 'servr'"),
     ('[serve]\nbatch = 2\n', "no [[camera]] table"),
     ('[[camera]]\nid = "a b"\nsource = "x"\nonnx = "m"\n', "'id' must be"),

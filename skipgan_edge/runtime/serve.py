@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from skipgan_edge.config import typed_values
 from skipgan_edge.errors import ConfigError, SkipganError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
 from skipgan_edge.runtime.backends.base import Backend
@@ -132,14 +133,7 @@ def _typed(cls: type[Any], values: Any, where: str) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(known)}")
-    out = {}
-    for name, value in values.items():
-        allowed = [t.strip() for t in str(known[name].type).split("|") if t.strip() != "None"]
-        if "float" in allowed and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value).__name__ not in allowed:
-            raise ConfigError(f"{where}: '{name}' must be {' or '.join(allowed)}, got {type(value).__name__} ({value!r})")
-        out[name] = value
+    out = typed_values(cls, values, f"{where}: ")
     missing = [f.name for f in known.values() if f.default is dataclasses.MISSING and f.name not in out]
     if missing:
         raise ConfigError(f"{where}: '{missing[0]}' is required")
