@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from common import RESULTS, command_line, export_dir_or_demo, machine, stamp, write_json
+from common import RESULTS, command_line, export_dir_or_demo, machine, rss_mb, stamp, write_json
 
 from skipgan_edge.bench.latency import BenchConfig, time_backend
 from skipgan_edge.demo import write_demo_video
@@ -35,13 +35,6 @@ from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.preprocess import Preprocessor
 from skipgan_edge.runtime.sinks import JsonlSink
 from skipgan_edge.runtime.sources import open_source
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
