@@ -219,3 +219,39 @@ def test_mqtts_with_a_private_ca(demo_onnx: Path, tmp_path: Path) -> None:
     finally:
         broker.terminate()
         broker.wait()
+
+
+def test_anomalies_only_and_the_last_will(broker: Broker, demo_onnx: Path, tmp_path: Path) -> None:
+    """--mqtt-anomalies-only publishes the anomalous frames alone; a process killed mid-run leaves the broker to publish
+    the retained offline status (the last will)."""
+    video = write_defect_video(tmp_path / "line.avi", 30, {6, 21}, "MJPG")
+    sub = Subscriber(broker.port, "cell/#", "test-sub-3")
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                "--mqtt", f"mqtt://127.0.0.1:{broker.port}/cell", "--camera-id", "camC", "--mqtt-anomalies-only",
+                "--jsonl", str(tmp_path / "s.jsonl"), "--json")
+    local = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    flagged = {r["frame"] for r in local if r["anomalous"]}
+    assert {6, 21} <= flagged and len(local) == 30
+    stats = next(iter(json.loads(p.stdout)["sinks"].values()))
+    assert stats["published"] == len(flagged) and stats["frames_seen"] == 30
+    deadline = time.monotonic() + 5
+    while len(sub.on("/camC/result")) < len(flagged) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {r["frame"] for r in sub.on("/camC/result")} == flagged
+    # SIGKILL mid-run: no DISCONNECT reaches the broker, which publishes the will
+    long = write_defect_video(tmp_path / "long.avi", 300, set(), "MJPG")
+    proc = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(long),
+                             "--replay-fps", "20", "--mqtt", f"mqtt://127.0.0.1:{broker.port}/cell", "--camera-id", "camK"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not any(s.get("state") == "online" for s in sub.on("/camK/status")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert any(s.get("state") == "online" for s in sub.on("/camK/status"))
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while not (st := sub.on("/camK/status")) or st[-1].get("state") != "offline":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.05)
+    assert st[-1] == {"state": "offline", "camera": "camK", "reason": "connection lost"}
+    sub.close()

@@ -115,6 +115,9 @@ jsonl = "late.jsonl"
             os.replace(p, tmp_path / "drop" / f"new{i}.png")
         assert _wait(lambda: len(_lines(tmp_path / "w.jsonl")) == 10, 30)
         assert _wait(lambda: len(_lines(tmp_path / "a.jsonl")) >= 55 and len(_lines(tmp_path / "b.jsonl")) >= 40, 60)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        assert 'skipgan_frames_per_second{camera="line-a"}' in text  # the periodic summary reaches the metrics too
+        assert 'skipgan_frames_total{camera="scanner",outcome="scored"} 10.0' in text
     finally:
         proc.send_signal(signal.SIGTERM)  # the watch camera never ends by itself
         out, err = proc.communicate(timeout=120)
