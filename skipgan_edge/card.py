@@ -125,6 +125,11 @@ class ValStats:
     std: float = 0.0
     n: int = 0
 
+    @property
+    def span(self) -> float:
+        """max - min, the normalization's divisor (1.0 when every normal score was the same)."""
+        return self.max - self.min if self.max > self.min else 1.0
+
 
 @dataclass(frozen=True)
 class Threshold:

@@ -425,7 +425,7 @@ def serve_cmd(
     if check:
         typer.echo(f"{config}: ok, {len(cell.cameras)} camera(s)")
         return
-    s = run_cell(cell, config)
+    s = run_cell(cell)
     if as_json:
         _echo_json(s)
     else:

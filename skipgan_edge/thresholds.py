@@ -180,7 +180,7 @@ def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, 
         k = int((normal > raw).sum())
     flagged = int((normal > raw).sum())
     if kind == "f1":  # not an order-statistic rule: the validation share, with the same interval for that count
-        exp, ci = order_statistic_fpr(flagged, n)
+        _, ci = order_statistic_fpr(flagged, n)
         exp = flagged / n
     else:
         exp, ci = order_statistic_fpr(k, n)

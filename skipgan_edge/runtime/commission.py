@@ -130,8 +130,7 @@ def _onnx_with(path: Path, card: ModelCard) -> bytes:
     m = onnx.load(str(path))
     c_min, c_inv = _normalization_constants(m)
     vs = card.score.val_stats
-    span = vs.max - vs.min if vs.max > vs.min else 1.0
-    for tensor, value in ((c_min, vs.min), (c_inv, 1.0 / span)):
+    for tensor, value in ((c_min, vs.min), (c_inv, 1.0 / vs.span)):
         old = numpy_helper.to_array(tensor)
         tensor.CopyFrom(numpy_helper.from_array(np.full(old.shape, value, old.dtype), tensor.name))
     set_onnx_metadata(m, card, next((p.value for p in m.metadata_props if p.key == PRECISION_KEY), "fp32"))
@@ -146,8 +145,7 @@ def _check_onnx(data: bytes, card: ModelCard, images: np.ndarray) -> float:
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     score, _, norm = sess.run(["score", "anomaly_map", "normalized_score"], {"images": images})
     vs = card.score.val_stats
-    span = vs.max - vs.min if vs.max > vs.min else 1.0
-    return float(np.abs(norm - (score - vs.min) / span).max())
+    return float(np.abs(norm - (score - vs.min) / vs.span).max())
 
 
 def commission(

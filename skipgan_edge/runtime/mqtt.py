@@ -248,7 +248,7 @@ class MqttSink(Sink):
         # QoS 1 messages not yet acknowledged, in order: packet id -> [PUBLISH packet, sent?, a result (not status)?]
         self.inflight: dict[int, list[Any]] = {}
         self._pid = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(self.lock)  # one lock: the hand-over, the in-flight table and the counters
         self._outbox: deque[list[dict[str, Any]]] = deque()  # batches handed over by the pipeline, not yet published
         self._closing = False
         self.connected = threading.Event()

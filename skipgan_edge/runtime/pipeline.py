@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import atomic_write_json
+from skipgan_edge.card import ModelCard, atomic_write_json
 from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.runtime.backends.base import Backend
-from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate
+from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate, prepare_frame
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, OUTLINE_OF_VMAX, SCHEMA_VERSION, Sink, iso_time
 from skipgan_edge.runtime.sources import Frame, Source
 from skipgan_edge.runtime.stats import Reservoir
@@ -191,14 +191,8 @@ class Pipeline:
                 if self.stop_event.is_set():
                     break
                 t0 = time.perf_counter()
-                prepared: Prepared | None = None
-                if "prepared" in frame.extra:  # serve: each camera's own thread preprocessed it, in its own mode
-                    prepared = frame.extra.pop("prepared")
-                elif frame.image is not None:
-                    try:
-                        prepared = pre(frame.image)
-                    except (ValueError, TypeError, OSError):
-                        prepared = None
+                # serve: each camera's own thread preprocessed it already, in its own mode
+                prepared = frame.extra.pop("prepared") if "prepared" in frame.extra else prepare_frame(pre, frame.image)
                 frame.extra.setdefault("preprocess_ms", (time.perf_counter() - t0) * 1e3)
                 frame.extra["t_queued_ns"] = time.perf_counter_ns()
                 self.frames_in += 1
@@ -219,10 +213,7 @@ class Pipeline:
     def run(self, summary_path: Path | None = None, handle_signals: bool = True) -> dict[str, Any]:
         card = self.backend.card
         pre = Preprocessor(card.input.isize, card.input.channels, self.cfg.mode, self.cfg.overlap)
-        self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card.score.threshold.normalized)
-        # the region a record's bbox encloses: the anomaly map at or above the normal validation maps' p99 peak (the level
-        # the overlay outlines; map_scale is 1.5x that peak)
-        self.map_level = (card.score.map_scale or DEFAULT_MAP_SCALE) * OUTLINE_OF_VMAX
+        self._adopt(card)
         chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(max(self.cfg.queue_size, 2 * self.cfg.batch))
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
@@ -278,13 +269,17 @@ class Pipeline:
             raise SinkError("; ".join(close_errors))
         return summary
 
+    def _adopt(self, card: ModelCard) -> None:
+        """The threshold (``--threshold`` wins over the card's) and the map level a record's bbox encloses: the anomaly
+        map at or above the normal validation maps' p99 peak (the level the overlay outlines; map_scale is 1.5x it)."""
+        self.threshold = float(self.cfg.threshold if self.cfg.threshold is not None else card.score.threshold.normalized)
+        self.map_level = (card.score.map_scale or DEFAULT_MAP_SCALE) * OUTLINE_OF_VMAX
+
     def _swap(self) -> None:
         new, self.next_backend = self.next_backend, None
         assert new is not None
         old, self.backend = self.backend, new
-        if self.cfg.threshold is None:
-            self.threshold = float(new.card.score.threshold.normalized)
-        self.map_level = (new.card.score.map_scale or DEFAULT_MAP_SCALE) * OUTLINE_OF_VMAX
+        self._adopt(new.card)
         log.info("model %s replaced %s between batches", new.card.model_id, old.card.model_id)
         if self.on_swap is not None:
             self.on_swap(old, new)

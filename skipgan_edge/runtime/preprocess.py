@@ -72,6 +72,16 @@ class Preprocessor:
         return Prepared(prepare(img, s, self.channels)[None], None, img)
 
 
+def prepare_frame(pre: Preprocessor, image: np.ndarray | None) -> Prepared | None:
+    """``pre(image)``, or None for a frame that could not be decoded or prepared (counted as unreadable downstream)."""
+    if image is None:
+        return None
+    try:
+        return pre(image)
+    except (ValueError, TypeError, OSError):
+        return None
+
+
 def combine(p: Prepared, score: np.ndarray, norm: np.ndarray, amap: np.ndarray, full_map: bool = True) -> dict[str, Any]:
     """Per-frame score, normalized score and full-frame anomaly map from its inputs' outputs.
 

@@ -67,7 +67,7 @@ from skipgan_edge.errors import ConfigError, SkipganError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
-from skipgan_edge.runtime.preprocess import MODES, Preprocessor
+from skipgan_edge.runtime.preprocess import MODES, Preprocessor, prepare_frame
 from skipgan_edge.runtime.sinks import CsvSink, JsonlSink, Sink, check_camera_id
 from skipgan_edge.runtime.sources import Frame, LiveSource, Source, SourceOptions, open_source
 
@@ -227,10 +227,6 @@ class MergedSource(Source):
         for f in self.feeds:
             f.stop.set()
 
-    @property
-    def unreadable_total(self) -> int:
-        return sum(f.unreadable for f in self.feeds)
-
 
 class CameraFeed(threading.Thread):
     """One camera's capture thread: open, read, preprocess, hand on; reopen forever with a capped backoff."""
@@ -309,32 +305,25 @@ class CameraFeed(threading.Thread):
         self.last_error = why
         self.stop.wait(delay)
 
-    def _stream(self, src: Source) -> bool:
+    def _stream(self, src: Source) -> None:
         live = src.live
         for frame in src.frames():
             if self.stop.is_set():
                 src.stop()
-                return False
+                return
             t0 = time.perf_counter()
-            prepared = None
-            if frame.image is not None:
-                try:
-                    prepared = self.pre(frame.image)
-                except (ValueError, TypeError, OSError):
-                    prepared = None
+            frame.extra["prepared"] = prepare_frame(self.pre, frame.image)
             frame.extra["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
-            frame.extra["prepared"] = prepared
             frame.extra["camera"] = self.cam.id
             frame.extra["feed"] = self
             if self.cam.threshold is not None:
                 frame.extra["threshold"] = float(self.cam.threshold)
             if not self.merged.put(frame, live, self.stop):
                 if self.stop.is_set():
-                    return False
+                    return
                 self.dropped += 1
                 continue
             self.frames_in += 1
-        return True
 
 
 class RoutingSink(Sink):
@@ -384,7 +373,6 @@ class ModelGroup:
     kind: str
     path: Path
     cameras: list[CameraConfig]
-    backend: Backend | None = None
     pipeline: Pipeline | None = None
     merged: MergedSource | None = None
     feeds: list[CameraFeed] = field(default_factory=list)
@@ -427,8 +415,8 @@ def sd_notify(message: str) -> bool:
 class Cell:
     """The running cell: model groups, camera feeds, metrics, reloads, periodic summaries."""
 
-    def __init__(self, cfg: CellConfig, config_path: Path | None = None) -> None:
-        self.cfg, self.config_path = cfg, config_path
+    def __init__(self, cfg: CellConfig) -> None:
+        self.cfg = cfg
         self.groups: dict[tuple[str, Path], ModelGroup] = {}
         for cam in cfg.cameras:
             kind, path = cam.artifact
@@ -438,7 +426,6 @@ class Cell:
         self.reload_event = threading.Event()
         self.metrics: Any = None
         self.metric_sinks: dict[str, Any] = {}
-        self._threads: list[threading.Thread] = []
         self.started_at = 0.0
 
     # ---------------------------------------------------------------------------------- start
@@ -459,9 +446,7 @@ class Cell:
             self.stop()
             raise
         for target, name in ((self._watch, "reload-watch"), (self._periodic, "periodic-summary")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=target, name=name, daemon=True).start()
         sd_notify(f"READY=1\nSTATUS=serving {len(self.cfg.cameras)} camera(s) with {len(self.groups)} model(s)")
         log.info("serving %d camera(s) with %d model(s)", len(self.cfg.cameras), len(self.groups))
 
@@ -469,7 +454,6 @@ class Cell:
         d = self.cfg.defaults
         be = open_backend(g.kind, g.path, d.backend, self._options(), batch=d.batch)
         be.__enter__()
-        g.backend = be
         g.signature = _signature(g.path)
         card = be.card
         merged = MergedSource(f"cell:{g.label}", d.queue_size)
@@ -553,7 +537,7 @@ class Cell:
 
     def reload(self, g: ModelGroup) -> bool:
         """Load ``g``'s artifact again on the side, check it, and hand it to the pipeline; False (old kept) when broken."""
-        assert g.pipeline is not None and g.backend is not None
+        assert g.pipeline is not None
         old = g.pipeline.backend
         try:
             new = open_backend(g.kind, g.path, old.name, self._options(), batch=self.cfg.defaults.batch, race=False)
@@ -577,7 +561,6 @@ class Cell:
         return True
 
     def _swapped(self, g: ModelGroup, old: Backend, new: Backend) -> None:
-        g.backend = new
         g.reloads["ok"] += 1
         if self.metrics is not None:
             self.metrics.reloads.labels(g.label, "ok").inc()
@@ -671,9 +654,9 @@ class Cell:
                 "elapsed_s": round(time.monotonic() - self.started_at, 3)}
 
 
-def run_cell(cfg: CellConfig, config_path: Path | None = None) -> dict[str, Any]:
+def run_cell(cfg: CellConfig) -> dict[str, Any]:
     """Run until every camera finished or SIGINT/SIGTERM; SIGHUP reloads every model. Returns the summary."""
-    cell = Cell(cfg, config_path)
+    cell = Cell(cfg)
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def on_stop(signum: int, frame: Any) -> None:

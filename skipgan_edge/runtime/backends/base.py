@@ -57,8 +57,7 @@ class Backend:
         out = self._run(images)
         if self.card.score.graph_norm is not None:  # re-set on the line after the graph was built: the card's numbers rule
             vs = self.card.score.val_stats
-            span = vs.max - vs.min if vs.max > vs.min else 1.0
-            out = out._replace(normalized_score=((out.score - np.float32(vs.min)) * np.float32(1.0 / span)).astype(np.float32))
+            out = out._replace(normalized_score=((out.score - np.float32(vs.min)) * np.float32(1.0 / vs.span)).astype(np.float32))
         self.last_ms = (time.perf_counter_ns() - t0) / 1e6
         return out
 
