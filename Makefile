@@ -25,7 +25,7 @@ MODELOPT_DEPS := 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnxscript>=0.5' 'onnx-gr
   'onnxconverter-common~=1.16.0' 'onnxslim>=0.1.76' 'polygraphy>=0.53.4' ml_dtypes cppimport lief \
   ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy
 DEV_DEPS := 'pytest>=8' 'hypothesis>=6' 'scikit-learn>=1.3' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=2024.0' 'paho-mqtt>=2.0,<3' 'prometheus-client>=0.20' 'jsonschema>=4'
-DEBS := dataset-fashion-mnist mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+DEBS := dataset-fashion-mnist mosquitto python3.11-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
 
 # The runtime on a Jetson (JetPack 6): a venv that sees JetPack's TensorRT (apt python3-libnvinfer, built for the
@@ -34,7 +34,7 @@ DEBS := dataset-fashion-mnist mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 gs
 JETSON_VENV ?= .venv-jetson
 RUNTIME_DEPS := 'numpy>=1.24' 'opencv-python-headless>=4.8' 'onnxruntime>=1.17' 'typer>=0.12' 'safetensors>=0.4' 'packaging>=23' 'onnx>=1.16'
 
-.PHONY: demo test test-gpu jetson lean-venv test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
+.PHONY: demo test test-gpu jetson lean-venv triton-venv test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml Makefile
 	# succeed as an empty namespace package and fool every TensorRT detection (ours and Model Optimizer's)
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/stubs 'tensorrt-stubs>=10.0'
 	$(PY) tools/fix_trt_stubs.py $(VENV)/stubs
-	$(PIP) install -q -e '.[train]' --no-build-isolation
+	$(PIP) install -q -e '.[train,triton]' --no-build-isolation
 	$(PY) -c "import torch, onnx, onnxruntime, modelopt.onnx.quantization, cv2; print('environment ok: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
 	touch $(STAMP)
 
@@ -75,7 +75,22 @@ $(LEAN_VENV)/.installed: pyproject.toml
 
 lean-venv: $(LEAN_VENV)/.installed
 
-test: $(STAMP) $(LEAN_VENV)/.installed debs
+# The Triton server's venv (skipgan-edge triton-serve; the tests start it): PyTriton's bundled tritonserver runs its
+# Python-backend stub against the system's libpython, so this venv is made from the system's own python3.11, not from
+# $(PYTHON) (a pyenv 3.11.7 standard library fails inside the stub).
+TRITON_PYTHON ?= /usr/bin/python3.11
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: pyproject.toml | debs
+	@test -x $(TRITON_PYTHON) || { echo "error: $(TRITON_PYTHON) not found: install the system's python3.11 and python3.11-venv (Debian 12), or set TRITON_PYTHON" >&2; exit 2; }
+	test -x $(TRITON_VENV)/bin/python || $(TRITON_PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q -e '.[triton-serve]'
+	$(TRITON_VENV)/bin/python -c "import pytriton, tritonclient.grpc, onnxruntime, cv2; print('triton venv ok: PyTriton', pytriton.__version__)"
+	touch $@
+
+triton-venv: $(TRITON_VENV)/.installed
+
+test: $(STAMP) $(LEAN_VENV)/.installed debs $(TRITON_VENV)/.installed
 	$(VENV)/bin/ruff check skipgan_edge tests benchmarks
 	$(VENV)/bin/mypy skipgan_edge
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

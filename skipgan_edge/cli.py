@@ -249,16 +249,29 @@ def export(
     no_gate: Annotated[bool, typer.Option("--no-gate", help="Keep failing variants, marked failed.")] = False,
     engine: Annotated[bool, typer.Option("--engine", help="Also build TensorRT engines (needs TensorRT).")] = False,
     batch: Annotated[str, typer.Option(help="Engine batch profile min,opt,max.")] = "1,8,32",
-    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton model repository: the TensorRT plan with --engine "
-                                  "(lowest precision that passed the gate), else the FP32 ONNX.")] = False,
+    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton model repository (OUT/triton): the TensorRT plan with "
+                                  "--engine (lowest precision that passed the gate), else the FP32 ONNX on Triton's Python backend. "
+                                  "A changed model becomes the next version.")] = False,
+    triton_name: Annotated[str, typer.Option(help="Triton model name.")] = "scorer",
+    triton_instances: Annotated[int, typer.Option(help="Triton instance group count.")] = 1,
+    triton_max_queue_us: Annotated[int, typer.Option(help="Triton dynamic batching: longest wait for more requests (µs).")] = 2000,
+    triton_runtime: Annotated[str, typer.Option(help="Python backend runtime: onnxruntime or openvino.")] = "onnxruntime",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export the scorer to ONNX (+FP16, +INT8), check every variant's AUROC against FP32."""
     from skipgan_edge.export.api import export_all, format_table
+    from skipgan_edge.runtime.triton_repo import TritonSettings, check_name
 
+    b = _parse_batch(batch)
+    settings = TritonSettings(max_batch=b[2], preferred_batch=tuple(sorted({b[1], b[2]})), max_queue_delay_us=triton_max_queue_us,
+                              instances=triton_instances, runtime=triton_runtime)
+    if triton:
+        settings.check()  # one line before the export runs
+        check_name(triton_name)
     report = export_all(
         model, out, fp16=fp16, int8=int8, calib=calib, calib_data=calib_data, eval_data=eval_data, max_drop=max_drop,
-        enforce_gate=not no_gate, calibration_method=calib_method, engine=engine, triton=triton, batch=_parse_batch(batch),
+        enforce_gate=not no_gate, calibration_method=calib_method, engine=engine, triton=triton, batch=b,
+        triton_settings=settings, triton_name=triton_name,
     )
     if as_json:
         _echo_json(report)
@@ -270,6 +283,12 @@ def export(
     typer.echo(f"accuracy gate on {report['eval_data']} ({report['eval_images']} images, "
                f"max AUROC drop {report['gate']['max_auroc_drop']}):")
     typer.echo(format_table(report))
+    t = report.get("triton")
+    if t:
+        how = (f"serve it: skipgan-edge triton-serve --export-dir {out}" if t["platform"] == "python"
+               else "serve it with NVIDIA's Triton on the GPU that built the plan: tritonserver --model-repository " + t["repository"])
+        typer.echo(f"triton: {t['repository']}/{t['model']} version {t['version']}{'' if t['new_version'] else ' (unchanged)'} "
+                   f"({t['platform']}); {how}")
     typer.echo(f"report: {report['report']}")
 
 
@@ -323,7 +342,8 @@ def run_cmd(
     model: Annotated[Optional[Path], typer.Option(help="Model folder (torch backend).")] = None,
     onnx: Annotated[Optional[Path], typer.Option(help="Exported scorer ONNX (ONNX Runtime).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime or torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, openvino, torch, or a Triton server: "
+                                         "triton://HOST:PORT/MODEL[/VERSION] (gRPC; then no --model/--onnx/--engine).")] = "auto",
     batch: Annotated[int, typer.Option(help="Frames per backend call.")] = 1,
     max_wait_ms: Annotated[float, typer.Option(help="Batcher wait for more frames after the first.")] = 5.0,
     mode: Annotated[str, typer.Option(help="Frame to input: resize, crop or tiles.")] = "resize",
@@ -370,13 +390,13 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
-    from skipgan_edge.runtime.api import SinkOptions, artifact, run
-    from skipgan_edge.runtime.backends import BackendOptions
+    from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.backends import BackendOptions, artifact
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
     from skipgan_edge.runtime.sinks import check_camera_id
     from skipgan_edge.runtime.sources import SourceOptions
 
-    kind, path = artifact(model, onnx, engine)
+    kind, path = artifact(model, onnx, engine, backend)
     check_camera_id(camera_id)
     mqtt_opts = None
     if mqtt is not None:
@@ -434,6 +454,85 @@ def serve_cmd(
                        f"{'finished' if c['finished'] else 'stopped'} (model {c['model_id']})")
 
 
+# --------------------------------------------------------------------------------- triton-serve
+@app.command("triton-serve")
+def triton_serve_cmd(
+    onnx: Annotated[Optional[Path], typer.Option(help="A scorer ONNX: written into a repository (Python backend) and served.")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option(help="An export folder with a Triton repository (export --triton), or a "
+                                                      "repository itself: served as it is.")] = None,
+    http_port: Annotated[int, typer.Option(help="Triton's HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="Triton's gRPC port (what --backend triton:// uses).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Triton's Prometheus metrics port.")] = 8002,
+    address: Annotated[str, typer.Option(help="Address the three ports bind (0.0.0.0: serve other hosts).")] = "127.0.0.1",
+    model_name: Annotated[str, typer.Option(help="Model name (with --onnx).")] = "scorer",
+    repository: Annotated[Optional[Path], typer.Option(help="With --onnx: write the repository here and keep it (default: a "
+                                                      "temporary folder, removed on exit). A changed ONNX becomes the next version.")] = None,
+    max_batch: Annotated[int, typer.Option(help="With --onnx: Triton's max_batch_size.")] = 32,
+    preferred_batch: Annotated[str, typer.Option(help="With --onnx: dynamic batching's preferred sizes, comma separated.")] = "4,8",
+    max_queue_delay_us: Annotated[int, typer.Option(help="With --onnx: longest wait for more requests to batch (µs; 0: batch only "
+                                                    "what is already queued).")] = 2000,
+    instances: Annotated[int, typer.Option(help="With --onnx: model instances (instance group count).")] = 1,
+    runtime: Annotated[str, typer.Option(help="With --onnx: onnxruntime or openvino, in Triton's Python backend.")] = "onnxruntime",
+    threads: Annotated[int, typer.Option(help="With --onnx: intra-op threads per instance (0 = the runtime's default).")] = 0,
+) -> None:
+    """A Triton Inference Server around the scorer, from PyTriton's bundled tritonserver: dynamic batching, metrics, gRPC."""
+    import tempfile
+
+    from skipgan_edge.errors import ConfigError
+    from skipgan_edge.runtime.triton_repo import TritonSettings, find_models, write_repository
+    from skipgan_edge.runtime.triton_server import TritonServer, bundled_server
+
+    if (onnx is None) == (export_dir is None):
+        raise ConfigError("give exactly one of --onnx FILE or --export-dir DIR")
+    bundled_server()  # one line now if PyTriton is missing, before anything is written
+    tmp = None
+    if onnx is not None:
+        from skipgan_edge.runtime.backends.onnxrt import read_card
+
+        try:
+            pref = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
+        except ValueError:
+            raise ConfigError(f"--preferred-batch takes comma-separated integers, got {preferred_batch!r}") from None
+        settings = TritonSettings(max_batch=max_batch, preferred_batch=pref, max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                  runtime=runtime, threads=threads)
+        settings.check()
+        if not onnx.is_file():
+            raise ConfigError(f"ONNX file not found: {onnx}")
+        card = read_card(onnx)
+        if repository is None:
+            tmp = tempfile.TemporaryDirectory(prefix="skipgan-repo-")
+            repository = Path(tmp.name)
+        rv = write_repository(onnx, repository, card, settings, model_name)
+        repo = rv.repository
+    else:
+        assert export_dir is not None
+        repo = export_dir / "triton" if (export_dir / "triton").is_dir() else export_dir
+    models = find_models(repo)
+    if not models:
+        raise ConfigError(f"{repo} holds no Triton model (no MODEL/config.pbtxt); write one with skipgan-edge export --triton")
+    plans = [m["name"] for m in models if m["platform"] != "python"]
+    if plans:
+        raise ConfigError(f"{repo}: model(s) {', '.join(plans)} need another Triton backend than Python (a TensorRT plan): PyTriton's "
+                          "server has only the Python backend; serve them with NVIDIA's Triton on the GPU that built them: "
+                          f"tritonserver --model-repository {repo.resolve()}")
+    try:
+        with TritonServer(repo, http_port, grpc_port, metrics_port, address) as server:
+            host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+            for m in server.models():
+                typer.echo(f"serving {m.get('name')} version {m.get('version')}: {m.get('state')}; stream to it with "
+                           f"--backend triton://{host}:{grpc_port}/{m.get('name')}")
+            typer.echo(f"Triton: HTTP {address}:{http_port}, gRPC {address}:{grpc_port}, metrics http://{host}:{metrics_port}/metrics "
+                       f"(repository {repo}); Ctrl-C stops it", err=True)
+            code = server.wait()
+            if code not in (0, -2, -15):
+                from skipgan_edge.runtime.triton_server import _first_error
+
+                raise ConfigError(f"Triton exited with status {code}: {_first_error(server.log())}")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
 # ------------------------------------------------------------------------------------ threshold
 @app.command("threshold")
 def threshold_cmd(
@@ -480,7 +579,8 @@ def bench(
     engine: Annotated[Optional[Path], typer.Option(help="A TensorRT engine.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="A model folder (torch eager).")] = None,
     export_dir: Annotated[Optional[Path], typer.Option(help="Every scorer*.onnx and *.engine in this folder.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, or a comma list: onnxruntime,openvino,tensorrt,torch.")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, or a comma list: onnxruntime,openvino,tensorrt,torch; or a Triton server: "
+                                         "triton://HOST:PORT/MODEL (alone).")] = "auto",
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1,8,64",
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls (default: run for --duration).")] = None,
@@ -503,8 +603,14 @@ def bench(
             arts.append((kind, p))
     if export_dir is not None:
         arts += discover(export_dir)
+    from skipgan_edge.runtime.backends import artifact, is_remote
+
+    if is_remote(backend):  # a Triton server: its model, timed from this client (network and server queue included)
+        if arts:
+            raise ConfigError("--backend triton://... times the server's model: give no --onnx, --engine, --model or --export-dir with it")
+        arts = [artifact(None, None, None, backend)]
     if not arts:
-        raise ConfigError("give --onnx, --engine, --model or --export-dir")
+        raise ConfigError("give --onnx, --engine, --model or --export-dir (or --backend triton://HOST:PORT/MODEL)")
     try:
         batches = tuple(int(b) for b in batch.split(","))
     except ValueError:

@@ -48,6 +48,10 @@ class SinkError(SkipganError):
     """A sink cannot be written (disk full, unwritable path)."""
 
 
+class ServerError(SkipganError):
+    """An inference server (``--backend triton://``) stayed unreachable past the retry budget, or refused a request."""
+
+
 def require(module: str, extra: str, what: str) -> Any:
     """Import an optional dependency or raise a one-line install hint.
 

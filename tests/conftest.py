@@ -127,3 +127,13 @@ def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str,
         writer.write(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
     writer.release()
     return path
+
+
+@pytest.fixture(scope="session")
+def triton_server(demo_onnx: Path):  # type: ignore[no-untyped-def]
+    """A real Triton server (``triton-serve`` from the Triton venv) on demo_onnx's FP32 scorer, with a 5 ms batching window."""
+    from helpers.triton import Server
+
+    server = Server(demo_onnx / "scorer.onnx", None, "--max-queue-delay-us", "5000").start()
+    yield server
+    server.stop()

@@ -212,22 +212,6 @@ def test_dla_combinations_are_refused_before_tensorrt(exported: tuple[Path, dict
     assert p.returncode == 2 and "TensorRT is not installed here" in p.stderr
 
 
-def test_triton_repository_serves_a_plan_or_the_onnx(exported: tuple[Path, dict], tmp_path: Path) -> None:
-    from skipgan_edge.export.triton import write_triton_repo
-
-    out, _ = exported
-    card = card_from_onnx(onnx.load(str(out / "scorer.onnx")))
-    repo = write_triton_repo(out / "scorer.onnx", tmp_path / "triton", card, max_batch=8)
-    cfg = (repo / "skipgan_scorer" / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 8" in cfg and "TYPE_UINT8" in cfg
-    (tmp_path / "scorer.int8.plan").write_bytes(b"serialized plan bytes")
-    write_triton_repo(tmp_path / "scorer.int8.plan", tmp_path / "triton", card, max_batch=8)
-    cfg = (repo / "skipgan_scorer" / "config.pbtxt").read_text()
-    assert 'platform: "tensorrt_plan"' in cfg
-    assert sorted(p.name for p in (repo / "skipgan_scorer" / "1").iterdir()) == ["model.plan"]  # the stale ONNX is gone
-    assert (repo / "skipgan_scorer" / "1" / "model.plan").read_bytes() == b"serialized plan bytes"
-
-
 def test_engine_file_header_and_mismatch(tmp_path: Path) -> None:
     meta = {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "precision": "int8",
             "build_command": "skipgan-edge build --onnx s.onnx --out e.engine --batch 1,4,8"}

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -284,7 +285,7 @@ def test_sigint_leaves_complete_jsonl(demo_onnx: Path, tmp_path: Path) -> None:
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(recs)
 
 
-def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path) -> None:
+def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path, triton_server: Any) -> None:
     """Every backend on this machine, same frames, same results within each precision's tolerance.
 
     Real frames (normal and defective test images): INT8 scales are calibrated on real frames, and
@@ -309,6 +310,7 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
     engine = demo_onnx / "scorer.engine"
     if engine.exists():
         cases.append(("engine", engine, "tensorrt"))
+    cases.append(("triton", Path("-"), triton_server.url))  # a real Triton server on loopback, serving scorer.onnx
     for kind, path, runtime in cases:
         with open_backend(kind, path, runtime) as be:
             got = be.infer(frames)

@@ -224,7 +224,7 @@ def test_systemd_notifications_and_the_unit(demo_onnx: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize(("text", "msg"), [
     ('[[camera]]\nid = "a"\nsorce = "x.mp4"\nonnx = "m.onnx"\n', "[[camera]] 1 ('a'): unknown key 'sorce'"),
     ('[[camera]]\nid = "a"\nonnx = "m.onnx"\n', "[[camera]] 1 ('a'): 'source' is required"),
-    ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m.onnx"\nmodel = "r"\n', "give exactly one of 'model', 'onnx' or 'engine'"),
+    ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m.onnx"\nmodel = "r"\n', "give exactly one of 'model', 'onnx', 'engine' or 'triton'"),
     ('[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n[[camera]]\nid = "a"\nsource = "y"\nonnx = "m"\n', "is used by another camera"),
     ('[serve]\nbatch = "8"\n[[camera]]\nid = "a"\nsource = "x"\nonnx = "m"\n', "[serve]: batch must be int"),
     ('[servr]\n', "unknown table 'servr'"),

@@ -100,7 +100,8 @@ def run_bench(
     for kind, path in artifacts:
         # of the requested backends, those that run this kind of artifact (an engine in an export
         # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
-        names = [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
+        names = ["auto"] if kind == "triton" else \
+            [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
         opts = BackendOptions(threads=cfg.threads, profile=kind == "engine")
         for name in names:
             # auto: the rule every verb uses; a race is timed at the sweep's middle batch size
@@ -118,7 +119,7 @@ def run_bench(
                         flops_available = False
                 model_ids.add(str(be.card.model_id))
                 for b in cfg.batches:
-                    if b > be.max_batch and be.name == "tensorrt":
+                    if b > be.max_batch and be.name in ("tensorrt", "triton"):  # a server's max_batch_size is its limit too
                         continue
                     rec = time_backend(be, frames_cache[shape], b, cfg)
                     rec.update({"artifact": str(path), "model_id": be.card.model_id, "input": list(shape),
@@ -209,7 +210,7 @@ def pipeline_bench(artifacts: list[tuple[str, Path]], source: str, batches: tupl
 
     out = []
     for kind, path in artifacts:
-        for name in backends or ["auto"]:
+        for name in ["auto"] if kind == "triton" else backends or ["auto"]:
             with open_backend(kind, path, name, BackendOptions(threads=threads), batch=max(batches)) as be:
                 for b in batches:
                     s = Pipeline(open_source(source), be, [], PipelineConfig(batch=b, max_wait_ms=50)).run(handle_signals=False)

@@ -24,6 +24,7 @@ from skipgan_edge.errors import CalibrationError, DataError, ExportError, requir
 from skipgan_edge.export.onnx import export_onnx
 from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, recall_at_fpr, spearman
+from skipgan_edge.runtime.triton_repo import DEFAULT_MODEL_NAME, TritonSettings, write_repository
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def export_all(
     model_dir: Path, out_dir: Path, *, fp16: bool = False, int8: bool = False, calib: Path | None = None,
     calib_data: str | None = None, eval_data: str | None = None, max_drop: float = DEFAULT_MAX_DROP,
     enforce_gate: bool = True, calibration_method: str = "auto", engine: bool = False,
-    triton: bool = False, batch: tuple[int, int, int] = (1, 8, 32),
+    triton: bool = False, batch: tuple[int, int, int] = (1, 8, 32), triton_settings: TritonSettings | None = None,
+    triton_name: str = DEFAULT_MODEL_NAME,
 ) -> dict[str, Any]:
     """Export a model folder; returns the report written to ``out_dir/export_report.json``."""
     for module in ("torch", "safetensors", "onnx"):
@@ -172,12 +174,16 @@ def export_all(
             if triton:
                 report.setdefault("plans", {})[name] = meta["plan"]
     if triton:
-        from skipgan_edge.export.triton import write_triton_repo
-
         plans = report.get("plans", {})
-        served = next((Path(plans[p]) for p in ("int8", "fp16", "fp32") if p in plans), files["fp32"])
-        report["triton"] = str(write_triton_repo(served, out_dir / "triton", card, max_batch=batch[2]))
-        report["triton_model"] = str(served)
+        plan_of = next((p for p in ("int8", "fp16", "fp32") if p in plans), None)  # the lowest gated precision with a plan
+        served = Path(plans[plan_of]) if plan_of else files["fp32"]
+        settings = triton_settings or TritonSettings(max_batch=batch[2], preferred_batch=tuple(sorted({batch[1], batch[2]})))
+        from skipgan_edge.runtime.backends.onnxrt import read_card
+
+        served_card = read_card(files[plan_of or "fp32"])  # the served variant's own card (its precision and export records)
+        rv = write_repository(served, out_dir / "triton", served_card, settings, triton_name)
+        report["triton"] = {"repository": str(rv.repository), "model": rv.model, "version": rv.version, "new_version": rv.new,
+                            "served": str(served), "platform": "tensorrt_plan" if served.suffix == ".plan" else "python"}
     atomic_write_json(out_dir / "export_report.json", report)
     report["report"] = str(out_dir / "export_report.json")
     if failed and enforce_gate:

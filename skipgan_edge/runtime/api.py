@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skipgan_edge.card import check_writable
-from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
@@ -30,14 +29,6 @@ class SinkOptions:
     metrics_port: int | None = None  # Prometheus /metrics while the run lasts
     metrics_addr: str = "127.0.0.1"
     camera: str = "cam0"  # the camera label of the metrics
-
-
-def artifact(model: Path | None, onnx: Path | None, engine: Path | None) -> tuple[str, Path]:
-    given = [(k, p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --model RUN_DIR, --onnx FILE or --engine FILE")
-    return given[0][0], Path(given[0][1])
-
 
 
 

@@ -18,7 +18,8 @@ The config: optional global defaults in ``[serve]``, then one ``[[camera]]`` tab
     [[camera]]
     id = "press-1"
     source = "rtsp://10.0.0.21/stream"    # anything run --source takes
-    onnx = "models/scorer.int8.onnx"      # or model = "RUN_DIR", or engine = "scorer.engine"
+    onnx = "models/scorer.int8.onnx"      # or model = "RUN_DIR", engine = "scorer.engine", or a Triton server:
+                                          # triton = "triton://gpu-server:8001/scorer" (cameras naming one URL share a client)
     threshold = 0.9                       # optional: override the model's
     jsonl = "results/press-1.jsonl"       # optional sinks: jsonl, csv
     mqtt_topic = "line1"                  # optional: this camera's topic prefix (default: the URL's)
@@ -102,6 +103,7 @@ class CameraConfig:
     model: str | None = None
     onnx: str | None = None
     engine: str | None = None
+    triton: str | None = None
     threshold: float | None = None
     mode: str | None = None
     jsonl: str | None = None
@@ -116,8 +118,9 @@ class CameraConfig:
 
     @property
     def artifact(self) -> tuple[str, Path]:
-        given = [(k, getattr(self, k)) for k in ("model", "onnx", "engine") if getattr(self, k) is not None]
-        return given[0][0], Path(given[0][1])
+        given = [(k, getattr(self, k)) for k in ("model", "onnx", "engine", "triton") if getattr(self, k) is not None]
+        kind, where = given[0]
+        return kind, Path(where.split("://", 1)[1] if kind == "triton" else where)
 
 
 @dataclass(frozen=True)
@@ -169,9 +172,16 @@ def load_cell(path: Path) -> CellConfig:
             check_camera_id(cam.id)
         except ConfigError:
             raise ConfigError(f"{where}: 'id' must be 1-64 printable ASCII characters without spaces, / + or #") from None
-        n_art = sum(getattr(cam, k) is not None for k in ("model", "onnx", "engine"))
+        n_art = sum(getattr(cam, k) is not None for k in ("model", "onnx", "engine", "triton"))
         if n_art != 1:
-            raise ConfigError(f"{where}: give exactly one of 'model', 'onnx' or 'engine'")
+            raise ConfigError(f"{where}: give exactly one of 'model', 'onnx', 'engine' or 'triton'")
+        if cam.triton is not None:
+            from skipgan_edge.runtime.backends.triton import parse_url
+
+            try:
+                parse_url(cam.triton)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: 'triton': {exc}") from None
         if cam.mode is not None and cam.mode not in MODES:
             raise ConfigError(f"{where}: 'mode' must be one of {', '.join(MODES)}, got {cam.mode!r}")
         if any(c.id == cam.id for c in cams):

@@ -17,6 +17,9 @@ activating it; use it as a context manager.
   OpenVINO from batch 2 on (benchmarks/results/latency_cpu.md); on the paper-sized model OpenVINO
   won everywhere. A fixed rule picked the slower runtime for the default ``run``.
 
+A Triton server is a backend too: ``--backend triton://host:port/model[/version]`` (artifact kind ``triton``; no
+local model file is given, the server's model card is used; :mod:`skipgan_edge.runtime.backends.triton`).
+
 The chosen backend's ``chosen_by`` records the rule (and the race's milliseconds), and every
 report names the backend it used. An explicit ``--backend`` skips the race.
 """
@@ -46,13 +49,38 @@ def default_onnx_backend() -> str:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
 
 
+def is_remote(backend: str) -> bool:
+    """Whether ``backend`` names a server (``triton://...``) rather than a runtime on this machine."""
+    return backend.startswith("triton://")
+
+
 def resolve_backend(kind: str, backend: str = "auto") -> str:
     """The backend ``auto`` stands for before any race (the provisional choice), or the named one, checked."""
+    if is_remote(backend) or kind == "triton":
+        if not is_remote(backend) or kind != "triton":
+            raise ConfigError("--backend triton://HOST:PORT/MODEL streams to a Triton server: give it without --model, --onnx or --engine")
+        from skipgan_edge.runtime.backends.triton import parse_url
+
+        parse_url(backend)
+        return backend
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or triton://HOST:PORT/MODEL")
     if backend != "auto":
         return backend
     return {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
+
+
+def artifact(model: Path | None, onnx: Path | None, engine: Path | None, backend: str = "auto") -> tuple[str, Path]:
+    """The one artifact a verb was given, as (kind, path); with ``--backend triton://...`` the server's model (kind ``triton``)."""
+    given = [(k, p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None]
+    if is_remote(backend):
+        if given:
+            raise ConfigError("--backend triton://... scores on the server's model: give no --model, --onnx or --engine with it")
+        resolve_backend("triton", backend)
+        return "triton", Path(backend.split("://", 1)[1])
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --model RUN_DIR, --onnx FILE or --engine FILE (or --backend triton://HOST:PORT/MODEL)")
+    return given[0][0], Path(given[0][1])
 
 
 def race_needed(kind: str, backend: str) -> bool:
@@ -96,6 +124,10 @@ CPU_ONLY = BackendOptions(providers=("CPUExecutionProvider",))
 
 
 def _create(kind: str, path: Path, backend: str, options: BackendOptions) -> Backend:
+    if is_remote(backend):
+        from skipgan_edge.runtime.backends.triton import TritonBackend
+
+        return TritonBackend(backend)
     if (kind, backend) not in RUNS:
         hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "openvino": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]
         raise ConfigError(f"--backend {backend} runs {hint}, not --{kind}")
@@ -123,7 +155,7 @@ def choose_backend(kind: str, path: Path, backend: str = "auto", options: Backen
     options = options or BackendOptions()
     name = resolve_backend(kind, backend)
     if backend != "auto":
-        return name, {"rule": "named with --backend"}
+        return name, {"rule": "a Triton server, named with --backend" if is_remote(backend) else "named with --backend"}
     if race_needed(kind, backend):
         winner, ms = race_cpu_runtimes(Path(path), batch, options)
         return winner, {"rule": f"auto: faster CPU runtime on this model at batch {batch}", "race_ms": ms}
@@ -148,6 +180,8 @@ def open_backend(kind: str, path: Path, backend: str = "auto", options: BackendO
     source and sinks are open, and swaps if the other runtime wins).
     """
     options = options or BackendOptions()
+    if kind == "triton" and not is_remote(backend):  # a reopen (serve's reload) names the backend "triton": the URL is the path
+        backend = "triton://" + str(path)
     if race or not race_needed(kind, backend):
         name, why = choose_backend(kind, Path(path), backend, options, batch)
     else:

@@ -1,0 +1,208 @@
+"""A Triton Inference Server model repository around the scorer: what ``export --triton`` and ``triton-serve`` write.
+
+Layout (Triton's own: one folder per model, one numbered folder per version)::
+
+    REPO/scorer/config.pbtxt
+    REPO/scorer/1/model.onnx + model.py     CPU servers: Triton's Python backend runs the scorer in ONNX Runtime or OpenVINO
+    REPO/scorer/2/model.plan                GPU servers: the TensorRT backend runs the raw plan that ``build --plan`` writes
+
+* **Versions.** Writing a model that differs from the newest version's (another file hash) adds the next
+  version; writing the same file again reuses that version and only refreshes ``config.pbtxt``. Triton serves
+  the newest version (``version_policy: latest 1``); older folders stay on disk for a rollback (delete the
+  newest, or set ``version_policy: { specific: { versions: [N] } }``), and a client can name one
+  (``triton://host:port/scorer/N``) while it is served.
+* **One platform per model.** ``config.pbtxt`` is the model's, not a version's, so a plan and an ONNX cannot be
+  versions of one model: writing the other kind into an existing model is refused in one line; give it another
+  ``--triton-name`` (``scorer_gpu``) or another repository.
+* **Batching.** ``max_batch_size`` (Triton's own batch axis, so the dims below leave it out), dynamic batching
+  with preferred sizes and a maximum queue delay, and an instance group (``KIND_CPU`` for the Python backend,
+  ``KIND_GPU`` for a plan).
+* **Scalars.** ``score`` and ``normalized_score`` are ``[B]`` in the graph; with a batch axis Triton requires
+  each output to have at least one dim, so they are ``dims: [1]`` with ``reshape: { shape: [] }``: the model
+  produces ``[B]`` and clients receive ``[B, 1]``. (The repository written before this module had ``dims: [ ]``,
+  which Triton refuses to load.)
+* **The card** travels as the model's parameters: ``skipgan_edge.card`` (the whole card, JSON),
+  ``skipgan_edge.model_id``, ``skipgan_edge.precision``, and for the Python backend ``skipgan_edge.runtime`` and
+  ``skipgan_edge.threads``. A client (``--backend triton://``) reads its threshold, normalization and input size
+  from them. Every string is escaped for protobuf text format, so a card field cannot inject configuration.
+
+The Python backend's ``model.py`` is :mod:`skipgan_edge.runtime.triton_model`, copied: it imports only numpy,
+``onnxruntime`` or ``openvino`` and Triton's ``triton_python_backend_utils``, so it runs in NVIDIA's Triton
+container once ``pip install onnxruntime`` is done in the container's Python, and in the server that
+``skipgan-edge triton-serve`` starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skipgan_edge.card import ModelCard, atomic_write_bytes
+from skipgan_edge.contract import CARD_KEY, INPUT_NAME
+from skipgan_edge.errors import ConfigError
+
+DEFAULT_MODEL_NAME = "scorer"
+#: Triton model names become folder names and URL path segments: letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+PY_RUNTIMES = ("onnxruntime", "openvino")
+PY_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
+
+
+@dataclass(frozen=True)
+class TritonSettings:
+    """How Triton batches and places the scorer; the same for ``export --triton`` and ``triton-serve``."""
+
+    max_batch: int = 32
+    preferred_batch: tuple[int, ...] = (4, 8)
+    max_queue_delay_us: int = 2000  # how long Triton holds a request waiting for others to batch with it
+    instances: int = 1  # model instances (each its own runtime session)
+    runtime: str = "onnxruntime"  # Python backend: onnxruntime or openvino
+    threads: int = 0  # Python backend: intra-op threads per instance (0 = the runtime's default)
+
+    def check(self) -> None:
+        if not 1 <= self.max_batch <= 4096:
+            raise ConfigError(f"Triton max batch must be 1..4096, got {self.max_batch}")
+        if any(not 1 <= b <= self.max_batch for b in self.preferred_batch):
+            raise ConfigError(f"preferred batch sizes {list(self.preferred_batch)} must lie in 1..{self.max_batch} (the max batch)")
+        if not 0 <= self.max_queue_delay_us <= 10_000_000:
+            raise ConfigError(f"max queue delay must be 0..10000000 µs, got {self.max_queue_delay_us}")
+        if not 1 <= self.instances <= 64:
+            raise ConfigError(f"instances must be 1..64, got {self.instances}")
+        if self.runtime not in PY_RUNTIMES:
+            raise ConfigError(f"the Triton Python backend runs onnxruntime or openvino, not {self.runtime!r}")
+        if not 0 <= self.threads <= 256:
+            raise ConfigError(f"threads must be 0..256, got {self.threads}")
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"Triton model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', at most 64, "
+                          "not starting with '.'")
+    return name
+
+
+def pbtxt_string(value: str) -> str:
+    """``value`` as a protobuf text-format string literal (double quotes; quotes, backslashes and control bytes escaped)."""
+    out = []
+    for ch in value.encode("utf-8"):
+        if ch in (0x22, 0x5C):  # " and \
+            out.append("\\" + chr(ch))
+        elif 0x20 <= ch < 0x7F:
+            out.append(chr(ch))
+        else:  # newlines, control bytes and UTF-8 bytes as octal escapes: protobuf text format decodes them to the same bytes
+            out.append(f"\\{ch:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def config_text(name: str, card: ModelCard, settings: TritonSettings, plan: bool) -> str:
+    """The model's ``config.pbtxt``."""
+    settings.check()
+    isize, ch = card.input.isize, card.input.channels
+    params: dict[str, str] = {CARD_KEY: json.dumps(card.to_dict(), separators=(",", ":"), sort_keys=True),
+                              "skipgan_edge.model_id": card.model_id or "unknown", "skipgan_edge.precision": card.precision}
+    if not plan:
+        params["skipgan_edge.runtime"] = settings.runtime
+        params["skipgan_edge.threads"] = str(settings.threads)
+    head = 'platform: "tensorrt_plan"' if plan else 'backend: "python"'
+    preferred = ", ".join(str(b) for b in sorted(set(settings.preferred_batch)))
+    lines = [
+        f"name: {pbtxt_string(name)}",
+        head,
+        f"max_batch_size: {settings.max_batch}",
+        "version_policy: { latest: { num_versions: 1 } }",
+        "input [",
+        f"  {{ name: \"{INPUT_NAME}\" data_type: TYPE_UINT8 dims: [ {isize}, {isize}, {ch} ] }}",
+        "]",
+        "output [",
+        '  { name: "score" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } },',
+        f'  {{ name: "anomaly_map" data_type: TYPE_FP32 dims: [ 1, {isize}, {isize} ] }},',
+        '  { name: "normalized_score" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } }',
+        "]",
+        "dynamic_batching {",
+        *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
+        f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}",
+        "}",
+        f"instance_group [ {{ count: {settings.instances} kind: {'KIND_GPU' if plan else 'KIND_CPU'} }} ]",
+    ]
+    lines += [f"parameters {{ key: {pbtxt_string(k)} value: {{ string_value: {pbtxt_string(v)} }} }}" for k, v in params.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")) \
+        if model_dir.is_dir() else []
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class RepoVersion:
+    repository: Path
+    model: str
+    version: int
+    new: bool  # a new version folder (False: the newest version already held this file)
+
+    @property
+    def folder(self) -> Path:
+        return self.repository / self.model / str(self.version)
+
+
+def write_repository(model_path: Path, repository: Path, card: ModelCard, settings: TritonSettings = TritonSettings(),
+                     name: str = DEFAULT_MODEL_NAME) -> RepoVersion:
+    """Add ``model_path`` (a scorer ``.onnx`` or a raw ``.plan`` from ``build --plan``) to a Triton repository as the
+    model's newest version (or reuse the newest version when it holds the same file); write ``config.pbtxt``."""
+    check_name(name)
+    settings.check()
+    model_path = Path(model_path)
+    plan = model_path.suffix == ".plan"
+    if not plan and model_path.suffix != ".onnx":
+        raise ConfigError(f"a Triton repository serves a scorer .onnx or a .plan from build --plan, not {model_path.name}")
+    if not model_path.is_file():
+        raise ConfigError(f"{model_path} not found")
+    model_dir = Path(repository) / name
+    fname = "model.plan" if plan else "model.onnx"
+    other = "model.onnx" if plan else "model.plan"
+    versions = _versions(model_dir)
+    if versions and any((model_dir / str(v) / other).exists() for v in versions):
+        raise ConfigError(f"{model_dir} already serves {'ONNX through the Python backend' if plan else 'a TensorRT plan'}; a model has "
+                          f"one platform: give this one another name (--triton-name) or another repository")
+    digest = _sha256(model_path)
+    newest = model_dir / str(versions[-1]) / fname if versions else None
+    if newest is not None and newest.is_file() and _sha256(newest) == digest:
+        version, new = versions[-1], False
+    else:
+        version, new = (versions[-1] + 1 if versions else 1), True
+    vdir = model_dir / str(version)
+    vdir.mkdir(parents=True, exist_ok=True)
+    if new:
+        tmp = vdir / f".{fname}.tmp"
+        shutil.copyfile(model_path, tmp)
+        tmp.replace(vdir / fname)
+    if not plan:
+        atomic_write_bytes(vdir / "model.py", PY_MODEL_SOURCE.read_bytes())
+    atomic_write_bytes(vdir / "card.json", (json.dumps(card.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(model_dir / "config.pbtxt", config_text(name, card, settings, plan).encode())
+    return RepoVersion(Path(repository), name, version, new)
+
+
+def find_models(repository: Path) -> list[dict[str, Any]]:
+    """The models in a repository: name, platform (``python`` / ``tensorrt_plan``) and versions; for ``triton-serve --export-dir``."""
+    repository = Path(repository)
+    found = []
+    for cfg in sorted(repository.glob("*/config.pbtxt")):
+        text = cfg.read_text(errors="replace")
+        kind = "tensorrt_plan" if re.search(r'^platform:\s*"tensorrt_plan"', text, re.M) else \
+            "python" if re.search(r'^backend:\s*"python"', text, re.M) else "other"
+        found.append({"name": cfg.parent.name, "platform": kind, "versions": _versions(cfg.parent)})
+    return found

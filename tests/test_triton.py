@@ -1,0 +1,271 @@
+"""Beyond one box: the Triton repository, ``triton-serve`` and ``--backend triton://``, against a real tritonserver on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLI, run_cli, write_defect_video
+from helpers.triton import Server, free_ports, metrics, triton_cli
+
+from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.backends.onnxrt import read_card
+from skipgan_edge.runtime.backends.triton import parse_url
+from skipgan_edge.runtime.triton_repo import TritonSettings, config_text, pbtxt_string, write_repository
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _parse_config(text: str):  # type: ignore[no-untyped-def]
+    """Triton's own ModelConfig protobuf, parsed from the text: what the server parses."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+# ------------------------------------------------------------------------------------------- the repository
+def test_config_is_tritons_protobuf_and_a_hostile_card_cannot_inject(demo_onnx: Path) -> None:
+    card = read_card(demo_onnx / "scorer.onnx")
+    hostile = 'x" } parameters { key: "evil" value: { string_value: "1" } } #\n\t\\ é \x01'
+    card = card.replace(model_id=hostile)
+    text = config_text("scorer", card, TritonSettings(max_batch=16, preferred_batch=(2, 8), max_queue_delay_us=700, instances=3), plan=False)
+    cfg = _parse_config(text)
+    assert cfg.name == "scorer" and cfg.backend == "python" and cfg.max_batch_size == 16
+    assert list(cfg.input[0].dims) == [32, 32, 3] and cfg.input[0].data_type == 2  # TYPE_UINT8
+    assert [(o.name, list(o.dims), list(o.reshape.shape)) for o in cfg.output] == [
+        ("score", [1], []), ("anomaly_map", [1, 32, 32], []), ("normalized_score", [1], [])]
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 8] and cfg.dynamic_batching.max_queue_delay_microseconds == 700
+    assert cfg.instance_group[0].count == 3 and cfg.instance_group[0].kind == 2  # KIND_CPU
+    assert "evil" not in cfg.parameters  # the card's text stayed a string value
+    assert cfg.parameters["skipgan_edge.model_id"].string_value == hostile
+    assert json.loads(cfg.parameters["skipgan_edge.card"].string_value)["model_id"] == hostile
+    assert cfg.parameters["skipgan_edge.runtime"].string_value == "onnxruntime"
+    plan = _parse_config(config_text("scorer_gpu", card, TritonSettings(), plan=True))
+    assert plan.platform == "tensorrt_plan" and plan.instance_group[0].kind == 1 and "skipgan_edge.runtime" not in plan.parameters  # KIND_GPU
+    assert pbtxt_string('a"b\\c\n') == '"a\\"b\\\\c\\012"'
+    for bad in (TritonSettings(max_batch=0), TritonSettings(preferred_batch=(64,)), TritonSettings(instances=0), TritonSettings(runtime="tvm")):
+        with pytest.raises(ConfigError):
+            bad.check()
+
+
+def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
+    card = read_card(demo_onnx / "scorer.onnx")
+    repo = tmp_path / "repo"
+    v1 = write_repository(demo_onnx / "scorer.onnx", repo, card)
+    assert (v1.version, v1.new) == (1, True) and sorted(p.name for p in v1.folder.iterdir()) == ["card.json", "model.onnx", "model.py"]
+    assert write_repository(demo_onnx / "scorer.onnx", repo, card).version == 1  # same file: same version
+    v2 = write_repository(demo_onnx / "scorer.int8.onnx", repo, read_card(demo_onnx / "scorer.int8.onnx"))
+    assert (v2.version, v2.new) == (2, True) and (repo / "scorer" / "1" / "model.onnx").exists()  # the old version stays for a rollback
+    assert _parse_config((repo / "scorer" / "config.pbtxt").read_text()).parameters["skipgan_edge.precision"].string_value == "int8"
+    (tmp_path / "s.plan").write_bytes(b"serialized plan")
+    with pytest.raises(ConfigError, match="one platform"):
+        write_repository(tmp_path / "s.plan", repo, card)
+    gpu = write_repository(tmp_path / "s.plan", repo, card, name="scorer_gpu")
+    assert sorted(p.name for p in gpu.folder.iterdir()) == ["card.json", "model.plan"]
+    for bad in ("../x", ".hidden", "a b", "", "x" * 65):
+        with pytest.raises(ConfigError, match="model name"):
+            write_repository(demo_onnx / "scorer.onnx", repo, card, name=bad)
+
+
+def test_triton_urls_are_checked_in_one_line() -> None:
+    u = parse_url("triton://gpu-box:8001/scorer/3?retry=5&shm=0")
+    assert (u.host, u.port, u.model, u.version, u.retry_s, u.shm) == ("gpu-box", 8001, "scorer", "3", 5.0, "0")
+    assert str(parse_url("triton://[::1]:8001/scorer")) == "triton://[::1]:8001/scorer"
+    for bad in ("triton://h/scorer", "triton://h:0/scorer", "triton://h:70000/scorer", "triton://h:8001/", "triton://h:8001/../etc",
+                "triton://h:8001/scorer/0", "triton://h:8001/scorer/x", "triton://u:p@h:8001/scorer", "triton://h:8001/scorer?evil=1",
+                "triton://h:8001/scorer?retry=-1", "triton://h:8001/scorer?shm=maybe", "triton://h:8001/sc orer", "http://h:8001/scorer"):
+        with pytest.raises(ConfigError, match="bad Triton URL"):
+            parse_url(bad)
+
+
+# --------------------------------------------------------------------------------------------- a real server
+def test_export_triton_repository_is_served_by_triton(demo_model: Path, tmp_path: Path) -> None:
+    """export --triton writes the repository; triton-serve --export-dir loads it as it is; run streams to it and gets
+    ONNX Runtime's scores."""
+    out = tmp_path / "export"
+    p = run_cli("export", "--model", str(demo_model), "--out", str(out), "--triton", "--triton-max-queue-us", "1000")
+    assert "triton:" in p.stdout and "version 1" in p.stdout and "triton-serve --export-dir" in p.stdout
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["triton"]["platform"] == "python" and report["triton"]["model"] == "scorer"
+    http, grpc, mport = free_ports(3)
+    server = subprocess.Popen([str(triton_cli()), "triton-serve", "--export-dir", str(out), "--http-port", str(http), "--grpc-port", str(grpc),
+                               "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline()
+        assert "serving scorer version 1: READY" in first, first + server.stdout.read() if server.poll() is not None else first
+        video = write_defect_video(tmp_path / "v.avi", 40, {10, 25}, "MJPG")
+        run_cli("run", "--backend", f"triton://127.0.0.1:{grpc}/scorer", "--source", str(video), "--jsonl", str(tmp_path / "t.jsonl"))
+        run_cli("run", "--onnx", str(out / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video), "--jsonl", str(tmp_path / "o.jsonl"))
+        t, o = _records(tmp_path / "t.jsonl"), _records(tmp_path / "o.jsonl")
+        assert len(t) == len(o) == 40
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(t, o)) < 1e-5
+        assert [a["anomalous"] for a in t] == [b["anomalous"] for b in o] and {a["model_id"] for a in t} == {report["model_id"]}
+        assert metrics(mport)['nv_inference_count{model="scorer",version="1"}'] == 40
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0  # a clean stop, as Ctrl-C or systemd give it
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_triton_backend_contract(triton_server: Server, demo_onnx: Path) -> None:
+    """The same contract as every backend: the card from the server, checked inputs, ScoreBatch out, ONNX Runtime's numbers;
+    through system shared memory (same host) and through gRPC messages."""
+    from skipgan_edge.runtime.backends import open_backend
+
+    frames = np.random.default_rng(0).integers(0, 256, (37, 32, 32, 3), dtype=np.uint8)
+    with open_backend("onnx", demo_onnx / "scorer.onnx", "onnxruntime") as ref_be:
+        ref = ref_be.infer_all(frames, 8)
+        card = ref_be.card
+    for url in (triton_server.url, triton_server.url + "?shm=0"):
+        with open_backend("triton", Path("-"), url) as be:
+            assert be.name == "triton" and be.card.model_id == card.model_id and be.card.score.threshold == card.score.threshold
+            assert be.use_shm == ("shm=0" not in url) and be.max_batch == 32
+            got = be.infer_all(frames, 8)
+            assert got.anomaly_map.shape == (37, 1, 32, 32) and got.score.dtype == np.float32 and got.score.shape == (37,)
+            for f in ("score", "anomaly_map", "normalized_score"):
+                np.testing.assert_allclose(getattr(got, f), getattr(ref, f), rtol=1e-6, atol=1e-6)
+            big = be.infer(np.concatenate([frames, frames]))  # 74 > the server's max batch: split, in order
+            np.testing.assert_allclose(big.score, np.concatenate([ref.score, ref.score]), rtol=1e-6, atol=1e-6)
+            with pytest.raises(ValueError, match="expected uint8 images"):
+                be.infer(frames[:, :16])
+
+
+def test_two_clients_are_batched_together_by_triton(triton_server: Server, tmp_path: Path) -> None:
+    """Two cameras streaming one frame per request at once: Triton's dynamic batcher runs them in shared batches,
+    which its own metrics show (fewer executions than inferences), and each client gets every frame."""
+    before = metrics(triton_server.metrics)
+    video = write_defect_video(tmp_path / "v.avi", 120, {30}, "MJPG")
+    procs = [subprocess.Popen([*CLI, "run", "--backend", triton_server.url, "--source", str(video), "--batch", "1",
+                               "--jsonl", str(tmp_path / f"c{i}.jsonl"), "--camera-id", f"cam{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    after = metrics(triton_server.metrics)
+    key = '{model="scorer",version="1"}'
+    inferences = after["nv_inference_count" + key] - before.get("nv_inference_count" + key, 0)
+    executions = after["nv_inference_exec_count" + key] - before.get("nv_inference_exec_count" + key, 0)
+    assert inferences == 240
+    assert executions < inferences, (executions, inferences)  # some executions carried frames of both clients
+    for i in range(2):
+        assert [r["frame"] for r in _records(tmp_path / f"c{i}.jsonl")] == list(range(120))
+
+
+def test_server_killed_and_restarted_mid_run_loses_no_frame(demo_onnx: Path, tmp_path: Path) -> None:
+    n = 400
+    video = write_defect_video(tmp_path / "v.avi", n, {50, 300}, "MJPG")
+    server = Server(demo_onnx / "scorer.onnx").start()
+    out = tmp_path / "r.jsonl"
+    client = subprocess.Popen([*CLI, "run", "--backend", server.url + "?retry=120", "--source", str(video), "--jsonl", str(out),
+                               "--batch", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (not out.exists() or len(out.read_text().splitlines()) < 40) and time.monotonic() < deadline:
+            assert client.poll() is None, client.communicate()
+            time.sleep(0.05)
+        server.kill(signal.SIGKILL)  # the whole server, at once, mid-stream
+        done_at_kill = len(out.read_text().splitlines())
+        assert done_at_kill < n
+        time.sleep(1.0)
+        restarted = Server(demo_onnx / "scorer.onnx", [server.http, server.grpc, server.metrics]).start()
+        try:
+            _, err = client.communicate(timeout=300)
+        finally:
+            restarted.stop()
+        assert client.returncode == 0, err
+        assert "retrying" in err and "the server is back" in err
+        recs = _records(out)
+        assert [r["frame"] for r in recs] == list(range(n))  # every frame once, in order: none lost in flight
+    finally:
+        if client.poll() is None:
+            client.kill()
+        server.kill()
+
+
+# ------------------------------------------------------------------------------------------- one-line errors
+def test_client_errors_are_one_line(triton_server: Server, demo_onnx: Path, tmp_path: Path) -> None:
+    video = str(write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG"))
+    (closed,) = free_ports(1)
+    cases = [
+        (["--backend", f"triton://127.0.0.1:{closed}/scorer?retry=1"], "did not answer for 1 s"),
+        (["--backend", triton_server.url.replace("/scorer", "/nope")], "the server has no model 'nope' (it has: scorer)"),
+        (["--backend", triton_server.url, "--onnx", str(demo_onnx / "scorer.onnx")], "give no --model, --onnx or --engine"),
+        (["--backend", "triton://127.0.0.1:99999/scorer"], "the port must be a number"),
+    ]
+    for args, expect in cases:
+        p = run_cli("run", *args, "--source", video, check=False)
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and last.startswith("error:") and expect in last, (args, p.stderr)
+        assert "Traceback" not in p.stderr
+
+
+def test_triton_serve_errors_are_one_line(demo_onnx: Path, tmp_path: Path) -> None:
+    # this venv has no PyTriton: the install hint
+    p = run_cli("triton-serve", "--onnx", str(demo_onnx / "scorer.onnx"), check=False)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: triton-serve needs PyTriton") and len(p.stderr.strip().splitlines()) == 1
+    cli = str(triton_cli())
+    card = read_card(demo_onnx / "scorer.onnx")
+    (tmp_path / "s.plan").write_bytes(b"plan")
+    write_repository(tmp_path / "s.plan", tmp_path / "repo", card)
+    for args, expect in (
+        (["--export-dir", str(tmp_path / "repo")], "need another Triton backend than Python (a TensorRT plan)"),
+        (["--export-dir", str(tmp_path)], "holds no Triton model"),
+        (["--onnx", str(demo_onnx / "scorer.onnx"), "--preferred-batch", "64"], "must lie in 1..32"),
+        (["--onnx", str(demo_onnx / "scorer.onnx"), "--http-port", "8000", "--grpc-port", "8000"], "ports must differ"),
+    ):
+        p = subprocess.run([cli, "triton-serve", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error:") and expect in p.stderr, (args, p.stderr)
+
+
+def test_serve_cell_streams_to_triton(triton_server: Server, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 30, {12}, "MJPG")
+    cfg = tmp_path / "cell.toml"
+    cfg.write_text(f'[serve]\nbatch = 4\n[[camera]]\nid = "a"\nsource = "{video}"\ntriton = "{triton_server.url}"\njsonl = "{tmp_path / "a.jsonl"}"\n'
+                   f'[[camera]]\nid = "b"\nsource = "{video}"\ntriton = "{triton_server.url}"\njsonl = "{tmp_path / "b.jsonl"}"\n')
+    p = run_cli("serve", "--config", str(cfg), "--json")
+    s = json.loads(p.stdout)
+    assert [m["backend"] for m in s["models"].values()] == ["triton"]  # both cameras share one client
+    for cam in ("a", "b"):
+        assert [r["frame"] for r in _records(tmp_path / f"{cam}.jsonl")] == list(range(30))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[[camera]]\nid = "a"\nsource = "{video}"\ntriton = "triton://h:1/../x"\n')
+    p = run_cli("serve", "--config", str(bad), "--check", check=False)
+    assert p.returncode == 2 and "'triton': bad Triton URL" in p.stderr
+
+
+def test_bench_times_the_server(triton_server: Server, tmp_path: Path) -> None:
+    p = run_cli("bench", "--backend", triton_server.url, "--batch", "1,4", "--duration", "0.3", "--warmup", "2", "--json", str(tmp_path / "b.json"))
+    recs = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert [(r["backend"], r["batch"]) for r in recs] == [("triton", 1), ("triton", 4)] and all(r["throughput"] > 0 for r in recs)
+    assert "triton" in p.stdout
+
+
+def test_many_threads_one_client(triton_server: Server) -> None:
+    """Frames from several threads through separate clients keep their order and values (no shared-memory region is shared)."""
+    from skipgan_edge.runtime.backends import open_backend
+
+    frames = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        with open_backend("triton", Path("-"), triton_server.url) as be:
+            results[i] = np.concatenate([be.infer(frames[k : k + 1]).score for k in range(8)])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 3 and all(np.array_equal(results[0], r) for r in results.values())
