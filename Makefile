@@ -84,8 +84,8 @@ $(TRITON_VENV)/.installed: pyproject.toml | debs
 	@test -x $(TRITON_PYTHON) || { echo "error: $(TRITON_PYTHON) not found: install the system's python3.11 and python3.11-venv (Debian 12), or set TRITON_PYTHON" >&2; exit 2; }
 	test -x $(TRITON_VENV)/bin/python || $(TRITON_PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install -q -e '.[triton-serve]'
-	$(TRITON_VENV)/bin/python -c "import pytriton, tritonclient.grpc, onnxruntime, cv2; print('triton venv ok: PyTriton', pytriton.__version__)"
+	$(TRITON_VENV)/bin/python -m pip install -q -e '.[triton-serve,openvino]'
+	$(TRITON_VENV)/bin/python -c "import pytriton, tritonclient.grpc, onnxruntime, openvino, cv2; print('triton venv ok: PyTriton', pytriton.__version__)"
 	touch $@
 
 triton-venv: $(TRITON_VENV)/.installed

@@ -471,6 +471,8 @@ def triton_serve_cmd(
     preferred_batch: Annotated[str, typer.Option(help="With --onnx: dynamic batching's preferred sizes, comma separated.")] = "4,8",
     max_queue_delay_us: Annotated[int, typer.Option(help="With --onnx: longest wait for more requests to batch (µs; 0: batch only "
                                                     "what is already queued).")] = 2000,
+    dynamic_batching: Annotated[bool, typer.Option("--dynamic-batching/--no-dynamic-batching", help="With --onnx: Triton's dynamic "
+                                                   "batching across requests (off: every request runs alone).")] = True,
     instances: Annotated[int, typer.Option(help="With --onnx: model instances (instance group count).")] = 1,
     runtime: Annotated[str, typer.Option(help="With --onnx: onnxruntime or openvino, in Triton's Python backend.")] = "onnxruntime",
     threads: Annotated[int, typer.Option(help="With --onnx: intra-op threads per instance (0 = the runtime's default).")] = 0,
@@ -494,7 +496,7 @@ def triton_serve_cmd(
         except ValueError:
             raise ConfigError(f"--preferred-batch takes comma-separated integers, got {preferred_batch!r}") from None
         settings = TritonSettings(max_batch=max_batch, preferred_batch=pref, max_queue_delay_us=max_queue_delay_us, instances=instances,
-                                  runtime=runtime, threads=threads)
+                                  runtime=runtime, threads=threads, dynamic=dynamic_batching)
         settings.check()
         if not onnx.is_file():
             raise ConfigError(f"ONNX file not found: {onnx}")

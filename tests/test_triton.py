@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import CLI, run_cli, write_defect_video
 from helpers.triton import Server, free_ports, metrics, triton_cli
 
 from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.backends import BackendOptions
 from skipgan_edge.runtime.backends.onnxrt import read_card
 from skipgan_edge.runtime.backends.triton import parse_url
 from skipgan_edge.runtime.triton_repo import TritonSettings, config_text, pbtxt_string, write_repository
@@ -119,6 +121,24 @@ def test_export_triton_repository_is_served_by_triton(demo_model: Path, tmp_path
             os.killpg(server.pid, signal.SIGKILL)
 
 
+def test_python_backend_runs_openvino_too(demo_onnx: Path) -> None:
+    """The repository's other CPU runtime: OpenVINO inside Triton's Python backend, two instances, against OpenVINO here."""
+    from skipgan_edge.runtime.backends import open_backend
+
+    frames = np.random.default_rng(2).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    server = Server(demo_onnx / "scorer.onnx", None, "--runtime", "openvino", "--instances", "2", "--threads", "1").start()
+    try:
+        with open_backend("triton", Path("-"), server.url) as be, open_backend("onnx", demo_onnx / "scorer.onnx", "openvino",
+                                                                               BackendOptions(precision_hint="f32")) as ref:
+            got, want = be.infer(frames), ref.infer(frames)
+            np.testing.assert_allclose(got.score, want.score, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=1e-4, atol=1e-4)
+        m = metrics(server.metrics)
+        assert m['nv_inference_count{model="scorer",version="1"}'] == 12
+    finally:
+        server.stop()
+
+
 def test_triton_backend_contract(triton_server: Server, demo_onnx: Path) -> None:
     """The same contract as every backend: the card from the server, checked inputs, ScoreBatch out, ONNX Runtime's numbers;
     through system shared memory (same host) and through gRPC messages."""
@@ -179,7 +199,10 @@ def test_server_killed_and_restarted_mid_run_loses_no_frame(demo_onnx: Path, tmp
         done_at_kill = len(out.read_text().splitlines())
         assert done_at_kill < n
         time.sleep(1.0)
+        killed_pid = server.proc.pid if server.proc else -1
+        assert list(Path("/dev/shm").glob(f"skipgan_triton_{killed_pid}_*"))  # the killed server's Python-backend regions, left behind
         restarted = Server(demo_onnx / "scorer.onnx", [server.http, server.grpc, server.metrics]).start()
+        assert not list(Path("/dev/shm").glob(f"skipgan_triton_{killed_pid}_*"))  # removed by the next server
         try:
             _, err = client.communicate(timeout=300)
         finally:
@@ -192,6 +215,20 @@ def test_server_killed_and_restarted_mid_run_loses_no_frame(demo_onnx: Path, tmp
         if client.poll() is None:
             client.kill()
         server.kill()
+
+
+def test_stale_shared_memory_of_dead_processes_is_removed(tmp_path: Path) -> None:
+    from skipgan_edge.runtime.backends.triton import clean_stale_shm
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"skipgan_client_{dead.pid}_ab12_in").write_bytes(b"x")
+    (tmp_path / f"skipgan_client_{os.getpid()}_cd34_in").write_bytes(b"x")  # alive: kept
+    (tmp_path / "victim").write_bytes(b"keep")
+    (tmp_path / f"skipgan_client_{dead.pid}_ef56_out").symlink_to(tmp_path / "victim")  # never followed or removed
+    assert clean_stale_shm("skipgan_client_", tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"skipgan_client_{os.getpid()}_cd34_in", f"skipgan_client_{dead.pid}_ef56_out",
+                                                                 "victim"])
 
 
 # ------------------------------------------------------------------------------------------- one-line errors

@@ -39,7 +39,9 @@ class TritonPythonModel:
             import openvino as ov
 
             core = ov.Core()
-            cfg = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+            cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": params.get("skipgan_edge.openvino_precision", "f32")}
+            if threads:
+                cfg["INFERENCE_NUM_THREADS"] = threads
             compiled = core.compile_model(path, "CPU", cfg)
             request = compiled.create_infer_request()
             names = [compiled.output(n) for n in OUTPUTS]

@@ -60,6 +60,7 @@ class TritonSettings:
     max_batch: int = 32
     preferred_batch: tuple[int, ...] = (4, 8)
     max_queue_delay_us: int = 2000  # how long Triton holds a request waiting for others to batch with it
+    dynamic: bool = True  # dynamic batching (off: each request runs alone; for measuring what batching buys)
     instances: int = 1  # model instances (each its own runtime session)
     runtime: str = "onnxruntime"  # Python backend: onnxruntime or openvino
     threads: int = 0  # Python backend: intra-op threads per instance (0 = the runtime's default)
@@ -108,6 +109,10 @@ def config_text(name: str, card: ModelCard, settings: TritonSettings, plan: bool
     if not plan:
         params["skipgan_edge.runtime"] = settings.runtime
         params["skipgan_edge.threads"] = str(settings.threads)
+        # OpenVINO computes in bf16 by default on a bf16 CPU; like the runtime's OpenVINO backend, only an FP16 variant whose
+        # export passed the bf16 gate may (model.py then asks for bf16, which a CPU without it runs in f32)
+        gated = str(card.export.get("cpu_bf16", {}).get("gate")) == "passed"
+        params["skipgan_edge.openvino_precision"] = "bf16" if card.precision == "fp16" and gated else "f32"
     head = 'platform: "tensorrt_plan"' if plan else 'backend: "python"'
     preferred = ", ".join(str(b) for b in sorted(set(settings.preferred_batch)))
     lines = [
@@ -123,10 +128,10 @@ def config_text(name: str, card: ModelCard, settings: TritonSettings, plan: bool
         f'  {{ name: "anomaly_map" data_type: TYPE_FP32 dims: [ 1, {isize}, {isize} ] }},',
         '  { name: "normalized_score" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } }',
         "]",
-        "dynamic_batching {",
-        *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
-        f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}",
-        "}",
+        *(["dynamic_batching {",
+           *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
+           f"  max_queue_delay_microseconds: {settings.max_queue_delay_us}",
+           "}"] if settings.dynamic else []),
         f"instance_group [ {{ count: {settings.instances} kind: {'KIND_GPU' if plan else 'KIND_CPU'} }} ]",
     ]
     lines += [f"parameters {{ key: {pbtxt_string(k)} value: {{ string_value: {pbtxt_string(v)} }} }}" for k, v in params.items()]

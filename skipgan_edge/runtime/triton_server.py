@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any
 
 from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.backends.triton import clean_stale_shm
 
 INSTALL_HINT = ("pip install 'skipgan-edge[triton-serve]' in a venv made from the system's python3 (from a clone: "
                 "make triton-venv, then .venv-triton/bin/skipgan-edge triton-serve)")
@@ -76,29 +77,6 @@ def bundled_server() -> ServerDist:
         if not p.exists():
             raise ConfigError(f"PyTriton's Triton server is incomplete here ({p} is missing; Python {version} may have no stub): {INSTALL_HINT}")
     return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_shm(shm_dir: Path = Path("/dev/shm")) -> int:
-    """Remove the Python backend's shared-memory regions left by servers of ours that were killed (their pid is gone)."""
-    removed = 0
-    with contextlib.suppress(OSError):
-        for p in shm_dir.glob(SHM_PREFIX + "*"):
-            m = re.match(re.escape(SHM_PREFIX) + r"(\d+)_", p.name)
-            if m and not _pid_alive(int(m.group(1))):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed += 1
-    return removed
 
 
 def _die_with_parent() -> None:
@@ -156,7 +134,7 @@ class TritonServer:
 
     def start(self) -> None:
         dist = bundled_server()
-        clean_stale_shm()
+        clean_stale_shm(SHM_PREFIX)
         self.workdir = Path(tempfile.mkdtemp(prefix="skipgan-triton-"))
         py = self.workdir / "backends" / "python"
         py.mkdir(parents=True)

@@ -44,6 +44,7 @@ from skipgan_edge.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 SCHEME = "triton://"
+CLIENT_SHM_PREFIX = "skipgan_client_"
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 #: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
@@ -102,6 +103,29 @@ def parse_url(url: str) -> TritonURL:
     return TritonURL(u.hostname, port, parts[0], parts[1] if len(parts) == 2 else "", shm, retry)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def clean_stale_shm(prefix: str, shm_dir: Path = Path("/dev/shm")) -> int:
+    """Remove shared-memory regions named ``PREFIX<pid>_...`` whose process is gone (killed clients or servers of ours)."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for p in shm_dir.glob(prefix + "*"):
+            m = re.match(re.escape(prefix) + r"(\d+)_", p.name)
+            if m and not _pid_alive(int(m.group(1))) and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed += 1
+    return removed
+
+
 def is_local(host: str) -> bool:
     """Whether ``host`` is this machine: a loopback name or address, or one of this host's own names."""
     if host in ("localhost", "ip6-localhost", socket.gethostname()):
@@ -133,7 +157,7 @@ class TritonBackend(Backend):
         self.use_shm = False
         self.reconnects = 0
         self._regions: dict[str, Any] = {}
-        self._tag = f"skipgan_{os.getpid()}_{secrets.token_hex(3)}"
+        self._tag = f"{CLIENT_SHM_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
 
     def __str__(self) -> str:
         return str(self.url)
@@ -161,6 +185,7 @@ class TritonBackend(Backend):
         if self.url.shm == "1" and not is_local(self.url.host):
             raise ConfigError(f"{self.url}: shm=1 needs the server on this host (system shared memory is this machine's)")
         if self.use_shm:
+            clean_stale_shm(CLIENT_SHM_PREFIX)  # regions of clients that were killed before they could free them
             self._make_regions()
             try:
                 self._register()
