@@ -54,6 +54,8 @@ def report() -> list[str]:
         ("tensorrt", "engine build and the TensorRT backend"),
         ("cuda.bindings", "CUDA buffers (cuda-python)"),
         ("pycuda", "CUDA buffers (PyCUDA)"),
+        ("tritonclient.grpc", "--backend triton:// (a Triton client)"),
+        ("pytriton", "triton-serve (PyTriton's bundled tritonserver)"),
     ):
         v = _version(mod)
         lines.append(f"{mod:14s} {v or 'missing':12s} {what}")

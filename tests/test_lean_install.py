@@ -68,6 +68,8 @@ def test_runtime_verbs_in_the_lean_install(lean: Path, demo_onnx: Path, synth_di
     (["export", "--model", "m", "--out", "e"], "export"),
     (["build", "--onnx", "x.onnx", "--dry-run"], "export"),
     (["run", "--model", "m", "--source", "v.mp4"], "train"),
+    (["run", "--backend", "triton://127.0.0.1:8001/scorer", "--source", "v.mp4"], "triton"),
+    (["triton-serve", "--onnx", "x.onnx"], "triton-serve"),
 ])
 def test_a_verb_whose_extra_is_missing_says_which(lean: Path, tmp_path: Path, args: list[str], extra: str) -> None:
     (tmp_path / "x.onnx").write_bytes(b"")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLI, run_cli, write_defect_video
+from conftest import CLI, ROOT, run_cli, write_defect_video
 from helpers.triton import Server, free_ports, metrics, triton_cli
 
 from skipgan_edge.errors import ConfigError
@@ -91,23 +93,48 @@ def test_triton_urls_are_checked_in_one_line() -> None:
 
 
 # --------------------------------------------------------------------------------------------- a real server
-def test_export_triton_repository_is_served_by_triton(demo_model: Path, tmp_path: Path) -> None:
-    """export --triton writes the repository; triton-serve --export-dir loads it as it is; run streams to it and gets
-    ONNX Runtime's scores."""
+def _readme_commands() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Beyond one box", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README's Beyond one box has no code block"
+    return [shlex.split(line.split("  #")[0]) for line in block.group(1).splitlines() if line.strip()]
+
+
+def _with(args: list[str], **values: str) -> list[str]:
+    """``args`` with each ``--option``'s value replaced (options named with _ for -)."""
+    out = list(args)
+    for opt, value in values.items():
+        i = out.index("--" + opt.replace("_", "-"))
+        out[i + 1] = value
+    return out
+
+
+def test_readme_beyond_one_box_export_serve_stream(demo_model: Path, tmp_path: Path) -> None:
+    """The README's three commands, as a user runs them (paths and ports made local): export --triton writes the
+    repository; triton-serve --export-dir loads it as it is into a real Triton; run streams to it and gets ONNX Runtime's
+    scores."""
+    export, serve, stream = _readme_commands()
+    assert export[:2] == ["skipgan-edge", "export"] and "--triton" in export
+    assert serve[0] == ".venv-triton/bin/skipgan-edge" and serve[1] == "triton-serve" and "--export-dir" in serve
+    assert stream[:2] == ["skipgan-edge", "run"] and any(a.startswith("triton://") for a in stream)
     out = tmp_path / "export"
-    p = run_cli("export", "--model", str(demo_model), "--out", str(out), "--triton", "--triton-max-queue-us", "1000")
+    p = run_cli(*_with(export, model=str(demo_model), out=str(out))[1:])
     assert "triton:" in p.stdout and "version 1" in p.stdout and "triton-serve --export-dir" in p.stdout
     report = json.loads((out / "export_report.json").read_text())
     assert report["triton"]["platform"] == "python" and report["triton"]["model"] == "scorer"
     http, grpc, mport = free_ports(3)
-    server = subprocess.Popen([str(triton_cli()), "triton-serve", "--export-dir", str(out), "--http-port", str(http), "--grpc-port", str(grpc),
-                               "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = [str(triton_cli()), *_with(serve, export_dir=str(out), address="127.0.0.1")[1:], "--http-port", str(http), "--grpc-port", str(grpc),
+           "--metrics-port", str(mport)]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         assert server.stdout is not None
         first = server.stdout.readline()
-        assert "serving scorer version 1: READY" in first, first + server.stdout.read() if server.poll() is not None else first
+        assert "serving scorer version 1: READY" in first, first + (server.stdout.read() if server.poll() is not None else "")
         video = write_defect_video(tmp_path / "v.avi", 40, {10, 25}, "MJPG")
-        run_cli("run", "--backend", f"triton://127.0.0.1:{grpc}/scorer", "--source", str(video), "--jsonl", str(tmp_path / "t.jsonl"))
+        url = next(a for a in stream if a.startswith("triton://"))
+        url = f"triton://127.0.0.1:{grpc}/" + url.split("/", 3)[3]
+        run_cli(*_with(stream, source=str(video), backend=url, jsonl=str(tmp_path / "t.jsonl"))[1:])
         run_cli("run", "--onnx", str(out / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video), "--jsonl", str(tmp_path / "o.jsonl"))
         t, o = _records(tmp_path / "t.jsonl"), _records(tmp_path / "o.jsonl")
         assert len(t) == len(o) == 40

@@ -218,7 +218,7 @@ class Pipeline:
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        t_start = time.perf_counter()
+        t_start, cpu_start = time.perf_counter(), time.process_time()
         hooks = [sk for sk in self.sinks if type(sk).counts is not Sink.counts]  # sinks that report on the run (metrics)
         for sk in hooks:
             sk.started(card.model_id, self.backend.name, self.backend.precision, self.threshold)
@@ -253,6 +253,9 @@ class Pipeline:
                     close_errors.append(f"{sink.name}: {exc}")
             self.source.close()
         summary = self._summary(time.perf_counter() - t_start, chan.dropped)
+        # this process's CPU time while streaming (every thread: capture, runtime pool, sinks); with a server backend the
+        # server's own CPU is not in it
+        summary["cpu_s"] = round(time.process_time() - cpu_start, 3)
         self.summary = summary
         if summary_path is not None:
             try:
