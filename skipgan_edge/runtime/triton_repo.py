@@ -34,7 +34,6 @@ container once ``pip install onnxruntime`` is done in the container's Python, an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skipgan_edge.card import ModelCard, atomic_write_bytes
+from skipgan_edge.card import ModelCard, atomic_write_bytes, file_sha256
 from skipgan_edge.contract import CARD_KEY, INPUT_NAME
 from skipgan_edge.errors import ConfigError
 
@@ -143,14 +142,6 @@ def _versions(model_dir: Path) -> list[int]:
         if model_dir.is_dir() else []
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class RepoVersion:
     repository: Path
@@ -182,9 +173,9 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
     if versions and any((model_dir / str(v) / other).exists() for v in versions):
         raise ConfigError(f"{model_dir} already serves {'ONNX through the Python backend' if plan else 'a TensorRT plan'}; a model has "
                           f"one platform: give this one another name (--triton-name) or another repository")
-    digest = _sha256(model_path)
+    digest = file_sha256(model_path)
     newest = model_dir / str(versions[-1]) / fname if versions else None
-    if newest is not None and newest.is_file() and _sha256(newest) == digest:
+    if newest is not None and newest.is_file() and file_sha256(newest) == digest:
         version, new = versions[-1], False
     else:
         version, new = (versions[-1] + 1 if versions else 1), True
