@@ -291,6 +291,16 @@ def test_triton_serve_errors_are_one_line(demo_onnx: Path, tmp_path: Path) -> No
     ):
         p = subprocess.run([cli, "triton-serve", *args], capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error:") and expect in p.stderr, (args, p.stderr)
+    import socket
+
+    with socket.socket() as taken:  # a port another program holds: Triton's own reason, in one line
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        http, mport = free_ports(2)
+        p = subprocess.run([cli, "triton-serve", "--onnx", str(demo_onnx / "scorer.onnx"), "--grpc-port", str(taken.getsockname()[1]),
+                            "--http-port", str(http), "--metrics-port", str(mport)], capture_output=True, text=True, timeout=180)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Triton did not start" in lines[0] and "already in use" in lines[0], p.stderr
 
 
 def test_serve_cell_streams_to_triton(triton_server: Server, tmp_path: Path) -> None:
