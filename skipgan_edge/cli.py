@@ -476,6 +476,8 @@ def triton_serve_cmd(
     instances: Annotated[int, typer.Option(help="With --onnx: model instances (instance group count).")] = 1,
     runtime: Annotated[str, typer.Option(help="With --onnx: onnxruntime or openvino, in Triton's Python backend.")] = "onnxruntime",
     threads: Annotated[int, typer.Option(help="With --onnx: intra-op threads per instance (0 = the runtime's default).")] = 0,
+    trust_repository: Annotated[bool, typer.Option("--trust-repository", help="Serve a repository whose model.py or parameters "
+                                                   "are not the ones skipgan-edge writes (Triton runs that code).")] = False,
 ) -> None:
     """A Triton Inference Server around the scorer, from PyTriton's bundled tritonserver: dynamic batching, metrics, gRPC."""
     import tempfile
@@ -509,7 +511,7 @@ def triton_serve_cmd(
     else:
         assert export_dir is not None
         repo = export_dir / "triton" if (export_dir / "triton").is_dir() else export_dir
-    models = find_models(repo)
+    models = find_models(repo, trust=trust_repository)
     if not models:
         raise ConfigError(f"{repo} holds no Triton model (no MODEL/config.pbtxt); write one with skipgan-edge export --triton")
     plans = [m["name"] for m in models if m["platform"] != "python"]

@@ -81,6 +81,38 @@ def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
             write_repository(demo_onnx / "scorer.onnx", repo, card, name=bad)
 
 
+def test_a_repository_is_code_and_only_ours_is_served_unasked(demo_onnx: Path, tmp_path: Path) -> None:
+    """triton-serve --export-dir serves what it finds; Triton's Python backend runs it. A model.py or a parameter that is not
+    ours is refused in one line unless --trust-repository."""
+    from skipgan_edge.runtime.triton_repo import find_models
+
+    card = read_card(demo_onnx / "scorer.onnx")
+
+    def repo(name: str) -> Path:
+        return write_repository(demo_onnx / "scorer.onnx", tmp_path / name, card).repository
+
+    assert find_models(repo("ok")) == [{"name": "scorer", "platform": "python", "versions": [1]}]
+    tampered = repo("code")
+    (tampered / "scorer" / "1" / "model.py").write_text("import os\nos.system('touch /tmp/owned')\n")
+    env = repo("env")
+    cfg = env / "scorer" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "/tmp/evil.tar.gz" } }\n')
+    other = repo("other")
+    cfg = other / "scorer" / "config.pbtxt"
+    cfg.write_text(cfg.read_text() + 'default_model_filename: "evil.py"\n')
+    broken = repo("broken")
+    (broken / "scorer" / "config.pbtxt").write_text("name: 'scorer' max_batch_size: {")
+    for r, expect in ((tampered, "version 1's model.py is not the one this skipgan-edge writes"),
+                      (env, "parameter 'EXECUTION_ENV_PATH' is not one skipgan-edge writes"),
+                      (other, "it names other code to run ('evil.py')"), (broken, "is not a valid Triton model config")):
+        with pytest.raises(ConfigError, match=re.escape(expect)):
+            find_models(r)
+    assert find_models(tampered, trust=True)[0]["platform"] == "python"  # the user looked at it and said so
+    p = subprocess.run([str(triton_cli()), "triton-serve", "--export-dir", str(tampered)], capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "--trust-repository" in lines[0], p.stderr
+
+
 def test_triton_urls_are_checked_in_one_line() -> None:
     u = parse_url("triton://gpu-box:8001/scorer/3?retry=5&shm=0")
     assert (u.host, u.port, u.model, u.version, u.retry_s, u.shm) == ("gpu-box", 8001, "scorer", "3", 5.0, "0")

@@ -43,7 +43,7 @@ from typing import Any
 
 from skipgan_edge.card import ModelCard, atomic_write_bytes, file_sha256
 from skipgan_edge.contract import CARD_KEY, INPUT_NAME
-from skipgan_edge.errors import ConfigError
+from skipgan_edge.errors import ConfigError, require
 
 DEFAULT_MODEL_NAME = "scorer"
 #: Triton model names become folder names and URL path segments: letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``
@@ -192,13 +192,43 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
     return RepoVersion(Path(repository), name, version, new)
 
 
-def find_models(repository: Path) -> list[dict[str, Any]]:
-    """The models in a repository: name, platform (``python`` / ``tensorrt_plan``) and versions; for ``triton-serve --export-dir``."""
-    repository = Path(repository)
+def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
+    """The models in a repository (name, platform, versions), for ``triton-serve``; each ``config.pbtxt`` parsed by Triton's
+    own ModelConfig protobuf (tritonclient's), so a config Triton would refuse is one line here.
+
+    A repository is code: Triton's Python backend runs each version's ``model.py``, and parameters such as
+    ``EXECUTION_ENV_PATH`` make it unpack and run another Python environment. Unless ``trust``, a Python-backend model is
+    served only when every version's ``model.py`` is byte-identical to the one this skipgan-edge writes, no other file
+    name is configured to run, and every parameter is one of ours (``skipgan_edge.*``); otherwise one line says what
+    differs (``--trust-repository`` serves it anyway)."""
+    text_format = require("google.protobuf.text_format", "triton", "triton-serve")
+    pb = require("tritonclient.grpc.model_config_pb2", "triton", "triton-serve")
+    ours = PY_MODEL_SOURCE.read_bytes()
     found = []
-    for cfg in sorted(repository.glob("*/config.pbtxt")):
-        text = cfg.read_text(errors="replace")
-        kind = "tensorrt_plan" if re.search(r'^platform:\s*"tensorrt_plan"', text, re.M) else \
-            "python" if re.search(r'^backend:\s*"python"', text, re.M) else "other"
-        found.append({"name": cfg.parent.name, "platform": kind, "versions": _versions(cfg.parent)})
+    for cfg_path in sorted(Path(repository).glob("*/config.pbtxt")):
+        where = f"{cfg_path.parent.name}/config.pbtxt"
+        try:
+            cfg = text_format.Parse(cfg_path.read_text(errors="replace"), pb.ModelConfig())
+        except text_format.ParseError as exc:
+            raise ConfigError(f"{where} is not a valid Triton model config ({str(exc).splitlines()[0]}); re-export it with "
+                              "skipgan-edge export --triton") from None
+        kind = cfg.platform or cfg.backend or "other"
+        versions = _versions(cfg_path.parent)
+        if kind == "python" and not trust:
+            why = ""
+            bad = sorted(k for k in cfg.parameters if not k.startswith("skipgan_edge."))
+            if bad:
+                why = f"parameter {bad[0]!r} is not one skipgan-edge writes"
+            elif cfg.runtime or cfg.default_model_filename not in ("", "model.py"):
+                why = f"it names other code to run ({cfg.runtime or cfg.default_model_filename!r})"
+            else:
+                for v in versions:
+                    code = cfg_path.parent / str(v) / "model.py"
+                    if not code.is_file() or code.read_bytes() != ours:
+                        why = f"version {v}'s model.py is not the one this skipgan-edge writes"
+                        break
+            if why:
+                raise ConfigError(f"{where}: {why}; a repository is code Triton runs: re-export it with skipgan-edge export --triton, "
+                                  "or check it and pass --trust-repository")
+        found.append({"name": cfg_path.parent.name, "platform": kind, "versions": versions})
     return found
