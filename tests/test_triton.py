@@ -113,6 +113,32 @@ def test_a_repository_is_code_and_only_ours_is_served_unasked(demo_onnx: Path, t
     assert p.returncode == 2 and len(lines) == 1 and "--trust-repository" in lines[0], p.stderr
 
 
+def test_a_server_answering_other_shapes_is_one_line(demo_onnx: Path, tmp_path: Path) -> None:
+    """The server's answer is outside input too: a (trusted, edited) repository whose model returns 16×16 maps for a 32×32
+    card is refused at the first frame, not reshaped into garbage."""
+    from skipgan_edge.errors import ServerError
+    from skipgan_edge.runtime.backends import open_backend
+
+    rv = write_repository(demo_onnx / "scorer.onnx", tmp_path / "repo", read_card(demo_onnx / "scorer.onnx"))
+    cfg = rv.repository / "scorer" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace("dims: [ 1, 32, 32 ]", "dims: [ 1, 16, 16 ]"))
+    code = rv.folder / "model.py"
+    code.write_text(code.read_text().replace("full[k][at : at + n]", "(full[k][at : at + n, :, :16, :16] if name == 'anomaly_map' "
+                                                                     "else full[k][at : at + n])"))
+    http, grpc, mport = free_ports(3)
+    server = subprocess.Popen([str(triton_cli()), "triton-serve", "--export-dir", str(rv.repository), "--trust-repository", "--http-port",
+                               str(http), "--grpc-port", str(grpc), "--metrics-port", str(mport)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        assert server.stdout is not None and "READY" in server.stdout.readline()
+        with open_backend("triton", Path("-"), f"triton://127.0.0.1:{grpc}/scorer?shm=0") as be, \
+                pytest.raises(ServerError, match=r"returned output 'anomaly_map' as float32 \[2, 1, 16, 16\] for 2 images"):
+            be.infer(np.zeros((2, 32, 32, 3), np.uint8))
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def test_triton_urls_are_checked_in_one_line() -> None:
     u = parse_url("triton://gpu-box:8001/scorer/3?retry=5&shm=0")
     assert (u.host, u.port, u.model, u.version, u.retry_s, u.shm) == ("gpu-box", 8001, "scorer", "3", 5.0, "0")

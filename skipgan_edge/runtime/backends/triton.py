@@ -45,6 +45,10 @@ from skipgan_edge.runtime.backends.base import Backend
 log = logging.getLogger(__name__)
 SCHEME = "triton://"
 CLIENT_SHM_PREFIX = "skipgan_client_"
+#: shared-memory regions hold at most this many images, and this many bytes (input and outputs) per client
+SHM_IMAGES, SHM_BYTES = 64, 256 << 20
+#: no scorer input is larger than this per image (4096×4096×4)
+MAX_IMAGE_BYTES = 4096 * 4096 * 4
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 #: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
@@ -156,6 +160,7 @@ class TritonBackend(Backend):
         self.client: Any = None
         self.use_shm = False
         self.reconnects = 0
+        self.chunk = 1
         self._regions: dict[str, Any] = {}
         self._tag = f"{CLIENT_SHM_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
 
@@ -181,12 +186,23 @@ class TritonBackend(Backend):
                 or inputs[0].get("data_type") != "TYPE_UINT8":
             raise ServerError(f"{self.url}: the model's input is {inputs}, but its card says uint8 {want} (HWC) named '{INPUT_NAME}'; "
                               "re-export the repository with skipgan-edge export --triton")
+        h, w, c = self.input_shape
+        if h * w * c > MAX_IMAGE_BYTES:
+            raise ServerError(f"{self.url}: the model's input is {h}×{w}×{c}, larger than any scorer ({MAX_IMAGE_BYTES} bytes per image); "
+                              "is it serving a skipgan-edge scorer?")
+        # images per call through shared memory: the regions are sized for this many, whatever max_batch_size the server claims
+        self.chunk = max(1, min(self.max_batch, SHM_IMAGES, SHM_BYTES // (h * w * (c + 4))))
         self.use_shm = self.url.shm == "1" or (self.url.shm == "auto" and is_local(self.url.host))
         if self.url.shm == "1" and not is_local(self.url.host):
             raise ConfigError(f"{self.url}: shm=1 needs the server on this host (system shared memory is this machine's)")
         if self.use_shm:
             clean_stale_shm(CLIENT_SHM_PREFIX)  # regions of clients that were killed before they could free them
-            self._make_regions()
+            try:
+                self._make_regions()
+            except Exception as exc:  # noqa: BLE001 - tritonclient's SharedMemoryException and OSError
+                self._free_regions()
+                raise ServerError(f"{self.url}: cannot create shared memory for {self.chunk} images ({_message(exc)}); free /dev/shm "
+                                  "or pass ?shm=0") from None
             try:
                 self._register()
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and gRPC's exceptions
@@ -261,7 +277,7 @@ class TritonBackend(Backend):
     def _make_regions(self) -> None:
         shm = require("tritonclient.utils.shared_memory", "triton", "--backend triton://")
         h, w, c = self.input_shape
-        n = self.max_batch
+        n = self.chunk
         out_bytes = sum(nb for _, _, nb, _ in self._out_layout(n))
         for role, nbytes in (("in", n * h * w * c), ("out", out_bytes)):
             key = f"/{self._tag}_{role}"
@@ -286,9 +302,10 @@ class TritonBackend(Backend):
         self._regions = {}
 
     def _run(self, images: np.ndarray) -> ScoreBatch:
-        if len(images) > self.max_batch:
+        step = self.chunk if self.use_shm else self.max_batch
+        if len(images) > step:
             return ScoreBatch(*(np.concatenate(parts) for parts in
-                                zip(*(self._run(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)))))
+                                zip(*(self._run(images[i : i + step]) for i in range(0, len(images), step)))))
         g = self.grpc
         n = len(images)
         inp = g.InferInput(INPUT_NAME, list(images.shape), "UINT8")
@@ -312,6 +329,15 @@ class TritonBackend(Backend):
             outs = [g.InferRequestedOutput(name) for name in OUTPUT_NAMES]
             res = self._call(lambda: self.client.infer(self.url.model, [inp], model_version=self.url.version, outputs=outs), "infer")
             got = {name: res.as_numpy(name) for name in OUTPUT_NAMES}
+        h = self.card.input.isize
+        want = {"score": n, "anomaly_map": n * h * h, "normalized_score": n}
+        for name, size in want.items():  # the server's answer is outside input too
+            if got[name] is None or got[name].size != size or got[name].dtype != np.float32:
+                a = got[name]
+                raise ServerError(f"{self.url}: the server returned output '{name}' as "
+                                  f"{'nothing' if a is None else f'{a.dtype} {list(a.shape)}'} for {n} images; is it serving a "
+                                  "skipgan-edge scorer?")
+        got["anomaly_map"] = got["anomaly_map"].reshape(n, 1, h, h)
         return ScoreBatch(got["score"].reshape(n).astype(np.float32, copy=False), got["anomaly_map"].astype(np.float32, copy=False),
                           got["normalized_score"].reshape(n).astype(np.float32, copy=False))
 
