@@ -263,8 +263,7 @@ def export(
     from skipgan_edge.runtime.triton_repo import TritonSettings, check_name
 
     b = _parse_batch(batch)
-    settings = TritonSettings(max_batch=b[2], preferred_batch=tuple(sorted({b[1], b[2]})), max_queue_delay_us=triton_max_queue_us,
-                              instances=triton_instances, runtime=triton_runtime)
+    settings = TritonSettings.for_profile(b, max_queue_delay_us=triton_max_queue_us, instances=triton_instances, runtime=triton_runtime)
     if triton:
         settings.check()  # one line before the export runs
         check_name(triton_name)
@@ -521,7 +520,7 @@ def triton_serve_cmd(
                           f"tritonserver --model-repository {repo.resolve()}")
     try:
         with TritonServer(repo, http_port, grpc_port, metrics_port, address) as server:
-            host = "127.0.0.1" if address in ("0.0.0.0", "::") else address
+            host = server.local_host
             for m in server.models():
                 typer.echo(f"serving {m.get('name')} version {m.get('version')}: {m.get('state')}; stream to it with "
                            f"--backend triton://{host}:{grpc_port}/{m.get('name')}")
@@ -529,9 +528,7 @@ def triton_serve_cmd(
                        f"(repository {repo}); Ctrl-C stops it", err=True)
             code = server.wait()
             if code not in (0, -2, -15):
-                from skipgan_edge.runtime.triton_server import _first_error
-
-                raise ConfigError(f"Triton exited with status {code}: {_first_error(server.log())}")
+                raise ConfigError(f"Triton exited with status {code}: {server.failure()}")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -177,7 +177,7 @@ def export_all(
         plans = report.get("plans", {})
         plan_of = next((p for p in ("int8", "fp16", "fp32") if p in plans), None)  # the lowest gated precision with a plan
         served = Path(plans[plan_of]) if plan_of else files["fp32"]
-        settings = triton_settings or TritonSettings(max_batch=batch[2], preferred_batch=tuple(sorted({batch[1], batch[2]})))
+        settings = triton_settings or TritonSettings.for_profile(batch)
         from skipgan_edge.runtime.backends.onnxrt import read_card
 
         served_card = read_card(files[plan_of or "fp32"])  # the served variant's own card (its precision and export records)

@@ -64,6 +64,11 @@ class TritonSettings:
     runtime: str = "onnxruntime"  # Python backend: onnxruntime or openvino
     threads: int = 0  # Python backend: intra-op threads per instance (0 = the runtime's default)
 
+    @classmethod
+    def for_profile(cls, batch: tuple[int, int, int], **kw: Any) -> TritonSettings:
+        """Settings for an engine profile (min, opt, max): Triton's max batch is the profile's max, the preferred sizes its opt and max."""
+        return cls(max_batch=batch[2], preferred_batch=tuple(sorted({batch[1], batch[2]})), **kw)
+
     def check(self) -> None:
         if not 1 <= self.max_batch <= 4096:
             raise ConfigError(f"Triton max batch must be 1..4096, got {self.max_batch}")

@@ -159,10 +159,19 @@ class TritonServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
+    @property
+    def local_host(self) -> str:
+        """How a client on this machine reaches the server (a wildcard bind is reached on loopback), ready for a URL."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.address, self.address)
+        return f"[{host}]" if ":" in host else host
+
+    def failure(self) -> str:
+        """Why the server stopped or did not start, one line from its log."""
+        return _first_error(self.log())
+
     def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else ("[::1]" if self.address == "::" else self.address)
         try:
-            with urllib.request.urlopen(f"http://{host}:{self.http_port}{path}", timeout=timeout) as r:
+            with urllib.request.urlopen(f"http://{self.local_host}:{self.http_port}{path}", timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, b""
@@ -174,19 +183,18 @@ class TritonServer:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                why = _first_error(self.log())
+                why = self.failure()
                 self.stop()
                 raise ConfigError(f"Triton did not start on {self.repository}: {why}")
             if self._get("/v2/health/ready")[0] == 200:
                 return
             time.sleep(0.2)
         self.stop()
-        raise ConfigError(f"Triton did not become ready within {self.ready_timeout:.0f} s on {self.repository}: {_first_error(self.log())}")
+        raise ConfigError(f"Triton did not become ready within {self.ready_timeout:.0f} s on {self.repository}: {self.failure()}")
 
     def models(self) -> list[dict[str, Any]]:
         """The repository index as the server reports it (name, version, state)."""
-        host = "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-        req = urllib.request.Request(f"http://{host}:{self.http_port}/v2/repository/index", data=b"{}", method="POST")
+        req = urllib.request.Request(f"http://{self.local_host}:{self.http_port}/v2/repository/index", data=b"{}", method="POST")
         with urllib.request.urlopen(req, timeout=5) as r:
             return list(json.loads(r.read()))
 

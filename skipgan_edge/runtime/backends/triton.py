@@ -170,7 +170,8 @@ class TritonBackend(Backend):
     # ------------------------------------------------------------------------------------------------------------
     def activate(self) -> None:
         self.grpc = require("tritonclient.grpc", "triton", "--backend triton://")
-        self._connect(first=True)
+        self.shm = require("tritonclient.utils.shared_memory", "triton", "--backend triton://")
+        self._connect()
         cfg = self._call(lambda: self.client.get_model_config(self.url.model, self.url.version, as_json=True), "read the model config",
                          first=True)["config"]
         params = {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
@@ -214,7 +215,7 @@ class TritonBackend(Backend):
                 self._free_regions()
                 self.use_shm = False
 
-    def _connect(self, first: bool = False) -> None:
+    def _connect(self) -> None:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
@@ -275,13 +276,12 @@ class TritonBackend(Backend):
         return out
 
     def _make_regions(self) -> None:
-        shm = require("tritonclient.utils.shared_memory", "triton", "--backend triton://")
         h, w, c = self.input_shape
         n = self.chunk
         out_bytes = sum(nb for _, _, nb, _ in self._out_layout(n))
         for role, nbytes in (("in", n * h * w * c), ("out", out_bytes)):
-            key = f"/{self._tag}_{role}"
-            self._regions[role] = (f"{self._tag}_{role}", key, nbytes, shm.create_shared_memory_region(f"{self._tag}_{role}", key, nbytes))
+            name = f"{self._tag}_{role}"
+            self._regions[role] = (name, "/" + name, nbytes, self.shm.create_shared_memory_region(name, "/" + name, nbytes))
 
     def _register(self) -> None:
         for name, key, nbytes, _ in self._regions.values():
@@ -290,15 +290,12 @@ class TritonBackend(Backend):
             self.client.register_system_shared_memory(name, key, nbytes)
 
     def _free_regions(self) -> None:
-        if not self._regions:
-            return
-        shm = require("tritonclient.utils.shared_memory", "triton", "--backend triton://")
         for name, _, _, handle in self._regions.values():
             if self.client is not None:
                 with contextlib.suppress(Exception):
                     self.client.unregister_system_shared_memory(name)
             with contextlib.suppress(Exception):
-                shm.destroy_shared_memory_region(handle)
+                self.shm.destroy_shared_memory_region(handle)
         self._regions = {}
 
     def _run(self, images: np.ndarray) -> ScoreBatch:
@@ -309,25 +306,21 @@ class TritonBackend(Backend):
         g = self.grpc
         n = len(images)
         inp = g.InferInput(INPUT_NAME, list(images.shape), "UINT8")
+        outs = [g.InferRequestedOutput(name) for name in OUTPUT_NAMES]
         if self.use_shm:
-            shm = require("tritonclient.utils.shared_memory", "triton", "--backend triton://")
             in_name, _, _, in_handle = self._regions["in"]
             out_name, _, _, out_handle = self._regions["out"]
-            shm.set_shared_memory_region(in_handle, [np.ascontiguousarray(images)])
+            self.shm.set_shared_memory_region(in_handle, [np.ascontiguousarray(images)])
             inp.set_shared_memory(in_name, images.nbytes)
-            layout = self._out_layout(n)
-            outs = []
-            for name, at, nbytes, _ in layout:
-                o = g.InferRequestedOutput(name)
+            layout = self._out_layout(n)  # in OUTPUT_NAMES order
+            for o, (_, at, nbytes, _) in zip(outs, layout):
                 o.set_shared_memory(out_name, nbytes, offset=at)
-                outs.append(o)
-            self._call(lambda: self.client.infer(self.url.model, [inp], model_version=self.url.version, outputs=outs), "infer")
-            got = {name: np.array(shm.get_contents_as_numpy(out_handle, np.float32, shape, offset=at))
-                   for name, at, _, shape in layout}
         else:
             inp.set_data_from_numpy(np.ascontiguousarray(images))
-            outs = [g.InferRequestedOutput(name) for name in OUTPUT_NAMES]
-            res = self._call(lambda: self.client.infer(self.url.model, [inp], model_version=self.url.version, outputs=outs), "infer")
+        res = self._call(lambda: self.client.infer(self.url.model, [inp], model_version=self.url.version, outputs=outs), "infer")
+        if self.use_shm:
+            got = {name: np.array(self.shm.get_contents_as_numpy(out_handle, np.float32, shape, offset=at)) for name, at, _, shape in layout}
+        else:
             got = {name: res.as_numpy(name) for name in OUTPUT_NAMES}
         h = self.card.input.isize
         want = {"score": n, "anomaly_map": n * h * h, "normalized_score": n}
