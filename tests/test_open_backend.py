@@ -80,3 +80,27 @@ def test_auto_means_the_same_in_every_verb(demo_onnx: Path, synth_dir: Path, tmp
     ev2 = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--backend", "onnxruntime", "--json").stdout)
     assert ev2["backend"] == "onnxruntime" and ev2["backend_chosen_by"] == "named with --backend"
     assert abs(ev2["auroc"] - ev["auroc"]) < 1e-3
+
+
+def test_openvino_compiles_for_the_callers_batch_and_runs_other_sizes_on_the_dynamic_shape(demo_onnx: Path, tmp_path: Path) -> None:
+    """A model compiled for the batch the caller named (about 20 % faster on OpenVINO's CPU plugin than the dynamic
+    shape), the dynamic-shape model for any other size, the same scores from both, and at most MAX_SPECIALISED kept."""
+    from skipgan_edge.runtime.backends.openvino import MAX_SPECIALISED
+
+    x = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    with open_backend("onnx", demo_onnx / "scorer.onnx", "onnxruntime") as ref:
+        want8, want5 = ref.infer(x).score, ref.infer(x[:5]).score
+    with open_backend("onnx", demo_onnx / "scorer.onnx", "openvino", batch=8) as be:
+        assert be.compiled_for(8) == "batch 8" and be.compiled_for(5) == "dynamic"  # type: ignore[attr-defined]
+        got8, got5 = be.infer(x).score, be.infer(x[:5]).score
+        np.testing.assert_allclose(got8, want8, rtol=1e-4, atol=1e-5)  # f32 either way: the shape changes no score
+        np.testing.assert_allclose(got5, want5, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got5, got8[:5], rtol=1e-4, atol=1e-5)
+        for n in range(1, MAX_SPECIALISED + 1):
+            be.expect_batch(n)
+        assert be.compiled_for(8) == "dynamic" and be.compiled_for(1) == "batch 1"  # type: ignore[attr-defined]
+        np.testing.assert_allclose(be.infer(x).score, want8, rtol=1e-4, atol=1e-5)  # the oldest dropped, still served
+    run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "openvino", "--batch", "1,4", "--iterations", "3",
+            "--warmup", "1", "--json", str(tmp_path / "b.json"))
+    recs = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert [(r["batch"], r["openvino_compiled_for"]) for r in recs] == [(1, "batch 1"), (4, "batch 4")]

@@ -26,6 +26,7 @@ from skipgan_edge.bench.power import PowerSampler, jetson_power_mode
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import RUNS, BackendOptions, open_backend, resolve_backend
 from skipgan_edge.runtime.backends.base import Backend
+from skipgan_edge.runtime.backends.openvino import OpenVinoBackend
 from skipgan_edge.runtime.timing import BenchConfig
 from skipgan_edge.runtime.timing import time_backend as _time_backend
 
@@ -124,8 +125,9 @@ def run_bench(
                     rec = time_backend(be, frames_cache[shape], b, cfg)
                     rec.update({"artifact": str(path), "model_id": be.card.model_id, "input": list(shape),
                                 "backend_chosen_by": (be.chosen_by or {}).get("rule")})
-                    if be.name == "openvino":
-                        rec["inference_precision"] = getattr(be, "inference_precision", None)
+                    if isinstance(be, OpenVinoBackend):
+                        rec["inference_precision"] = be.inference_precision
+                        rec["openvino_compiled_for"] = be.compiled_for(b)
                     if be.precision == "fp16":
                         rec["half_precision_meant"] = half_precision_meant(be)
                     if onnx_path is not None and str(onnx_path) in flops_cache:

@@ -29,6 +29,7 @@ from skipgan_edge.runtime.triton_repo import DEFAULT_MODEL_NAME, TritonSettings,
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.01
+GATE_BATCH = 64  # the bf16 gate scores in batches of eval's size (evaluate.EVAL_BATCH)
 
 
 def eval_split_for(card: ModelCard, eval_data: str | None) -> tuple[str, Split, Split]:
@@ -212,8 +213,9 @@ def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) 
     elif not cpu_has_bf16():
         rec = {"gate": "not run", "why": "this CPU has no bf16 (AMX or AVX512-BF16): FP16 runs in f32 here"}
     else:
-        with open_backend("onnx", fp16, "openvino", BackendOptions(precision_hint="bf16")) as be:
-            scores = be.infer_all(split.images).score
+        # at eval's batch size, shape-specialised as run and eval compile it (runtime/backends/openvino.py)
+        with open_backend("onnx", fp16, "openvino", BackendOptions(precision_hint="bf16"), batch=GATE_BATCH) as be:
+            scores = be.infer_all(split.images, GATE_BATCH).score
         a = auroc(split.labels, scores)
         rec = {"gate": "passed" if fp32_auroc - a <= max_drop else "failed", "auroc": a, "auroc_drop": fp32_auroc - a,
                "runtime": "openvino", "inference_precision": "bf16"}

@@ -82,7 +82,7 @@ def run(
                 winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), options)
                 if winner != be.name:
                     stack.close()  # the first choice's memory goes before the winner loads
-                    be = stack.enter_context(open_backend(kind, path, winner, options, race=False))
+                    be = stack.enter_context(open_backend(kind, path, winner, options, batch=max(1, pipeline.batch), race=False))
                 be.chosen_by = {"rule": f"auto: faster CPU runtime on this model at batch {max(1, pipeline.batch)}", "race_ms": race}
         except BaseException:
             for s in out:

@@ -32,6 +32,7 @@ class BenchConfig:
 def time_backend(be: Backend, frames: np.ndarray, batch: int, cfg: BenchConfig, sampler: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Warm up, then time ``infer`` at one batch size; ``sampler`` (e.g. bench's PowerSampler) runs around the timed calls."""
     x = np.ascontiguousarray(frames[:batch])
+    be.expect_batch(batch)
     for _ in range(cfg.warmup):
         be.infer(x)
     times: list[float] = []

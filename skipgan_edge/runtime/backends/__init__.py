@@ -123,7 +123,7 @@ class BackendOptions:
 CPU_ONLY = BackendOptions(providers=("CPUExecutionProvider",))
 
 
-def _create(kind: str, path: Path, backend: str, options: BackendOptions) -> Backend:
+def _create(kind: str, path: Path, backend: str, options: BackendOptions, batch: int = 1) -> Backend:
     if is_remote(backend):
         from skipgan_edge.runtime.backends.triton import TritonBackend
 
@@ -143,7 +143,7 @@ def _create(kind: str, path: Path, backend: str, options: BackendOptions) -> Bac
     if backend == "openvino":
         from skipgan_edge.runtime.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(path, **kw)
+        return OpenVinoBackend(path, batch=batch, **kw)
     from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend
 
     return TensorRTBackend(path, **kw)
@@ -186,7 +186,7 @@ def open_backend(kind: str, path: Path, backend: str = "auto", options: BackendO
         name, why = choose_backend(kind, Path(path), backend, options, batch)
     else:
         name, why = resolve_backend(kind, backend), {"rule": "auto: provisional, before the race"}
-    be = _create(kind, Path(path), name, options)
+    be = _create(kind, Path(path), name, options, batch)
     be.chosen_by = why
     return be
 
@@ -201,7 +201,7 @@ def race_cpu_runtimes(path: Path, batch: int, options: BackendOptions | None = N
     per_call: dict[str, float] = {}
     cfg = BenchConfig(warmup=3, duration=seconds, min_iterations=5)
     for name in ("onnxruntime", "openvino"):
-        with _create("onnx", path, name, options) as be:
+        with _create("onnx", path, name, options, batch) as be:
             b = max(1, min(batch, be.max_batch))
             x = np.random.default_rng(0).integers(0, 256, (b, *be.input_shape), dtype=np.uint8)
             per_call[name] = time_backend(be, x, b, cfg)["latency_ms"]["median"]

@@ -64,6 +64,10 @@ class Backend:
     def deactivate(self) -> None:
         self.active = False
 
+    def expect_batch(self, n: int) -> None:
+        """The caller will now mostly call with ``n`` images: a backend may prepare for that size, outside any
+        timed call (OpenVINO compiles a model specialised to it; the others need nothing)."""
+
     # shared ---------------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -11,10 +11,22 @@ CPUs with AMX or AVX512-BF16, silently, even for an FP32 model):
   convolutions run as int8 either way), and the FP16 file on a CPU without bf16 or without a
   passed bf16 gate, where "half precision" means FP16 weights computed in f32.
 * ``"f32"`` or ``"bf16"``: forced. ``inference_precision`` says what ran; ``bench`` records it.
+
+**Shape-specialised compiles.** Our ONNX files have a dynamic batch dimension, and OpenVINO's CPU
+plugin runs a dynamic-shape model about 20 % slower than the same model compiled for one batch size
+(``benchmarks/results/cpu_precision.md``). So the backend compiles a copy of the model reshaped to the
+batch size the caller said it will mostly use (``open_backend(..., batch=N)``: ``run --batch``,
+``eval``'s 64, ``bench``'s size being timed, via :meth:`OpenVinoBackend.expect_batch`), much as a
+TensorRT profile is built for an opt shape. Any other size runs on the dynamic-shape model, compiled
+the first time such a batch comes (about 0.1 s on the demo model, once; a stream's short last batch,
+or a batch the batcher closed early). At most ``MAX_SPECIALISED`` sizes are kept, the oldest dropped
+first. ``compiled_for(n)`` says which one a batch of ``n`` runs on; ``bench`` records it. Scores from
+the two agree to float rounding in f32; in bf16 they differ by bf16 rounding (the kernels differ).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +35,11 @@ import numpy as np
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+#: shape-specialised compiled models kept at once (module docstring)
+MAX_SPECIALISED = 4
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -45,10 +62,19 @@ def inference_precision(export: dict[str, Any], precision: str, hint: str, has_b
     return "bf16" if precision == "fp16" and gated and bf16 else "f32"
 
 
+class _Compiled:
+    """One compiled model with its inference request and output ports."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self.outputs = [compiled.output(n) for n in OUTPUT_NAMES]
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, path: Path, threads: int = 0, hint: str = "LATENCY", precision_hint: str = "auto") -> None:
+    def __init__(self, path: Path, threads: int = 0, hint: str = "LATENCY", precision_hint: str = "auto", batch: int = 1) -> None:
         super().__init__(path)
         if precision_hint not in ("auto", "f32", "bf16"):
             raise ConfigError(f"OpenVINO precision hint must be auto, f32 or bf16, got {precision_hint!r}")
@@ -56,6 +82,9 @@ class OpenVinoBackend(Backend):
         self.hint = hint
         self.precision_hint = precision_hint
         self.inference_precision = "f32"
+        self.batch = batch  # the size to compile a shape-specialised model for at activation (0: none)
+        self._specialised: dict[int, _Compiled] = {}
+        self._dynamic: _Compiled | None = None
 
     def activate(self) -> None:
         try:
@@ -68,21 +97,47 @@ class OpenVinoBackend(Backend):
             raise ModelFolderError(f"ONNX file not found: {self.path}")
         self.card = read_card(self.path)
         self.precision = self.card.precision
-        core = ov.Core()
+        self._core = ov.Core()
         self.inference_precision = inference_precision(self.card.export, self.precision, self.precision_hint)
-        cfg: dict[str, str] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
+        self._config: dict[str, str] = {"PERFORMANCE_HINT": self.hint, "INFERENCE_PRECISION_HINT": self.inference_precision}
         if self.threads:
-            cfg["INFERENCE_NUM_THREADS"] = str(self.threads)
-        model = core.read_model(str(self.path))
-        self.compiled = core.compile_model(model, "CPU", cfg)
-        self.request = self.compiled.create_infer_request()
-        self.outputs = [self.compiled.output(n) for n in OUTPUT_NAMES]
+            self._config["INFERENCE_NUM_THREADS"] = str(self.threads)
+        self._model = self._core.read_model(str(self.path))
+        self._batch_dynamic = self._model.input(INPUT_NAME).get_partial_shape()[0].is_dynamic
+        if self.batch > 0 and self._batch_dynamic:
+            self.expect_batch(self.batch)
+        else:
+            self._dynamic = self._compile(self._model)
+
+    def _compile(self, model: Any) -> _Compiled:
+        return _Compiled(self._core.compile_model(model, "CPU", self._config))
+
+    def expect_batch(self, n: int) -> None:
+        """Compile a model specialised to batches of ``n`` (once per size; at most ``MAX_SPECIALISED`` kept)."""
+        if n < 1 or n in self._specialised or not self._batch_dynamic:
+            return
+        model = self._model.clone()
+        shape = model.input(INPUT_NAME).get_partial_shape()
+        shape[0] = n
+        model.reshape({INPUT_NAME: shape})
+        self._specialised[n] = self._compile(model)
+        while len(self._specialised) > MAX_SPECIALISED:
+            del self._specialised[next(iter(self._specialised))]
+
+    def compiled_for(self, n: int) -> str:
+        """Which compiled model a batch of ``n`` runs on: ``"batch n"`` (shape-specialised) or ``"dynamic"``."""
+        return f"batch {n}" if n in self._specialised else "dynamic"
 
     def _run(self, images: np.ndarray) -> ScoreBatch:
-        res = self.request.infer({INPUT_NAME: np.ascontiguousarray(images)})
-        return ScoreBatch(*(np.asarray(res[o], np.float32) for o in self.outputs))
+        entry = self._specialised.get(len(images)) or self._dynamic
+        if entry is None:
+            log.info("OpenVINO: a batch of %d images; compiling the dynamic-shape model for sizes other than %s (once)",
+                     len(images), ", ".join(map(str, self._specialised)))
+            entry = self._dynamic = self._compile(self._model)
+        res = entry.request.infer({INPUT_NAME: np.ascontiguousarray(images)})
+        return ScoreBatch(*(np.asarray(res[o], np.float32) for o in entry.outputs))
 
     def deactivate(self) -> None:
-        self.request = None
-        self.compiled = None
+        self._specialised.clear()
+        self._dynamic = None
         super().deactivate()
