@@ -49,7 +49,7 @@ def main() -> None:
             for b in [int(x) for x in args.batches.split(",")]:
                 picked, race = race_cpu_runtimes(path, b)
                 fps: dict[str, list[float]] = {n: [] for n in RUNTIMES}
-                backends = {n: open_backend("onnx", path, n) for n in RUNTIMES}
+                backends = {n: open_backend("onnx", path, n, batch=b) for n in RUNTIMES}
                 for be in backends.values():
                     be.__enter__()
                 try:

@@ -214,6 +214,7 @@ class Pipeline:
         card = self.backend.card
         pre = Preprocessor(card.input.isize, card.input.channels, self.cfg.mode, self.cfg.overlap)
         self._adopt(card)
+        self.backend.expect_batch(max(1, self.cfg.batch))  # OpenVINO compiles for it, once (no-op when opened with it)
         chan: FrameQueue | LatestSlot = LatestSlot() if self.source.live else FrameQueue(max(self.cfg.queue_size, 2 * self.cfg.batch))
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():

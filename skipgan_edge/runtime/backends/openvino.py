@@ -17,11 +17,15 @@ plugin runs a dynamic-shape model about 20 % slower than the same model compiled
 (``benchmarks/results/cpu_precision.md``). So the backend compiles a copy of the model reshaped to the
 batch size the caller said it will mostly use (``open_backend(..., batch=N)``: ``run --batch``,
 ``eval``'s 64, ``bench``'s size being timed, via :meth:`OpenVinoBackend.expect_batch`), much as a
-TensorRT profile is built for an opt shape. Any other size runs on the dynamic-shape model, compiled
-the first time such a batch comes (about 0.1 s on the demo model, once; a stream's short last batch,
-or a batch the batcher closed early). At most ``MAX_SPECIALISED`` sizes are kept, the oldest dropped
-first. ``compiled_for(n)`` says which one a batch of ``n`` runs on; ``bench`` records it. Scores from
-the two agree to float rounding in f32; in bf16 they differ by bf16 rounding (the kernels differ).
+TensorRT profile is built for an opt shape. Any other size (a stream's short last batch, or a batch
+the batcher closed early) runs on the dynamic-shape model: compiled with the specialised one when the
+batch size is above 1 (about 0.1 s and 3 MB on the demo model, so not in the middle of a stream),
+else the first time such a batch comes. ``Pipeline.run`` tells the backend its batch size too. At
+most ``MAX_SPECIALISED`` sizes are kept, the oldest dropped first. ``compiled_for(n)`` says which one
+a batch of ``n`` runs on; ``bench`` records it. Scores from the two agree to float rounding in f32;
+in bf16 they differ by bf16 rounding (the kernels differ). In bf16 the FP16 and FP32 files compile
+to the same runtime graph here (same layers, same precisions; the five ConvTranspose layers stay f32):
+half precision buys a smaller file on this CPU, not speed.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class OpenVinoBackend(Backend):
         self.batch = batch  # the size to compile a shape-specialised model for at activation (0: none)
         self._specialised: dict[int, _Compiled] = {}
         self._dynamic: _Compiled | None = None
+        self._batch_dynamic = False  # set by activate: whether the file's batch dimension is dynamic
 
     def activate(self) -> None:
         try:
@@ -104,25 +109,30 @@ class OpenVinoBackend(Backend):
             self._config["INFERENCE_NUM_THREADS"] = str(self.threads)
         self._model = self._core.read_model(str(self.path))
         self._batch_dynamic = self._model.input(INPUT_NAME).get_partial_shape()[0].is_dynamic
-        if self.batch > 0 and self._batch_dynamic:
-            self.expect_batch(self.batch)
-        else:
+        if self.batch < 1 or not self._batch_dynamic:
             self._dynamic = self._compile(self._model)
+        else:
+            self.expect_batch(self.batch)
 
     def _compile(self, model: Any) -> _Compiled:
         return _Compiled(self._core.compile_model(model, "CPU", self._config))
 
     def expect_batch(self, n: int) -> None:
         """Compile a model specialised to batches of ``n`` (once per size; at most ``MAX_SPECIALISED`` kept)."""
-        if n < 1 or n in self._specialised or not self._batch_dynamic:
+        if n < 1 or not self._batch_dynamic:
             return
-        model = self._model.clone()
-        shape = model.input(INPUT_NAME).get_partial_shape()
-        shape[0] = n
-        model.reshape({INPUT_NAME: shape})
-        self._specialised[n] = self._compile(model)
-        while len(self._specialised) > MAX_SPECIALISED:
-            del self._specialised[next(iter(self._specialised))]
+        if n not in self._specialised:
+            model = self._model.clone()
+            shape = model.input(INPUT_NAME).get_partial_shape()
+            shape[0] = n
+            model.reshape({INPUT_NAME: shape})
+            self._specialised[n] = self._compile(model)
+            while len(self._specialised) > MAX_SPECIALISED:
+                del self._specialised[next(iter(self._specialised))]
+        if n > 1 and self._dynamic is None:
+            # other sizes will come (a batcher with a time limit closes batches early): compiled now rather than in the
+            # middle of a stream (about 3 MB until it first runs)
+            self._dynamic = self._compile(self._model)
 
     def compiled_for(self, n: int) -> str:
         """Which compiled model a batch of ``n`` runs on: ``"batch n"`` (shape-specialised) or ``"dynamic"``."""
