@@ -207,19 +207,22 @@ def test_readme_beyond_one_box_export_serve_stream(demo_model: Path, tmp_path: P
 
 
 def test_python_backend_runs_openvino_too(demo_onnx: Path) -> None:
-    """The repository's other CPU runtime: OpenVINO inside Triton's Python backend, two instances, against OpenVINO here."""
+    """The repository's other CPU runtime: OpenVINO inside Triton's Python backend, two instances, against OpenVINO here;
+    batches of the preferred sizes (4 and 8: models compiled for them) and of another size (the dynamic-shape model)."""
     from skipgan_edge.runtime.backends import open_backend
 
     frames = np.random.default_rng(2).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
-    server = Server(demo_onnx / "scorer.onnx", None, "--runtime", "openvino", "--instances", "2", "--threads", "1").start()
+    server = Server(demo_onnx / "scorer.onnx", None, "--runtime", "openvino", "--instances", "2", "--threads", "1",
+                    "--preferred-batch", "4,8").start()
     try:
         with open_backend("triton", Path("-"), server.url) as be, open_backend("onnx", demo_onnx / "scorer.onnx", "openvino",
                                                                                BackendOptions(precision_hint="f32")) as ref:
-            got, want = be.infer(frames), ref.infer(frames)
-            np.testing.assert_allclose(got.score, want.score, rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=1e-4, atol=1e-4)
+            for n in (12, 8, 4):
+                got, want = be.infer(frames[:n]), ref.infer(frames[:n])
+                np.testing.assert_allclose(got.score, want.score, rtol=1e-4, atol=1e-4)
+                np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=1e-4, atol=1e-4)
         m = metrics(server.metrics)
-        assert m['nv_inference_count{model="scorer",version="1"}'] == 12
+        assert m['nv_inference_count{model="scorer",version="1"}'] == 24
     finally:
         server.stop()
 

@@ -8,7 +8,9 @@ server whose Python has those (NVIDIA's container after ``pip install onnxruntim
 Dynamic batching hands ``execute`` several requests at once; their images are stacked into one runtime call
 (at most ``max_batch_size`` images per call, Triton's own limit) and the outputs are split back per request,
 so N clients sending one frame each cost one call. A request that fails gets its own error response; the
-others in the batch are still answered.
+others in the batch are still answered. With OpenVINO, a model is compiled for each preferred batch size of
+the configuration (at most four) as well as the dynamic-shape one, as our OpenVINO backend does for the
+batch size it is given.
 """
 
 from __future__ import annotations
@@ -42,11 +44,26 @@ class TritonPythonModel:
             cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": params.get("skipgan_edge.openvino_precision", "f32")}
             if threads:
                 cfg["INFERENCE_NUM_THREADS"] = threads
-            compiled = core.compile_model(path, "CPU", cfg)
-            request = compiled.create_infer_request()
-            names = [compiled.output(n) for n in OUTPUTS]
+            model = core.read_model(path)
+            # compiled for each preferred batch size (what the dynamic batcher aims to form; about 20 % faster than the
+            # dynamic batch on OpenVINO's CPU plugin), and once more with the dynamic batch for every other size
+            sizes = sorted({int(b) for b in config.get("dynamic_batching", {}).get("preferred_batch_size", [])
+                            if 1 <= int(b) <= self.max_batch})[:4]
+            compiled: dict[int | None, tuple[Any, list[Any]]] = {}
+            for size in [*sizes, None]:
+                m = model
+                if size is not None:
+                    m = model.clone()
+                    shape = m.input(0).get_partial_shape()
+                    if not shape[0].is_dynamic:
+                        continue
+                    shape[0] = size
+                    m.reshape({m.input(0): shape})
+                c = core.compile_model(m, "CPU", cfg)
+                compiled[size] = (c.create_infer_request(), [c.output(n) for n in OUTPUTS])
 
             def run(images: np.ndarray) -> list[np.ndarray]:
+                request, names = compiled.get(len(images)) or compiled[None]
                 res = request.infer({0: images})
                 return [np.asarray(res[n], np.float32) for n in names]
         else:
