@@ -111,6 +111,9 @@ def test_a_repository_is_code_and_only_ours_is_served_unasked(demo_onnx: Path, t
     p = subprocess.run([str(triton_cli()), "triton-serve", "--export-dir", str(tampered)], capture_output=True, text=True, timeout=120)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "--trust-repository" in lines[0], p.stderr
+    # a repository from an older release (another model.py in version 1): the next export rewrites every version's
+    write_repository(demo_onnx / "scorer.int8.onnx", tampered, read_card(demo_onnx / "scorer.int8.onnx"))
+    assert find_models(tampered) == [{"name": "scorer", "platform": "python", "versions": [1, 2]}]
 
 
 def test_a_server_answering_other_shapes_is_one_line(demo_onnx: Path, tmp_path: Path) -> None:

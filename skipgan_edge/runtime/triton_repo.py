@@ -162,7 +162,8 @@ class RepoVersion:
 def write_repository(model_path: Path, repository: Path, card: ModelCard, settings: TritonSettings = TritonSettings(),
                      name: str = DEFAULT_MODEL_NAME) -> RepoVersion:
     """Add ``model_path`` (a scorer ``.onnx`` or a raw ``.plan`` from ``build --plan``) to a Triton repository as the
-    model's newest version (or reuse the newest version when it holds the same file); write ``config.pbtxt``."""
+    model's newest version (or reuse the newest version when it holds the same file); write ``config.pbtxt``. For the
+    Python backend, every version's ``model.py`` is (re)written with this release's, which ``triton-serve`` requires."""
     check_name(name)
     settings.check()
     model_path = Path(model_path)
@@ -190,8 +191,9 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
         tmp = vdir / f".{fname}.tmp"
         shutil.copyfile(model_path, tmp)
         tmp.replace(vdir / fname)
-    if not plan:
-        atomic_write_bytes(vdir / "model.py", PY_MODEL_SOURCE.read_bytes())
+    if not plan:  # every version's: a repository written by an older release serves again after this export
+        for v in sorted({*versions, version}):
+            atomic_write_bytes(model_dir / str(v) / "model.py", PY_MODEL_SOURCE.read_bytes())
     atomic_write_bytes(vdir / "card.json", (json.dumps(card.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     atomic_write_bytes(model_dir / "config.pbtxt", config_text(name, card, settings, plan).encode())
     return RepoVersion(Path(repository), name, version, new)
