@@ -104,3 +104,55 @@ def test_openvino_compiles_for_the_callers_batch_and_runs_other_sizes_on_the_dyn
             "--warmup", "1", "--json", str(tmp_path / "b.json"))
     recs = json.loads((tmp_path / "b.json").read_text())["records"]
     assert [(r["batch"], r["openvino_compiled_for"]) for r in recs] == [(1, "batch 1"), (4, "batch 4")]
+
+
+def _deconv_onnx(path: Path, cin: int, cout: int, k: int, s: int, p: int, h: int, w: int, seed: int) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = numpy_helper.from_array(rng.standard_normal((cin, cout, k, k)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)
+    graph = helper.make_graph([node], "deconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, cin, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, bias])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_transposed_convs_split_into_phase_convs_are_the_same_arithmetic(tmp_path: Path) -> None:
+    """The bf16 rewrite (four 2x2 convolutions + DepthToSpace for each 4x4, stride-2, pad-1 ConvTranspose) computes what
+    the ConvTranspose computes, on odd and even sizes and with a bias; other transposed convolutions are left alone."""
+    import openvino as ov
+
+    from skipgan_edge.runtime.backends.openvino import split_transposed_convs
+
+    core = ov.Core()
+    for i, (cin, cout, h, w) in enumerate([(3, 5, 4, 4), (8, 3, 5, 7), (16, 16, 1, 2)]):
+        path = _deconv_onnx(tmp_path / f"d{i}.onnx", cin, cout, 4, 2, 1, h, w, i)
+        x = np.random.default_rng(10 + i).standard_normal((2, cin, h, w)).astype(np.float32)
+        ref_model, split_model = core.read_model(str(path)), core.read_model(str(path))
+        assert split_transposed_convs(split_model) == 1
+        types = {o.get_type_name() for o in split_model.get_ordered_ops()}
+        assert "ConvolutionBackpropData" not in types and {"Convolution", "DepthToSpace"} <= types
+        want = core.compile_model(ref_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
+        got = core.compile_model(split_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": x})[0]
+        assert got.shape == want.shape == (2, cout, 2 * h, 2 * w)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for k, s, p in ((2, 2, 0), (4, 1, 0), (3, 2, 1)):
+        assert split_transposed_convs(core.read_model(str(_deconv_onnx(tmp_path / "o.onnx", 4, 4, k, s, p, 4, 4, 0)))) == 0
+
+
+def test_bf16_runs_the_decoder_as_convolutions(demo_onnx: Path) -> None:
+    """In bf16 the demo model's five transposed convolutions become convolutions OpenVINO runs in bf16 (it keeps
+    ConvTranspose in f32); scores stay within bf16 rounding of f32, and f32 is not rewritten."""
+    x = np.random.default_rng(4).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    with open_backend("onnx", demo_onnx / "scorer.fp16.onnx", "openvino", BackendOptions(precision_hint="f32"), batch=16) as be:
+        ref = be.infer(x)
+        assert be.split_deconvs == 0  # type: ignore[attr-defined]
+    with open_backend("onnx", demo_onnx / "scorer.fp16.onnx", "openvino", BackendOptions(precision_hint="bf16"), batch=16) as be:
+        got = be.infer(x)
+        assert be.split_deconvs == 5  # type: ignore[attr-defined]
+        layers = {op.get_rt_info()["layerType"].astype(str) for op in be._specialised[16].compiled.get_runtime_model().get_ordered_ops()}  # type: ignore[attr-defined]
+        assert "Deconvolution" not in layers and "DepthToSpace" in layers, layers
+    np.testing.assert_allclose(got.anomaly_map, ref.anomaly_map, atol=2e-3)
+    np.testing.assert_allclose(got.normalized_score, ref.normalized_score, atol=0.05)

@@ -128,6 +128,7 @@ def run_bench(
                     if isinstance(be, OpenVinoBackend):
                         rec["inference_precision"] = be.inference_precision
                         rec["openvino_compiled_for"] = be.compiled_for(b)
+                        rec["openvino_split_deconvs"] = be.split_deconvs
                     if be.precision == "fp16":
                         rec["half_precision_meant"] = half_precision_meant(be)
                     if onnx_path is not None and str(onnx_path) in flops_cache:
