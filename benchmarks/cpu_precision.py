@@ -16,8 +16,8 @@ configurations one call at a time (this VM's speed jumps between states within s
 "As we run it" includes the shape-specialised compile (runtime/backends/openvino.py): our backend
 compiles the model for the batch size it is told, where OpenVINO's defaults compile the ONNX file's
 dynamic batch. So the table also gives each against OpenVINO's defaults on ``scorer.onnx`` reshaped
-to the same batch size by hand (``ov_default_static``): that row is half precision alone, without
-the shape.
+to the same batch size by hand (``ov_default_static``): those rows are what we do beyond the shape
+(in bf16, the transposed convolutions split into phase convolutions: runtime/backends/openvino.py).
 
 Writes results/cpu_precision.{json,md}.
 """
@@ -107,6 +107,7 @@ def main() -> None:
             rows.append(ms)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in ms.items()), flush=True)
         compiled_for = {n: be.compiled_for(args.batch) for n, be in ours.items()}  # type: ignore[attr-defined]
+        split = {n: be.split_deconvs for n, be in ours.items()}  # type: ignore[attr-defined]
         for be in ours.values():
             be.__exit__(None, None, None)
 
@@ -119,7 +120,7 @@ def main() -> None:
         "fp16_as_we_run_it_vs_ov_default": ratio("fp16", "ov_default") if "fp16" in ours else None,
         "fastest_gated_vs_ov_default": {"variant": fastest, **ratio(fastest, "ov_default")},
         "fp32_ours_vs_ov_f32": ratio("fp32", "ov_f32"),
-        # not targets: the same comparisons with OpenVINO's defaults compiled for the same batch size (half precision alone)
+        # not targets: the same comparisons with OpenVINO's defaults compiled for the same batch size (what we do beyond the shape)
         "fp16_as_we_run_it_vs_ov_default_static": ratio("fp16", "ov_default_static") if "fp16" in ours else None,
         "fastest_gated_vs_ov_default_static": {"variant": fastest, **ratio(fastest, "ov_default_static")},
     }
@@ -127,7 +128,7 @@ def main() -> None:
     precisions = {**{k: r.precision for k, r in raw.items()},
                   **{n: getattr(be, "inference_precision", "?") for n, be in ours.items()}}
     res = {"benchmark": "cpu_precision", "batch": args.batch, "rounds": rows, "ratios": results, "targets": targets,
-           "inference_precision": precisions, "ours_compiled_for": compiled_for, "cpu_has_bf16": cpu_has_bf16(),
+           "inference_precision": precisions, "ours_compiled_for": compiled_for, "ours_split_deconvs": split, "cpu_has_bf16": cpu_has_bf16(),
            "fp16_cpu_bf16_gate": report["variants"].get("fp16", {}).get("cpu_bf16"),
            "model_id": report["model_id"], "machine": machine(), "command": command_line(), "date": stamp()}
     write_json("cpu_precision.json", res)
@@ -136,7 +137,8 @@ def main() -> None:
              f"inference precision: {', '.join(f'{k} {v}' for k, v in precisions.items())}.", "",
              f"Ours compiled for: {', '.join(f'{k} {v}' for k, v in compiled_for.items())} (shape-specialised); ov_default and "
              f"ov_f32 are OpenVINO's defaults on the file's dynamic batch; ov_default_static is scorer.onnx reshaped to batch "
-             f"{args.batch} by hand, so the rows against it are half precision alone.", "",
+             f"{args.batch} by hand, so the rows against it are what we do beyond the shape (for FP16 in bf16: also the "
+             f"transposed convolutions split into phase convolutions, {split.get('fp16', 0)} of them).", "",
              "| comparison | speed-up | target | met |", "|---|---|---|---|"]
     for k, v in results.items():
         if v is None:
