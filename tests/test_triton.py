@@ -230,6 +230,23 @@ def test_python_backend_runs_openvino_too(demo_onnx: Path) -> None:
         server.stop()
 
 
+def test_openvino_in_triton_runs_a_gated_fp16_as_our_backend_does(demo_onnx: Path) -> None:
+    """The FP16 variant whose bf16 gate passed, on OpenVINO in Triton: bf16 with the transposed convolutions split, the
+    graph the export gated and our OpenVINO backend runs, so the same numbers (f32 on a CPU without bf16, both sides)."""
+    from skipgan_edge.runtime.backends import open_backend
+
+    frames = np.random.default_rng(5).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    server = Server(demo_onnx / "scorer.fp16.onnx", None, "--runtime", "openvino", "--preferred-batch", "8").start()
+    try:
+        with open_backend("triton", Path("-"), server.url) as be, \
+                open_backend("onnx", demo_onnx / "scorer.fp16.onnx", "openvino", batch=8) as ref:
+            got, want = be.infer(frames), ref.infer(frames)
+            np.testing.assert_allclose(got.anomaly_map, want.anomaly_map, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(got.score, want.score, rtol=1e-6, atol=1e-6)
+    finally:
+        server.stop()
+
+
 def test_triton_backend_contract(triton_server: Server, demo_onnx: Path) -> None:
     """The same contract as every backend: the card from the server, checked inputs, ScoreBatch out, ONNX Runtime's numbers;
     through system shared memory (same host) and through gRPC messages."""

@@ -163,7 +163,8 @@ def half_precision_meant(be: Backend) -> str:
     """What running the FP16 variant meant on this backend and machine (recorded with every FP16 result)."""
     if be.name == "openvino":
         if getattr(be, "inference_precision", "f32") == "bf16":
-            return "bf16 compute (this CPU has bf16 and the export's bf16 gate passed)"
+            return ("bf16 compute (this CPU has bf16 and the export's bf16 gate passed; transposed convolutions run as "
+                    "bf16 phase convolutions)")
         return "FP16 weights computed in f32 (no bf16 on this CPU, or the export's bf16 gate did not pass)"
     if be.name == "onnxruntime":
         return "FP16 tensors; ONNX Runtime's CPU provider computes most of them in f32 (GPU providers: fp16)"

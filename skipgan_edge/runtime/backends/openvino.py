@@ -48,6 +48,9 @@ import numpy as np
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
+from skipgan_edge.runtime.triton_model import split_transposed_convs  # there so Triton's model.py stays self-contained
+
+__all__ = ["OpenVinoBackend", "cpu_has_bf16", "inference_precision", "split_transposed_convs"]
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +76,6 @@ def inference_precision(export: dict[str, Any], precision: str, hint: str, has_b
     gated = str(export.get("cpu_bf16", {}).get("gate")) == "passed"
     bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
     return "bf16" if precision == "fp16" and gated and bf16 else "f32"
-
-
-def split_transposed_convs(model: Any) -> int:
-    """Rewrite each ConvTranspose of ``model`` (an ``openvino.Model``) with a constant 4×4 kernel, stride 2, padding 1,
-    no dilation or output padding, as four 2×2 convolutions interleaved by DepthToSpace; return how many.
-
-    Output pixel (2i + a, 2j + b) of such a transposed convolution sums input rows i - 1 + a .. i + a and columns
-    j - 1 + b .. j + b against kernel taps 3 - a - 2u, 3 - b - 2v (u, v in 0, 1). So phase (a, b) is a 2×2 convolution
-    padded (1 - a, 1 - b) before and (a, b) after; the four phases, concatenated along channels in the order
-    (0,0), (0,1), (1,0), (1,1), are DepthToSpace's blocks-first layout. A bias stays where OpenVINO put it (an Add after).
-    """
-    import openvino.opset13 as ops
-
-    n = 0
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "ConvolutionBackpropData" or op.get_input_size() != 2:
-            continue
-        at = op.get_attributes()
-        kernel = op.input_value(1).get_node()
-        if kernel.get_type_name() != "Constant" or [list(at[k]) for k in ("strides", "dilations", "pads_begin", "pads_end", "output_padding")] \
-                != [[2, 2], [1, 1], [1, 1], [1, 1], [0, 0]]:
-            continue
-        w = kernel.get_data()  # (in, out, 4, 4)
-        if w.ndim != 4 or w.shape[2:] != (4, 4):
-            continue
-        x = op.input_value(0)
-        phases = []
-        for a in (0, 1):
-            for b in (0, 1):
-                k = np.ascontiguousarray(w[:, :, [3 - a, 1 - a]][:, :, :, [3 - b, 1 - b]].transpose(1, 0, 2, 3))  # (out, in, 2, 2)
-                phases.append(ops.convolution(x, ops.constant(k), [1, 1], [1 - a, 1 - b], [a, b], [1, 1]))
-        y = ops.depth_to_space(ops.concat(phases, 1), "blocks_first", 2)
-        y.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(y.output(0))
-        n += 1
-    return n
 
 
 class _Compiled:
