@@ -13,7 +13,7 @@ CPUs with AMX or AVX512-BF16, silently, even for an FP32 model):
 * ``"f32"`` or ``"bf16"``: forced. ``inference_precision`` says what ran; ``bench`` records it.
 
 **Shape-specialised compiles.** Our ONNX files have a dynamic batch dimension, and OpenVINO's CPU
-plugin runs a dynamic-shape model about 20 % slower than the same model compiled for one batch size
+plugin runs a dynamic-shape model 10 to 20 % slower than the same model compiled for one batch size
 (``benchmarks/results/cpu_precision.md``). So the backend compiles a copy of the model reshaped to the
 batch size the caller said it will mostly use (``open_backend(..., batch=N)``: ``run --batch``,
 ``eval``'s 64, ``bench``'s size being timed, via :meth:`OpenVinoBackend.expect_batch`), much as a
