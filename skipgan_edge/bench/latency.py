@@ -161,8 +161,8 @@ def run_bench(
 
 def half_precision_meant(be: Backend) -> str:
     """What running the FP16 variant meant on this backend and machine (recorded with every FP16 result)."""
-    if be.name == "openvino":
-        if getattr(be, "inference_precision", "f32") == "bf16":
+    if isinstance(be, OpenVinoBackend):
+        if be.inference_precision == "bf16":
             return ("bf16 compute (this CPU has bf16 and the export's bf16 gate passed; transposed convolutions run as "
                     "bf16 phase convolutions)")
         return "FP16 weights computed in f32 (no bf16 on this CPU, or the export's bf16 gate did not pass)"

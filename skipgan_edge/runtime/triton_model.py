@@ -29,6 +29,22 @@ except ImportError:  # imported outside Triton (tests, mypy): the module still l
 OUTPUTS = ("score", "anomaly_map", "normalized_score")
 
 
+#: shape-specialised compiled models kept at once (here and in our OpenVINO backend, which imports it)
+MAX_SPECIALISED = 4
+
+
+def with_batch(model: Any, n: int) -> Any | None:
+    """A copy of ``model`` (an ``openvino.Model``) with its batch dimension fixed to ``n``; None when the file fixes it already.
+    OpenVINO's CPU plugin runs such a copy 10 to 20 % faster than the dynamic batch (skipgan_edge/runtime/backends/openvino.py)."""
+    if not model.input(0).get_partial_shape()[0].is_dynamic:
+        return None
+    copy = model.clone()
+    shape = copy.input(0).get_partial_shape()
+    shape[0] = n
+    copy.reshape({copy.input(0): shape})
+    return copy
+
+
 def split_transposed_convs(model: Any) -> int:
     """Rewrite each ConvTranspose of ``model`` (an ``openvino.Model``) with a constant 4×4 kernel, stride 2, padding 1,
     no dilation or output padding, as four 2×2 convolutions interleaved by DepthToSpace; return how many.
@@ -89,19 +105,13 @@ class TritonPythonModel:
             # compiled for each preferred batch size (what the dynamic batcher aims to form; about 20 % faster than the
             # dynamic batch on OpenVINO's CPU plugin), and once more with the dynamic batch for every other size
             sizes = sorted({int(b) for b in config.get("dynamic_batching", {}).get("preferred_batch_size", [])
-                            if 1 <= int(b) <= self.max_batch})[:4]
+                            if 1 <= int(b) <= self.max_batch})[:MAX_SPECIALISED]
             compiled: dict[int | None, tuple[Any, list[Any]]] = {}
             for size in [*sizes, None]:
-                m = model
-                if size is not None:
-                    m = model.clone()
-                    shape = m.input(0).get_partial_shape()
-                    if not shape[0].is_dynamic:
-                        continue
-                    shape[0] = size
-                    m.reshape({m.input(0): shape})
-                c = core.compile_model(m, "CPU", cfg)
-                compiled[size] = (c.create_infer_request(), [c.output(n) for n in OUTPUTS])
+                m = model if size is None else with_batch(model, size)
+                if m is not None:
+                    c = core.compile_model(m, "CPU", cfg)
+                    compiled[size] = (c.create_infer_request(), [c.output(n) for n in OUTPUTS])
 
             def run(images: np.ndarray) -> list[np.ndarray]:
                 request, names = compiled.get(len(images)) or compiled[None]

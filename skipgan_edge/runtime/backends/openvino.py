@@ -48,14 +48,11 @@ import numpy as np
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
-from skipgan_edge.runtime.triton_model import split_transposed_convs  # there so Triton's model.py stays self-contained
+from skipgan_edge.runtime.triton_model import MAX_SPECIALISED, split_transposed_convs, with_batch  # there: model.py is self-contained
 
-__all__ = ["OpenVinoBackend", "cpu_has_bf16", "inference_precision", "split_transposed_convs"]
+__all__ = ["MAX_SPECIALISED", "OpenVinoBackend", "cpu_has_bf16", "inference_precision", "split_transposed_convs"]
 
 log = logging.getLogger(__name__)
-
-#: shape-specialised compiled models kept at once (module docstring)
-MAX_SPECIALISED = 4
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -136,11 +133,7 @@ class OpenVinoBackend(Backend):
         if n < 1 or not self._batch_dynamic:
             return
         if n not in self._specialised:
-            model = self._model.clone()
-            shape = model.input(INPUT_NAME).get_partial_shape()
-            shape[0] = n
-            model.reshape({INPUT_NAME: shape})
-            self._specialised[n] = self._compile(model)
+            self._specialised[n] = self._compile(with_batch(self._model, n))
             while len(self._specialised) > MAX_SPECIALISED:
                 del self._specialised[next(iter(self._specialised))]
         if n > 1 and self._dynamic is None:
