@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from skipgan_edge.compat import tomllib
 
 from skipgan_edge.errors import ConfigError
 

@@ -17,7 +17,7 @@ The edge device installs layers 0-2 (plus ``cli``): ``pip install skipgan-edge``
 from __future__ import annotations
 
 LAYERS: dict[str, int] = {
-    "contract": 0, "errors": 0, "card": 0, "config": 0, "thresholds": 0, "schemas": 0, "layers": 0, "__init__": 0,
+    "contract": 0, "errors": 0, "card": 0, "config": 0, "thresholds": 0, "schemas": 0, "layers": 0, "compat": 0, "__init__": 0,
     "data": 1, "model": 1, "metrics": 1,
     "runtime": 2,
     "train": 3, "export": 3, "calibration": 3,

@@ -96,5 +96,5 @@ def test_iso_time_matches_datetime() -> None:
 
     rng = np.random.default_rng(0)
     for ts in [0.0, 0.9995, 1795902906.1221192, *rng.uniform(0, 4e9, 200).tolist(), 1795902907.0]:
-        want = datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - int(ts)) * 1000):03d}Z"
+        want = datetime.datetime.fromtimestamp(int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - int(ts)) * 1000):03d}Z"
         assert iso_time(ts) == want

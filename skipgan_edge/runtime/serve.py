@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
+from skipgan_edge.compat import tomllib
 
 from skipgan_edge.config import typed_values
 from skipgan_edge.errors import ConfigError, SkipganError

@@ -6,6 +6,7 @@ spec                                     what                                   
 ``/dev/video0``, ``v4l2:///dev/video0``  V4L2 camera (OpenCV, CAP_V4L2)              newest
 ``0`` (a bare index)                     camera by index                             newest
 ``csi://0``                              Jetson CSI camera: GStreamer nvarguscamerasrc newest
+``gst:PIPELINE ! appsink``               any GStreamer pipeline (OpenCV GStreamer)   never
 ``rtsp://host/path``                     RTSP stream (OpenCV/FFmpeg)                 newest
 ``line.mp4`` (any video file)            decoded in order, ends at end of file       never
 ``img.png``, ``dir/``, ``'dir/*.png'``   image file, folder or glob, sorted by name  never
@@ -15,6 +16,12 @@ spec                                     what                                   
 Live sources (cameras, CSI, RTSP) are read as fast as they deliver; the pipeline keeps only the
 newest frame and counts the ones it replaced (``dropped``). Files, folders and watch folders are
 never dropped: the reader blocks until the model catches up.
+
+A ``gst:`` pipeline is read as a file is: every buffer its ``appsink`` delivers is scored, in order, and the
+run ends at end of stream. Where a live element feeds it, the pipeline itself decides what to drop
+(``appsink drop=true max-buffers=1`` keeps the newest buffer, as ``csi://`` does). It needs an OpenCV built with
+GStreamer (JetPack's and Debian's ``python3-opencv``; pip's ``opencv-python-headless`` has none): ``make jetson``
+keeps the system's. The appsink must deliver a format OpenCV reads (end in ``videoconvert ! appsink``).
 
 A camera that disappears or an RTSP stream that stalls is reopened with exponential backoff
 (0.5 s doubling to 8 s, at most ``reconnect_attempts`` tries, each logged); after that the run
@@ -272,6 +279,55 @@ class LiveSource(Source):
             self.cap.release()
 
 
+class GstPipelineSource(Source):
+    """``gst:PIPELINE``: a GStreamer pipeline ending in ``appsink``, through OpenCV's GStreamer backend.
+
+    Never drops (the reader blocks, so GStreamer's own queues apply back-pressure) and ends at end of stream; a
+    pipeline with a live source decides its drops in its ``appsink`` (``drop=true max-buffers=1``).
+    """
+
+    def __init__(self, spec: str, opts: SourceOptions) -> None:
+        super().__init__(spec, opts)
+        self.pipeline = spec[len("gst:") :].strip()
+        require_gstreamer(spec)
+        last = self.pipeline.rsplit("!", 1)[-1].split()
+        if not last or last[0] != "appsink":
+            raise SourceError(f"{spec[:80]!r}: a gst: pipeline must end in '! appsink' (for example 'gst:videotestsrc ! videoconvert ! appsink')")
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            self.cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise SourceError(
+                f"GStreamer could not start {self.pipeline[:120]!r}: try it with gst-launch-1.0 (replace appsink by fakesink), "
+                "check every element is installed (gst-inspect-1.0 NAME) and that a videoconvert precedes appsink"
+            )
+
+    def frames(self) -> Iterator[Frame]:
+        i = 0
+        while not self.stop_requested:
+            ok, img, ms = _timed_read(self.cap)
+            if not ok or img is None:
+                return  # end of stream (OpenCV reports an error in the pipeline the same way; GStreamer logs it)
+            yield Frame(self.spec, i, time.time(), img, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def require_gstreamer(spec: str) -> None:
+    """One line, before anything is opened, when this OpenCV has no GStreamer."""
+    if not gstreamer_available():
+        raise SourceError(
+            f"{spec[:40]} needs OpenCV built with GStreamer (JetPack's and Debian's python3-opencv have it; pip's opencv-python-headless "
+            "does not): make jetson keeps the system's, or pip uninstall opencv-python-headless in a --system-site-packages venv"
+        )
+
+
 def gstreamer_available() -> bool:
     info = cv2.getBuildInformation()
     for line in info.splitlines():
@@ -518,12 +574,10 @@ def open_source(spec: str, opts: SourceOptions | None = None) -> Source:
         return LiveSource(spec, opts, spec, cv2.CAP_V4L2, "camera")
     if spec.isdigit():
         return LiveSource(spec, opts, int(spec), cv2.CAP_ANY, "camera")
+    if spec.startswith("gst:"):
+        return GstPipelineSource(spec, opts)
     if spec.startswith("csi://"):
-        if not gstreamer_available():
-            raise SourceError(
-                f"{spec} needs OpenCV built with GStreamer (JetPack's python3-opencv has it; pip's opencv-python-headless does not): "
-                "apt-get install python3-opencv and run with the system Python, or use v4l2:///dev/videoN"
-            )
+        require_gstreamer(spec)
         return LiveSource(spec, opts, csi_pipeline(int(spec[len("csi://") :] or 0), opts), cv2.CAP_GSTREAMER, "CSI camera")
     if spec.startswith(("rtsp://", "rtsps://", "http://", "https://")):
         return LiveSource(spec, opts, spec, cv2.CAP_FFMPEG, "stream")
