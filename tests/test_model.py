@@ -25,8 +25,10 @@ def test_shapes(isize: int, channels: int) -> None:
     assert fake.shape == x.shape
     assert f_real.shape == f_fake.shape == (2, 10)
     assert float(fake.abs().max()) <= 1.0  # tanh output
-    pred, _ = m.discriminator(x)
-    assert pred.shape == (2,) and bool(((pred > 0) & (pred < 1)).all())
+    logit, _ = m.discriminator(x)  # the losses take logits; probability() is D(x)
+    pred = m.discriminator.probability(x)
+    assert logit.shape == pred.shape == (2,) and bool(((pred > 0) & (pred < 1)).all())
+    assert torch.allclose(pred, torch.sigmoid(logit))
 
 
 def test_unet_depth_is_log2_isize() -> None:

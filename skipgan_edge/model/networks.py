@@ -4,7 +4,7 @@ Generator: a UNet encoder-decoder with skip connections, depth log2(isize), widt
 ngf·(1, 2, 4, 8, 8, …), 4×4 stride-2 convolutions, BatchNorm, LeakyReLU(0.2) going down,
 ReLU going up, Tanh out. Discriminator: a DCGAN encoder whose last convolution gives the
 nz-dimensional feature f(x) (used by the latent loss and the score); a 3×3 classifier conv
-and a sigmoid on top give D(x).
+on top gives the logit of D(x) (the losses take logits: ``model/losses.py``), a sigmoid D(x).
 
 With isize 32, 3 channels and ngf = ndf = 64, nz = 100 and every skip (``skip_levels="all"``, as
 ``--paper``) the generator has 16,659,075 and the discriminator 1,069,700 parameters, the counts of
@@ -99,8 +99,11 @@ class UnetGenerator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D: x ↦ (D(x) ∈ (0, 1) of shape (B,), f(x)).
+    """D: x ↦ (the logit of D(x), shape (B,); f(x)). :meth:`probability` gives D(x) ∈ [0, 1].
 
+    The losses take the logit (``model/losses.py``: a BCE on probabilities has a ``nan`` gradient where a
+    float32 sigmoid saturates). ``classifier`` keeps its Sigmoid after the conv, so weight names
+    (``classifier.0.weight``) are those of every model folder written before; the forward pass stops at the conv.
     f(x) is the nz-d output of the last convolution (the paper's, ``feature_layer="last"``) or the
     flattened 4×4 map before it (``"penultimate"``: more spatial detail, one of the study's variants).
     """
@@ -121,8 +124,12 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         body = self.features[:-1](x)  # (B, 8·ndf·…, 4, 4)
         feat = self.features[-1](body)  # (B, nz, 1, 1)
-        pred = self.classifier(feat).flatten()  # (B,)
-        return pred, (body if self.penultimate else feat).flatten(1)  # (B,), (B, nz) or (B, C·16)
+        logit = self.classifier[0](feat).flatten()  # (B,)
+        return logit, (body if self.penultimate else feat).flatten(1)  # (B,), (B, nz) or (B, C·16)
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x) = sigmoid(logit), shape (B,)."""
+        return torch.sigmoid(self.forward(x)[0])
 
     def feature(self, x: torch.Tensor) -> torch.Tensor:
         """f(x) alone: what the score needs (the classifier, and for "penultimate" the last conv, are skipped)."""
@@ -181,23 +188,23 @@ class SkipGANomaly(nn.Module):
     def generator_step_loss(
         self, x: torch.Tensor, w: tuple[float, float, float], x_in: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x))).
+        """Paper eq. 1-4: w_adv·BCE(D(G(x)), 1) + w_con·L1 + w_lat·L2(f(x), f(G(x))), the BCE on D's logits.
 
         ``x_in`` (default ``x``) is what the generator sees, e.g. a noisy copy; losses use ``x``."""
         from skipgan_edge.model.losses import generator_loss
 
         fake = self.generator(x if x_in is None else x_in)
-        pred_fake, f_fake = self.discriminator(fake)
+        logit_fake, f_fake = self.discriminator(fake)
         _, f_real = self.discriminator(x)
-        loss, parts = generator_loss(pred_fake, x, fake, f_real.detach(), f_fake, *w)
+        loss, parts = generator_loss(logit_fake, x, fake, f_real.detach(), f_fake, *w)
         return loss, parts, fake
 
     def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         from skipgan_edge.model.losses import discriminator_loss
 
-        pred_real, _ = self.discriminator(x)
-        pred_fake, _ = self.discriminator(fake)
-        return discriminator_loss(pred_real, pred_fake)
+        logit_real, _ = self.discriminator(x)
+        logit_fake, _ = self.discriminator(fake)
+        return discriminator_loss(logit_real, logit_fake)
 
 
 class DcganEncoder(nn.Module):
@@ -252,7 +259,9 @@ class GanomalyGenerator(nn.Module):
 
 
 class GanomalyDiscriminator(nn.Module):
-    """DCGAN discriminator: ``features`` (all but the last conv of an encoder) and a 4×4 classifier."""
+    """DCGAN discriminator: ``features`` (all but the last conv of an encoder) and a 4×4 classifier.
+
+    Like :class:`Discriminator`: ``forward`` gives (the logit of D(x), the features); :meth:`probability` gives D(x)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -263,7 +272,11 @@ class GanomalyDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.features(x)
-        return self.classifier(feat).flatten(), feat
+        return self.classifier[0](feat).flatten(), feat  # the logit (B,); the Sigmoid is for probability()
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x) = sigmoid(logit), shape (B,)."""
+        return torch.sigmoid(self.forward(x)[0])
 
 
 class Ganomaly(nn.Module):
@@ -305,9 +318,9 @@ class Ganomaly(nn.Module):
     def discriminator_step_loss(self, x: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         from skipgan_edge.model.losses import discriminator_loss
 
-        pred_real, _ = self.discriminator(x)
-        pred_fake, _ = self.discriminator(fake)
-        return discriminator_loss(pred_real, pred_fake)
+        logit_real, _ = self.discriminator(x)
+        logit_fake, _ = self.discriminator(fake)
+        return discriminator_loss(logit_real, logit_fake)
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"skipganomaly": SkipGANomaly, "ganomaly": Ganomaly}
