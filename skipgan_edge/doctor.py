@@ -26,7 +26,14 @@ def gpu_stack_missing(tensorrt: bool = True) -> list[str]:
     except ImportError:
         missing.append("cuda-python (pip install 'skipgan-edge[tensorrt]', matching the CUDA major: see make jetson)")
         cudart = None
+    mismatch = None
     if cudart is not None:
+        from skipgan_edge.runtime.cudaenv import cuda_python_mismatch
+
+        mismatch = cuda_python_mismatch()
+        if mismatch is not None:  # every CUDA call would answer error 35: say why, not "no GPU"
+            missing.append(f"a cuda-python that this GPU's driver runs ({mismatch})")
+    if cudart is not None and mismatch is None:
         err, count = cudart.cudaGetDeviceCount()
         if int(err) != 0 or int(count) == 0:
             _, msg = cudart.cudaGetErrorString(err)
@@ -41,6 +48,20 @@ def gpu_stack_missing(tensorrt: bool = True) -> list[str]:
         except ImportError:
             missing.append(TENSORRT_HINT)
     return missing
+
+
+def cuda_line() -> str:
+    """One line: the CUDA the driver supports, the cuda-python installed, and whether they go together (what to install
+    when not: cuda-python 13 on JetPack 6's CUDA 12 driver is the usual case)."""
+    from skipgan_edge.runtime.cudaenv import cuda_python_version, driver_cuda_version, mismatch_line
+
+    version, driver = cuda_python_version(), driver_cuda_version()
+    problem = mismatch_line(version, driver)
+    if problem is not None:
+        return "CUDA: " + problem
+    drv = f"driver supports CUDA {driver[0]}.{driver[1]}" if driver is not None else "no NVIDIA driver (libcuda) loaded"
+    cp = f"cuda-python {version}" if version is not None else "no cuda-python"
+    return f"CUDA: {drv}; {cp}" + (", a match" if version is not None and driver is not None else "")
 
 
 def report() -> list[str]:
@@ -59,6 +80,7 @@ def report() -> list[str]:
     ):
         v = _version(mod)
         lines.append(f"{mod:14s} {v or 'missing':12s} {what}")
+    lines.append(cuda_line())
     missing = gpu_stack_missing()
     lines.append("TensorRT engines: " + ("ready (GPU, cuda-python, TensorRT)" if not missing else "not here: missing " + "; ".join(missing)))
     if _version("pycuda") and not _version("cuda.bindings"):

@@ -42,3 +42,36 @@ def test_l4t_release_alone_and_old_toolkits(tmp_path: Path) -> None:
         cuda_python_spec(cuda_major(_tree(tmp_path / "c", tegra="# R35 (release), REVISION: 5.0\n"))[0])
     with pytest.raises(ValueError, match="cannot tell"):
         cuda_python_spec(cuda_major(tmp_path / "empty")[0])
+
+
+def test_cuda_python_newer_than_the_driver_is_one_line_naming_both_and_the_fix() -> None:
+    from skipgan_edge.runtime.cudaenv import mismatch_line
+
+    line = mismatch_line("13.0.1", (12, 6))
+    assert line is not None and "\n" not in line
+    assert "cuda-python 13.0.1" in line and "CUDA 12.6" in line and "pip install 'cuda-python>=12.6,<13'" in line
+    assert mismatch_line("12.9.0", (12, 2)) is None and mismatch_line("12.9.0", (13, 0)) is None  # older bindings run on newer drivers
+    assert mismatch_line(None, (12, 6)) is None and mismatch_line("13.0.1", None) is None
+    assert "--cuda-api pycuda" in (mismatch_line("12.6.0", (11, 4)) or "")  # JetPack 5: no cuda.bindings for CUDA 11
+
+
+def test_doctor_and_gpu_info_name_cuda_python_13_on_a_cuda_12_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JetPack 6's case: cuda-python 13 installed, a driver that supports CUDA 12.6 (neither can be arranged on this
+    machine, so both answers are stood in): doctor's CUDA line, its missing list and gpu_info all name the pair and the fix."""
+    from skipgan_edge import doctor
+    from skipgan_edge.errors import EngineError
+    from skipgan_edge.runtime import cudaenv, engine_file
+
+    monkeypatch.setattr(cudaenv, "driver_cuda_version", lambda: (12, 6))
+    monkeypatch.setattr(cudaenv, "cuda_python_version", lambda: "13.0.1")
+    line = doctor.cuda_line()
+    assert line == "CUDA: cuda-python 13.0.1 needs a CUDA 13 driver, but this driver supports CUDA 12.6: pip install 'cuda-python>=12.6,<13'"
+    assert any("cuda-python>=12.6,<13" in m for m in doctor.gpu_stack_missing(tensorrt=False))
+    try:
+        info = engine_file.gpu_info()
+    except EngineError as exc:  # no GPU visible through PyCUDA or torch either (this machine): the error is the mismatch line
+        assert str(exc).startswith("cuda-python 13.0.1 needs a CUDA 13 driver") and "cuda-python>=12.6,<13" in str(exc)
+    else:  # a GPU seen another way: the record still names the mismatch
+        assert "cuda-python>=12.6,<13" in info["cuda_python"]
+    monkeypatch.setattr(cudaenv, "cuda_python_version", lambda: "12.9.0")
+    assert doctor.cuda_line() == "CUDA: driver supports CUDA 12.6; cuda-python 12.9.0, a match"

@@ -55,8 +55,9 @@ def machine_info() -> dict[str, Any]:
         from skipgan_edge.runtime.engine_file import gpu_info
 
         info.update(gpu_info())
-    except Exception:  # noqa: BLE001 - no GPU is a normal answer here
+    except Exception as exc:  # noqa: BLE001 - no GPU is a normal answer here; why is kept (cuda-python 13 on a CUDA 12 driver)
         info["gpu"] = None
+        info["gpu_error"] = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     import subprocess
 
     try:

@@ -6,6 +6,9 @@ so a plain ``pip install cuda-python`` gives every call CUDA error 35 ("driver v
 insufficient") there. The driver's own answer (``cuDriverGetVersion`` in libcuda) decides; without a
 loadable driver, the toolkit's ``version.json`` and then the Jetson L4T release stand in.
 
+:func:`cuda_python_mismatch` is the one line ``doctor`` and ``gpu_info`` give when the installed cuda-python
+is newer than the driver (which cuda-python, which CUDA the driver supports, what to install).
+
 ``python -m skipgan_edge.runtime.cudaenv --pip-spec`` prints the requirement ``make jetson``
 installs, e.g. ``cuda-python>=12.6,<13`` (12.6 is the first release with ``cuda.bindings``, the
 module skipgan-edge imports).
@@ -86,6 +89,38 @@ def cuda_python_spec(major: int | None) -> str:
         raise ValueError(f"CUDA {major} has no cuda-python with cuda.bindings (it starts at 12.6); on JetPack 5 use "
                          "PyCUDA: pip install 'skipgan-edge[pycuda]' and --cuda-api pycuda")
     return CUDA_PYTHON_SPECS[major]
+
+
+def cuda_python_version() -> str | None:
+    """The installed cuda-python (its ``cuda-bindings`` part, the module skipgan-edge imports), or None."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def mismatch_line(version: str | None, driver: tuple[int, int] | None) -> str | None:
+    """One line when cuda-python ``version`` is for a newer CUDA major than ``driver`` supports, else None
+    (no cuda-python, no driver, or they match)."""
+    if version is None or driver is None:
+        return None
+    m = re.match(r"(\d+)", version)
+    if m is None or int(m.group(1)) <= driver[0]:
+        return None
+    spec = CUDA_PYTHON_SPECS.get(driver[0])
+    fix = (f"pip install '{spec}'" if spec is not None
+           else "no cuda-python has cuda.bindings for it: pip install 'skipgan-edge[pycuda]' and use --cuda-api pycuda")
+    return (f"cuda-python {version} needs a CUDA {m.group(1)} driver, but this driver supports CUDA {driver[0]}.{driver[1]}"
+            f"{' (JetPack 6)' if driver[0] == 12 and l4t_major() == 36 else ''}: {fix}")
+
+
+def cuda_python_mismatch() -> str | None:
+    """:func:`mismatch_line` for this machine: the installed cuda-python against the loaded driver."""
+    return mismatch_line(cuda_python_version(), driver_cuda_version())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,16 +50,25 @@ def import_tensorrt() -> ModuleType:
 
 
 def gpu_info() -> dict[str, Any]:
-    """Name and compute capability of CUDA device 0: cuda-python, else PyCUDA alone, else torch."""
+    """Name and compute capability of CUDA device 0: cuda-python, else PyCUDA alone, else torch.
+
+    A cuda-python newer than the driver (cuda-python 13 on JetPack 6's CUDA 12) answers every call with error 35:
+    then the GPU is looked up the other ways and the record carries the one-line reason under ``cuda_python``; with no
+    other way, that line is the error."""
+    from skipgan_edge.runtime.cudaenv import cuda_python_mismatch
+
+    mismatch: str | None = None
     try:
         from cuda.bindings import runtime as cudart
 
+        mismatch = cuda_python_mismatch()
         err, prop = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
             name = prop.name.decode(errors="replace").rstrip("\x00") if isinstance(prop.name, bytes) else str(prop.name)
             return {"gpu": name, "compute_capability": f"{prop.major}.{prop.minor}"}
     except ImportError:
         pass
+    extra = {"cuda_python": mismatch} if mismatch is not None else {}
     try:
         import pycuda.driver as drv
 
@@ -67,7 +76,7 @@ def gpu_info() -> dict[str, Any]:
             drv.init()
             dev = drv.Device(0)
             major, minor = dev.compute_capability()
-            return {"gpu": str(dev.name()), "compute_capability": f"{major}.{minor}"}
+            return {"gpu": str(dev.name()), "compute_capability": f"{major}.{minor}", **extra}
         except drv.Error:
             pass
     except ImportError:
@@ -77,9 +86,11 @@ def gpu_info() -> dict[str, Any]:
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability(0)
-            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+            return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}", **extra}
     except ImportError:
         pass
+    if mismatch is not None:
+        raise EngineError(mismatch)
     raise EngineError("no CUDA GPU is visible: TensorRT engines are built and run on an NVIDIA GPU or Jetson")
 
 
