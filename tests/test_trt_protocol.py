@@ -11,6 +11,8 @@ bounds with padding, and every graph, event and buffer released on deactivate. T
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,14 @@ class RecordingCuda:
         self.calls.append("clear_error")
         return e
 
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        self.calls.append("push")
+        try:
+            yield
+        finally:
+            self.calls.append("pop")
+
     def close(self) -> None:
         self.calls.append("close")
 
@@ -140,10 +150,11 @@ class RecordingContext:
         self.api, self.lo, self.hi, self.fail_in_capture = api, lo, hi, fail_in_capture
         self.addr: dict[str, int] = {}
         self.batch: int | None = None
+        self.refuse_address: str | None = None
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
         self.addr[name] = ptr
-        return True
+        return name != self.refuse_address
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
         self.api.calls.append(f"shape{shape[0]}")
@@ -204,37 +215,51 @@ def frames(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, H, W, C), dtype=np.uint8)
 
 
-def test_graphs_replay_the_current_frames_at_every_captured_size() -> None:
-    with StandInBackend(lo=1, hi=8) as be:
-        for b in (1, 3, 8, 3, 1):
+def test_graphs_for_every_profile_size_are_captured_at_activation_and_replay_the_current_frames() -> None:
+    with StandInBackend(lo=2, hi=5) as be:
+        at_activation = list(be.fake.calls)
+        assert sorted(be._graphs) == [2, 3, 4, 5]  # every size of the profile, before the first frame
+        for b in (2, 3, 4, 5):  # set_input_shape, a warm-up enqueue at b and a synchronize right before the capture at b
+            i = at_activation.index(f"enqueue{b}@capture")
+            assert at_activation[i - 4 : i] == [f"shape{b}", f"enqueue{b}", "sync", "begin_capture"], at_activation[i - 5 : i + 1]
+            assert at_activation[i + 1] == "end_capture"
+        assert at_activation[0] == "push" and at_activation[-1] == "pop" and at_activation.count("push") == 1
+        for b in (2, 3, 5, 3, 1):
             for seed in (b, b + 100):  # different frames on consecutive calls at the same size
                 x = frames(b, seed)
                 got = be.infer(x)
                 score, amap = reference(x)
                 np.testing.assert_allclose(got.score, score, rtol=1e-6)
                 np.testing.assert_allclose(got.anomaly_map, amap, rtol=1e-6)
-        calls = be.fake.calls
-        assert sorted(be._graphs) == [1, 3, 8]
-        for b in (1, 3, 8):  # warm-up enqueue at b and a synchronize come right before the capture at b
-            i = calls.index(f"enqueue{b}@capture")
-            assert calls[i - 3 : i] == [f"enqueue{b}", "sync", "begin_capture"], calls[i - 4 : i + 1]
-            assert calls[i + 1] == "end_capture"
-        assert calls.count("begin_capture") == 3 and calls.count("launch") == 10  # every call after capture replays
-        assert sum(c.startswith("shape") for c in calls) == 5  # set_input_shape only when the size changes
+        streaming = be.fake.calls[len(at_activation) :]
+        assert "begin_capture" not in streaming and not any("@capture" in c for c in streaming)  # never mid-stream
+        assert streaming.count("launch") == 10 and not any(c.startswith("enqueue") for c in streaming)  # every call replays
+        assert streaming.count("push") == streaming.count("pop") == 10  # one push/pop pair per batch
+        assert sum(c.startswith("shape") for c in streaming) == 5  # set_input_shape only when the size changes
     assert be.fake.graphs == {} and be.fake.dev == {} and be.fake.host == {} and be.fake.calls[-1] == "close"
+    assert be.fake.calls[-2] == "pop"  # everything released inside the block, the API closed after it
 
 
 def test_failed_capture_is_ended_cleared_and_graphs_stay_off() -> None:
-    with StandInBackend(fail_in_capture=True) as be:
-        x = frames(4, 0)
-        np.testing.assert_allclose(be.infer(x).score, reference(x)[0], rtol=1e-6)
+    with StandInBackend(lo=1, hi=8, fail_in_capture=True) as be:
         calls = be.fake.calls
-        i = calls.index("enqueue4@capture")
+        i = calls.index("enqueue1@capture")  # the first size of the profile, at activation
         assert calls[i + 1 : i + 3] == ["abort_capture", "clear_error"] and be.fake.sticky == 0 and "clear_error" not in calls[:i]
         assert not be.use_graphs and be._graphs == {} and "execute_async_v3 returned false" in (be.graph_failure or "")
-        y = frames(4, 1)
-        np.testing.assert_allclose(be.infer(y).score, reference(y)[0], rtol=1e-6)
+        for seed in (0, 1):
+            x = frames(4, seed)
+            np.testing.assert_allclose(be.infer(x).score, reference(x)[0], rtol=1e-6)
         assert be.fake.calls.count("begin_capture") == 1  # never tried again
+        assert be.fake.calls.count("enqueue4") == 2  # plain enqueues
+
+
+def test_a_failed_activation_releases_what_it_made() -> None:
+    be = StandInBackend(lo=1, hi=4)
+    be.fake_ctx.refuse_address = "anomaly_map"
+    with pytest.raises(EngineError, match="refused the buffer for tensor 'anomaly_map'"):
+        be.__enter__()
+    assert be.fake.dev == {} and be.fake.host == {} and be.fake.calls[-3:] == ["stream_destroy", "pop", "close"]
+    assert be.fake.calls.count("push") == be.fake.calls.count("pop") == 2  # activate's block, then deactivate's
 
 
 def test_no_stream_capture_means_no_graphs() -> None:

@@ -11,12 +11,29 @@ One small interface (:class:`CudaApi`) with two implementations:
 sized for the optimisation profile's max batch. They are allocated once in ``activate`` and
 reused for every batch (``allocations`` counts them; tests check it does not grow per frame).
 Copies are asynchronous on one stream; ``execute_async_v3`` runs on the same stream.
+
+Threads. A CUDA context is current per host thread, and ``serve`` activates a backend on one thread (start-up, or
+the reload watcher), infers on another (the ``model-*`` worker) and deactivates on a third (the worker after a
+swap, or the main thread at the end). So nothing here leaves a context current across calls: ``with
+api.current():`` pushes the device's primary context on the calling thread and pops it on the same thread when
+the block ends, and the TensorRT backend wraps ``activate``, each batch and ``deactivate`` (TensorRT's own calls
+included) in one such block. Both implementations use the primary context, the one the CUDA runtime and
+TensorRT use: cuda-python retains it through the driver API (``cuDevicePrimaryCtxRetain``, then
+``cuCtxPushCurrent``/``cuCtxPopCurrent`` per block; the runtime API calls inside then run in it instead of
+whatever cudart would bind implicitly on that thread), and ``close`` releases the retain; PyCUDA retains it once
+per process (``Device.retain_primary_context``, as ``pycuda.autoprimaryctx`` does) and pushes/pops that same
+context object per block, so PyCUDA's per-thread context stack is empty again after every block (PyCUDA aborts
+the process when a thread ends with a context still on its stack, and refuses ``Context.pop`` on a thread that
+did not push). A push/pop pair costs two driver calls per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,13 +51,10 @@ NO_GPU_HINT = "; this machine has no usable NVIDIA GPU and driver (check nvidia-
 
 def _driver_mismatch_hint() -> str | None:
     """Error 35 with a driver present means cuda-python is newer than the driver (cuda-python 13 on JetPack 6)."""
-    from skipgan_edge.runtime.cudaenv import CUDA_PYTHON_SPECS, driver_cuda_version
+    from skipgan_edge.runtime.cudaenv import cuda_python_mismatch
 
-    drv = driver_cuda_version()
-    if drv is None:
-        return None
-    spec = CUDA_PYTHON_SPECS.get(drv[0], "a cuda-python matching it")
-    return f"; this driver supports CUDA {drv[0]}.{drv[1]}, older than this cuda-python: pip install '{spec}'"
+    line = cuda_python_mismatch()
+    return f"; {line}" if line is not None else None
 
 
 class CudaError(RuntimeError):
@@ -72,6 +86,7 @@ class CudaApi(Protocol):
     def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
     def graph_exec_destroy(self, graph_exec: Any) -> None: ...
     def clear_error(self) -> int: ...
+    def current(self) -> contextlib.AbstractContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -80,17 +95,64 @@ def _host_view(ptr: int, nbytes: int) -> np.ndarray:
 
 
 class CudaPythonApi:
-    """cuda-python (``cuda.bindings.runtime``); every call's error code is checked."""
+    """cuda-python (``cuda.bindings``); every call's error code is checked.
+
+    Copies, streams, events and graphs go through the runtime API (``cuda.bindings.runtime``); the context through
+    the driver API (``cuda.bindings.driver``): the device's primary context is retained on the first
+    :meth:`current` block (so that building this object needs no GPU) and released by :meth:`close`.
+    ``bindings`` = (driver, runtime) modules replaces the imported ones (the CPU tests' recording stand-in).
+    """
 
     name = "cuda-python"
     supports_graphs = True
 
-    def __init__(self) -> None:
+    def __init__(self, device: int = 0, bindings: tuple[Any, Any] | None = None) -> None:
+        if bindings is None:
+            try:
+                from cuda.bindings import driver, runtime
+            except ImportError:
+                raise MissingDependencyError("CUDA buffers need cuda-python: pip install 'skipgan-edge[tensorrt]'") from None
+            bindings = (driver, runtime)
+        self.drv, self.rt = bindings
+        self.device = device
+        self._ctx: Any = None
+        self._cu_device: Any = None
+        self._lock = threading.Lock()
+
+    def _check_drv(self, result: Any) -> Any:
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != 0:
+            _, msg = self.drv.cuGetErrorString(err)
+            hint = NO_GPU_HINT if int(err) in (100, 803, 804) else ""  # no device; driver/library mismatch
+            raise CudaError(f"CUDA driver error {int(err)}: {msg.decode() if isinstance(msg, bytes) else msg}{hint}")
+        if isinstance(result, tuple):
+            return result[1] if len(result) == 2 else result[1:]
+        return None
+
+    def _primary(self) -> Any:
+        """The device's primary context, retained once by this object (cuInit, cuDeviceGet, cuDevicePrimaryCtxRetain)."""
+        with self._lock:
+            if self._ctx is None:
+                try:
+                    self._check_drv(self.drv.cuInit(0))
+                    dev = self._check_drv(self.drv.cuDeviceGet(self.device))
+                    self._ctx = self._check_drv(self.drv.cuDevicePrimaryCtxRetain(dev))
+                    self._cu_device = dev
+                except CudaError as exc:
+                    raise CudaError(f"{exc}{_driver_mismatch_hint() or ''}") from None
+                except RuntimeError as exc:  # cuda.pathfinder: no libcuda at all
+                    hint = _driver_mismatch_hint() or NO_GPU_HINT
+                    raise CudaError(f"cuda-python could not load the NVIDIA driver ({str(exc).splitlines()[0]}){hint}") from None
+            return self._ctx
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """The primary context current on the calling thread for the block: pushed here, popped here."""
+        self._check_drv(self.drv.cuCtxPushCurrent(self._primary()))
         try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            raise MissingDependencyError("CUDA buffers need cuda-python: pip install 'skipgan-edge[tensorrt]'") from None
-        self.rt = cudart
+            yield
+        finally:
+            self._check_drv(self.drv.cuCtxPopCurrent())
 
     def _check(self, result: Any) -> Any:
         err = result[0] if isinstance(result, tuple) else result
@@ -182,36 +244,68 @@ class CudaPythonApi:
         return int(result[0] if isinstance(result, tuple) else result)
 
     def close(self) -> None:
-        """Nothing to release: TensorRT and cuda-python share the device's primary context."""
+        """Release the primary context's retain (once; any thread: the driver keeps no per-thread state for it).
+        Call it outside any :meth:`current` block, after everything allocated in it is freed."""
+        with self._lock:
+            dev, self._cu_device, self._ctx = self._cu_device, None, None
+        if dev is not None:
+            self._check_drv(self.drv.cuDevicePrimaryCtxRelease(dev))
+
+
+_PYCUDA_PRIMARY: dict[tuple[int, int], tuple[Any, Any]] = {}
+_PYCUDA_LOCK = threading.Lock()
+
+
+def _pycuda_primary(drv: Any, device: int) -> Any:
+    """The device's primary context as one PyCUDA ``Context`` per process, retained on first use and kept (as
+    ``pycuda.autoprimaryctx`` keeps it): PyCUDA ties each allocation to that exact object, and a ``detach`` from a
+    thread other than the one that retained it is silently skipped, so a per-backend retain would leak on reload."""
+    key = (id(drv), device)
+    with _PYCUDA_LOCK:
+        if key not in _PYCUDA_PRIMARY:
+            drv.init()
+            _PYCUDA_PRIMARY[key] = (drv, drv.Device(device).retain_primary_context())
+        return _PYCUDA_PRIMARY[key][1]
 
 
 class PyCudaApi:
     """PyCUDA (``pycuda.driver``), for systems where it is what is installed.
 
-    PyCUDA does not create a context on its own (without ``pycuda.autoinit``): this retains the
-    device's primary context, the one TensorRT and the CUDA runtime use, and pushes it at
-    construction, which the TensorRT backend does before it deserializes the engine; ``close``
-    pops it. PyCUDA has no stream capture, so CUDA graphs are off with it (``supports_graphs``;
-    ``doctor`` says so).
+    PyCUDA does not create a context on its own (without ``pycuda.autoinit``): this uses the device's primary
+    context, the one TensorRT and the CUDA runtime use (:func:`_pycuda_primary`), and pushes it only for the
+    length of a :meth:`current` block, popping it on the same thread. Everything PyCUDA allocates (pinned host
+    memory, device memory, streams, events) belongs to that context and is freed inside a block, so PyCUDA never
+    has to activate it "out of thread". PyCUDA has no stream capture, so CUDA graphs are off with it
+    (``supports_graphs``; ``doctor`` says so). ``driver_module`` replaces ``pycuda.driver`` (the CPU tests' stand-in).
     """
 
     name = "pycuda"
     supports_graphs = False
 
-    def __init__(self, device: int = 0) -> None:
+    def __init__(self, device: int = 0, driver_module: Any = None) -> None:
+        if driver_module is None:
+            try:
+                import pycuda.driver
+
+                driver_module = pycuda.driver
+            except ImportError:
+                raise MissingDependencyError("--cuda-api pycuda needs PyCUDA: pip install 'skipgan-edge[pycuda]'") from None
+        self.drv = drv = driver_module
         try:
-            import pycuda.driver as drv
-        except ImportError:
-            raise MissingDependencyError("--cuda-api pycuda needs PyCUDA: pip install 'skipgan-edge[pycuda]'") from None
-        self.drv = drv
-        try:
-            drv.init()
-            self.ctx = drv.Device(device).retain_primary_context()
-            self.ctx.push()
+            self.ctx = _pycuda_primary(drv, device)
         except drv.Error as exc:
             raise CudaError(f"PyCUDA could not open CUDA device {device} ({exc}){NO_GPU_HINT}") from None
         self._host: dict[int, Any] = {}
         self._dev: dict[int, Any] = {}
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """The primary context current on the calling thread for the block (``Context.push`` here, ``Context.pop`` here)."""
+        self.ctx.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
 
     def malloc_host(self, nbytes: int) -> tuple[int, np.ndarray]:
         arr = self.drv.pagelocked_empty(nbytes, np.uint8)
@@ -282,10 +376,9 @@ class PyCudaApi:
         return 0
 
     def close(self) -> None:
-        """Pop the context pushed at construction (once)."""
-        ctx, self.ctx = getattr(self, "ctx", None), None
-        if ctx is not None:
-            ctx.pop()
+        """Nothing to pop (every block popped what it pushed) and nothing to release (the process keeps the retain)."""
+        self._host.clear()
+        self._dev.clear()
 
 
 def make_cuda_api(which: str = "auto") -> CudaApi:

@@ -1,12 +1,18 @@
 """TensorRT backend: the engine from ``skipgan-edge build``, pinned buffers, one stream, CUDA graphs.
 
-``activate`` first opens the CUDA API (PyCUDA pushes its context here, before any TensorRT call),
-then checks the engine was built for this GPU and TensorRT version (one-line error with the
-rebuild command otherwise), creates the execution context, allocates pinned host and device
-buffers for the profile's max batch (:class:`~skipgan_edge.runtime.cuda.IOBuffers`) and binds them
-with ``set_tensor_address`` once. ``infer`` copies the uint8 batch into the pinned input buffer,
-then on one stream: H2D, ``execute_async_v3``, D2H, synchronise. Every TensorRT call's return
-value is checked.
+``activate`` first opens the CUDA API, then, with its context current on the calling thread, checks the engine
+was built for this GPU and TensorRT version (one-line error with the rebuild command otherwise), deserializes it,
+creates the execution context, allocates pinned host and device buffers for the profile's max batch
+(:class:`~skipgan_edge.runtime.cuda.IOBuffers`), binds them with ``set_tensor_address`` once and captures the
+CUDA graphs. ``infer`` copies the uint8 batch into the pinned input buffer, then on one stream: H2D,
+``execute_async_v3`` (or the batch size's graph), D2H, synchronise. Every TensorRT call's return value is checked.
+
+Threads: ``activate``, every batch and ``deactivate`` each run inside one ``with api.current():`` block (push on
+entry, pop on exit, same thread; :mod:`skipgan_edge.runtime.cuda`), so the thread that activates (``serve``'s
+start-up or reload thread), the thread that infers (its ``model-*`` worker) and the thread that deactivates (the
+worker after a swap, the main thread at the end) each have the context current for their own calls, TensorRT's
+included, and none is left with it. A lock keeps it to one batch at a time: ``deactivate`` from another thread
+waits for the batch in flight.
 
 Batch sizes follow the engine's optimisation profile: a batch above its max is refused; a batch
 below its min (the pipeline's max-wait flush can produce one) is padded up to the min with zero
@@ -14,14 +20,14 @@ frames and the padding is dropped from the results, or refused with one line whe
 ``pad_to_profile=False``. ``set_input_shape`` is called when the batch size changes and its return
 is checked.
 
-CUDA graphs (on by default with cuda-python; PyCUDA has no stream capture, so they are off with
-it), captured the way trtexec (``sampleInference.cpp``) and Triton's TensorRT backend do: for each
-batch size, one uncaptured ``execute_async_v3`` at that size and a synchronize first (TensorRT
-finishes lazy initialisation there, which must not be captured); then begin capture,
-``execute_async_v3`` with its return checked, end capture and instantiate. If any of that fails,
-the capture is ended, its graph discarded, the sticky CUDA error cleared (``cudaGetLastError``),
-every graph destroyed, and the backend continues without graphs (logged once). Only the enqueue
-is in the graph; the copies stay outside, so a replay always reads the current input buffer.
+CUDA graphs (on by default with cuda-python; PyCUDA has no stream capture, so they are off with it) are captured
+in ``activate`` for every batch size of the profile (min..max), never mid-stream, the way trtexec
+(``sampleInference.cpp``) and Triton's TensorRT backend do: for each size, ``set_input_shape``, one uncaptured
+``execute_async_v3`` at that size and a synchronize first (TensorRT finishes lazy initialisation there, which must
+not be captured); then begin capture, ``execute_async_v3`` with its return checked, end capture and instantiate.
+If any of that fails, the capture is ended, its graph discarded, the sticky CUDA error cleared
+(``cudaGetLastError``), every graph destroyed, and the backend continues without graphs (logged once). Only the
+enqueue is in the graph; the copies stay outside, so a replay always reads the current input buffer.
 ``deactivate`` destroys graph execs and events and resets the per-size state.
 
 With ``profile=True`` CUDA events split each call into host→device, compute and device→host
@@ -31,6 +37,8 @@ milliseconds (``last_timings``), as trtexec reports them.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +82,7 @@ class TensorRTBackend(Backend):
         self._events: list[Any] = []
         self._shape_batch: int | None = None
         self.graph_failure: str | None = None
+        self._lock = threading.RLock()  # one batch at a time; deactivate waits for the one in flight
 
     # seams: the real engine and CUDA API; a protocol test replaces them with recording fakes
     def _open_api(self) -> CudaApi:
@@ -85,12 +94,22 @@ class TensorRTBackend(Backend):
         return load_engine(self.path)
 
     def activate(self) -> None:
-        self.api: CudaApi = self._open_api()  # PyCUDA: context created and pushed before TensorRT deserializes
-        try:
-            self.meta, self.engine = self._open_engine()
-        except BaseException:
-            self.api.close()
-            raise
+        """Open the CUDA API, then everything else with its context current on this thread (one push, one pop here);
+        on any failure what was made so far is released before the error goes on."""
+        with self._lock:
+            self.api: CudaApi = self._open_api()
+            try:
+                with self.api.current():  # PyCUDA and cuda-python alike: current before TensorRT deserializes
+                    self._activate()
+            except BaseException:
+                try:
+                    self.deactivate()
+                except Exception as exc:  # noqa: BLE001 - the activation's own error is the one to report
+                    log.warning("releasing a half-activated TensorRT backend: %s", exc)
+                raise
+
+    def _activate(self) -> None:
+        self.meta, self.engine = self._open_engine()
         if self.use_graphs and not self.api.supports_graphs:
             log.info("CUDA graphs are off: %s has no stream capture", self.api.name)
             self.use_graphs = False
@@ -114,6 +133,20 @@ class TensorRTBackend(Backend):
                 raise EngineError(f"TensorRT refused the buffer for tensor '{name}' of {self.path}; is it an engine of skipgan-edge's scorer?")
         if self.profile:
             self._events = [self.api.event_create() for _ in range(4)]
+        if self.use_graphs:
+            self._capture_profile()
+
+    def _capture_profile(self) -> None:
+        """One CUDA graph per batch size of the profile (min..max: the batcher's max-wait flush can make any of
+        them), captured here, before the first frame, so that no frame ever waits for a capture."""
+        t0 = time.perf_counter()
+        for b in range(self.min_batch, self.max_batch + 1):
+            self._set_batch(b)
+            self._capture(b)
+            if not self.use_graphs:  # a capture failed: _give_up_graphs destroyed the others, the stream is clean
+                return
+        log.info("captured %d CUDA graphs (batch %d..%d) in %.0f ms", len(self._graphs), self.min_batch, self.max_batch,
+                 (time.perf_counter() - t0) * 1e3)
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.api.stream_handle(self.stream)):
@@ -170,6 +203,11 @@ class TensorRTBackend(Backend):
                 log.debug("destroying a CUDA graph: %s", exc)
 
     def _run(self, images: np.ndarray) -> ScoreBatch:
+        """One batch with the context current on the calling thread (the worker's, whichever thread activated)."""
+        with self._lock, self.api.current():
+            return self._run_current(images)
+
+    def _run_current(self, images: np.ndarray) -> ScoreBatch:
         b = len(images)
         run_b = profile_batch(b, self.min_batch, self.max_batch, self.pad_to_profile)
         host = self.buffers.tensors[INPUT_NAME].array(run_b)
@@ -177,8 +215,6 @@ class TensorRTBackend(Backend):
         if run_b > b:
             host[b:] = 0  # padding up to the profile's min; its results are dropped below
         self._set_batch(run_b)
-        if self.use_graphs and run_b not in self._graphs:
-            self._capture(run_b)
         if self.profile:
             self._timed(run_b)
         else:
@@ -217,25 +253,41 @@ class TensorRTBackend(Backend):
         }
 
     def deactivate(self) -> None:
-        api = getattr(self, "api", None)
-        if api is not None:
-            if getattr(self, "stream", None) is not None:
-                api.stream_sync(self.stream)
-            self._destroy_graphs()
-            for e in self._events:
-                api.event_destroy(e)
-            self._events = []
-            if getattr(self, "buffers", None) is not None:
-                self.buffers.free()
-                self.buffers = None  # type: ignore[assignment]
-            if getattr(self, "stream", None) is not None:
-                api.stream_destroy(self.stream)
-                self.stream = None
-        self._shape_batch = None
-        for attr in ("context", "engine"):  # the context must go before the engine
+        """Release everything with the context current on the calling thread (pushed and popped here), then the API.
+        Waits for a batch in flight on another thread (the lock); safe to call twice and after a failed activate."""
+        with self._lock:
+            api = getattr(self, "api", None)
+            try:
+                if api is not None and self._holds_device_state():
+                    with api.current():
+                        self._release(api)
+            finally:
+                self._shape_batch = None
+                for attr in ("context", "engine"):  # outside a block only when the block could not be entered
+                    if hasattr(self, attr):
+                        delattr(self, attr)
+                if api is not None:
+                    del self.api
+                    api.close()
+                super().deactivate()
+
+    def _holds_device_state(self) -> bool:
+        return bool(self._graphs or self._events or getattr(self, "stream", None) is not None
+                    or getattr(self, "buffers", None) is not None or hasattr(self, "context") or hasattr(self, "engine"))
+
+    def _release(self, api: CudaApi) -> None:
+        if getattr(self, "stream", None) is not None:
+            api.stream_sync(self.stream)
+        self._destroy_graphs()
+        for e in self._events:
+            api.event_destroy(e)
+        self._events = []
+        if getattr(self, "buffers", None) is not None:
+            self.buffers.free()
+            self.buffers = None  # type: ignore[assignment]
+        if getattr(self, "stream", None) is not None:
+            api.stream_destroy(self.stream)
+            self.stream = None
+        for attr in ("context", "engine"):  # TensorRT frees its device memory here: the context must go before the engine
             if hasattr(self, attr):
                 delattr(self, attr)
-        if api is not None:
-            api.close()
-            del self.api
-        super().deactivate()
