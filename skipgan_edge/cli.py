@@ -304,14 +304,16 @@ def build(
                                        "DeepStream) with our header as a sidecar OUT.plan.json.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the ONNX against onnx-tensorrt's support table; needs no "
                                           "TensorRT or GPU. Exits non-zero with one line per violation.")] = False,
-    trt: Annotated[Optional[str], typer.Option("--trt", help="TensorRT version the dry run checks against: 10.3 (JetPack 6) "
-                                               "or 11; default both.")] = None,
+    trt: Annotated[Optional[str], typer.Option("--trt", help="TensorRT version the dry run checks against: 8.6 (JetPack 6.0), "
+                                               "10.3 (JetPack 6.1/6.2) or 11; default all three.")] = None,
+    sm: Annotated[Optional[int], typer.Option("--sm", help="GPU compute capability the dry run checks for, e.g. 87 (Jetson "
+                                              "Orin), 89 (Ada); default: Orin for 8.6 and 10.3, any for 11.")] = None,
 ) -> None:
     """Build a TensorRT engine on the device that will run it (strongly typed: precision from the ONNX)."""
     if dry_run:
         from skipgan_edge.export.trtcheck import DEFAULT_TARGETS, verdict
 
-        rep = verdict(onnx, [trt] if trt else list(DEFAULT_TARGETS))
+        rep = verdict(onnx, [trt] if trt else list(DEFAULT_TARGETS), sm=sm, batch=_parse_batch(batch))
         bad = 0
         for target, r in rep.items():
             for line in r["violations"]:

@@ -1,54 +1,88 @@
 """Regenerate ``skipgan_edge/export/trt_support.json`` from onnx-tensorrt's ``docs/operators.md``.
 
-Usage (from a clone of onnx/onnx-tensorrt)::
+Usage (with a clone of onnx/onnx-tensorrt that has its release branches)::
 
-    git show release/10.1-GA:docs/operators.md | python tools/trt_support_table.py > skipgan_edge/export/trt_support.json
+    python tools/trt_support_table.py path/to/onnx-tensorrt > skipgan_edge/export/trt_support.json
 
+Each target's table is read with ``git show BRANCH:docs/operators.md`` from the branch in ``BASES``.
 The JSON holds, per TensorRT target, the opset range, every operator's support flag and type list,
-and the restrictions the static check (``skipgan-edge build --dry-run``) enforces. Where a target's
-own table was not readable offline, it is the parsed table plus the differences listed in
-``DELTAS`` below, each taken from a newer published table or from onnx-tensorrt's changelog; the
-``taken_from`` field of each target says which.
+the restrictions the static check (``skipgan-edge build --dry-run``) enforces, and the GPU the
+target is built for. Where a target's own table was not readable offline, it is a parsed table plus
+the differences listed in ``DELTAS``, each taken from a newer published table or from
+onnx-tensorrt's changelog; the ``taken_from`` field of each target says which.
+
+Where a table lags its own importer, the importer source wins and is cited here:
+
+* Resize ``mode="cubic"``: the tables list nearest and linear only, but the importers map it to
+  ``ResizeMode::kCUBIC`` / ``InterpolationMode::kCUBIC`` (release/8.6-GA builtin_op_importers.cpp,
+  ``DEFINE_BUILTIN_OP_IMPORTER(Resize)``; release/10.1-GA onnxOpImporters.cpp, same importer).
+* ReduceMean/ReduceMax/... on TensorRT 8.6: ``reduceTensor`` (release/8.6-GA onnx2trt_utils.cpp)
+  reads ``axes`` from the attribute only; every importer but ReduceSum calls it without the axes
+  input, so an opset-18 ``axes`` input is ignored and every axis is reduced
+  (``reduce_axes_attribute``).
+* UINT8: "UINT8 is only allowed as network inputs and outputs" (release/8.6-GA ModelImporter.cpp,
+  ``parseGraph``): any node may produce a uint8 tensor that is a graph output.
+* INT64 on TensorRT 8.6: "TensorRT will attempt to cast down INT64 to INT32" (the 8.6 table's
+  header), so an operator listing INT32 takes INT64 there (``int64_as``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-BASE = {
-    "table": "onnx/onnx-tensorrt docs/operators.md, branch release/10.1-GA (header: 'TensorRT 10.0', opset 9 to 20)",
+BASES = {
+    "8.6": "release/8.6-GA",
+    "10.3": "release/10.1-GA",
+    "11": "release/10.1-GA",
 }
+
+REDUCE_OPS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+              "ReduceProd", "ReduceSum", "ReduceSumSquare")
+RESIZE_COORDS = ["half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"]
 
 # Restrictions from the table's last column that our check enforces, as data: inputs that must be
 # build-time constants (initializers or Constant outputs), and attributes with allowed values.
 RESTRICTIONS: dict[str, dict[str, Any]] = {
-    **{op: {"const_inputs": [1]} for op in (
-        "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-        "ReduceProd", "ReduceSum", "ReduceSumSquare", "Squeeze", "Unsqueeze", "CumSum")},
+    **{op: {"const_inputs": [1]} for op in (*REDUCE_OPS, "Squeeze", "Unsqueeze", "CumSum")},
     "Slice": {"const_inputs": [3]},
     "AveragePool": {"spatial_dims": [2, 3], "dilations_one": True},
     "MaxPool": {"spatial_dims": [2, 3], "dilations_one": True, "max_outputs": 1},
     "LpPool": {"dilations_one": True},
     "QuantizeLinear": {"zero_point_zero": True},
     "DequantizeLinear": {"zero_point_zero": True},
-    "Resize": {"attr_values": {"mode": ["nearest", "linear"], "coordinate_transformation_mode": [
-        "half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"], "antialias": [0]}},
+    "Resize": {"attr_values": {"mode": ["nearest", "linear", "cubic"], "coordinate_transformation_mode": RESIZE_COORDS,
+                               "antialias": [0], "keep_aspect_ratio_policy": ["stretch"]}},
 }
 
-# TensorRT 10.3 (JetPack 6): the 10.1 table plus the changelog entries of 10.2 and 10.3.
-# TensorRT 11: the 10.1 table plus every difference the newest table we could read offline lists
-# (onnx-tensorrt docs/operators.md at the TensorRT 10.15 GA release: opset 9 to 24).
 DELTAS: dict[str, dict[str, Any]] = {
+    # TensorRT 8.6 (JetPack 6.0 ships 8.6.2): its own table, read as published.
+    "8.6": {
+        "taken_from": "the release/8.6-GA table ('TensorRT 8.6 supports operators up to Opset 17'; opset 7 is the "
+                      "parser's minimum, release/8.6-GA ModelImporter.cpp); reduce axes from attributes only "
+                      "(release/8.6-GA onnx2trt_utils.cpp reduceTensor); Resize cubic from its importer",
+        "opset": [7, 17],
+        "ops": {},
+        "int64_as": "INT32",
+        "add_restrictions": {op: {"reduce_axes_attribute": True} for op in REDUCE_OPS if op != "ReduceSum"},
+        "device": {"jetpack": "6.0", "sm": 87, "gpu": "Jetson Orin (JetPack 6.0, TensorRT 8.6.2)"},
+    },
+    # TensorRT 10.3 (JetPack 6.1/6.2): the 10.1 table plus the changelog entries of 10.2 and 10.3.
     "10.3": {
         "taken_from": "the release/10.1-GA table plus onnx-tensorrt's Changelog entries for 10.2 and 10.3 "
                       "(10.3: Slice accepts tensor axes)",
         "opset": [9, 20],
         "ops": {},
         "drop_restrictions": {"Slice": ["const_inputs"]},
+        "device": {"jetpack": "6.1, 6.2", "sm": 87, "gpu": "Jetson Orin (JetPack 6.1/6.2, TensorRT 10.3); "
+                   "desktop GPUs with --sm"},
     },
+    # TensorRT 11: the 10.1 table plus every difference the newest table we could read offline lists
+    # (onnx-tensorrt docs/operators.md at the TensorRT 10.15 GA release: opset 9 to 24).
     "11": {
         "taken_from": "the release/10.1-GA table plus the differences listed by onnx-tensorrt's operators.md at the "
                       "TensorRT 10.15 GA release (the newest table readable offline; TensorRT 11 removed the "
@@ -68,6 +102,7 @@ DELTAS: dict[str, dict[str, Any]] = {
             "TensorScatter": ["FP32", "FP16", "BF16", "INT32"],
         },
         "drop_restrictions": {"Slice": ["const_inputs"]},
+        "device": {"jetpack": None, "sm": None, "gpu": "desktop and data-centre GPUs (pass --sm for one)"},
     },
 }
 
@@ -86,19 +121,36 @@ def parse(markdown: str) -> dict[str, list[str] | None]:
     return ops
 
 
+def table_of(clone: Path, branch: str) -> dict[str, list[str] | None]:
+    text = subprocess.run(["git", "-C", str(clone), "show", f"{branch}:docs/operators.md"], check=True,
+                          capture_output=True, text=True).stdout
+    ops = parse(text)
+    if len(ops) < 120:
+        raise SystemExit(f"parsed only {len(ops)} operators from {branch}; is this onnx-tensorrt?")
+    return ops
+
+
 def main() -> None:
-    base = parse(sys.stdin.read())
-    if len(base) < 150:
-        raise SystemExit(f"parsed only {len(base)} operators; is this onnx-tensorrt's docs/operators.md?")
-    out: dict[str, Any] = {"format": 1, "source": BASE, "targets": {}}
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tools/trt_support_table.py PATH_TO_ONNX_TENSORRT_CLONE > skipgan_edge/export/trt_support.json")
+    clone = Path(sys.argv[1])
+    out: dict[str, Any] = {"format": 2, "source": {"tables": {t: f"onnx/onnx-tensorrt docs/operators.md, branch {b}"
+                                                             for t, b in BASES.items()}}, "targets": {}}
     for target, delta in DELTAS.items():
+        base = table_of(clone, BASES[target])
         ops = {**base, **{k: sorted(v) for k, v in delta["ops"].items()}}
         restr = {op: dict(r) for op, r in RESTRICTIONS.items()}
         for op, keys in delta.get("drop_restrictions", {}).items():
             for k in keys:
                 restr.get(op, {}).pop(k, None)
-        out["targets"][target] = {"taken_from": delta["taken_from"], "opset": delta["opset"],
-                                  "ops": dict(sorted(ops.items())), "restrictions": {k: v for k, v in sorted(restr.items()) if v}}
+        for op, extra in delta.get("add_restrictions", {}).items():
+            restr.setdefault(op, {}).update(extra)
+        rec: dict[str, Any] = {"taken_from": delta["taken_from"], "opset": delta["opset"], "device": delta["device"]}
+        if "int64_as" in delta:
+            rec["int64_as"] = delta["int64_as"]
+        rec["ops"] = dict(sorted(ops.items()))
+        rec["restrictions"] = {k: v for k, v in sorted(restr.items()) if v}
+        out["targets"][target] = rec
     json.dump(out, sys.stdout, indent=1, sort_keys=False)
     sys.stdout.write("\n")
 

@@ -21,6 +21,7 @@ from skipgan_edge import calibration
 from skipgan_edge.card import ModelCard, atomic_write_json, check_writable, load_card
 from skipgan_edge.data.datasets import Split, load_data
 from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
+from skipgan_edge.export.engine import HELDOUT_FILE
 from skipgan_edge.export.onnx import export_onnx
 from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, recall_at_fpr, spearman
@@ -150,8 +151,9 @@ def export_all(
         bad = head_violations(onnx.load(str(path)))
         if bad:
             raise ExportError(f"{path}: the score head is not FP32 ({', '.join(bad[:3])}); please report this")
-    report["tensorrt_check"] = tensorrt_check(files)
+    report["tensorrt_check"] = tensorrt_check(files, batch)
     report["variants"] = gate_variants(files, split, max_drop)
+    report["heldout"] = write_heldout(out_dir / HELDOUT_FILE, split, files["fp32"], max_drop)
     if "fp16" in files:
         report["variants"]["fp16"]["cpu_bf16"] = gate_cpu_bf16(files["fp16"], split, report["variants"]["fp32"]["auroc"], max_drop)
     report["gate"] = {"max_auroc_drop": max_drop, "enforced": enforce_gate}
@@ -196,6 +198,35 @@ def export_all(
     return report
 
 
+HELDOUT_MAX_FRAMES = 512
+HELDOUT_MAX_BYTES = 64 << 20
+
+
+def write_heldout(path: Path, split: Split, fp32: Path, max_drop: float) -> dict[str, Any]:
+    """The gate's held-out frames, for ``build`` to check an engine against on the device (``heldout.npz``).
+
+    Every anomalous frame and as many normal ones as fit (at most 512 frames and 64 MiB in all, anomalies
+    first, each class in split order), their labels, the FP32 scorer's scores on them (ONNX Runtime) and the
+    gate's ``max_drop``: the engine must keep its AUROC within ``max_drop`` of that FP32 AUROC.
+    """
+    from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
+
+    per_frame = int(np.prod(split.images.shape[1:]))
+    cap = max(16, min(HELDOUT_MAX_FRAMES, HELDOUT_MAX_BYTES // max(per_frame, 1)))
+    anomalous, normal = np.flatnonzero(split.labels == 1), np.flatnonzero(split.labels == 0)
+    n_anom = min(len(anomalous), cap // 2) if len(normal) else min(len(anomalous), cap)
+    take = np.sort(np.concatenate([anomalous[:n_anom], normal[: cap - n_anom]]))
+    images, labels = np.ascontiguousarray(split.images[take]), split.labels[take].astype(np.int8)
+    with open_backend("onnx", fp32, "onnxruntime", CPU_ONLY) as be:
+        fp32_score = be.infer_all(images).score
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, images=images, labels=labels, fp32_score=fp32_score.astype(np.float32),
+                        max_drop=np.float64(max_drop))
+    tmp.replace(path)
+    return {"file": str(path), "frames": len(images), "anomalous": int(labels.sum()), "max_auroc_drop": max_drop,
+            "fp32_auroc": auroc(labels, fp32_score)}
+
+
 def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) -> dict[str, Any]:
     """The FP16 variant as a bf16 CPU runs it (OpenVINO, inference precision bf16), through the same gate.
 
@@ -234,14 +265,15 @@ def gate_cpu_bf16(fp16: Path, split: Split, fp32_auroc: float, max_drop: float) 
     return rec
 
 
-def tensorrt_check(files: dict[str, Path]) -> dict[str, Any]:
-    """``build --dry-run`` on every variant (TensorRT 10.3 and 11): a violation is logged, one line each, and
-    recorded; the ONNX files stay usable by ONNX Runtime and OpenVINO, so it does not stop the export."""
+def tensorrt_check(files: dict[str, Path], batch: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """``build --dry-run`` on every variant for every target (TensorRT 8.6, 10.3, 11) with the export's batch
+    profile: a violation is logged, one line each, and recorded; the ONNX files stay usable by ONNX Runtime
+    and OpenVINO, so it does not stop the export."""
     from skipgan_edge.export.trtcheck import verdict
 
     out: dict[str, Any] = {}
     for name, path in files.items():
-        out[name] = verdict(path)
+        out[name] = verdict(path, batch=batch)
         for target, r in out[name].items():
             for line in r["violations"]:
                 log.warning("%s will not build with TensorRT %s: %s", path.name, target, line)

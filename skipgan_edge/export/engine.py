@@ -1,13 +1,28 @@
 """TensorRT engines: build from the scorer ONNX (FP32, FP16 or INT8 Q/DQ), save with metadata, load safely.
 
 Precision comes from the ONNX file (strongly typed network). Version differences live in
-:class:`TrtCompat` and are compared with ``packaging.version``:
+:class:`TrtCompat` and are compared with ``packaging.version``. Which JetPack ships which TensorRT:
+JetPack 5 ships 8.5.2 (refused: upgrade to JetPack 6.1 or later), JetPack 6.0 ships 8.6.2, JetPack
+6.1 and 6.2 ship 10.3.
 
 * TensorRT 11.x: strongly typed is the only mode (the flag is accepted and ignored); no FP16 /
   INT8 builder flags exist.
-* TensorRT 10.x (JetPack 6 ships 10.3): ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
-* TensorRT 8.6 (JetPack 5): no strongly typed networks; explicit batch, and the FP16 / INT8
-  builder flags are set from the ONNX file's precision (Q/DQ nodes need the INT8 flag there).
+* TensorRT 10.x (JetPack 6.1/6.2 ship 10.3): ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``.
+* TensorRT 8.6 (JetPack 6.0 ships 8.6.2): no strongly typed networks. The ONNX is first rewritten
+  for its parser (:mod:`skipgan_edge.export.trt86`: its importer ignores reduce ``axes`` inputs and
+  stops at opset 17). The network is weakly typed with explicit batch; the FP16 variant sets the
+  FP16 flag, the INT8 variant the INT8 flag alone (its Q/DQ nodes need it; everything else in that
+  file is FP32, and without FP16 TensorRT keeps it FP32), and the score head (preprocessing,
+  subtractions, squares, reductions, normalisation: ``is_head_node``) is held in FP32 by per-layer
+  precision and output types with ``BuilderFlag.OBEY_PRECISION_CONSTRAINTS``, as the strongly
+  typed build holds it by the ONNX's types.
+
+After the build, the engine is run on held-out frames (``heldout.npz``, written by ``export``
+beside the ONNX files, or ``--check-frames``) and compared with ONNX Runtime running the same ONNX
+file, output by output, as Polygraphy's ``run --trt --onnxrt`` does; the record goes into the
+engine header. The engine is refused (deleted, one line) if its AUROC on those frames drops more
+than the export gate's ``max_auroc_drop`` against the FP32 scorer's, so the INT8 gate covers the
+engine and not only ONNX Runtime's Q/DQ emulation (:func:`check_engine_outputs`).
 
 An engine runs only on the GPU model and TensorRT version it was built with. The file we write
 is a small container: the magic ``SKIPGAN-ENGINE\\n``, a 4-byte big-endian length, a JSON header
@@ -62,6 +77,8 @@ class BuildConfig:
     dla_core: int | None = None  # Jetson DLA core (GPU fallback for layers DLA cannot run)
     opt_level: int = 3  # TensorRT's default builder optimisation level (0-5)
     plan: bool = False  # also write the raw serialized plan (OUT.plan) and our header beside it (OUT.plan.json)
+    check: bool = True  # run the engine on held-out frames against ONNX Runtime and the export gate; refuse beyond it
+    check_frames: Path | None = None  # held-out frames (export's heldout.npz); default: heldout.npz beside the ONNX
 
     def validate(self, precision: str | None = None) -> None:
         """Refuse impossible combinations before TensorRT is touched (one line each)."""
@@ -94,8 +111,7 @@ class TrtCompat:
         import tensorrt as trt
 
         self.version = Version(trt.__version__)
-        if self.version < Version("8.6"):
-            raise EngineError(f"TensorRT {self.version} is too old: skipgan-edge supports 8.6, 10.x and 11.x")
+        refuse_version(self.version)
 
     @property
     def strongly_typed(self) -> bool:
@@ -110,16 +126,80 @@ class TrtCompat:
             return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
 
+    def onnx_for_parser(self, onnx_bytes: bytes) -> bytes:
+        """The ONNX this TensorRT's parser gets: as exported on 10.x+, rewritten for 8.6 (reduce axes, opset 17)."""
+        if self.strongly_typed:
+            return onnx_bytes
+        from skipgan_edge.errors import require
+        from skipgan_edge.export.trt86 import needs_rewrite, rewrite_for_trt86
+
+        onnx = require("onnx", "onnx", "building on TensorRT 8.6 (the graph is rewritten for its parser)")
+        model = onnx.load_from_string(onnx_bytes)
+        if not needs_rewrite(model):
+            return onnx_bytes
+        rewritten: bytes = rewrite_for_trt86(model).SerializeToString()
+        return rewritten
+
     def set_precision_flags(self, config: trt.IBuilderConfig, precision: str) -> None:
-        """Only TensorRT 8.6 needs builder flags; later versions read precision from the ONNX."""
+        """Only TensorRT 8.6 needs builder flags; later versions read precision from the ONNX.
+
+        FP16 file: FP16. INT8 file: INT8 alone (its Q/DQ need it; its other layers are FP32 in the
+        ONNX and stay so without FP16). Either: OBEY_PRECISION_CONSTRAINTS, so that the FP32 head
+        (:meth:`hold_head_fp32`) is a requirement, not a preference.
+        """
         import tensorrt as trt
 
         if self.strongly_typed:
             return
-        if precision in ("fp16", "int8"):
+        if precision == "fp16":
             config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+
+    def hold_head_fp32(self, network: trt.INetworkDefinition, precision: str) -> list[str]:
+        """On a weakly typed (8.6) network, pin the score head to FP32: precision and float output types.
+
+        The parser names each layer after its ONNX node (release/8.6-GA ImporterContext.cpp
+        ``registerLayer``: the node name, made unique with a ``_N`` suffix), so head layers match
+        ``is_head_node``; the unnamed helper layers it adds (broadcast shuffles, constants) belong to
+        the head when they read a head layer's output. Returns the pinned layers' names.
+        """
+        if self.strongly_typed or precision == "fp32":
+            return []
+        import tensorrt as trt
+
+        from skipgan_edge.export.onnx import is_head_node
+
+        floats = (trt.float32, trt.float16)
+        head_tensors: set[str] = set()
+        pinned: list[str] = []
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            named_head = is_head_node(layer.name)
+            registered = layer.name.startswith("/")
+            reads_head = any(layer.get_input(j) is not None and layer.get_input(j).name in head_tensors
+                             for j in range(layer.num_inputs))
+            if not (named_head or (not registered and reads_head)):
+                continue
+            outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+            head_tensors.update(t.name for t in outs)
+            float_outs = [j for j, t in enumerate(outs) if t.dtype in floats]
+            if not float_outs:
+                continue  # shape and index tensors keep their types
+            layer.precision = trt.float32
+            for j in float_outs:
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+        return pinned
+
+
+def refuse_version(version: Version) -> None:
+    """One line for a TensorRT this toolkit does not build with."""
+    if version < Version("8.6"):
+        raise EngineError(f"TensorRT {version} is too old (JetPack 5 ships 8.5.2): skipgan-edge builds with 8.6 (JetPack 6.0), "
+                          f"10.x or 11.x; upgrade to JetPack 6.1 or later (TensorRT 10.3)")
 
 
 def onnx_precision(onnx_path: Path) -> tuple[str, ModelCard]:
@@ -138,6 +218,10 @@ def build_command(onnx_path: Path, out: Path, cfg: BuildConfig) -> str:
         parts += ["--dla-core", str(cfg.dla_core)]
     if cfg.plan:
         parts += ["--plan"]
+    if not cfg.check:
+        parts += ["--no-check"]
+    elif cfg.check_frames:
+        parts += ["--check-frames", str(cfg.check_frames)]
     return shlex.join(parts)
 
 
@@ -223,9 +307,10 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     builder = trt.Builder(logger)
     if builder is None:
         raise EngineError("TensorRT could not create a builder (is the GPU driver loaded?)")
+    heldout = heldout_path(onnx_path, cfg)  # before the build: a missing file costs no build time
     network = builder.create_network(compat.network_flags())
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse(compat.onnx_for_parser(Path(onnx_path).read_bytes())):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT {compat.version} could not parse {onnx_path}: {errors} "
                           f"(skipgan-edge build --onnx {onnx_path} --dry-run names what it refuses)")
@@ -234,6 +319,7 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     config.builder_optimization_level = cfg.opt_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the inspector
     compat.set_precision_flags(config, precision)
+    pinned_fp32 = compat.hold_head_fp32(network, precision)
     profile = builder.create_optimization_profile()
     lo, opt, hi = cfg.batch
     profile.set_shape(
@@ -261,10 +347,14 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
         "precision": precision,
         "profile": {"min": lo, "opt": opt, "max": hi},
         "placement": placement,
+        "network": ({"typing": "strong"} if compat.strongly_typed else
+                    {"typing": "weak", "onnx_rewrite": "trt86 (reduce axes as attributes, opset 17)",
+                     "fp32_layers": len(pinned_fp32), "obey_precision_constraints": precision != "fp32"}),
         "input": asdict(card.input),
         "model_id": card.model_id,
         "card": card.to_dict(),
-        "build": asdict(cfg) | {"timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None},
+        "build": asdict(cfg) | {"timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None,
+                                "check_frames": str(cfg.check_frames) if cfg.check_frames else None},
         "build_command": build_command(onnx_path, out, cfg),
         "onnx": str(onnx_path),
     }
@@ -272,6 +362,9 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     log.info("built %s (%s, TensorRT %s, %s sm_%s)", out, precision, compat.version, gpu["gpu"], gpu["compute_capability"])
     from skipgan_edge.card import atomic_write_bytes, atomic_write_json
 
+    if heldout is not None:
+        meta["check"] = check_built_engine(out, onnx_path, heldout, blob, meta)  # deletes the engine and raises beyond the gate
+        write_engine_file(out, meta, blob)
     if cfg.dla_core is not None:
         inspected = inspect_engine(blob)
         if inspected is not None:
@@ -291,6 +384,104 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
         else:
             atomic_write_bytes(cfg.timing_cache, bytes(memoryview(serialized_cache)))
     return meta
+
+
+HELDOUT_FILE = "heldout.npz"
+
+
+def heldout_path(onnx_path: Path, cfg: BuildConfig) -> Path | None:
+    """The held-out frames the engine is checked on (None with ``--no-check``); missing ones are one line."""
+    if not cfg.check:
+        return None
+    path = Path(cfg.check_frames) if cfg.check_frames else Path(onnx_path).with_name(HELDOUT_FILE)
+    if not path.is_file():
+        raise EngineError(f"no held-out frames at {path} to check the engine against ONNX Runtime and the export gate: copy "
+                          f"export's {HELDOUT_FILE} beside the ONNX, or pass --check-frames FILE (--no-check skips the check)")
+    return path
+
+
+def load_heldout(path: Path) -> dict[str, Any]:
+    """``images`` (uint8 NHWC), ``labels`` (0 normal, 1 anomalous), ``fp32_score`` (the FP32 scorer's, ONNX Runtime) and
+    ``max_drop`` (the export gate's), as :func:`skipgan_edge.export.api.write_heldout` stores them."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            rec = {k: z[k] for k in ("images", "labels", "fp32_score", "max_drop")}
+    except (OSError, KeyError, ValueError) as exc:
+        raise EngineError(f"{path} is not export's held-out frame file ({exc.__class__.__name__}); re-run export, "
+                          f"or pass --check-frames with its {HELDOUT_FILE}") from None
+    if rec["images"].dtype != np.uint8 or rec["images"].ndim != 4 or len(rec["labels"]) != len(rec["images"]):
+        raise EngineError(f"{path} does not hold uint8 NHWC frames with one label each; re-run export")
+    if len(set(rec["labels"].tolist())) < 2:
+        raise EngineError(f"{path} has no anomalous (or no normal) frames, so the export gate cannot run on the engine; "
+                          f"re-run export with a labelled --eval-data")
+    return rec
+
+
+def compare_outputs(ref: Any, got: Any) -> dict[str, Any]:
+    """Polygraphy-style comparison of two ``ScoreBatch``es: per output, shape, max/mean absolute and max relative error."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for name in ref._fields:
+        a, b = np.asarray(getattr(ref, name), np.float64), np.asarray(getattr(got, name), np.float64)
+        if a.shape != b.shape:
+            out[name] = {"shape_ref": list(a.shape), "shape_engine": list(b.shape), "ok": False}
+            continue
+        d = np.abs(a - b)
+        finite = bool(np.isfinite(b).all())
+        out[name] = {"max_abs": float(d.max()) if d.size else 0.0, "mean_abs": float(d.mean()) if d.size else 0.0,
+                     "max_rel": float((d / np.maximum(np.abs(a), 1e-12)).max()) if d.size else 0.0, "finite": finite,
+                     "ok": finite}
+    return out
+
+
+def check_engine_outputs(run_engine: Any, onnx_path: Path, heldout: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run_engine`` (images → ``ScoreBatch``) and ONNX Runtime on ``onnx_path`` over the held-out frames.
+
+    ``ok`` is False when an output has the wrong shape or a non-finite value, or when the engine's AUROC is more
+    than the export gate's ``max_drop`` below the FP32 scorer's on the same frames.
+    """
+    from skipgan_edge.metrics import auroc, spearman
+    from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
+
+    images, labels = heldout["images"], heldout["labels"]
+    with open_backend("onnx", Path(onnx_path), "onnxruntime", CPU_ONLY) as be:
+        ref = be.infer_all(images)
+    got = run_engine(images)
+    outputs = compare_outputs(ref, got)
+    fp32_auroc = auroc(labels, heldout["fp32_score"])
+    shapes_ok = all(o["ok"] for o in outputs.values())
+    engine_auroc = auroc(labels, got.score) if shapes_ok else float("nan")
+    drop = fp32_auroc - engine_auroc
+    max_drop = float(heldout["max_drop"])
+    ok = shapes_ok and drop <= max_drop
+    return {"frames": len(images), "anomalous": int(labels.sum()), "against": "onnxruntime (CPU), same ONNX file",
+            "outputs": outputs, "fp32_auroc": fp32_auroc, "engine_auroc": engine_auroc,
+            "onnxruntime_auroc": auroc(labels, ref.score), "auroc_drop": drop, "max_auroc_drop": max_drop,
+            "spearman_vs_onnxruntime": spearman(got.score, ref.score) if shapes_ok else float("nan"), "ok": ok}
+
+
+def check_built_engine(out: Path, onnx_path: Path, heldout: Path, blob: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`check_engine_outputs` on the engine just written; beyond the gate the engine (and plan) is deleted."""
+    from skipgan_edge.runtime.backends import open_backend
+
+    frames = load_heldout(heldout)
+    with open_backend("engine", Path(out)) as be:
+        rec = check_engine_outputs(lambda x: be.infer_all(x), onnx_path, frames)
+    rec["file"] = str(heldout)
+    if not rec["ok"]:
+        Path(out).unlink(missing_ok=True)
+        bad = [n for n, o in rec["outputs"].items() if not o["ok"]]
+        why = (f"output(s) {', '.join(bad)} differ in shape or are not finite" if bad else
+               f"its AUROC {rec['engine_auroc']:.4f} is {rec['auroc_drop']:.4f} below FP32's {rec['fp32_auroc']:.4f} "
+               f"(the export gate allows {rec['max_auroc_drop']})")
+        raise EngineError(f"engine refused and deleted: on {rec['frames']} held-out frames {why}; TensorRT "
+                          f"{meta['tensorrt']} on {meta['gpu']}: try the FP32 or FP16 ONNX, or --no-check to keep it")
+    log.info("engine vs ONNX Runtime on %d held-out frames: AUROC %.4f (FP32 %.4f), max |Δscore| %.3g",
+             rec["frames"], rec["engine_auroc"], rec["fp32_auroc"], rec["outputs"]["score"]["max_abs"])
+    return rec
 
 
 __all__ = ["ENGINE_FORMAT", "MAGIC", "BuildConfig", "TrtCompat", "build_engine", "check_compatible", "gpu_info", "import_tensorrt",
