@@ -306,6 +306,10 @@ def build(
                                           "TensorRT or GPU. Exits non-zero with one line per violation.")] = False,
     trt: Annotated[Optional[str], typer.Option("--trt", help="TensorRT version the dry run checks against: 8.6 (JetPack 6.0), "
                                                "10.3 (JetPack 6.1/6.2) or 11; default all three.")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Run the engine on held-out frames against ONNX Runtime "
+                                        "and refuse it beyond the export gate's AUROC drop (default on).")] = True,
+    check_frames: Annotated[Optional[Path], typer.Option(help="Held-out frames for the check (export's heldout.npz; default: "
+                                                         "heldout.npz beside the ONNX).")] = None,
     sm: Annotated[Optional[int], typer.Option("--sm", help="GPU compute capability the dry run checks for, e.g. 87 (Jetson "
                                               "Orin), 89 (Ada); default: Orin for 8.6 and 10.3, any for 11.")] = None,
 ) -> None:
@@ -329,11 +333,16 @@ def build(
         raise EngineError("build needs --out ENGINE_FILE (or --dry-run to only check the ONNX)")
     from skipgan_edge.export.engine import BuildConfig, build_engine
 
-    meta = build_engine(onnx, out, BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level, plan=plan))
+    meta = build_engine(onnx, out, BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level, plan=plan,
+                                                   check=check, check_frames=check_frames))
     typer.echo(f"wrote {out}: {meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']} (sm_{meta['compute_capability']}), "
                f"batch {meta['profile']['min']}/{meta['profile']['opt']}/{meta['profile']['max']}")
     if plan:
         typer.echo(f"wrote {meta['plan']} and {meta['plan']}.json")
+    if "check" in meta:
+        c = meta["check"]
+        typer.echo(f"checked on {c['frames']} held-out frames: AUROC {c['engine_auroc']:.4f} (FP32 {c['fp32_auroc']:.4f}, "
+                   f"gate {c['max_auroc_drop']}), max |Δscore| vs ONNX Runtime {c['outputs']['score']['max_abs']:.3g}")
 
 
 # ------------------------------------------------------------------------------------------ run
