@@ -62,6 +62,28 @@ def test_config_is_tritons_protobuf_and_a_hostile_card_cannot_inject(demo_onnx: 
             bad.check()
 
 
+def _plan(path: Path, lo: int, hi: int, sidecar: bool = True) -> Path:
+    """A plan file as ``build --plan`` leaves it: the serialized engine (stand-in bytes) and its header sidecar."""
+    path.write_bytes(b"serialized plan")
+    if sidecar:
+        Path(str(path) + ".json").write_text(json.dumps({"profile": {"min": lo, "opt": hi, "max": hi}, "precision": "int8"}))
+    return path
+
+
+def test_a_plan_needs_a_profile_from_1_to_the_max_batch(demo_onnx: Path, tmp_path: Path) -> None:
+    card = read_card(demo_onnx / "scorer.onnx")
+    repo = tmp_path / "repo"
+    with pytest.raises(ConfigError, match=r"batches 2\.\.32, but Triton sends any batch from 1: rebuild with --batch 1,32,32"):
+        write_repository(_plan(tmp_path / "a.plan", 2, 32), repo, card)
+    with pytest.raises(ConfigError, match="up to 16, but the Triton max batch is 32"):
+        write_repository(_plan(tmp_path / "b.plan", 1, 16), repo, card)
+    with pytest.raises(ConfigError, match="no readable c.plan.json"):
+        write_repository(_plan(tmp_path / "c.plan", 1, 32, sidecar=False), repo, card)
+    assert not (repo / "scorer").exists()  # nothing written for a refused plan
+    v = write_repository(_plan(tmp_path / "d.plan", 1, 16), repo, card, TritonSettings.for_profile((1, 8, 16)))
+    assert "max_batch_size: 16" in (repo / "scorer" / "config.pbtxt").read_text() and (v.folder / "model.plan").exists()
+
+
 def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
     card = read_card(demo_onnx / "scorer.onnx")
     repo = tmp_path / "repo"
@@ -71,7 +93,7 @@ def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
     v2 = write_repository(demo_onnx / "scorer.int8.onnx", repo, read_card(demo_onnx / "scorer.int8.onnx"))
     assert (v2.version, v2.new) == (2, True) and (repo / "scorer" / "1" / "model.onnx").exists()  # the old version stays for a rollback
     assert _parse_config((repo / "scorer" / "config.pbtxt").read_text()).parameters["skipgan_edge.precision"].string_value == "int8"
-    (tmp_path / "s.plan").write_bytes(b"serialized plan")
+    _plan(tmp_path / "s.plan", 1, 32)
     with pytest.raises(ConfigError, match="one platform"):
         write_repository(tmp_path / "s.plan", repo, card)
     gpu = write_repository(tmp_path / "s.plan", repo, card, name="scorer_gpu")
@@ -362,7 +384,7 @@ def test_triton_serve_errors_are_one_line(demo_onnx: Path, tmp_path: Path) -> No
     assert p.returncode == 2 and p.stderr.strip().startswith("error: triton-serve needs PyTriton") and len(p.stderr.strip().splitlines()) == 1
     cli = str(triton_cli())
     card = read_card(demo_onnx / "scorer.onnx")
-    (tmp_path / "s.plan").write_bytes(b"plan")
+    _plan(tmp_path / "s.plan", 1, 32)
     write_repository(tmp_path / "s.plan", tmp_path / "repo", card)
     for args, expect in (
         (["--export-dir", str(tmp_path / "repo")], "need another Triton backend than Python (a TensorRT plan)"),

@@ -112,6 +112,9 @@ def export_all(
         require(module, "export", "skipgan-edge export")
     card = load_card(model_dir)
     out_dir = Path(out_dir)
+    if triton and engine and batch[0] != 1:
+        raise ExportError(f"a Triton plan needs a batch profile starting at 1 (Triton sends any batch from 1), got --batch "
+                          f"{','.join(map(str, batch))}: use --batch 1,{batch[1]},{batch[2]}")
     check_writable(out_dir / "export_report.json", "--out")
     cs = None
     if int8:

@@ -17,6 +17,10 @@ Layout (Triton's own: one folder per model, one numbered folder per version)::
 * **Batching.** ``max_batch_size`` (Triton's own batch axis, so the dims below leave it out), dynamic batching
   with preferred sizes and a maximum queue delay, and an instance group (``KIND_CPU`` for the Python backend,
   ``KIND_GPU`` for a plan).
+* **Plan profiles.** Triton batches requests into any size from 1 to ``max_batch_size`` and hands that size to
+  the TensorRT backend, so a plan's optimisation profile must start at 1 and reach ``max_batch_size``: a plan
+  is read with its ``build --plan`` sidecar (``OUT.plan.json``) and refused otherwise, in one line that gives
+  the ``build --batch`` to use.
 * **Scalars.** ``score`` and ``normalized_score`` are ``[B]`` in the graph; with a batch axis Triton requires
   each output to have at least one dim, so they are ``dims: [1]`` with ``reshape: { shape: [] }``: the model
   produces ``[B]`` and clients receive ``[B, 1]``. (The repository written before this module had ``dims: [ ]``,
@@ -142,6 +146,24 @@ def config_text(name: str, card: ModelCard, settings: TritonSettings, plan: bool
     return "\n".join(lines) + "\n"
 
 
+def check_plan_profile(plan: Path, settings: TritonSettings) -> dict[str, int]:
+    """The plan's batch profile from its ``build --plan`` sidecar; refused unless min is 1 and max covers Triton's max batch."""
+    side = Path(str(plan) + ".json")
+    try:
+        prof = json.loads(side.read_text())["profile"]
+        lo, hi = int(prof["min"]), int(prof["max"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{plan} has no readable {side.name} beside it (build --plan writes it): Triton needs the plan's batch "
+                          f"profile; rebuild with skipgan-edge build --plan") from None
+    if lo != 1:
+        raise ConfigError(f"{plan} was built for batches {lo}..{hi}, but Triton sends any batch from 1: rebuild with "
+                          f"--batch 1,{prof.get('opt', hi)},{hi}")
+    if hi < settings.max_batch:
+        raise ConfigError(f"{plan} was built for batches up to {hi}, but the Triton max batch is {settings.max_batch}: rebuild with "
+                          f"--batch 1,{prof.get('opt', hi)},{settings.max_batch} or lower the max batch")
+    return {"min": lo, "max": hi}
+
+
 def _versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")) \
         if model_dir.is_dir() else []
@@ -172,6 +194,8 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
         raise ConfigError(f"a Triton repository serves a scorer .onnx or a .plan from build --plan, not {model_path.name}")
     if not model_path.is_file():
         raise ConfigError(f"{model_path} not found")
+    if plan:
+        check_plan_profile(model_path, settings)
     model_dir = Path(repository) / name
     fname = "model.plan" if plan else "model.onnx"
     other = "model.onnx" if plan else "model.plan"
