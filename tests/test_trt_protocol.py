@@ -12,8 +12,12 @@ bounds with padding, and every graph, event and buffer released on deactivate. T
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -328,3 +332,488 @@ def test_timing_cache_from_another_gpu_is_discarded(tmp_path: Path, caplog: pyte
     cfg = RecordingBuilderConfig(accept=True)
     assert load_timing_cache(cfg, f) == b"cache of another GPU"  # type: ignore[arg-type]
     assert load_timing_cache(RecordingBuilderConfig(accept=True), tmp_path / "absent.cache") == b""  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Threads: serve activates on one thread, infers on another, reloads on a third and deactivates where it ends. The
+# stand-ins below are the CUDA driver as the two real implementations (CudaPythonApi, PyCudaApi) see it through their
+# modules: one primary context, a context stack per host thread, PyCUDA's rules (Context.pop on a thread that did not
+# push fails; an object freed on a thread where its context is not current, other than the thread that made that
+# context, is leaked), and memory in numpy arrays. Every call a CUDA or TensorRT function gets is logged with its
+# thread and checked against the calling thread's current context.
+
+PRIMARY = 0xC7
+
+
+class FakeGpu:
+    def __init__(self) -> None:
+        self.tls = threading.local()
+        self.lock = threading.Lock()
+        self.log: list[tuple[str, str, str]] = []  # (backend label, call, thread)
+        self.violations: list[str] = []
+        self.depth: dict[str, int] = {}  # context stack depth per thread, at the end of the test
+        self.retained = 0
+        self.host: dict[int, np.ndarray] = {}
+        self.dev: dict[int, np.ndarray] = {}
+        self.capture: dict[int, list[Any]] = {}  # stream -> ops recorded while it captures
+        self.graphs: dict[int, list[Any]] = {}
+        self._n = 0
+
+    def new_id(self) -> int:
+        with self.lock:
+            self._n += 1
+            return self._n
+
+    def stack(self) -> list[Any]:
+        if not hasattr(self.tls, "stack"):
+            self.tls.stack = []
+        return self.tls.stack  # type: ignore[no-any-return]
+
+    def call(self, label: str, name: str, needs_context: bool = True) -> None:
+        t = threading.current_thread().name
+        st = self.stack()
+        with self.lock:
+            self.log.append((label, name, t))
+            if needs_context and not (st and getattr(st[-1], "handle", st[-1]) == PRIMARY):
+                self.violations.append(f"{label} {name} on {t} without the context current")
+
+    def push(self, label: str, ctx: Any) -> None:
+        self.call(label, "push", needs_context=False)
+        self.stack().append(ctx)
+        with self.lock:
+            self.depth[threading.current_thread().name] = len(self.stack())
+
+    def pop(self, label: str) -> bool:
+        self.call(label, "pop", needs_context=False)
+        st = self.stack()
+        if not st:
+            with self.lock:
+                self.violations.append(f"{label} pop on {threading.current_thread().name}, which pushed nothing")
+            return False
+        st.pop()
+        with self.lock:
+            self.depth[threading.current_thread().name] = len(st)
+        return True
+
+
+class FakeDriver:
+    """``cuda.bindings.driver`` as CudaPythonApi calls it."""
+
+    def __init__(self, gpu: FakeGpu, label: str) -> None:
+        self.gpu, self.label = gpu, label
+
+    def cuGetErrorString(self, err: int) -> tuple[int, bytes]:
+        return 0, b"fake driver error"
+
+    def cuInit(self, flags: int) -> tuple[int]:
+        self.gpu.call(self.label, "cuInit", needs_context=False)
+        return (0,)
+
+    def cuDeviceGet(self, ordinal: int) -> tuple[int, int]:
+        return 0, ordinal
+
+    def cuDevicePrimaryCtxRetain(self, dev: int) -> tuple[int, int]:
+        self.gpu.call(self.label, "retain", needs_context=False)
+        self.gpu.retained += 1
+        return 0, PRIMARY
+
+    def cuDevicePrimaryCtxRelease(self, dev: int) -> tuple[int]:
+        self.gpu.call(self.label, "release", needs_context=False)
+        self.gpu.retained -= 1
+        return (0,)
+
+    def cuCtxPushCurrent(self, ctx: int) -> tuple[int]:
+        self.gpu.push(self.label, ctx)
+        return (0,)
+
+    def cuCtxPopCurrent(self) -> tuple[int, int | None]:
+        return (0, PRIMARY) if self.gpu.pop(self.label) else (201, None)  # CUDA_ERROR_INVALID_CONTEXT
+
+
+class FakeRuntime:
+    """``cuda.bindings.runtime`` as CudaPythonApi calls it; every call needs the context current on its thread."""
+
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+    cudaStreamCaptureMode = SimpleNamespace(cudaStreamCaptureModeThreadLocal=1)
+
+    def __init__(self, gpu: FakeGpu, label: str) -> None:
+        self.gpu, self.label = gpu, label
+
+    def _c(self, name: str) -> None:
+        self.gpu.call(self.label, name)
+
+    def cudaGetErrorString(self, err: int) -> tuple[int, bytes]:
+        return 0, b"fake runtime error"
+
+    def cudaMallocHost(self, n: int) -> tuple[int, int]:
+        self._c("malloc_host")
+        arr = np.zeros(n, np.uint8)
+        self.gpu.host[int(arr.ctypes.data)] = arr
+        return 0, int(arr.ctypes.data)
+
+    def cudaFreeHost(self, ptr: int) -> tuple[int]:
+        self._c("free_host")
+        del self.gpu.host[ptr]
+        return (0,)
+
+    def cudaMalloc(self, n: int) -> tuple[int, int]:
+        self._c("malloc")
+        h = self.gpu.new_id() << 20
+        self.gpu.dev[h] = np.zeros(n, np.uint8)
+        return 0, h
+
+    def cudaFree(self, ptr: int) -> tuple[int]:
+        self._c("free")
+        del self.gpu.dev[ptr]
+        return (0,)
+
+    def cudaStreamCreate(self) -> tuple[int, int]:
+        self._c("stream_create")
+        return 0, self.gpu.new_id()
+
+    def cudaStreamDestroy(self, s: int) -> tuple[int]:
+        self._c("stream_destroy")
+        return (0,)
+
+    def cudaStreamSynchronize(self, s: int) -> tuple[int]:
+        self._c("sync")
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst: int, src: int, n: int, kind: int, s: int) -> tuple[int]:
+        self._c("memcpy")
+        if kind == 1:
+            self.gpu.dev[dst][:n] = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(src))
+        else:
+            np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(dst))[:] = self.gpu.dev[src][:n]
+        return (0,)
+
+    def cudaStreamBeginCapture(self, s: int, mode: int) -> tuple[int]:
+        self._c("begin_capture")
+        self.gpu.capture[int(s)] = []
+        return (0,)
+
+    def cudaStreamEndCapture(self, s: int) -> tuple[int, int]:
+        self._c("end_capture")
+        g = self.gpu.new_id()
+        self.gpu.graphs[g] = self.gpu.capture.pop(int(s))
+        return 0, g
+
+    def cudaGraphInstantiate(self, g: int, flags: int) -> tuple[int, int]:
+        self._c("instantiate")
+        return 0, g
+
+    def cudaGraphDestroy(self, g: int) -> tuple[int]:
+        self._c("graph_destroy")
+        return (0,)
+
+    def cudaGraphLaunch(self, g: int, s: int) -> tuple[int]:
+        self._c("launch")
+        for op in self.gpu.graphs[g]:
+            op()
+        return (0,)
+
+    def cudaGraphExecDestroy(self, g: int) -> tuple[int]:
+        self._c("graph_exec_destroy")
+        del self.gpu.graphs[g]
+        return (0,)
+
+    def cudaGetLastError(self) -> tuple[int]:
+        self._c("get_last_error")
+        return (0,)
+
+
+class FakePyCudaError(Exception):
+    pass
+
+
+class FakePyCuda:
+    """``pycuda.driver`` as PyCudaApi calls it, with PyCUDA's thread rules."""
+
+    Error = FakePyCudaError
+
+    def __init__(self, gpu: FakeGpu, label: str) -> None:
+        self.gpu, self.label = gpu, label
+        mod = self
+
+        class Context:
+            handle = PRIMARY
+
+            def __init__(self) -> None:
+                self.owner = threading.current_thread().name
+
+            def push(self) -> None:
+                mod.gpu.push(mod.label, self)
+
+            @staticmethod
+            def pop() -> None:
+                if not mod.gpu.pop(mod.label):
+                    raise FakePyCudaError("context::pop failed: cannot pop non-current context")
+
+        self.Context = Context
+
+    def _c(self, name: str) -> Any:
+        self.gpu.call(self.label, name)
+        st = self.gpu.stack()
+        return st[-1] if st else None  # the object's context, as PyCUDA's acquire_context takes it
+
+    def freed(self, name: str, ctx: Any) -> None:
+        """PyCUDA's scoped_context_activation when an object goes: fine if its context is current here, else only on the
+        thread that made that context (it pushes and pops itself); elsewhere it leaks with a warning."""
+        st, t = self.gpu.stack(), threading.current_thread().name
+        if not (st and st[-1] is ctx) and (ctx is None or t != ctx.owner):
+            with self.gpu.lock:
+                self.gpu.violations.append(f"{self.label} {name} on {t}: cannot activate out-of-thread context (leaked)")
+        self.gpu.call(self.label, name)
+
+    def init(self) -> None:
+        self.gpu.call(self.label, "cuInit", needs_context=False)
+
+    def Device(self, n: int) -> Any:
+        mod = self
+
+        class Device:
+            def retain_primary_context(self) -> Any:
+                mod.gpu.call(mod.label, "retain", needs_context=False)
+                mod.gpu.retained += 1
+                return mod.Context()
+
+        return Device()
+
+    def pagelocked_empty(self, n: int, dtype: Any) -> np.ndarray:
+        ctx = self._c("malloc_host")
+        arr = PinnedArray((n,), dtype)
+        arr.owner_of = (self, ctx)
+        return arr
+
+    def mem_alloc(self, n: int) -> Any:
+        ctx, mod = self._c("malloc"), self
+        h = self.gpu.new_id() << 20
+        self.gpu.dev[h] = np.zeros(n, np.uint8)
+
+        class Allocation:
+            def __int__(self) -> int:
+                return h
+
+            def free(self) -> None:
+                mod.freed("free", ctx)
+                del mod.gpu.dev[h]
+
+        return Allocation()
+
+    def Stream(self) -> Any:
+        ctx, mod = self._c("stream_create"), self
+
+        class Stream:
+            handle = self.gpu.new_id()
+
+            def synchronize(self) -> None:
+                mod._c("sync")
+
+            def __del__(self) -> None:
+                mod.freed("stream_destroy", ctx)
+
+        return Stream()
+
+    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self._c("memcpy")
+        self.gpu.dev[dst][: src.nbytes] = src.reshape(-1).view(np.uint8)
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self._c("memcpy")
+        dst.reshape(-1).view(np.uint8)[:] = self.gpu.dev[src][: dst.nbytes]
+
+
+class PinnedArray(np.ndarray):  # type: ignore[type-arg]
+    owner_of: tuple[FakePyCuda, Any] | None = None
+
+    def __del__(self) -> None:
+        if self.base is None and self.owner_of is not None:
+            mod, ctx = self.owner_of
+            mod.freed("free_host", ctx)
+
+
+class ThreadCheckedContext:
+    """TensorRT's execution context: each call needs the context current on its thread; inside a capture it records."""
+
+    def __init__(self, gpu: FakeGpu, label: str) -> None:
+        self.gpu, self.label = gpu, label
+        self.addr: dict[str, int] = {}
+        self.batch = 0
+        gpu.call(label, "create_execution_context")
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.gpu.call(self.label, "set_tensor_address")
+        self.addr[name] = ptr
+        return True
+
+    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
+        self.gpu.call(self.label, "set_input_shape")
+        self.batch = shape[0]
+        return True
+
+    def execute_async_v3(self, stream: int) -> bool:
+        b, gpu, addr = self.batch, self.gpu, dict(self.addr)
+
+        def op() -> None:
+            x = gpu.dev[addr["images"]][: b * H * W * C].reshape(b, H, W, C)
+            score, amap = reference(x)
+            gpu.dev[addr["score"]][: b * 4] = score.view(np.uint8)
+            gpu.dev[addr["normalized_score"]][: b * 4] = (score / 255.0).astype(np.float32).view(np.uint8)
+            gpu.dev[addr["anomaly_map"]][: amap.nbytes] = amap.astype(np.float32).reshape(-1).view(np.uint8)
+
+        if int(stream) in gpu.capture:
+            gpu.call(self.label, "enqueue@capture")
+            gpu.capture[int(stream)].append(op)
+        else:
+            gpu.call(self.label, "enqueue")
+            op()
+        return True
+
+    def __del__(self) -> None:
+        self.gpu.call(self.label, "destroy_execution_context")
+
+
+class ThreadCheckedEngine:
+    def __init__(self, gpu: FakeGpu, label: str) -> None:
+        self.gpu, self.label = gpu, label
+        gpu.call(label, "deserialize")
+
+    def create_execution_context(self) -> ThreadCheckedContext:
+        return ThreadCheckedContext(self.gpu, self.label)
+
+    def __del__(self) -> None:
+        self.gpu.call(self.label, "destroy_engine")
+
+
+class ThreadCheckedBackend(StandInBackend):
+    """The real TensorRTBackend over the real CudaPythonApi or PyCudaApi, whose modules are the stand-ins above."""
+
+    def __init__(self, gpu: FakeGpu, label: str, impl: str) -> None:
+        super().__init__(lo=1, hi=4)
+        self.gpu, self.label, self.impl = gpu, label, impl
+
+    def _open_api(self) -> Any:
+        from skipgan_edge.runtime.cuda import CudaPythonApi, PyCudaApi
+
+        if self.impl == "pycuda":
+            return PyCudaApi(driver_module=FakePyCuda(self.gpu, self.label))
+        return CudaPythonApi(bindings=(FakeDriver(self.gpu, self.label), FakeRuntime(self.gpu, self.label)))
+
+    def _open_engine(self) -> tuple[dict[str, Any], Any]:
+        return self.fake_meta, ThreadCheckedEngine(self.gpu, self.label)
+
+
+ACTIVATE = {"cuInit", "retain", "malloc_host", "malloc", "stream_create", "deserialize", "create_execution_context", "set_tensor_address",
+            "set_input_shape", "enqueue", "sync", "begin_capture", "enqueue@capture", "end_capture", "instantiate", "graph_destroy",
+            "push", "pop"}
+INFER = {"memcpy", "launch", "enqueue", "set_input_shape", "sync", "push", "pop"}
+RELEASE = {"sync", "graph_exec_destroy", "free", "free_host", "stream_destroy", "destroy_execution_context", "destroy_engine", "release",
+           "push", "pop"}
+
+
+@pytest.mark.parametrize("impl", ["cuda-python", "pycuda"])
+def test_every_cuda_call_runs_where_its_thread_has_the_context(impl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's arrangement, through the real Cell: the model is activated on a start-up thread, scored on its model-*
+    worker, reloaded (activated and checked) on the reload watcher, the old one deactivated on the worker at the swap,
+    the new one on the main thread at the end. Every CUDA and TensorRT call must find the context current on its own
+    thread, every pop must be on a thread that pushed, and each call must be on the thread its phase belongs to."""
+    from conftest import write_defect_video
+
+    from skipgan_edge.runtime import serve
+
+    gpu = FakeGpu()
+    made: list[ThreadCheckedBackend] = []
+
+    def open_backend(*args: Any, **kw: Any) -> ThreadCheckedBackend:
+        made.append(ThreadCheckedBackend(gpu, f"b{len(made) + 1}", impl))
+        return made[-1]
+
+    monkeypatch.setattr(serve, "open_backend", open_backend)
+    engine = tmp_path / "standin.engine"
+    engine.write_bytes(b"stand-in")
+    video = write_defect_video(tmp_path / "line.avi", 20, set(), "MJPG", size=48)
+    cfg = serve.CellConfig(serve.ServeDefaults(batch=4, max_wait_ms=5, reload=False, reload_poll_s=0.05, summary_every_s=3600),
+                           [serve.CameraConfig(id="cam", source=str(video), engine=str(engine), replay_fps=400, loop=True)])
+    cell = serve.Cell(cfg)
+    setup = threading.Thread(target=cell.start, name="setup")
+    setup.start()
+    setup.join(30)
+    (g,) = cell.groups.values()
+    worker = f"model-{engine.name}"
+
+    def launches(label: str) -> int:
+        return sum(1 for lab, c, t in list(gpu.log) if lab == label and c in ("launch", "memcpy") and t == worker)
+
+    def wait_for(cond: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < deadline and g.error is None, (g.error, gpu.violations[:3])
+            time.sleep(0.01)
+
+    wait_for(lambda: launches("b1") >= 6)
+    cell.reload_event.set()
+    wait_for(lambda: g.reloads["ok"] == 1 and launches("b2") >= 6)
+    cell.stop()
+    cell.wait()  # joins the worker, then deactivates the running model here, on the main thread
+    assert g.error is None and len(made) == 2 and g.pipeline is not None and g.pipeline.backend is made[1]
+    assert gpu.violations == []
+    # every thread's context stack is empty again; cuda-python released each retain, PyCUDA keeps one per driver module
+    # for the process (each backend here has its own stand-in module; one module, one retain: the next test)
+    assert all(d == 0 for d in gpu.depth.values()) and gpu.retained == (2 if impl == "pycuda" else 0), (gpu.depth, gpu.retained)
+    assert gpu.dev == {} and gpu.host == {} and gpu.graphs == {}
+
+    main = threading.current_thread().name
+    expected = {"b1": [("setup", ACTIVATE), (worker, INFER), (worker, RELEASE)],
+                "b2": [("reload-watch", ACTIVATE | INFER), (worker, INFER), (main, RELEASE)]}
+    for label, phases in expected.items():
+        calls = [(c, t) for lab, c, t in gpu.log if lab == label]
+        threads = [t for _, t in calls]
+        # the phases in order, each on its own thread: activation, streaming, release
+        order = [t for i, t in enumerate(threads) if i == 0 or t != threads[i - 1]]
+        want = [p[0] for i, p in enumerate(phases) if i == 0 or p[0] != phases[i - 1][0]]
+        assert order == want, (label, order)
+        for c, t in calls:
+            assert any(t == thread and c in allowed for thread, allowed in phases), f"{label}: {c} on {t}"
+        first_release = next(i for i, (c, _) in enumerate(calls) if c in ("free", "free_host", "destroy_engine"))
+        assert {t for _, t in calls[first_release:]} == {phases[2][0]}, (label, calls[first_release:][:5])
+        assert any(c == "launch" for c, t in calls if t == worker) == (impl == "cuda-python")  # PyCUDA: no graphs
+    b1_threads = {t for lab, c, t in gpu.log if lab == "b1" and c in ("malloc", "malloc_host", "deserialize")}
+    b2_threads = {t for lab, c, t in gpu.log if lab == "b2" and c in ("malloc", "malloc_host", "deserialize")}
+    assert b1_threads == {"setup"} and b2_threads == {"reload-watch"}
+
+
+def test_pycuda_retains_once_per_process_and_pops_where_it_pushed() -> None:
+    """The bug this replaces: a context pushed on the activating thread and popped on another. PyCUDA refuses that pop
+    (the stand-in as PyCUDA does); a block pushes and pops on its own thread, and a reload retains nothing more."""
+    from skipgan_edge.runtime.cuda import PyCudaApi
+
+    gpu = FakeGpu()
+    mod = FakePyCuda(gpu, "p")
+    a, b = PyCudaApi(driver_module=mod), PyCudaApi(driver_module=mod)
+    assert gpu.retained == 1 and a.ctx is b.ctx
+    errors: list[BaseException] = []
+
+    def pop_elsewhere() -> None:
+        try:
+            mod.Context.pop()
+        except FakePyCudaError as exc:
+            errors.append(exc)
+
+    a.ctx.push()  # the old way: pushed here ...
+    t = threading.Thread(target=pop_elsewhere, name="worker")
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "cannot pop non-current context" in str(errors[0])  # ... and no pop possible there
+    mod.Context.pop()
+    gpu.violations.clear()
+
+    def block() -> None:
+        with b.current():
+            b.stream_sync(b.stream_create())
+
+    t = threading.Thread(target=block, name="worker")
+    t.start()
+    t.join()
+    assert gpu.violations == [] and gpu.depth == {"MainThread": 0, "worker": 0}
+    assert [(c, th) for _, c, th in gpu.log if c in ("push", "pop", "stream_create", "sync")][-4:] == [
+        ("push", "worker"), ("stream_create", "worker"), ("sync", "worker"), ("pop", "worker")]
