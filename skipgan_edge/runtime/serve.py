@@ -61,8 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skipgan_edge.compat import tomllib
 
+from skipgan_edge.compat import tomllib
 from skipgan_edge.config import typed_values
 from skipgan_edge.errors import ConfigError, SkipganError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
@@ -643,8 +643,15 @@ class Cell:
             for feed in g.feeds:
                 feed.join(timeout=10)
             if g.pipeline is not None:
-                with contextlib.suppress(Exception):
-                    g.pipeline.backend.deactivate()
+                # here, on this thread: each backend makes its CUDA context current for the release and pops it again
+                pending, g.pipeline.next_backend = g.pipeline.next_backend, None  # a reload the worker never swapped in
+                if g.thread is not None and g.thread.is_alive():  # never free under a batch still in flight
+                    log.warning("model %s: its worker is still busy after 60 s; its backend is left to the process exit", g.label)
+                    continue
+                for be in (g.pipeline.backend, pending):
+                    if be is not None:
+                        with contextlib.suppress(Exception):
+                            be.deactivate()
         if self.metrics is not None:
             self.metrics.close()
         sd_notify("STOPPING=1")
