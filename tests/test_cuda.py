@@ -122,3 +122,56 @@ def test_failed_capture_is_aborted_and_the_stream_recovers(api) -> None:  # type
     api.event_record(e, s)
     api.event_destroy(e)
     bufs.free()
+
+
+@pytest.mark.parametrize("which", ["cuda-python", "pycuda"])
+def test_blocks_on_three_threads_share_one_context(which: str) -> None:
+    """serve's arrangement on the real driver: allocate on one thread, copy on another, free on a third, each inside
+    its own ``current()`` block; afterwards no thread has a context left current."""
+    import threading
+
+    need_gpu_stack(tensorrt=False)
+    if which == "pycuda":
+        pytest.importorskip("pycuda.driver", reason="PyCUDA is optional (make test-gpu covers cuda-python)")
+    a = make_cuda_api(which)
+    state: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def on(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                with a.current():
+                    fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+                errors.append(exc)
+
+        t = threading.Thread(target=run, name=name)
+        t.start()
+        t.join()
+        if errors:
+            raise errors[0]
+
+    def setup() -> None:
+        bufs = IOBuffers(a, {"x": ((2, 4096), np.dtype(np.uint8)), "y": ((2, 4096), np.dtype(np.uint8))})
+        bufs.allocate()
+        state["bufs"], state["stream"] = bufs, a.stream_create()
+
+    def work() -> None:
+        bufs, s = state["bufs"], state["stream"]
+        assert isinstance(bufs, IOBuffers)
+        bufs.tensors["x"].array(2)[...] = 42
+        bufs.htod("x", 2, s)
+        a.dtoh_async(bufs.tensors["y"].host_ptr, bufs.tensors["x"].device, bufs.tensors["x"].nbytes, s)
+        a.stream_sync(s)
+        assert int(bufs.tensors["y"].array(2).min()) == 42 == int(bufs.tensors["y"].array(2).max())
+
+    def teardown() -> None:
+        bufs = state.pop("bufs")
+        assert isinstance(bufs, IOBuffers)
+        bufs.free()
+        a.stream_destroy(state.pop("stream"))
+
+    on("setup", setup)
+    on("model-worker", work)
+    on("main-at-exit", teardown)
+    a.close()
