@@ -135,3 +135,31 @@ def test_jetson_md_labels_its_projection() -> None:
     assert "roofline" in block and "projection, not a" in text
     for board in ("Orin Nano 8GB", "Orin NX 16GB", "AGX Orin 64GB"):
         assert sum(f"| {board} | {p} |" in block for p in ("fp32", "fp16", "int8")) == 3
+
+
+def test_projection_prices_the_convolutions_a_variant_keeps_fp32_at_the_fp32_rate(demo_onnx: Path) -> None:
+    import onnx
+
+    from skipgan_edge.bench.flops import count_flops
+    from skipgan_edge.bench.projection import BOARDS, bytes_moved, project
+    from skipgan_edge.export.precision import image_facing_convs
+
+    m = onnx.load(str(demo_onnx / "scorer.int8.onnx"))
+    f = count_flops(m)
+    conv = f["conv"] + f["convtranspose"] + f["matmul"]
+    assert image_facing_convs(onnx.load(str(demo_onnx / "scorer.onnx"))) and 0 < f["fp32_dense"] < conv  # the kept-FP32 convs
+    assert count_flops(onnx.load(str(demo_onnx / "scorer.onnx")))["fp32_dense"] == conv  # all FP32 in the FP32 file
+    board, batch = BOARDS[0], 8
+    row = project(f, bytes_moved(m, batch), board, "int8", batch)
+    want = batch * ((conv - f["fp32_dense"]) / (board.int8_tops * 1e12) + (f["fp32_dense"] + f["rest"]) / (board.fp32_tflops * 1e12))
+    assert abs(row["compute_ms"] - want * 1e3) <= 1e-9 * want * 1e3 and row["fp32_conv_share"] == f["fp32_dense"] / conv
+    all_int8 = project({**f, "fp32_dense": 0.0}, bytes_moved(m, batch), board, "int8", batch)
+    assert row["compute_ms"] > all_int8["compute_ms"]
+
+
+def test_percent_of_peak_is_against_the_precision_the_record_computes_in() -> None:
+    from skipgan_edge.bench.latency import peak_precision
+
+    assert [peak_precision({"backend": "tensorrt", "precision": p}) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "int8"]
+    assert peak_precision({"backend": "openvino", "precision": "fp16", "inference_precision": "bf16"}) == "bf16"
+    assert peak_precision({"backend": "onnxruntime", "precision": "int8"}) == "fp32"

@@ -90,9 +90,13 @@ def test_variants_pass_gate_and_report(exported: tuple[Path, dict]) -> None:
     assert disk["variants"]["fp32"]["auroc"] > 0.75
     assert disk["calibration"]["count"] >= 32 and disk["calibration"]["method"] in ("max", "entropy", "percentile")
     assert set(disk["calibration"]["candidates"]) == {"max", "entropy", "percentile"}
-    # build --dry-run's verdict on every variant, for JetPack 6's TensorRT and the current one
+    # build --dry-run's verdict on every variant, for JetPack 6.0's and 6.1's TensorRT and the current one
     assert {v: {t: r["ok"] for t, r in c.items()} for v, c in disk["tensorrt_check"].items()} == {
-        v: {"10.3": True, "11": True} for v in ("fp32", "fp16", "int8")}
+        v: {"8.6": True, "10.3": True, "11": True} for v in ("fp32", "fp16", "int8")}
+    # the gate's held-out frames, for build to check an engine against on the device
+    held = np.load(out / "heldout.npz")
+    assert disk["heldout"]["frames"] == len(held["images"]) == len(held["fp32_score"]) and 0 < held["labels"].sum() < len(held["labels"])
+    assert float(held["max_drop"]) == disk["gate"]["max_auroc_drop"]
 
 
 def test_score_head_stays_fp32(exported: tuple[Path, dict]) -> None:

@@ -48,11 +48,16 @@ def _shapes(model: Any) -> dict[str, list[int]]:
 
 
 def count_flops(model_or_path: Any) -> dict[str, float]:
-    """FLOPs per image by category: ``conv``, ``convtranspose``, ``matmul``, ``rest``, ``total``."""
+    """FLOPs per image by category: ``conv``, ``convtranspose``, ``matmul``, ``rest``, ``total``; and
+    ``fp32_dense``, the part of conv + convtranspose + matmul that computes in FP32 (a float32 data input and a weight
+    not behind DequantizeLinear: every one in an FP32 file; the convolutions an FP16 or INT8 file keeps FP32)."""
     import onnx
 
     model = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
     shapes = _shapes(model)
+    inferred = inferred_at_batch_1(model)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
+    elem.update({t.name: t.data_type for t in model.graph.initializer})
     # weights may sit behind DequantizeLinear in Q/DQ models: follow to the initializer's shape
     producers = {o: n for n in model.graph.node for o in n.output}
 
@@ -66,11 +71,19 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
             n = producers.get(n.input[0])
         return None
 
+    def dequantized(name: str) -> bool:
+        n = producers.get(name)
+        while n is not None and n.op_type in ("Cast", "Identity", "Transpose", "Reshape"):
+            n = producers.get(n.input[0])
+        return n is not None and n.op_type == "DequantizeLinear"
+
     cats = {"conv": 0.0, "convtranspose": 0.0, "matmul": 0.0, "rest": 0.0}
+    fp32_dense = 0.0
     for n in model.graph.node:
         op = n.op_type
         if op in ZERO_COST:
             continue
+        before = cats["conv"] + cats["convtranspose"] + cats["matmul"]
         out_shape = shapes.get(n.output[0]) if n.output else None
         if op == "Conv":
             w, y = wshape(n.input[1]), out_shape
@@ -94,6 +107,9 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
             cats["rest"] += float(np.prod(x)) if x else 0.0
         elif out_shape is not None:
             cats["rest"] += float(np.prod(out_shape))
+        if op in ("Conv", "ConvTranspose", "MatMul", "Gemm") and elem.get(n.input[0]) == 1 and not dequantized(n.input[1]):
+            fp32_dense += cats["conv"] + cats["convtranspose"] + cats["matmul"] - before
     cats = {k: float(v) for k, v in cats.items()}
     cats["total"] = sum(cats.values())
+    cats["fp32_dense"] = float(fp32_dense)  # a subset of the above, not added to the total
     return cats

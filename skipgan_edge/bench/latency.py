@@ -9,8 +9,10 @@ each call into host→device, compute and device→host, as trtexec reports them
 Reported per configuration: latency min/mean/median/p90/p95/p99/max (ms per batch), throughput
 (images/s = batch × calls / total time), and, against the roofline, the scorer's FLOPs per image
 (counted from the ONNX graph) × throughput as a fraction of the device's matmul peak measured in
-the same run. Every result records the machine, library versions, power mode on Jetson, joules
-per image where power can be read, and the model card's fingerprint.
+the same run, in the precision the record computes in (:func:`peak_precision`: a TensorRT INT8
+engine against the GPU's int8 peak, FP16 against fp16; ``fraction_of_fp32_peak`` is kept beside it).
+Every result records the machine, library versions, power mode on Jetson, joules per image where
+power can be read, and the model card's fingerprint.
 """
 
 from __future__ import annotations
@@ -154,10 +156,30 @@ def run_bench(
                 achieved = r["throughput"] * r["flops_per_image"] / 1e9
                 r["achieved_gflops"] = achieved
                 r["fraction_of_fp32_peak"] = achieved / peak["fp32"]
+                prec = peak_precision(r)
+                if peak.get(prec):
+                    r["peak_precision"] = prec
+                    r["fraction_of_peak"] = achieved / peak[prec]
+                else:
+                    r["peak_precision_missing"] = f"no {prec} matmul peak was measured on this {r['peak_device']}"
     result["flops"] = flops_cache
     if not flops_available:
         result["flops_unavailable"] = "onnx is not installed (pip install 'skipgan-edge[export]'): no FLOP count or roofline"
     return result
+
+
+def peak_precision(rec: dict[str, Any]) -> str:
+    """The matmul peak a record is measured against: the precision it computes in.
+
+    A TensorRT engine computes in its own precision (an INT8 engine against the GPU's int8 peak, FP16 against
+    fp16); on the CPU, OpenVINO's bf16 against the bf16 peak, and everything else against fp32 (the CPU
+    runtimes compute FP16 files in f32, and no int8 matmul peak is probed on the CPU).
+    """
+    if rec.get("backend") == "tensorrt" and rec.get("precision") in ("fp32", "fp16", "int8"):
+        return str(rec["precision"])
+    if rec.get("inference_precision") == "bf16":
+        return "bf16"
+    return "fp32"
 
 
 def half_precision_meant(be: Backend) -> str:
@@ -191,7 +213,7 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for r in result["records"]:
         L = r["latency_ms"]
-        frac = f"{100 * r['fraction_of_fp32_peak']:5.1f}%" if "fraction_of_fp32_peak" in r else "     -"
+        frac = f"{100 * r['fraction_of_peak']:5.1f}%" if "fraction_of_peak" in r else "     -"
         lines.append(
             f"{r['backend']:12s} {r['precision']:5s} {r['batch']:5d} {L['min']:8.3f} {L['median']:8.3f} {L['mean']:8.3f} {L['p90']:8.3f}"
             f" {L['p95']:8.3f} {L['p99']:8.3f} {r['throughput']:9.1f} {frac}"

@@ -3,8 +3,10 @@
 Projected time per batch = max(compute time, memory time) with
 
 * compute: the convolution FLOPs (``bench/flops.py``) at the board GPU's dense peak for the variant's
-  precision (FP32 on CUDA cores; FP16 and INT8 on tensor cores), plus the elementwise rest at the
-  FP32 rate;
+  precision (FP32 on CUDA cores; FP16 and INT8 on tensor cores), except the convolutions the variant
+  keeps in FP32 (``fp32_dense``: the INT8 file's image-facing first convolutions, any AutoCast kept
+  FP32 in the FP16 file), which are priced at the FP32 rate, plus the elementwise rest at the FP32
+  rate;
 * memory: the bytes the engine must move at the board's DRAM bandwidth: weights once per batch
   (1 byte per element behind a QuantizeLinear, else their ONNX type), every activation written
   once and read once per image at its type (1 byte for one that only feeds QuantizeLinear: the
@@ -95,8 +97,11 @@ def project(flops: dict[str, float], moved: dict[str, float], board: Board, prec
     """Roofline time per batch (ms) and images/s for one board and precision."""
     conv = flops.get("conv", 0.0) + flops.get("convtranspose", 0.0) + flops.get("matmul", 0.0)
     rate = {"fp32": board.fp32_tflops, "fp16": board.fp16_tflops, "int8": board.int8_tops}[precision] * 1e12
-    compute_s = batch * (conv / rate + flops.get("rest", 0.0) / (board.fp32_tflops * 1e12))
+    fp32_rate = board.fp32_tflops * 1e12
+    fp32_conv = conv if precision == "fp32" else min(conv, flops.get("fp32_dense", 0.0))
+    compute_s = batch * ((conv - fp32_conv) / rate + fp32_conv / fp32_rate + flops.get("rest", 0.0) / fp32_rate)
     memory_s = moved["total"] / (board.dram_gbs * 1e9)
     t = max(compute_s, memory_s)
     return {"board": board.name, "precision": precision, "batch": batch, "compute_ms": compute_s * 1e3, "memory_ms": memory_s * 1e3,
+            "fp32_conv_share": fp32_conv / conv if conv else 0.0,
             "ms_per_batch": t * 1e3, "images_per_s": batch / t, "bound": "compute" if compute_s >= memory_s else "memory"}
