@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
+DIVERGED_NAME = "diverged.json"  # what a training run that diverged past its recoveries leaves instead of a model
 
 
 def _umask() -> int:
@@ -172,6 +173,57 @@ class ScoreSpec:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """One recovery from a non-finite loss, gradient or validation score (``train/trainer.py``): where it happened,
+    what was non-finite, the checkpoint training restarted from and the learning rate it continued with."""
+
+    epoch: int  # 1-based epoch in which the non-finite value appeared
+    step: int  # 1-based step of that epoch; 0 = at the epoch's validation
+    what: str  # "generator loss", "generator gradient", "discriminator loss", "discriminator gradient", "validation scores", ...
+    restored: str  # the checkpoint restarted from: "the start", "the end of epoch N", "epoch N step S"
+    lr: float  # both optimizers' learning rate from the restart on
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the model was trained and chosen. ``epochs_run`` is the number of epochs the run completed (the card is
+    rewritten when the run ends); ``recoveries`` is empty for a run that never met a non-finite value.
+
+    Dict-style reads (``card.training["best_epoch"]``) still work: the section was a dict before it was typed, and
+    ``extra`` keeps keys a newer writer of the same format added. Added within format 2: a reader that ignores
+    ``recoveries`` loses the record only, never a number it scores with."""
+
+    best_epoch: int = 0
+    epochs_run: int | None = None
+    selection: str = ""
+    selection_value: float | None = None
+    device: str = ""
+    recoveries: list[Recovery] = field(default_factory=list)
+    arch_auto: dict[str, Any] | None = None  # train --arch auto: the candidates and the choice
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        if key != "extra" and key in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and not (k == "arch_auto" and v is None)}
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "training") -> Training:
+        """A typed section from its JSON form; one line naming the first missing or mistyped field."""
+        try:
+            out: Training = _build(cls, data, where)
+        except _CardFieldError as exc:
+            raise ModelFolderError(f"the model card's {exc}") from None
+        return out
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything a score can be traced to. ``model_id`` is set by the readers (sha256 of the weights file);
     ``precision`` is that of the artifact the card was read from (ONNX metadata), ``export`` what export added."""
@@ -182,7 +234,7 @@ class ModelCard:
     input: InputSpec
     score: ScoreSpec
     data: dict[str, Any]
-    training: dict[str, Any]
+    training: Training
     metrics: dict[str, Any]
     package: str = "skipgan-edge"
     package_version: str = ""
@@ -203,7 +255,7 @@ class ModelCard:
             v = getattr(self, f.name)
             if f.name in ("weights", "model_id") and v is None:
                 continue
-            if isinstance(v, RunConfig):
+            if isinstance(v, (RunConfig, Training)):
                 v = v.to_dict()
             elif dataclasses.is_dataclass(v) and not isinstance(v, type):
                 v = dataclasses.asdict(v)
@@ -272,6 +324,11 @@ def _value(tp: Any, v: Any, key: str) -> Any:
         return _value(next(a for a in args if a is not type(None)), v, key)
     if tp is RunConfig or dataclasses.is_dataclass(tp):
         return _build(tp, v, key)
+    if origin is list:
+        if not isinstance(v, list):
+            raise _CardFieldError(f"field '{key}' is not a list")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_value(item, x, f"{key}[{i}]") for i, x in enumerate(v)]
     if origin is dict or tp is dict:
         if not isinstance(v, dict):
             raise _CardFieldError(f"field '{key}' is not an object")
@@ -291,11 +348,13 @@ def _value(tp: Any, v: Any, key: str) -> Any:
     return v
 
 
-def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], training: dict[str, Any],
+def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], training: Training | dict[str, Any],
                metrics: dict[str, Any] | None = None, weights: str | None = None, versions: dict[str, str] | None = None) -> ModelCard:
     """The one card builder, for trained models and random benchmark models alike: the input spec and the score
     head's formulation come from ``cfg`` (validated, so ``mode``, ``pool`` and ``lam`` are always set)."""
     mc = cfg.model
+    if not isinstance(training, Training):
+        training = Training.from_dict(training)
     if cfg.score.mode is None or cfg.score.pool is None or cfg.score.lam is None:
         raise ValueError("build_card needs a validated RunConfig (RunConfig.validate fills the score's defaults)")
     return ModelCard(
@@ -355,6 +414,9 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelFolderError(f"model folder not found: {folder}; train one with: skipgan-edge train --data DIR --out {folder}")
     card_path = folder / CARD_NAME
     if not card_path.exists():
+        if (folder / DIVERGED_NAME).exists():  # the trainer gave up on a non-finite run and kept no model
+            raise ModelFolderError(f"{folder} holds no model: its training diverged (see {folder / DIVERGED_NAME}); "
+                                   "train again with a lower --lr or another --seed")
         if (folder / "checkpoint" / "state.safetensors").exists():  # the trainer's resumable checkpoint
             raise ModelFolderError(f"{folder} has no {CARD_NAME} yet: its training was interrupted; resume with: "
                                    f"skipgan-edge train --resume {folder}")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from skipgan_edge.compat import tomllib
-
 from skipgan_edge.errors import ConfigError
 
 VALID_ISIZES = (32, 64, 128, 256)
@@ -120,6 +119,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32, or bf16 (CPU autocast) / amp (CUDA autocast fp16)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default (all cores)
     input_noise: float = 0.0  # std of Gaussian noise added to the generator's input while training (losses use the clean x)
+    max_recoveries: int = 3  # restarts from the last good checkpoint after a non-finite loss or gradient before the run stops
+    recover_lr_factor: float = 0.5  # each restart multiplies both learning rates by this (the same rate would diverge again)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -130,8 +131,13 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
         if self.precision not in ("fp32", "bf16", "amp"):
             raise ConfigError(f"precision must be fp32, bf16 or amp, got {self.precision!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+        if self.max_recoveries < 0:
+            raise ConfigError(f"max_recoveries must be 0 (stop at the first non-finite step) or more, got {self.max_recoveries}")
+        if not 0.0 < self.recover_lr_factor < 1.0:
+            raise ConfigError(f"recover_lr_factor must be in (0, 1): a restart at the same learning rate diverges again; "
+                              f"got {self.recover_lr_factor}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from skipgan_edge.card import ModelCard
+from skipgan_edge.card import DIVERGED_NAME, ModelCard
 from skipgan_edge.config import RunConfig, load_toml, merge
 from skipgan_edge.data.datasets import load_data
 from skipgan_edge.errors import ConfigError, ModelFolderError, require
@@ -18,6 +18,9 @@ def _resume_meta(run: Path) -> dict[str, Any]:
     from skipgan_edge.train.trainer import STATE_NAME
 
     path = run / STATE_NAME
+    if (run / DIVERGED_NAME).exists():
+        raise ModelFolderError(f"nothing to resume in {run}: its training diverged (see {run / DIVERGED_NAME}); "
+                               "start a new run with a lower --lr or another --seed")
     if not path.exists():
         raise ModelFolderError(f"nothing to resume in {run}: {STATE_NAME} does not exist")
     try:
@@ -97,12 +100,13 @@ def train_auto(ds: Any, cfg: RunConfig, out: Path) -> ModelCard:
     for arch in ARCHITECTURES:
         c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)).validate(default_score(arch))
         card = train(ds, c, out / "candidates" / arch)
-        found[arch] = {"signal": signal, "value": card.metrics.get(signal), "best_epoch": card.training["best_epoch"],
+        found[arch] = {"signal": signal, "value": card.metrics.get(signal), "best_epoch": card.training.best_epoch,
                        "val_loss": card.metrics.get("val_loss")}
     chosen = max(found, key=lambda a: found[a]["value"] if found[a]["value"] is not None else float("-inf"))
     src = out / "candidates" / chosen
     card = load_card(src)
-    card = card.replace(training={**card.training, "arch_auto": {"chosen": chosen, "by": f"{signal} (max)", "candidates": found}})
+    card = card.replace(training=dataclasses.replace(card.training, arch_auto={"chosen": chosen, "by": f"{signal} (max)",
+                                                                              "candidates": found}))
     body = card.to_dict()
     body.pop("model_id", None)
     data = weights_with_card(src / WEIGHTS_NAME, json.dumps(body))

@@ -13,7 +13,32 @@ What differs from the authors' code, and why (each is listed in DESIGN.md as a d
 
 The best checkpoint: with labelled validation anomalies, the epoch of highest validation AUROC;
 without, the epoch of lowest validation generator loss w_con·L1 + w_lat·L2 on normal images
-(the paper's non-adversarial objective on data the generator did not train on).
+(the paper's non-adversarial objective on data the generator did not train on). A tie on AUROC
+(it saturates: 1.0 from the first epoch on easy data) goes to the lower validation loss, so the
+selection does not stop at the first saturated epoch. The card's ``training.epochs_run`` is the
+number of epochs the run completed (the card is rewritten when the run ends).
+
+Non-finite values: a run that cannot go silently wrong. The losses take logits
+(``model/losses.py``: finite, with finite gradients, for every finite logit, in fp32 and under
+bf16/fp16 autocast, whose BCE is computed in float32). Every step checks both losses and both
+networks' gradients before the optimizer steps, and the updated weights and BatchNorm statistics
+after; every epoch checks its validation scores, every checkpoint its weights. A non-finite value
+raises :class:`NonFinite` at the step it appears, before any checkpoint or best model is written
+from it. The trainer then recovers:
+
+1. it restores the last checkpoint (written at the start of the run and at the end of every
+   epoch, never from non-finite weights): both networks, both optimizers, the RNG, the epoch;
+2. it multiplies both learning rates by ``train.recover_lr_factor`` (default 0.5) for the rest of
+   the run (restarting at the same rate with the same RNG would diverge at the same step);
+3. it records the recovery (epoch, step, what was non-finite, where it restarted, the new rate)
+   in the card's ``training.recoveries``, the log and the metrics row of the epoch (``recovered``).
+
+After ``train.max_recoveries`` recoveries (default 3; 0 stops at the first non-finite value) the
+next one ends the run: the best model so far and the checkpoint are deleted (a run that diverged
+is not a model to ship), ``RUN/diverged.json`` records what happened, and :class:`TrainingDiverged`
+is raised: one line on stderr and exit code 3 from ``skipgan-edge train``. ``load_card`` and
+``--resume`` on that folder say it diverged. The discriminator's collapse is handled as the paper
+does, separately: re-initialised when its loss falls below ``train.d_reinit_below``.
 
 Checkpointing: ``RUN/checkpoint/state.safetensors`` holds everything needed to resume (both
 networks, both optimizers, the torch RNG, epoch, step, partial sums) and is written atomically
@@ -25,6 +50,8 @@ uninterrupted one would, and ends with the same weights.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,14 +70,19 @@ import torch
 from skipgan_edge import FORMAT_VERSION
 from skipgan_edge.card import (
     CARD_NAME,
+    DIVERGED_NAME,
     WEIGHTS_NAME,
     ModelCard,
+    Recovery,
     ScoreSpec,
     Threshold,
+    Training,
     ValStats,
     atomic_write_bytes,
     atomic_write_json,
     build_card,
+    load_card,
+    weights_with_card,
 )
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
@@ -76,6 +108,30 @@ class Interrupted(SkipganError):
         super().__init__(f"{name} received; checkpoint saved; resume with: skipgan-edge train --resume {path.parent.parent}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class NonFinite(SkipganError):
+    """A loss, gradient, weight or validation score that is ``nan`` or ``inf``; ``epoch`` and ``step`` (1-based; step 0
+    is the epoch's validation) say where. The trainer recovers from it (see the module docstring)."""
+
+    def __init__(self, what: str, epoch: int = 0, step: int = 0) -> None:
+        super().__init__(f"non-finite {what}")
+        self.what, self.epoch, self.step = what, epoch, step
+
+    def where(self) -> str:
+        return f"epoch {self.epoch} " + (f"step {self.step}" if self.step else "validation")
+
+
+class TrainingDiverged(SkipganError):
+    """The run met a non-finite value after ``train.max_recoveries`` recoveries; no model was kept. Exit code 3."""
+
+    exit_code = 3
+
+
+def _finite(tensors: Any) -> bool:
+    """Every element of every tensor finite (one device sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def select_device(name: str) -> torch.device:
@@ -138,6 +194,8 @@ def validation_report(
     sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
     terms = score_split(net, data.val.images, device, pool)
+    if not all(np.isfinite(v).all() for v in terms.values()):
+        raise NonFinite("validation scores")
     is_normal = data.val.labels == 0
     term_stats = {
         "rec_mean": float(terms["rec"][is_normal].mean()), "rec_std": float(terms["rec"][is_normal].std()),
@@ -172,6 +230,8 @@ def validation_report(
     else:
         if synthetic is not None and len(synthetic.images):
             syn = score_split(net, synthetic.images, device, pool, keep_maps=True)
+            if not all(np.isfinite(v).all() for v in syn.values()):
+                raise NonFinite("synthetic validation scores")
             anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats)), "synthetic"
             rep["val_synth_auroc"] = auroc(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous])
             # the masks were kept: how well the anomaly map localises the synthetic defects
@@ -219,7 +279,11 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[st
 
 
 class Trainer:
-    """Trains one model into a run folder. ``fit()`` returns the model card."""
+    """Trains one model into a run folder. ``fit()`` returns the model card.
+
+    Non-finite values are detected at the step they appear and recovered from a bounded number of times (restore the
+    last checkpoint, lower both learning rates, record it in the card), then the run stops with
+    :class:`TrainingDiverged` and keeps no model: the module docstring states the policy."""
 
     def __init__(
         self, data: Dataset, cfg: RunConfig, out: Path, *, progress: bool = True,
@@ -236,6 +300,7 @@ class Trainer:
         self.device = select_device(cfg.train.device)
         self._stop_signal: int | None = None
         self.net: Any = None  # the architecture's module with .generator and .discriminator
+        self.recoveries: list[Recovery] = []
         if len(data.train) < cfg.train.batch:
             raise ConfigError(
                 f"{len(data.train)} training images is fewer than one batch ({cfg.train.batch}); lower --batch or add images"
@@ -247,10 +312,14 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def _save_state(self, epoch: int, step: int, partial: dict[str, float], history: list[dict[str, Any]], best: dict[str, Any]) -> Path:
+        """The resumable checkpoint, and the restore point of a recovery: never written from non-finite weights."""
         from safetensors.torch import save
 
+        state = self.net.state_dict()
+        if not _finite(state.values()):
+            raise NonFinite("weights", epoch + 1 if step else epoch, step)
         tensors: dict[str, torch.Tensor] = {}
-        for k, v in self.net.state_dict().items():
+        for k, v in state.items():
             tensors[f"net.{k}"] = v.detach().cpu().contiguous()
         t_g, m_g = _flatten_optimizer("opt_g", self.opt_g)
         t_d, m_d = _flatten_optimizer("opt_d", self.opt_d)
@@ -261,7 +330,7 @@ class Trainer:
             "epoch": epoch, "step": step, "partial": partial, "history": history, "best": best,
             "opt_g": m_g, "opt_d": m_d, "config": self.cfg.to_dict(),
             "data_fingerprint": self.data.fingerprint, "data_source": self.data.name,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION, "recoveries": [dataclasses.asdict(r) for r in self.recoveries],
         }
         path = self.out / STATE_NAME
         atomic_write_bytes(path, save(tensors, metadata={"state": json.dumps(meta)}))
@@ -296,6 +365,19 @@ class Trainer:
         atomic_write_bytes(self.out / WEIGHTS_NAME, data)
         atomic_write_json(self.out / CARD_NAME, card.replace(model_id=hashlib.sha256(data).hexdigest()[:16]).to_dict())
 
+    def _finish_card(self, history: list[dict[str, Any]]) -> ModelCard:
+        """The best model's card with what only the end of the run knows: the epochs run and every recovery."""
+        card = load_card(self.out)
+        training = dataclasses.replace(card.training, epochs_run=int(history[-1]["epoch"]) if history else 0,
+                                       recoveries=list(self.recoveries))
+        if training == card.training:
+            return card
+        body = card.replace(training=training, model_id=None).to_dict()
+        data = weights_with_card(self.out / WEIGHTS_NAME, json.dumps(body))  # the tensors are untouched
+        atomic_write_bytes(self.out / WEIGHTS_NAME, data)
+        atomic_write_json(self.out / CARD_NAME, {**body, "model_id": hashlib.sha256(data).hexdigest()[:16]})
+        return load_card(self.out)
+
     # -- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> ModelCard:
         tc = self.cfg.train
@@ -314,8 +396,9 @@ class Trainer:
         if resume:
             meta = self._load_state()
             start_epoch, start_step, history, best, partial = meta["epoch"], meta["step"], meta["history"], meta["best"], meta["partial"]
+            self.recoveries = [Recovery(**r) for r in meta.get("recoveries", [])]
             log.info("resuming %s at epoch %d step %d", self.out, start_epoch + 1, start_step)
-        elif (self.out / STATE_NAME).exists() or (self.out / CARD_NAME).exists():
+        elif any((self.out / name).exists() for name in (STATE_NAME, CARD_NAME, DIVERGED_NAME)):
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
@@ -323,24 +406,47 @@ class Trainer:
             metrics_path.unlink()
         if resume:  # the checkpoint's history is the authority: a row written after the last checkpoint is not repeated
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in history).encode())
+        else:
+            self._save_state(0, 0, {}, history, best)  # the first restore point
 
-        train_u8 = torch.from_numpy(self.data.train.images)  # (N, H, W, C) uint8, stays on the host
-        n = len(train_u8)
-        steps = n // tc.batch  # drop the last partial batch: BatchNorm statistics of 1-3 images are noise
         old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         t_start = time.perf_counter()
         try:
-            for epoch in range(start_epoch, tc.epochs):
-                perm = torch.from_numpy(np.random.default_rng([tc.seed, epoch]).permutation(n))
-                sums = dict(partial) if epoch == start_epoch else {}
-                first = start_step if epoch == start_epoch else 0
-                partial = {}
-                bar = self._bar(epoch, steps, first)
-                t0 = time.perf_counter()
-                imgs = 0
+            while True:
+                try:
+                    self._epochs(start_epoch, start_step, partial, history, best, metrics_path)
+                    break
+                except NonFinite as exc:
+                    start_epoch, start_step, history, best, partial = self._recover(exc)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        log.info("trained to epoch %d in %.1f s%s", len(history), time.perf_counter() - t_start,
+                 f" after {len(self.recoveries)} recover{'y' if len(self.recoveries) == 1 else 'ies'}" if self.recoveries else "")
+        return self._finish_card(history)
+
+    def _epochs(self, start_epoch: int, start_step: int, partial: dict[str, float], history: list[dict[str, Any]],
+                best: dict[str, Any], metrics_path: Path) -> None:
+        """Epochs ``start_epoch``.. (from step ``start_step`` of the first); raises NonFinite where a value is not finite."""
+        tc = self.cfg.train
+        train_u8 = torch.from_numpy(self.data.train.images)  # (N, H, W, C) uint8, stays on the host
+        n = len(train_u8)
+        steps = n // tc.batch  # drop the last partial batch: BatchNorm statistics of 1-3 images are noise
+        for epoch in range(start_epoch, tc.epochs):
+            perm = torch.from_numpy(np.random.default_rng([tc.seed, epoch]).permutation(n))
+            sums = dict(partial) if epoch == start_epoch else {}
+            first = start_step if epoch == start_epoch else 0
+            bar = self._bar(epoch, steps, first)
+            t0 = time.perf_counter()
+            imgs = 0
+            try:
                 for step in range(first, steps):
                     idx = perm[step * tc.batch : (step + 1) * tc.batch]
-                    losses = self._step(train_u8[idx])
+                    try:
+                        losses = self._step(train_u8[idx])
+                    except NonFinite as exc:
+                        exc.epoch, exc.step = epoch + 1, step + 1
+                        raise
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     sums["_n"] = sums.get("_n", 0.0) + 1
@@ -352,28 +458,63 @@ class Trainer:
                     if self._stop_signal is not None:
                         if bar is not None:
                             bar.close()
+                            bar = None
                         path = self._save_state(epoch, step + 1, sums, history, best)
                         raise Interrupted(self._stop_signal, path)
+            finally:
                 if bar is not None:
                     bar.close()
-                seconds = time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            try:
                 rec = self._end_epoch(epoch, sums, seconds, imgs, best, history)
-                history.append(rec)
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                    fh.flush()
-                self._save_state(epoch + 1, 0, {}, history, best)
-                if self.on_epoch:
-                    self.on_epoch(rec)
-                if self._stop_signal is not None:
-                    raise Interrupted(self._stop_signal, self.out / STATE_NAME)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        log.info("trained %d epoch(s) in %.1f s", tc.epochs - start_epoch, time.perf_counter() - t_start)
-        from skipgan_edge.card import load_card
+            except NonFinite as exc:
+                exc.epoch, exc.step = epoch + 1, 0
+                raise
+            history.append(rec)
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+            self._save_state(epoch + 1, 0, {}, history, best)
+            if self.on_epoch:
+                self.on_epoch(rec)
+            if self._stop_signal is not None:
+                raise Interrupted(self._stop_signal, self.out / STATE_NAME)
 
-        return load_card(self.out)
+    def _recover(self, exc: NonFinite) -> tuple[int, int, list[dict[str, Any]], dict[str, Any], dict[str, float]]:
+        """Restore the last checkpoint with lower learning rates and record it, or give up (TrainingDiverged)."""
+        tc = self.cfg.train
+        n = len(self.recoveries)
+        if n >= tc.max_recoveries:
+            self._abandon(exc)
+        meta = self._load_state()  # never written from non-finite weights (_save_state checks)
+        lr = tc.lr * tc.recover_lr_factor ** (n + 1)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        epoch, step = int(meta["epoch"]), int(meta["step"])
+        restored = "the start" if epoch == 0 and step == 0 else f"epoch {epoch + 1} step {step}" if step else f"the end of epoch {epoch}"
+        self.recoveries.append(Recovery(epoch=exc.epoch, step=exc.step, what=exc.what, restored=restored, lr=lr))
+        log.warning("non-finite %s at %s: restored %s, learning rate now %g (recovery %d of at most %d)",
+                    exc.what, exc.where(), restored, lr, n + 1, tc.max_recoveries)
+        return epoch, step, meta["history"], meta["best"], meta["partial"]
+
+    def _abandon(self, exc: NonFinite) -> None:
+        """No model from a run that diverged: delete the best model and the checkpoint, leave diverged.json, raise."""
+        tc = self.cfg.train
+        lr = float(self.opt_g.param_groups[0]["lr"])
+        tried = (f"after {len(self.recoveries)} recover{'y' if len(self.recoveries) == 1 else 'ies'} (the last at learning rate {lr:g})"
+                 if self.recoveries else f"with recovery off (max_recoveries 0, learning rate {lr:g})")
+        message = (f"training diverged: non-finite {exc.what} at {exc.where()} {tried}; no model was kept ({self.out / DIVERGED_NAME}); "
+                   f"train again with a lower --lr than {tc.lr:g} or another --seed")
+        for name in (WEIGHTS_NAME, CARD_NAME, STATE_NAME):
+            (self.out / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (self.out / STATE_NAME).parent.rmdir()
+        atomic_write_json(self.out / DIVERGED_NAME, {
+            "what": exc.what, "epoch": exc.epoch, "step": exc.step, "lr": lr, "max_recoveries": tc.max_recoveries,
+            "recoveries": [dataclasses.asdict(r) for r in self.recoveries], "message": message,
+        })
+        raise TrainingDiverged(message)
 
     def _bar(self, epoch: int, steps: int, first: int) -> Any:
         if not self.progress or not sys.stderr.isatty():
@@ -383,26 +524,38 @@ class Trainer:
         return tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="step", leave=False)
 
     def _step(self, batch_u8: torch.Tensor) -> dict[str, float]:
+        """One generator and one discriminator update; NonFinite, before the optimizer steps, on a non-finite loss or gradient."""
         tc = self.cfg.train
         x = to_model_input(batch_u8.to(self.device, non_blocking=True))  # (B, C, H, W)
         weights = (tc.w_adv, tc.w_con, tc.w_lat)
+        g, d = self.net.generator, self.net.discriminator
         # generator update (the architecture defines its losses: model/networks.py)
         x_in = x + tc.input_noise * torch.randn_like(x) if tc.input_noise > 0 else None
         with _autocast(self.device, tc.precision):
             loss_g, out, fake = self.net.generator_step_loss(x, weights, x_in)
+        if not math.isfinite(out["g"]):
+            raise NonFinite("generator loss")
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        if not _finite(p.grad for p in g.parameters()):
+            raise NonFinite("generator gradient")
         self.opt_g.step()
         # discriminator update: real vs the (detached) fake
         with _autocast(self.device, tc.precision):
             loss_d, out_d = self.net.discriminator_step_loss(x, fake.detach())
+        if not math.isfinite(out_d["d"]):
+            raise NonFinite("discriminator loss")
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        if not _finite(p.grad for p in d.parameters()):
+            raise NonFinite("discriminator gradient")
         self.opt_d.step()
         out.update(out_d)
         if out_d["d"] < tc.d_reinit_below:
             init_weights(self.net.discriminator)
             out["d_reinit"] = 1.0
+        if not _finite(self.net.state_dict().values()):  # an update that overflowed, or BatchNorm's running statistics
+            raise NonFinite("weights")
         return out
 
     def _end_epoch(
@@ -413,18 +566,23 @@ class Trainer:
         rec.update({k: (v / n if k != "d_reinit" else v) for k, v in sums.items()})
         rec["seconds"] = round(seconds, 3)
         rec["images_per_s"] = round(imgs / seconds, 1) if seconds > 0 and imgs else None
+        recovered = sum(1 for r in self.recoveries if r.epoch == epoch + 1)
+        if recovered:
+            rec["recovered"] = recovered
+        if not _finite(self.net.state_dict().values()):  # e.g. D's classifier, which the score does not read
+            raise NonFinite("weights")
         rep = validation_report(self.net, self.data, self.cfg, self.device, self.synthetic)
         name, value, mode = rep.pop("signal")
+        if not (math.isfinite(value) and math.isfinite(rep["val_loss"])):
+            raise NonFinite("validation signal")
         rec["val_loss"] = rep["val_loss"]
         for key in ("val_auroc", "val_synth_auroc", "val_synth_pixel_auroc"):
             if key in rep:
                 rec[key] = rep[key]
-        improved = best["value"] is None or (value > best["value"] if mode == "max" else value < best["value"])
-        if math.isnan(value):
-            improved = False
-        rec["best"] = bool(improved)
+        improved = self._improves(best, value, rep["val_loss"], mode)
+        rec["best"] = improved
         if improved:
-            best.update({"value": value, "epoch": epoch + 1, "signal": name})
+            best.update({"value": value, "epoch": epoch + 1, "signal": name, "val_loss": rep["val_loss"]})
             self._write_best(self._card(rep, epoch + 1, name, value))
         log.info(
             "epoch %d/%d  g %.4f  d %.4f  %s %.4f%s  %.1f img/s",
@@ -432,6 +590,15 @@ class Trainer:
             name, value, "  (best)" if improved else "", rec["images_per_s"] or 0.0,
         )
         return rec
+
+    @staticmethod
+    def _improves(best: dict[str, Any], value: float, val_loss: float, mode: str) -> bool:
+        """Better on the selection signal, or equal on it (a saturated AUROC) with a lower validation loss."""
+        if best["value"] is None:
+            return True
+        if value == best["value"]:
+            return val_loss < best.get("val_loss", math.inf)
+        return bool(value > best["value"] if mode == "max" else value < best["value"])
 
     def _card(self, rep: dict[str, Any], epoch: int, signal_name: str, value: float) -> ModelCard:
         metrics = {"val_loss": rep["val_loss"]}
@@ -446,12 +613,15 @@ class Trainer:
                           term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
                           map_scale=rep["map_scale"],
                           threshold=Threshold(**rep["threshold"]))
+        selection = f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})"
+        if signal_name == "val_auroc":
+            selection += ", ties to the lower val_loss"
         return build_card(
             self.cfg, score=score,
             data={"source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
                   "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies},
-            training={"best_epoch": epoch, "selection": f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})",
-                      "selection_value": value, "device": str(self.device), "epochs_run": epoch},
+            training=Training(best_epoch=epoch, selection=selection, selection_value=value, device=str(self.device),
+                              epochs_run=epoch, recoveries=list(self.recoveries)),
             metrics=metrics, versions={"torch": torch.__version__, "numpy": np.__version__},
         )
 
