@@ -129,9 +129,11 @@ class TrainingDiverged(SkipganError):
 
 
 def _finite(tensors: Any) -> bool:
-    """Every element of every tensor finite (one device sync)."""
-    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+    """Whether the sum of every floating-point tensor's elements is finite (one device sync): false when any element is
+    ``nan`` or ``inf``, and when finite values add up past float32's range (~3e38), which only a diverging run reaches.
+    A sum costs ~1.6 % of a default training step on one CPU core; ``isfinite`` on every element cost ~20 %."""
+    sums = [t.detach().sum(dtype=torch.float32) for t in tensors if t is not None and t.is_floating_point()]
+    return bool(torch.isfinite(torch.stack(sums).sum())) if sums else True
 
 
 def select_device(name: str) -> torch.device:
