@@ -26,15 +26,24 @@ MODELOPT_DEPS := 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnxscript>=0.5' 'onnx-gr
   ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy
 DEV_DEPS := 'pytest>=8' 'hypothesis>=6' 'scikit-learn>=1.3' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6' 'openvino>=2024.0' 'paho-mqtt>=2.0,<3' 'prometheus-client>=0.20' 'jsonschema>=4'
 DEBS := dataset-fashion-mnist mosquitto python3.11-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
-  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools python3-opencv \
+  aravis-tools libaravis-0.8-0 gir1.2-aravis-0.8
 
-# The runtime on a Jetson (JetPack 6): a venv that sees JetPack's TensorRT (apt python3-libnvinfer, built for the
-# system python3) through --system-site-packages, the package without the training stack, and the cuda-python
-# whose major matches the driver's CUDA (cuda-python 13 needs driver R580; JetPack 6 is CUDA 12).
+# The runtime on a Jetson (JetPack 6): a --system-site-packages venv that sees JetPack's TensorRT, OpenCV (with
+# GStreamer) and numpy, plus only what the system lacks (tools/jetson_install.py decides, requirement by requirement).
+#   JETSON_PYTHON    the device's interpreter (default /usr/bin/python3: JetPack 6's Python 3.10)
+#   JETSON_TENSORRT  required (default) | optional: CI runs the same recipe without TensorRT
 JETSON_VENV ?= .venv-jetson
-RUNTIME_DEPS := 'numpy>=1.24' 'opencv-python-headless>=4.8' 'onnxruntime>=1.17' 'typer>=0.12' 'safetensors>=0.4' 'packaging>=23' 'onnx>=1.16'
+JETSON_PYTHON ?= /usr/bin/python3
+JETSON_TENSORRT ?= required
 
-.PHONY: demo test test-gpu jetson lean-venv triton-venv test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
+# JetPack 6's userland emulated on any machine: a Python 3.10 venv with JetPack 6's pins (numpy 1, OpenCV 4.8,
+# onnxruntime 1.21: constraints/jetpack6.txt) holding the runtime only. JP6_PYTHON: a Python 3.10 interpreter
+# (default: the first found on PATH, in pyenv, or /usr/bin).
+JP6_PYTHON ?= $(shell tools/find_python.sh 3.10)
+JP6_VENV := .venv-jp6
+
+.PHONY: demo test test-gpu jetson jp6-venv jetson-ci lean-venv triton-venv test-slow lint typecheck venv debs bench bench-smoke bench-peers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +62,8 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 # Debian packages the tests use (Fashion-MNIST; Mosquitto, started by the MQTT tests on loopback; GStreamer's RTSP
-# server for the RTSP source test).
+# server for the RTSP source test; python3-opencv (GStreamer, numpy 1) under the emulated Jetson venv; Aravis's
+# simulated GigE Vision camera and aravissrc for the genicam:// source).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -90,7 +100,7 @@ $(TRITON_VENV)/.installed: pyproject.toml | debs
 
 triton-venv: $(TRITON_VENV)/.installed
 
-test: $(STAMP) $(LEAN_VENV)/.installed debs $(TRITON_VENV)/.installed
+test: $(STAMP) $(LEAN_VENV)/.installed debs $(TRITON_VENV)/.installed $(JP6_VENV)/.installed $(JETSON_VENV)/.installed
 	$(VENV)/bin/ruff check skipgan_edge tests benchmarks
 	$(VENV)/bin/mypy skipgan_edge
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
@@ -103,13 +113,28 @@ test-gpu: $(STAMP)
 	SKIPGAN_REQUIRE_GPU=1 $(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)
 
 jetson:
-	@/usr/bin/python3 -c "import tensorrt" 2>/dev/null || { echo "error: JetPack's TensorRT Python bindings are missing: sudo apt-get install python3-libnvinfer (JetPack 6)" >&2; exit 2; }
-	test -x $(JETSON_VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(JETSON_VENV)
-	$(JETSON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(JETSON_VENV)/bin/python -m pip install -q $(RUNTIME_DEPS)
-	$(JETSON_VENV)/bin/python -m pip install -q --no-deps -e .
-	$(JETSON_VENV)/bin/python -m pip install -q "$$($(JETSON_VENV)/bin/python -m skipgan_edge.runtime.cudaenv --pip-spec)"
+	@test -x "$(JETSON_PYTHON)" || { echo "error: $(JETSON_PYTHON) not found: set JETSON_PYTHON to the device's python3" >&2; exit 2; }
+	@"$(JETSON_PYTHON)" -c "import venv, ensurepip" 2>/dev/null || { echo "error: $(JETSON_PYTHON) cannot make venvs: sudo apt-get install python3-venv" >&2; exit 2; }
+	test -x $(JETSON_VENV)/bin/python || "$(JETSON_PYTHON)" -m venv --system-site-packages $(JETSON_VENV)
+	JETSON_TENSORRT=$(JETSON_TENSORRT) $(JETSON_VENV)/bin/python tools/jetson_install.py
 	$(JETSON_VENV)/bin/skipgan-edge doctor
+
+# What make test builds: the Jetson recipe over Debian's GStreamer OpenCV and numpy 1, without TensorRT.
+$(JETSON_VENV)/.installed: pyproject.toml tools/jetson_install.py | debs
+	$(MAKE) --no-print-directory jetson JETSON_PYTHON=/usr/bin/python3.11 JETSON_TENSORRT=optional
+	touch $@
+
+jetson-ci: $(JETSON_VENV)/.installed
+
+$(JP6_VENV)/.installed: pyproject.toml constraints/jetpack6.txt
+	@test -n "$(JP6_PYTHON)" || { echo "error: no Python 3.10 found for the JetPack 6 lane: install one (pyenv install 3.10, or apt's python3.10) or set JP6_PYTHON" >&2; exit 2; }
+	test -x $(JP6_VENV)/bin/python || "$(JP6_PYTHON)" -m venv $(JP6_VENV)
+	$(JP6_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(JP6_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/jetpack6.txt -e '.[metrics]'
+	$(JP6_VENV)/bin/python -c "import sys, numpy; assert sys.version_info[:2] == (3, 10) and numpy.__version__.startswith('1.'), (sys.version, numpy.__version__)"
+	touch $@
+
+jp6-venv: $(JP6_VENV)/.installed
 
 test-slow: $(STAMP) debs
 	$(VENV)/bin/python -m pytest -q -m slow -o addopts="-ra" $(PYTEST_ARGS)
@@ -121,7 +146,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy skipgan_edge
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LEAN_VENV) $(JP6_VENV) $(JETSON_VENV) $(TRITON_VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
 
 # Benchmarks (not part of make test). Results land in benchmarks/results/.
 bench-smoke: $(STAMP)

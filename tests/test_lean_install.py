@@ -1,8 +1,16 @@
-"""The runtime-only install (``pip install skipgan-edge``) streams a model exported by the full install.
+"""The runtime-only installs stream a model exported by the full install.
 
-``make test`` builds ``.venv-lean`` first: a venv holding only the base dependencies (numpy,
-opencv-python-headless, onnxruntime, typer, packaging) and this tree, editable. These tests run
-the runtime verbs there, as real subprocesses, on a scorer exported in ``.venv``.
+``make test`` builds three runtime venvs first, each holding the base dependencies and this tree, editable, and
+nothing of the training stack:
+
+- ``.venv-lean``: ``pip install skipgan-edge`` on this machine's Python (numpy 2).
+- ``.venv-jp6``: JetPack 6's userland: Python 3.10 with JetPack 6's pins (numpy 1, OpenCV 4.8, onnxruntime 1.21;
+  ``constraints/jetpack6.txt``).
+- ``.venv-jetson``: ``make jetson``'s own recipe over the system Python with ``--system-site-packages``: Debian's
+  OpenCV built with GStreamer on Debian's numpy 1, kept, not replaced (tests/test_jetson.py has its own checks).
+
+These tests run the runtime verbs (run, eval, bench, threshold, serve, doctor) in each, as real subprocesses, on a
+scorer exported in ``.venv``.
 """
 
 from __future__ import annotations
@@ -14,13 +22,16 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, write_defect_video
 
-LEAN = ROOT / ".venv-lean" / "bin"
+RUNTIME_VENVS = {"lean": ".venv-lean", "jp6": ".venv-jp6", "jetson": ".venv-jetson"}
+BUILT_BY = {"lean": "make lean-venv", "jp6": "make jp6-venv", "jetson": "make jetson-ci"}
 
 
-@pytest.fixture(scope="module")
-def lean() -> Path:
-    assert (LEAN / "skipgan-edge").exists(), "no .venv-lean: make test builds it (make lean-venv), then runs these tests"
-    return LEAN
+@pytest.fixture(scope="module", params=sorted(RUNTIME_VENVS))
+def lean(request: pytest.FixtureRequest) -> Path:
+    name = request.param
+    bin_ = ROOT / RUNTIME_VENVS[name] / "bin"
+    assert (bin_ / "skipgan-edge").exists(), f"no {RUNTIME_VENVS[name]}: make test builds it ({BUILT_BY[name]}), then runs these tests"
+    return bin_
 
 
 def _lean(lean: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -32,6 +43,15 @@ def test_lean_venv_has_no_training_stack(lean: Path) -> None:
     code = f"import importlib.util as u; print([m for m in {heavy} if u.find_spec(m)])"
     p = subprocess.run([str(lean / "python"), "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "[]"
+
+
+def test_the_jetpack6_lane_is_python310_on_numpy1() -> None:
+    py = ROOT / RUNTIME_VENVS["jp6"] / "bin" / "python"
+    p = subprocess.run([str(py), "-c", "import sys, numpy, cv2, onnxruntime; print(sys.version_info[:2], numpy.__version__, cv2.__version__)"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    pins = dict(line.split("==") for line in (ROOT / "constraints" / "jetpack6.txt").read_text().splitlines() if "==" in line and not line.startswith("#"))
+    assert p.stdout.split() == ["(3,", "10)", pins["numpy"], pins["opencv-python-headless"].rsplit(".", 1)[0]], p.stdout
 
 
 def test_runtime_verbs_in_the_lean_install(lean: Path, demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
@@ -61,6 +81,29 @@ def test_runtime_verbs_in_the_lean_install(lean: Path, demo_onnx: Path, synth_di
     p = _lean(lean, "threshold", "--onnx", str(demo_onnx / "scorer.onnx"), "--normal", str(normal), "--fpr", "0.05", cwd=tmp_path)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and "pip install 'skipgan-edge[onnx]'" in lines[0], p.stderr
+    # a cell of two cameras on one shared model, to the end of their files
+    b = write_defect_video(tmp_path / "b.avi", 24, {5}, "MJPG", seed=4)
+    (tmp_path / "cell.toml").write_text(f"""
+[serve]
+batch = 4
+
+[[camera]]
+id = "a"
+source = "{video}"
+onnx = "{demo_onnx / 'scorer.onnx'}"
+jsonl = "cell-a.jsonl"
+
+[[camera]]
+id = "b"
+source = "{b}"
+onnx = "{demo_onnx / 'scorer.onnx'}"
+jsonl = "cell-b.jsonl"
+""")
+    p = _lean(lean, "serve", "--config", "cell.toml", "--json", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    cams = json.loads(p.stdout)["cameras"]
+    assert cams["a"]["scored"] == 40 and cams["b"]["scored"] == 24, cams
+    assert len((tmp_path / "cell-b.jsonl").read_text().splitlines()) == 24
 
 
 @pytest.mark.parametrize(("args", "extra"), [

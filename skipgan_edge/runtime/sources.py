@@ -118,7 +118,22 @@ def decode_params(opts: SourceOptions) -> list[int]:
     """FFmpeg open parameters for the decoder thread count (none: FFmpeg's default)."""
     if opts.decode_threads < 0:
         raise SourceError(f"--decode-threads must be 0 (FFmpeg's default) or more, got {opts.decode_threads}")
-    return [cv2.CAP_PROP_N_THREADS, opts.decode_threads] if opts.decode_threads else []
+    if not opts.decode_threads:
+        return []
+    prop = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV 4.7+; Debian 12's 4.6 has none
+    if prop is None:
+        _warn_no_thread_control()
+        return []
+    return [prop, opts.decode_threads]
+
+
+_warned: set[str] = set()
+
+
+def _warn_no_thread_control() -> None:
+    if "threads" not in _warned:
+        _warned.add("threads")
+        log.warning("OpenCV %s cannot set FFmpeg's decoder threads (OpenCV 4.7+ can): --decode-threads is ignored, FFmpeg decides", cv2.__version__)
 
 
 def _timed_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
