@@ -335,6 +335,8 @@ class Pipeline:
                 "timestamp": f.timestamp, "time": iso_time(f.timestamp), "model_id": model_id, "threshold": thr,
                 "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous, "bbox": box,
             }
+            if "camera_frame_id" in f.extra:  # a GenICam camera's own frame id and timestamp (genicam.py)
+                rec["camera_frame_id"], rec["camera_timestamp_ns"] = f.extra["camera_frame_id"], f.extra["camera_timestamp_ns"]
             if "tiles" in res:
                 rec["tiles"] = res["tiles"]
             rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
@@ -373,6 +375,7 @@ class Pipeline:
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": {s: self.lat.summary(i) for i, s in enumerate(STAGES)},
             **({"sinks": stats} if (stats := {s.name: s.stats() for s in self.sinks if hasattr(s, "stats")}) else {}),
+            **getattr(self.source, "source_summary", {}),  # a source's own counts (genicam: missing, incomplete frames)
             **self.extra_summary,
         }
 

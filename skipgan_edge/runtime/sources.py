@@ -6,6 +6,8 @@ spec                                     what                                   
 ``/dev/video0``, ``v4l2:///dev/video0``  V4L2 camera (OpenCV, CAP_V4L2)              newest
 ``0`` (a bare index)                     camera by index                             newest
 ``csi://0``                              Jetson CSI camera: GStreamer nvarguscamerasrc newest
+``genicam://NAME?exposure_us=2000``      GigE Vision / USB3 Vision camera (Aravis;   newest
+                                         options: skipgan_edge/runtime/genicam.py)
 ``gst:PIPELINE ! appsink``               any GStreamer pipeline (OpenCV GStreamer)   never
 ``rtsp://host/path``                     RTSP stream (OpenCV/FFmpeg)                 newest
 ``line.mp4`` (any video file)            decoded in order, ends at end of file       never
@@ -591,6 +593,10 @@ def open_source(spec: str, opts: SourceOptions | None = None) -> Source:
         return LiveSource(spec, opts, int(spec), cv2.CAP_ANY, "camera")
     if spec.startswith("gst:"):
         return GstPipelineSource(spec, opts)
+    if spec.startswith("genicam://"):
+        from skipgan_edge.runtime.genicam import GenicamSource  # Aravis (PyGObject) only when asked for
+
+        return GenicamSource(spec, opts)
     if spec.startswith("csi://"):
         require_gstreamer(spec)
         return LiveSource(spec, opts, csi_pipeline(int(spec[len("csi://") :] or 0), opts), cv2.CAP_GSTREAMER, "CSI camera")
