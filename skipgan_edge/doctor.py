@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import platform
+import sys
+from pathlib import Path
 
 
 def _version(mod: str) -> str | None:
@@ -79,7 +81,7 @@ def report() -> list[str]:
         ("pytriton", "triton-serve (PyTriton's bundled tritonserver)"),
     ):
         v = _version(mod)
-        lines.append(f"{mod:14s} {v or 'missing':12s} {what}")
+        lines.append(f"{mod:17s} {v or 'missing':12s} {what}")
     lines.append(cuda_line())
     missing = gpu_stack_missing()
     lines.append("TensorRT engines: " + ("ready (GPU, cuda-python, TensorRT)" if not missing else "not here: missing " + "; ".join(missing)))
@@ -94,8 +96,18 @@ def report() -> list[str]:
     except ImportError:
         pass
     import cv2
+    import numpy
 
     info = cv2.getBuildInformation()
     gst = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "GStreamer" in ln), "unknown")
-    lines.append(f"OpenCV {cv2.__version__}, GStreamer: {gst}")
+    lines.append(f"OpenCV {cv2.__version__} ({_origin(cv2.__file__)}), GStreamer: {gst}"
+                 + ("" if gst.upper().startswith("YES") else " (csi://, gst: and genicam:// need it: make jetson keeps a system OpenCV that has it)"))
+    lines.append(f"numpy {numpy.__version__} ({_origin(numpy.__file__)})")
     return lines
+
+
+def _origin(file: str | None) -> str:
+    """Where a module was imported from: this venv's own packages, or the system's (a --system-site-packages venv
+    on a Jetson should take OpenCV and numpy from JetPack)."""
+    in_venv = sys.prefix != sys.base_prefix and str(file or "").startswith(sys.prefix)
+    return f"from {'this venv' if in_venv else 'the system'}: {Path(file).parent if file else '?'}"

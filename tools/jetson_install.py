@@ -11,6 +11,7 @@ numpy-1 binaries cannot load) in front of them. Here each runtime requirement is
 - OpenCV: any ``cv2`` the system has is kept; pip's headless build only where there is none.
 - onnxruntime: an importable ``onnxruntime`` (JetPack users often have ``onnxruntime-gpu``) is kept.
 - everything else: installed only when missing or too old.
+- onnx: only where TensorRT is 8.6 (JetPack 6.0), whose parser needs the scorer rewritten (``build`` does it).
 - cuda-python: only where TensorRT is there, of the major the driver supports (``skipgan_edge.runtime.cudaenv``).
 
 ``JETSON_TENSORRT=optional`` lets a machine without TensorRT (CI) run the same recipe; ``required`` (the default)
@@ -76,7 +77,7 @@ def main() -> int:
         pip("packaging>=23")
         importlib.invalidate_caches()
     pip("--no-deps", "-e", str(ROOT))
-    from packaging.requirements import Requirement  # noqa: PLC0415 - pip-installed above when the system has none
+    from packaging.requirements import Requirement  # pip-installed above when the system has none
     from packaging.version import Version
 
     reqs = [Requirement(r) for r in md.requires("skipgan-edge") or []]
@@ -116,6 +117,9 @@ def main() -> int:
                 have = None
             if have is None or not r.specifier.contains(have, prereleases=True):
                 install.append(str(r))
+    if trt is not None and Version(trt) < Version("10") and module_version("onnx") is None:
+        # TensorRT 8.6 (JetPack 6.0): build rewrites the scorer for its parser (skipgan_edge.export.trt86) with onnx
+        install += [str(Requirement(r)).split(";")[0] for r in md.requires("skipgan-edge") or [] if 'extra == "onnx"' in r]
     if trt is not None and module_version("cuda") is None:
         spec = subprocess.run([sys.executable, "-m", "skipgan_edge.runtime.cudaenv", "--pip-spec"], capture_output=True, text=True, check=True)
         install.append(spec.stdout.strip())

@@ -41,11 +41,13 @@ is the bottleneck, e.g. a GPU engine fed 1080p video.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,6 +138,23 @@ def _warn_no_thread_control() -> None:
     if "threads" not in _warned:
         _warned.add("threads")
         log.warning("OpenCV %s cannot set FFmpeg's decoder threads (OpenCV 4.7+ can): --decode-threads is ignored, FFmpeg decides", cv2.__version__)
+
+
+@contextlib.contextmanager
+def opencv_errors_only() -> Iterator[None]:
+    """OpenCV's own warnings off (our one line says what was tried instead). pip's OpenCV has the level functions in
+    ``cv2.utils.logging``; distribution builds (Debian's 4.6, JetPack's) have them on ``cv2`` itself."""
+    mod = getattr(getattr(cv2, "utils", None), "logging", None)
+    get, set_ = (mod.getLogLevel, mod.setLogLevel) if mod is not None else (getattr(cv2, "getLogLevel", None), getattr(cv2, "setLogLevel", None))
+    if get is None or set_ is None:
+        yield
+        return
+    level = get()
+    set_(2)  # cv::utils::logging::LOG_LEVEL_ERROR
+    try:
+        yield
+    finally:
+        set_(level)
 
 
 def _timed_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
@@ -237,17 +256,18 @@ class LiveSource(Source):
 
     def _open(self) -> cv2.VideoCapture | None:
         # OpenCV logs its own warning when a device does not open; ours (one line, what was tried) replaces it
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        try:
+        with opencv_errors_only():
             if self.api == cv2.CAP_FFMPEG:  # timeouts only apply when given at open time
                 ms = int(self.opts.stall_timeout * 1000)
                 params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms, *decode_params(self.opts)]
                 cap = cv2.VideoCapture(self.target, self.api, params)
+            elif self.api == cv2.CAP_GSTREAMER:
+                gst = open_gstreamer(self.target, max(self.opts.stall_timeout, 1.0))
+                if gst is None:
+                    return None
+                cap = gst
             else:
                 cap = cv2.VideoCapture(self.target, self.api)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
         if not cap.isOpened():
             cap.release()
             return None
@@ -310,18 +330,16 @@ class GstPipelineSource(Source):
         last = self.pipeline.rsplit("!", 1)[-1].split()
         if not last or last[0] != "appsink":
             raise SourceError(f"{spec[:80]!r}: a gst: pipeline must end in '! appsink' (for example 'gst:videotestsrc ! videoconvert ! appsink')")
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        try:
-            self.cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
-        if not self.cap.isOpened():
-            self.cap.release()
+        reason = gst_parse_error(self.pipeline)
+        if reason:
+            raise SourceError(f"GStreamer cannot parse {self.pipeline[:120]!r}: {reason}")
+        cap = open_gstreamer(self.pipeline, max(opts.stall_timeout, 1.0))
+        if cap is None:
             raise SourceError(
                 f"GStreamer could not start {self.pipeline[:120]!r}: try it with gst-launch-1.0 (replace appsink by fakesink), "
                 "check every element is installed (gst-inspect-1.0 NAME) and that a videoconvert precedes appsink"
             )
+        self.cap = cap
 
     def frames(self) -> Iterator[Frame]:
         i = 0
@@ -334,6 +352,50 @@ class GstPipelineSource(Source):
 
     def close(self) -> None:
         self.cap.release()
+
+
+def gst_parse_error(pipeline: str) -> str | None:
+    """GStreamer's own reason when it cannot parse ``pipeline`` (an element that is not installed, a bad property),
+    through PyGObject where the system has it (JetPack and Debian do; OpenCV itself may hang on such a pipeline);
+    None when it parses or when PyGObject is not there to ask."""
+    try:
+        import gi
+
+        gi.require_version("Gst", "1.0")
+        from gi.repository import GLib, Gst
+    except (ImportError, ValueError):
+        return None
+    if not Gst.is_initialized():
+        Gst.init(None)
+    try:
+        element = Gst.parse_launch(pipeline)
+    except GLib.Error as exc:
+        return str(exc.message)
+    element.set_state(Gst.State.NULL)
+    return None
+
+
+def open_gstreamer(pipeline: str, timeout_s: float) -> cv2.VideoCapture | None:
+    """OpenCV's GStreamer capture, or None when it does not open within ``timeout_s``: OpenCV 4.6's backend can wait
+    for ever on a pipeline that never prerolls; the opening thread is then left behind (a daemon) and the caller
+    says so in one line."""
+    box: list[cv2.VideoCapture] = []
+
+    def _open() -> None:
+        with opencv_errors_only():
+            box.append(cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER))
+
+    t = threading.Thread(target=_open, name="gst-open", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if not box:
+        log.warning("GStreamer pipeline did not start within %.0f s", timeout_s)
+        return None
+    cap = box[0]
+    if not cap.isOpened():
+        cap.release()
+        return None
+    return cap
 
 
 def require_gstreamer(spec: str) -> None:
