@@ -84,7 +84,8 @@ def test_a_gstreamer_pipeline_is_scored_frame_by_frame(jetson: Path, demo_onnx: 
 def test_gst_errors_are_one_line(jetson: Path, demo_onnx: Path, tmp_path: Path) -> None:
     cases = [
         (jetson, "gst:videotestsrc ! videoconvert ! fakesink", "must end in '! appsink'"),
-        (jetson, "gst:nosuchelement ! videoconvert ! appsink", 'GStreamer cannot parse \'nosuchelement ! videoconvert ! appsink\': no element "nosuchelement"'),
+        (jetson, "gst:nosuchelement ! videoconvert ! appsink", 'GStreamer cannot parse \'nosuchelement ! videoconvert ! appsink\': '
+                                                              'no element "nosuchelement"'),
         (jetson, f"gst:filesrc location={tmp_path / 'none.mp4'} ! decodebin ! videoconvert ! appsink", "GStreamer could not start"),
         (LEAN, "gst:videotestsrc ! videoconvert ! appsink", "needs OpenCV built with GStreamer"),  # pip's OpenCV has none
     ]
