@@ -27,7 +27,7 @@ def test_jetpack6_gets_cuda_python_12(tmp_path: Path) -> None:
     root = _tree(tmp_path, "12.6.68", "# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
     assert toolkit_cuda_version(root) == (12, 6) and l4t_major(root) == 36
     major, why = cuda_major(root)
-    assert major == 12 and "12.6" in why and cuda_python_spec(major) == "cuda-python>=12.6,<13"
+    assert major == 12 and "12.6" in why and cuda_python_spec(major) == "cuda-python>=12.6.1,<13"
 
 
 def test_the_driver_decides_over_the_toolkit(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_cuda_python_newer_than_the_driver_is_one_line_naming_both_and_the_fix()
 
     line = mismatch_line("13.0.1", (12, 6))
     assert line is not None and "\n" not in line
-    assert "cuda-python 13.0.1" in line and "CUDA 12.6" in line and "pip install 'cuda-python>=12.6,<13'" in line
+    assert "cuda-python 13.0.1" in line and "CUDA 12.6" in line and "pip install 'cuda-python>=12.6.1,<13'" in line
     assert mismatch_line("12.9.0", (12, 2)) is None and mismatch_line("12.9.0", (13, 0)) is None  # older bindings run on newer drivers
     assert mismatch_line(None, (12, 6)) is None and mismatch_line("13.0.1", None) is None
     assert "--cuda-api pycuda" in (mismatch_line("12.6.0", (11, 4)) or "")  # JetPack 5: no cuda.bindings for CUDA 11
@@ -65,13 +65,13 @@ def test_doctor_and_gpu_info_name_cuda_python_13_on_a_cuda_12_driver(monkeypatch
     monkeypatch.setattr(cudaenv, "driver_cuda_version", lambda: (12, 6))
     monkeypatch.setattr(cudaenv, "cuda_python_version", lambda: "13.0.1")
     line = doctor.cuda_line()
-    assert line == "CUDA: cuda-python 13.0.1 needs a CUDA 13 driver, but this driver supports CUDA 12.6: pip install 'cuda-python>=12.6,<13'"
-    assert any("cuda-python>=12.6,<13" in m for m in doctor.gpu_stack_missing(tensorrt=False))
+    assert line == "CUDA: cuda-python 13.0.1 needs a CUDA 13 driver, but this driver supports CUDA 12.6: pip install 'cuda-python>=12.6.1,<13'"
+    assert any("cuda-python>=12.6.1,<13" in m for m in doctor.gpu_stack_missing(tensorrt=False))
     try:
         info = engine_file.gpu_info()
     except EngineError as exc:  # no GPU visible through PyCUDA or torch either (this machine): the error is the mismatch line
-        assert str(exc).startswith("cuda-python 13.0.1 needs a CUDA 13 driver") and "cuda-python>=12.6,<13" in str(exc)
+        assert str(exc).startswith("cuda-python 13.0.1 needs a CUDA 13 driver") and "cuda-python>=12.6.1,<13" in str(exc)
     else:  # a GPU seen another way: the record still names the mismatch
-        assert "cuda-python>=12.6,<13" in info["cuda_python"]
+        assert "cuda-python>=12.6.1,<13" in info["cuda_python"]
     monkeypatch.setattr(cudaenv, "cuda_python_version", lambda: "12.9.0")
     assert doctor.cuda_line() == "CUDA: driver supports CUDA 12.6; cuda-python 12.9.0, a match"

@@ -59,7 +59,7 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
             pass
 
     class NetworkDefinitionCreationFlag:
-        EXPLICIT_BATCH, STRONGLY_TYPED = Flag("EXPLICIT_BATCH", 0), Flag("STRONGLY_TYPED", 5)
+        EXPLICIT_BATCH, STRONGLY_TYPED = Flag("EXPLICIT_BATCH", 0), Flag("STRONGLY_TYPED", 1)  # release/10.3 NvInfer.h
 
     class BuilderFlag:
         FP16, INT8, OBEY_PRECISION_CONSTRAINTS, GPU_FALLBACK = (Flag(n, i) for i, n in enumerate(
@@ -114,8 +114,13 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
             return self.layers[i]
 
     class OnnxParser:
-        """One layer per node, named as onnx-tensorrt names them (node name, unique with _N); an unnamed broadcast
-        shuffle after each elementwise Sub/Mul, as the importer adds for broadcasting."""
+        """One layer per node, named as onnx-tensorrt release/8.6-GA names them (ImporterContext.cpp registerLayer: the
+        node name, unique with _N). An elementwise node's constant input becomes a constant layer named after the Constant's
+        output (onnx2trt_utils.cpp convertToTensor registers it under the weights' name), and a lower-rank input gets an
+        unnamed broadcast shuffle in front of the elementwise layer (elementwiseHelper → broadcastTensor: addShuffle, not
+        registered), reading that input."""
+
+        ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow")
 
         def __init__(self, network: Network, logger: Logger) -> None:
             self.network = network
@@ -124,23 +129,44 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
         def parse(self, blob: bytes) -> bool:
             events.append(("parse", blob))
             m = onnx.shape_inference.infer_shapes(onnx.load_from_string(blob))
-            types_of = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.input, *m.graph.value_info, *m.graph.output]}
+            values = [*m.graph.input, *m.graph.value_info, *m.graph.output]
+            types_of = {v.name: v.type.tensor_type.elem_type for v in values}
+            rank_of = {v.name: len(v.type.tensor_type.shape.dim) for v in values}
+            consts: dict[str, Any] = {}  # Constant outputs: weights, no layer until an elementwise layer uses them
+            for n in m.graph.node:
+                if n.op_type == "Constant":
+                    t = next(a.t for a in n.attribute if a.name == "value")
+                    consts[n.output[0]] = t
+                    types_of[n.output[0]], rank_of[n.output[0]] = t.data_type, len(t.dims)
             tensors: dict[str, Tensor] = {}
             seen: dict[str, int] = {}
+            layers = self.network.layers
+
+            def unnamed(kind: str, ins: list[Tensor | None], dtype: DType) -> Tensor:
+                name = f"(Unnamed Layer* {len(layers)}) [{kind}]"
+                out = Tensor(f"{name}_output", dtype)
+                layers.append(Layer(name, ins, [out]))
+                return out
+
             for n in m.graph.node:
                 if n.op_type == "Constant":
                     continue
-                ins = [tensors.get(t) for t in n.input if t]
+                ins: list[Tensor | None] = []
+                top = max((rank_of.get(t, 0) for t in n.input if t), default=0)
+                for t in (t for t in n.input if t):
+                    if n.op_type in self.ELEMENTWISE and t in consts and t not in tensors:
+                        tensors[t] = Tensor(f"(Unnamed Layer* {len(layers)}) [Constant]_output", onnx_types[consts[t].data_type])
+                        layers.append(Layer(t, [], [tensors[t]]))  # named after the weights
+                    x = tensors.get(t)
+                    if n.op_type in self.ELEMENTWISE and x is not None and rank_of.get(t, top) < top:
+                        x = unnamed("Shuffle", [x], x.dtype)  # broadcast: in front of the elementwise layer
+                    ins.append(x)
                 outs = [Tensor(t, onnx_types.get(types_of.get(t, 1), f32)) for t in n.output]
                 name = n.name if n.name not in seen else f"{n.name}_{seen[n.name]}"
                 seen[n.name] = seen.get(n.name, 0) + 1
-                self.network.layers.append(Layer(name, ins, outs))
+                layers.append(Layer(name, ins, outs))
                 for t in outs:
                     tensors[t.name] = t
-                if n.op_type in ("Sub", "Mul"):
-                    helper_out = Tensor(f"(Unnamed Layer* {len(self.network.layers)}) [Shuffle]_output", outs[0].dtype)
-                    self.network.layers.append(Layer(f"(Unnamed Layer* {len(self.network.layers)}) [Shuffle]", [outs[0]],
-                                                     [helper_out]))
             return True
 
     class Config:
@@ -240,10 +266,13 @@ def test_trt86_parses_the_rewrite_and_pins_the_head_fp32_before_the_build(demo_o
     head = [ly for ly in network.layers if is_head_node(ly.name)]
     assert head and all(ly.precision_set is not None and ly.precision_set.name == "float32" for ly in head
                         if any(ly.get_output(i).dtype.name in ("float32", "float16") for i in range(ly.num_outputs)))
-    for ly in head:
+    for ly in head:  # output types are the ONNX's: FP32 in the head, FP16 where it casts into an FP16 network
         for i in range(ly.num_outputs):
-            if ly.get_output(i).dtype.name == "float32":
-                assert ly.output_types[i].name == "float32", ly.name
+            if ly.get_output(i).dtype.name in ("float32", "float16"):
+                assert ly.output_types[i] is ly.get_output(i).dtype, ly.name
+    casts = [ly for ly in head if ly.name.endswith("_cast_to_fp16")]
+    assert bool(casts) == (precision == "fp16") and all(ly.output_types[0].name == "float16" for ly in casts)
+    assert any(ly.name.startswith("/Constant") and ly.precision_set is not None for ly in head)  # the head's constants
     helpers = [ly for ly in network.layers if ly.name.startswith("(Unnamed") and ly.get_output(0).dtype.name == "float32"
                and ly.get_input(0).name in {ly2.get_output(0).name for ly2 in head}]
     assert helpers and all(ly.precision_set is not None for ly in helpers)  # the parser's helpers inside the head
@@ -256,7 +285,7 @@ def test_trt10_is_strongly_typed_and_parses_the_file_as_exported(demo_onnx: Path
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     meta, events = build_with("10.3.0", demo_onnx / "scorer.int8.onnx", tmp_path, monkeypatch)
     assert next(e[1] for e in events if e[0] == "parse") == (demo_onnx / "scorer.int8.onnx").read_bytes()
-    assert next(e[1] for e in events if e[0] == "network") == 1 << 5
+    assert next(e[1] for e in events if e[0] == "network") == 1 << 1
     network, config = _built(events)
     assert config.flags == set() and all(ly.precision_set is None for ly in network.layers)
     assert meta["network"] == {"typing": "strong"} and meta["tensorrt"] == "10.3.0"

@@ -159,12 +159,22 @@ class TrtCompat:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
     def hold_head_fp32(self, network: trt.INetworkDefinition, precision: str) -> list[str]:
-        """On a weakly typed (8.6) network, pin the score head to FP32: precision and float output types.
+        """On a weakly typed (8.6) network, pin the score head to FP32: precision, and each float output's type.
 
-        The parser names each layer after its ONNX node (release/8.6-GA ImporterContext.cpp
-        ``registerLayer``: the node name, made unique with a ``_N`` suffix), so head layers match
-        ``is_head_node``; the unnamed helper layers it adds (broadcast shuffles, constants) belong to
-        the head when they read a head layer's output. Returns the pinned layers' names.
+        The parser names each layer after its ONNX node (onnx/onnx-tensorrt release/8.6-GA,
+        ImporterContext.cpp ``registerLayer``: the node name, made unique with a ``_N`` suffix), and a
+        constant layer after its weights, i.e. the ONNX Constant's output name (onnx2trt_utils.cpp
+        ``convertToTensor``), so head layers and head constants match ``is_head_node``; the unnamed
+        broadcast shuffles ``elementwiseHelper`` puts in front of an elementwise layer
+        (``broadcastTensor``) belong to the head when they read a head layer's output.
+
+        Output types are pinned to the tensor's own (the ONNX's) type: FP32 for the head's own
+        tensors, FP16 for its casts into an FP16 network (``/..._cast_to_fp16``). A layer's output
+        type is not its tensor's type (TensorRT reformats between them: NVIDIA/TensorRT release/8.6
+        NvInfer.h ``ILayer::setOutputType``) and a cast layer's output type is its ``toType``
+        (release/10.3 NvInfer.h ``ICastLayer::getToType``; for the fill, quantize and dequantize layers
+        ``setToType`` says "types passed to setOutputType and setToType must be the same"), so FP32
+        there would contradict the cast. Returns the pinned layers' names.
         """
         if self.strongly_typed or precision == "fp32":
             return []
@@ -190,7 +200,7 @@ class TrtCompat:
                 continue  # shape and index tensors keep their types
             layer.precision = trt.float32
             for j in float_outs:
-                layer.set_output_type(j, trt.float32)
+                layer.set_output_type(j, outs[j].dtype)  # FP32, or the FP16 a cast into an FP16 network makes
             pinned.append(layer.name)
         return pinned
 

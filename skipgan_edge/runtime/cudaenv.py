@@ -10,8 +10,11 @@ loadable driver, the toolkit's ``version.json`` and then the Jetson L4T release 
 is newer than the driver (which cuda-python, which CUDA the driver supports, what to install).
 
 ``python -m skipgan_edge.runtime.cudaenv --pip-spec`` prints the requirement ``make jetson``
-installs, e.g. ``cuda-python>=12.6,<13`` (12.6 is the first release with ``cuda.bindings``, the
-module skipgan-edge imports).
+installs, e.g. ``cuda-python>=12.6.1,<13``: 12.6.1 is the first release with ``cuda.bindings``, the
+module skipgan-edge imports (NVIDIA/cuda-python, cuda-bindings release notes 12.6.1: "``cuda.cudart`` ->
+``cuda.bindings.runtime``", the old names kept as deprecated aliases through 12.x; 13.x has no
+``cuda.cudart``). 12.6.0 has only ``cuda.cudart`` yet satisfies ``>=12.6``: pip keeps an installed 12.6.0
+(or picks it where it is the newest 12.x available) and skipgan-edge cannot import it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 #: Jetson Linux (L4T) major → CUDA major of its JetPack: R35 = JetPack 5 (CUDA 11.4), R36 = JetPack 6 (CUDA 12.x)
 L4T_CUDA = {32: 10, 34: 11, 35: 11, 36: 12, 38: 13}
 #: cuda-python requirement per CUDA major (None: no cuda-python with cuda.bindings exists; use PyCUDA)
-CUDA_PYTHON_SPECS = {12: "cuda-python>=12.6,<13", 13: "cuda-python>=13.0,<14"}
+CUDA_PYTHON_SPECS = {12: "cuda-python>=12.6.1,<13", 13: "cuda-python>=13.0,<14"}
 
 
 def driver_cuda_version() -> tuple[int, int] | None:
@@ -84,9 +87,9 @@ def cuda_python_spec(major: int | None) -> str:
     """The cuda-python requirement for a CUDA major (one-line ValueError if there is none)."""
     if major is None:
         raise ValueError("cannot tell the CUDA version here (no driver, toolkit or L4T release); install cuda-python "
-                         "by hand: pip install 'cuda-python>=12.6,<13' for CUDA 12 (JetPack 6)")
+                         "by hand: pip install 'cuda-python>=12.6.1,<13' for CUDA 12 (JetPack 6)")
     if major not in CUDA_PYTHON_SPECS:
-        raise ValueError(f"CUDA {major} has no cuda-python with cuda.bindings (it starts at 12.6); on JetPack 5 use "
+        raise ValueError(f"CUDA {major} has no cuda-python with cuda.bindings (it starts at 12.6.1); on JetPack 5 use "
                          "PyCUDA: pip install 'skipgan-edge[pycuda]' and --cuda-api pycuda")
     return CUDA_PYTHON_SPECS[major]
 
