@@ -13,14 +13,24 @@ import typer
 from skipgan_edge import __version__
 from skipgan_edge.errors import SkipganError
 
+# Help is plain text, never Rich markup (rich_markup_mode=None). In Typer's "rich" mode every help string is parsed as
+# Rich markup, so square brackets are tags: run's "triton://HOST:PORT/MODEL[/VERSION]" crashed `run --help` with a
+# MarkupError, and "[train]", "[[camera]]" or "[user:pass@]" silently vanished from the text. Escaping every bracket
+# in every string is a rule each new option would have to remember; plain help prints what is written, the same
+# with or without Rich installed (the lean runtime install has none). tests/test_cli_help.py renders every verb.
+# -h is --help everywhere; defaults are shown (options whose default comes from a config say it in their help).
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 app = typer.Typer(
     name="skipgan-edge",
     help="Skip-GANomaly from training to the edge: train, eval, calibrate, export, build, run, bench.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings=CONTEXT,
 )
-data_app = typer.Typer(help="Write a built-in dataset as an MVTec-style folder.", no_args_is_help=True)
+data_app = typer.Typer(help="Write a built-in dataset as an MVTec-style folder.", no_args_is_help=True, rich_markup_mode=None,
+                       context_settings=CONTEXT)
 app.add_typer(data_app, name="data")
 
 log = logging.getLogger("skipgan_edge")
@@ -30,13 +40,42 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
-@app.callback()
-def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _check(rename: Optional[dict[str, str]] = None, **values: Any) -> None:
+    """The one validation of numeric options: each value against ``skipgan_edge.config.LIMITS[key]`` (the rules a cell
+    file's keys meet too), before any work; one line naming the option (``--KEY``, or ``rename[key]``)."""
+    from skipgan_edge.config import check_limits, option_name
+
+    names = rename or {}
+    check_limits(values, lambda key: names.get(key) or option_name(key))
+
+
+def _default(table: str, key: str) -> str:
+    """``[default: V]`` for a train option whose default lives in skipgan_edge/config.py (the option itself defaults to
+    None: not given, so that a --config file's value is kept)."""
+    from skipgan_edge import config
+
+    cls = {"model": config.ModelConfig, "train": config.TrainConfig, "score": config.ScoreConfig}[table]
+    value = getattr(cls(), key)
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    return f"  [default: {value if value is not None else 'the architecture' + chr(39) + 's'}]"
+
+
+def _version(value: bool) -> None:
+    if value:
         typer.echo(f"skipgan-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    if ctx.invoked_subcommand is None:  # only options (-v): the help, as with no arguments at all
+        typer.echo(ctx.get_help())
         raise typer.Exit()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True
@@ -55,6 +94,7 @@ def data_synthetic(
     seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
 ) -> None:
     """Synthetic defect textures (scratch, spot, crack, hole) with masks; no download."""
+    _check({"image_size": "--size"}, image_size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
     from skipgan_edge.data.synthetic import SyntheticSpec, write_synthetic
 
     spec = SyntheticSpec(texture=texture, size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect, seed=seed)
@@ -71,6 +111,7 @@ def data_fmnist(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fashion-MNIST leave-one-class-out (Debian's dataset-fashion-mnist) as PNG files."""
+    _check(max_train=max_train, max_test=max_test)
     from skipgan_edge.data.export_folder import write_fmnist
 
     counts = write_fmnist(out, anomaly_class, max_train=max_train, max_test=max_test, seed=seed)
@@ -86,6 +127,7 @@ def data_video(
                                            "e.g. to commission a threshold with skipgan-edge threshold).")] = True,
 ) -> None:
     """A synthetic line-camera video (brick texture) with dark holes at known frames, to try `run` on."""
+    _check({"video_frames": "--frames"}, video_frames=frames)
     from skipgan_edge.demo import DEFECT_FRAMES, write_demo_video
 
     defects = tuple(f for f in DEFECT_FRAMES if f < frames) if defects_ else ()
@@ -98,37 +140,52 @@ def data_video(
 def train(
     data: Annotated[Optional[str], typer.Option(help="MVTec-style folder, or fmnist:<class>.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder to create.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] [train] [score] tables.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] [train] [score] tables"
+                                                        " (keys as in skipgan_edge/config.py); options given here override it.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder.")] = None,
     arch: Annotated[Optional[str], typer.Option(help="Architecture: skipganomaly (the paper), ganomaly, or auto (train both, "
-                                                "keep the better validation AUROC, on synthetic anomalies without labelled ones).")] = None,
-    isize: Annotated[Optional[int], typer.Option(help="Input size: 32, 64, 128 or 256.")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (BGR).")] = None,
-    ngf: Annotated[Optional[int], typer.Option(help="Generator base width.")] = None,
-    ndf: Annotated[Optional[int], typer.Option(help="Discriminator base width.")] = None,
-    nz: Annotated[Optional[int], typer.Option(help="Feature size of f(x).")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Epochs.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (CPU autocast) or amp (CUDA fp16).")] = None,
-    lam: Annotated[Optional[float], typer.Option(help="Weight of the reconstruction term in the score.")] = None,
-    score_mode: Annotated[Optional[str], typer.Option(help="paper (raw terms) or standardized (terms in units of their normal spread).")] = None,
-    pool: Annotated[Optional[int], typer.Option(help="0: rec = mean of the map (paper); k: max of the k×k smoothed map.")] = None,
+                                                "keep the better validation AUROC, on synthetic anomalies without labelled ones)."
+                                                    + _default("model", "arch"))] = None,
+    isize: Annotated[Optional[int], typer.Option(help="Input size: 32, 64, 128 or 256." + _default("model", "isize"))] = None,
+    channels: Annotated[Optional[int], typer.Option(help="1 (grayscale) or 3 (BGR)." + _default("model", "channels"))] = None,
+    ngf: Annotated[Optional[int], typer.Option(help="Generator base width." + _default("model", "ngf"))] = None,
+    ndf: Annotated[Optional[int], typer.Option(help="Discriminator base width." + _default("model", "ndf"))] = None,
+    nz: Annotated[Optional[int], typer.Option(help="Feature size of f(x)." + _default("model", "nz"))] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size." + _default("train", "batch"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate." + _default("train", "lr"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs." + _default("train", "epochs"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default("train", "seed"))] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N." + _default("train", "device"))] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, bf16 (CPU autocast) or amp (CUDA fp16)." + _default("train", "precision"))] = None,
+    lam: Annotated[Optional[float], typer.Option(help="Weight of the reconstruction term in the score." + _default("score", "lam"))] = None,
+    score_mode: Annotated[Optional[str], typer.Option(help="paper (raw terms) or standardized (terms in units of their normal spread)."
+                                                           + _default("score", "mode"))] = None,
+    pool: Annotated[Optional[int], typer.Option(help="0: rec = mean of the map (paper); k: max of the k×k smoothed map."
+                                                     + _default("score", "pool"))] = None,
     select_lam: Annotated[Optional[bool], typer.Option("--select-lam", help="Choose λ by validation AUROC (needs labelled val/).")] = None,
     paper: Annotated[bool, typer.Option("--paper", help="The exact paper formulation: raw terms, λ 0.9, mean map, no training tweaks.")] = False,
-    input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training.")] = None,
-    skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training.")] = None,
-    feature_layer: Annotated[Optional[str], typer.Option(help="D layer used as f(x): last (paper) or penultimate.")] = None,
+    input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training."
+                                                              + _default("train", "input_noise"))] = None,
+    skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training."
+                                                               + _default("model", "skip_dropout"))] = None,
+    feature_layer: Annotated[Optional[str], typer.Option(help="D layer used as f(x): last (paper) or penultimate."
+                                                              + _default("model", "feature_layer"))] = None,
     skip_levels: Annotated[Optional[str], typer.Option(help="UNet skips kept: innermost (default, measured best), all (the paper), "
-                                                      "none (autoencoder) or levels like 2,3,4 (1 = full resolution).")] = None,
+                                                      "none (autoencoder) or levels like 2,3,4 (1 = full resolution)."
+                                                          + _default("model", "skip_levels"))] = None,
     threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: fpr:Q (at most Q of normal images flagged), f1 (on labelled, "
-                                                    "else synthetic validation anomalies) or max-normal.")] = None,
+                                                    "else synthetic validation anomalies) or max-normal." + _default("score", "threshold"))] = None,
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",
-                                                          help="Synthetic defects on normal validation images when val/ has no anomalies.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
+                                                          help="Synthetic defects on normal validation images when val/ has no anomalies."
+                                                               + _default("score", "synthetic_val"))] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation."
+                                                               + _default("train", "val_fraction"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default)." + _default("train", "threads"))] = None,
+    max_recoveries: Annotated[Optional[int], typer.Option(help="Restarts from the last good checkpoint after a non-finite loss or "
+                                                          "gradient before the run stops (0: stop at the first)."
+                                                          + _default("train", "max_recoveries"))] = None,
+    recover_lr_factor: Annotated[Optional[float], typer.Option(help="Each restart multiplies both learning rates by this, in (0, 1)."
+                                                               + _default("train", "recover_lr_factor"))] = None,
 ) -> None:
     """Train on normal images; writes RUN/model.json, RUN/model.safetensors, RUN/metrics.jsonl."""
     from skipgan_edge.train.api import train_from_cli
@@ -137,7 +194,8 @@ def train(
         "model": {"arch": arch, "isize": isize, "channels": channels, "ngf": ngf, "ndf": ndf, "nz": nz, "skip_dropout": skip_dropout,
                   "feature_layer": feature_layer, "skip_levels": skip_levels},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
-                  "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise},
+                  "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise, "max_recoveries": max_recoveries,
+                  "recover_lr_factor": recover_lr_factor},
         "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam, "threshold": threshold,
                   "synthetic_val": synthetic_val},
     }
@@ -168,6 +226,7 @@ def eval_cmd(
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
 ) -> None:
     """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots."""
+    _check(threads=threads)
     from skipgan_edge.evaluate import evaluate_cli
 
     report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads)
@@ -202,6 +261,8 @@ def _parse_batch(text: str) -> tuple[int, int, int]:
         parts = [1, parts[0], parts[0]]
     if len(parts) != 3:
         raise ConfigError(f"--batch takes min,opt,max (e.g. 1,4,8) or one number, got {text!r}")
+    if not 1 <= parts[0] <= parts[1] <= parts[2] <= 4096:
+        raise ConfigError(f"--batch min,opt,max must be 1 <= min <= opt <= max <= 4096, got {text!r}")
     return parts[0], parts[1], parts[2]
 
 
@@ -216,6 +277,7 @@ def calibrate(
     channels: Annotated[int, typer.Option(help="Channels when no --model is given.")] = 3,
 ) -> None:
     """Build an INT8 calibration set of real normal frames (near-duplicates dropped)."""
+    _check({"calib_size": "--size"}, calib_size=size, isize=isize, channels=channels)
     from skipgan_edge import calibration
     from skipgan_edge.errors import ConfigError
 
@@ -259,6 +321,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export the scorer to ONNX (+FP16, +INT8), check every variant's AUROC against FP32."""
+    _check(max_drop=max_drop)
     from skipgan_edge.export.api import export_all, format_table
     from skipgan_edge.runtime.triton_repo import TritonSettings, check_name
 
@@ -314,6 +377,7 @@ def build(
                                               "Orin), 89 (Ada); default: Orin for 8.6 and 10.3, any for 11.")] = None,
 ) -> None:
     """Build a TensorRT engine on the device that will run it (strongly typed: precision from the ONNX)."""
+    _check(workspace=workspace, dla_core=dla_core, opt_level=opt_level, sm=sm)
     if dry_run:
         from skipgan_edge.export.trtcheck import DEFAULT_TARGETS, verdict
 
@@ -375,7 +439,7 @@ def run_cmd(
     mqtt_flush_ms: Annotated[float, typer.Option(help="Results arriving within this long are sent together (lower: less latency, "
                                                  "more broker wake-ups; 20 ms cost 3 % of throughput here, 10 ms 13 %).")] = 20.0,
     camera_id: Annotated[str, typer.Option(help="This camera's id (the MQTT topic level under the prefix, the metrics' camera label).")] = "cam0",
-    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port while the run lasts.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics on this port (1-65535) while the run lasts.")] = None,
     metrics_addr: Annotated[str, typer.Option(help="Address the metrics server binds (0.0.0.0: reachable from other hosts).")] = "127.0.0.1",
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
@@ -400,6 +464,10 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
+    _check(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, overlap=overlap, max_frames=max_frames, replay_fps=replay_fps,
+           fps=fps, width=width, height=height, stop_after_idle=stop_after_idle, reconnect_attempts=reconnect_attempts,
+           decode_threads=decode_threads, threads=threads, metrics_port=metrics_port, mqtt_buffer=mqtt_buffer,
+           mqtt_heartbeat_s=mqtt_heartbeat, mqtt_flush_ms=mqtt_flush_ms)
     from skipgan_edge.runtime.api import SinkOptions, run
     from skipgan_edge.runtime.backends import BackendOptions, artifact
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
@@ -490,6 +558,7 @@ def triton_serve_cmd(
                                                    "are not the ones skipgan-edge writes (Triton runs that code).")] = False,
 ) -> None:
     """A Triton Inference Server around the scorer, from PyTriton's bundled tritonserver: dynamic batching, metrics, gRPC."""
+    _check({"triton_metrics_port": "--metrics-port"}, http_port=http_port, grpc_port=grpc_port, triton_metrics_port=metrics_port)
     import tempfile
 
     from skipgan_edge.errors import ConfigError
@@ -570,6 +639,7 @@ def threshold_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining."""
+    _check({"fps": "--camera-fps"}, fpr=fpr, frames=frames, batch=batch, width=width, height=height, fps=camera_fps, threads=threads)
     from skipgan_edge.runtime.backends import BackendOptions
     from skipgan_edge.runtime.commission import commission, format_report
     from skipgan_edge.runtime.sources import SourceOptions
@@ -605,6 +675,7 @@ def bench(
                                                   "(default with --json: beside it; needs matplotlib).")] = None,
 ) -> None:
     """Latency (min/mean/median/p90/p95/p99) and throughput per backend × precision × batch, like trtexec."""
+    _check(warmup=warmup, iterations=iterations, duration=duration, threads=threads)
     from skipgan_edge.bench.latency import BenchConfig, discover, format_table, pipeline_bench, run_bench
     from skipgan_edge.card import atomic_write_json
     from skipgan_edge.errors import ConfigError
@@ -627,6 +698,8 @@ def bench(
         batches = tuple(int(b) for b in batch.split(","))
     except ValueError:
         raise ConfigError(f"--batch takes comma-separated integers, got {batch!r}") from None
+    for b in batches:
+        _check(batch=b)
     names = None if backend == "auto" else backend.split(",")
     if pipeline:
         if not source:
@@ -666,6 +739,7 @@ def demo(
     fast: Annotated[bool, typer.Option(help="Tiny settings, for tests.")] = False,
 ) -> None:
     """Synthetic data → train → eval → export (FP32/FP16/INT8, gated) → stream a video with known defects."""
+    _check(epochs=epochs)
     from skipgan_edge.demo import run_demo
 
     run_demo(out, epochs=epochs, fast=fast)

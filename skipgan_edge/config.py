@@ -26,6 +26,117 @@ from skipgan_edge.errors import ConfigError
 VALID_ISIZES = (32, 64, 128, 256)
 
 
+# ------------------------------------------------------------------------------- numeric limits
+@dataclass(frozen=True)
+class Limit:
+    """The values one numeric option or config key may take: a finite number (an integer where ``integer``) in
+    [lo, hi] (an open end where ``lo_open`` / ``hi_open``; None: unbounded). ``text`` replaces the generated
+    description in the error. ``None`` (an option not given) always passes."""
+
+    lo: float | None = None
+    hi: float | None = None
+    integer: bool = False
+    lo_open: bool = False
+    hi_open: bool = False
+    text: str = ""
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        kind = "an integer" if self.integer else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            return f"{kind} in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{kind} {'above' if self.lo_open else 'of at least'} {_num(self.lo)}"
+        if self.hi is not None:
+            return f"{kind} {'below' if self.hi_open else 'of at most'} {_num(self.hi)}"
+        return kind
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not math.isfinite(value) or (self.integer and not float(value).is_integer()):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return not (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi))
+
+    def check(self, name: str, value: Any) -> None:
+        """One line naming ``name`` (an option like ``--batch`` or a file's key) unless ``value`` is allowed."""
+        if value is not None and not self.ok(value):
+            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+#: One rule per numeric value of the runtime, shared by the command line (named as its option, ``--max-frames``)
+#: and the cell file (named as its key, ``[serve]: 'summary_every_s'``). Every float must be finite: a NaN or an
+#: infinity is never a setting (``threshold = nan`` turned every alarm off; ``--mqtt-flush-ms inf`` never sent).
+#: Intervals have a floor well above 0: 0 meant a loop that spins at 100 % CPU and ignores signals.
+LIMITS: dict[str, Limit] = {
+    "batch": Limit(1, 4096, integer=True),  # frames per backend call (0 or less: the batcher never filled a batch)
+    "max_wait_ms": Limit(0, 60_000),  # the batcher's wait for more frames
+    "threshold": Limit(),  # a normalized score: any finite number
+    "overlap": Limit(0, 1, hi_open=True),  # tile overlap share (1: a stride of 0)
+    "max_frames": Limit(1, integer=True),  # stop after this many frames
+    "replay_fps": Limit(0, 1000, lo_open=True),  # a video played as a camera (0: never a frame)
+    "fps": Limit(0, 1000, lo_open=True),  # a camera's capture rate
+    "width": Limit(1, 65535, integer=True),
+    "height": Limit(1, 65535, integer=True),
+    "stop_after_idle": Limit(0, 30 * 86400, lo_open=True),  # watch folders: seconds with nothing new
+    "reconnect_attempts": Limit(0, 1_000_000, integer=True),
+    "decode_threads": Limit(0, 1024, integer=True, text="0 (FFmpeg's default) or more, at most 1024"),
+    "threads": Limit(0, 1024, integer=True, text="0 (the runtime's default) or more, at most 1024"),
+    "metrics_port": Limit(1, 65535, integer=True, text="a TCP port in 1-65535 (0 is refused: a scraper needs a known port)"),
+    "mqtt_buffer": Limit(1, 10_000_000, integer=True),  # messages kept while the broker is away
+    "mqtt_heartbeat_s": Limit(0.1, 86_400),
+    "mqtt_flush_ms": Limit(0, 10_000),  # 0: every batch's results at once
+    "summary_every_s": Limit(0.1, 7 * 86_400),  # 0 wrote 721,944 log lines in 8 s
+    "reload_poll_s": Limit(0.01, 3600),  # model-file watch interval
+    "retry_max_s": Limit(0.1, 86_400),  # cap of a camera's reopen backoff (0: a reopen loop without pause)
+    "queue_size": Limit(1, 100_000, integer=True),
+    "fpr": Limit(0, 0.5, lo_open=True, hi_open=True, text="in (0, 0.5)"),  # commissioning's promised false-alarm rate
+    "frames": Limit(1, 100_000_000, integer=True),  # frames to collect per source
+    # the other verbs' numeric options (command line only)
+    "http_port": Limit(1, 65535, integer=True, text="a TCP port in 1-65535"),
+    "grpc_port": Limit(1, 65535, integer=True, text="a TCP port in 1-65535"),
+    "triton_metrics_port": Limit(1, 65535, integer=True, text="a TCP port in 1-65535"),
+    "calib_size": Limit(1, 1_000_000, integer=True),  # calibration frames to keep
+    "isize": Limit(8, 4096, integer=True),
+    "channels": Limit(1, 3, integer=True),
+    "max_drop": Limit(0, 1),  # an AUROC drop
+    "workspace": Limit(1, 1 << 20, integer=True),  # MiB
+    "dla_core": Limit(0, 15, integer=True),
+    "opt_level": Limit(0, 5, integer=True),
+    "sm": Limit(10, 1000, integer=True),
+    "warmup": Limit(0, 1_000_000, integer=True),
+    "iterations": Limit(1, 100_000_000, integer=True),
+    "duration": Limit(0, 86_400, lo_open=True),
+    "epochs": Limit(1, 100_000, integer=True),
+    "image_size": Limit(8, 4096, integer=True),
+    "n_train": Limit(0, 10_000_000, integer=True),
+    "n_test_good": Limit(0, 10_000_000, integer=True),
+    "n_test_defect": Limit(0, 10_000_000, integer=True),
+    "max_train": Limit(1, 10_000_000, integer=True),
+    "max_test": Limit(1, 10_000_000, integer=True),
+    "video_frames": Limit(1, 10_000_000, integer=True),
+}
+
+
+def check_limits(values: Mapping[str, Any], name: Any = None) -> None:
+    """Check each ``values[key]`` against ``LIMITS[key]``; one line naming ``name(key)`` (default: the key) for the first
+    that is refused. None passes (not given)."""
+    for key, value in values.items():
+        LIMITS[key].check(name(key) if name is not None else key, value)
+
+
+def option_name(key: str) -> str:
+    """The command-line option that sets ``LIMITS[key]`` (``mqtt_heartbeat_s`` is ``--mqtt-heartbeat``)."""
+    return "--" + key.removesuffix("_s").replace("_", "-") if key.startswith("mqtt_") else "--" + key.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Network shape. Defaults are the paper's except ngf/ndf, which are sized for CPU."""
@@ -138,6 +249,14 @@ class TrainConfig:
         if not 0.0 < self.recover_lr_factor < 1.0:
             raise ConfigError(f"recover_lr_factor must be in (0, 1): a restart at the same learning rate diverges again; "
                               f"got {self.recover_lr_factor}")
+        for key, limit in _TRAIN_LIMITS.items():  # the rest: finite, and in range
+            limit.check(key, getattr(self, key))
+
+
+_TRAIN_LIMITS = {"epochs": Limit(1, 100_000, integer=True), "batch": Limit(2, 65536, integer=True),
+                 "beta1": Limit(0, 1, hi_open=True), "beta2": Limit(0, 1, hi_open=True), "w_adv": Limit(0, 1e6),
+                 "w_con": Limit(0, 1e6), "w_lat": Limit(0, 1e6), "d_reinit_below": Limit(0, 1e6), "seed": Limit(0, 2**32 - 1, integer=True),
+                 "threads": LIMITS["threads"], "input_noise": Limit(0, 1e3), "max_recoveries": Limit(0, 1000, integer=True)}
 
 
 @dataclass(frozen=True)

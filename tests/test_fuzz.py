@@ -4,6 +4,7 @@ error (a SkipganError, which the CLI prints as one line with exit 2), never anot
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tempfile
@@ -193,3 +194,65 @@ def test_a_corrupt_artifact_is_one_line_through_the_cli(demo_onnx: Path, synth_d
         assert p.returncode in (0, 2) and "Traceback" not in p.stderr, p.stderr
         if p.returncode == 2:
             assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+# ------------------------------------------------------------------------------------- option values and cell files
+NUMBERS = st.one_of(st.integers(-(10**7), 10**7), st.floats(allow_nan=True, allow_infinity=True), st.booleans())
+SERVE_NUMERIC = ("batch", "max_wait_ms", "metrics_port", "mqtt_heartbeat_s", "mqtt_flush_ms", "summary_every_s", "reload_poll_s",
+                 "retry_max_s", "threads", "queue_size")
+CAMERA_NUMERIC = ("threshold", "replay_fps", "width", "height", "fps", "stop_after_idle")
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    return repr(value)
+
+
+@given(serve=st.dictionaries(st.sampled_from(SERVE_NUMERIC), NUMBERS, max_size=4),
+       camera=st.dictionaries(st.sampled_from(CAMERA_NUMERIC), NUMBERS, max_size=3))
+@settings(max_examples=200, deadline=None, derandomize=True)
+def test_cell_file_numbers_are_kept_within_their_limits_or_refused_by_key(serve: dict[str, object], camera: dict[str, object]) -> None:
+    from skipgan_edge.config import LIMITS
+    from skipgan_edge.errors import ConfigError
+    from skipgan_edge.runtime.serve import load_cell
+
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "cell.toml"
+        cfg.write_text("[serve]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in serve.items())
+                       + '[[camera]]\nid = "c"\nsource = "a.mp4"\nonnx = "m.onnx"\n' + "".join(f"{k} = {_toml(v)}\n" for k, v in camera.items()))
+        try:
+            cell = load_cell(cfg)
+        except ConfigError as exc:
+            msg = str(exc)
+            assert "\n" not in msg and any(re.search(rf"(?<!\w){k}(?!\w)", msg) for k in (*serve, *camera)), msg
+            return
+    for key in serve:
+        assert LIMITS[key].ok(getattr(cell.defaults, key)), (key, serve[key])
+    for key in camera:
+        assert LIMITS[key].ok(getattr(cell.cameras[0], key)), (key, camera[key])
+
+
+@given(batch=st.integers(-5, 5000), threshold=st.floats(allow_nan=True, allow_infinity=True, width=32),
+       flush=st.floats(allow_nan=True, allow_infinity=True, width=32))
+@settings(max_examples=12, deadline=None, derandomize=True)
+def test_run_option_values_are_refused_by_name_or_reach_the_model(batch: int, threshold: float, flush: float) -> None:
+    """Through the CLI: a bad value is one line naming its option; good values get as far as the (missing) model."""
+    from skipgan_edge.config import LIMITS
+
+    with tempfile.TemporaryDirectory() as d:
+        p = run_cli("run", "--onnx", f"{d}/absent.onnx", "--source", f"{d}/a.mp4", "--batch", str(batch), "--threshold", str(threshold),
+                    "--mqtt", "mqtt://127.0.0.1/x", "--mqtt-flush-ms", str(flush), "--jsonl", f"{d}/o.jsonl", check=False, timeout=60)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+        bad = [o for o, k, v in (("--batch", "batch", batch), ("--threshold", "threshold", threshold),
+                                 ("--mqtt-flush-ms", "mqtt_flush_ms", flush)) if not LIMITS[k].ok(v)]
+        if bad:
+            assert bad[0] in lines[0], (bad, lines[0])
+        else:
+            assert "absent.onnx" in lines[0], lines[0]
+        assert not Path(d, "o.jsonl").exists()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import select
 import socket
 import ssl
@@ -66,6 +67,11 @@ class MqttOptions:
     client_id: str | None = None
     flush_ms: float = 20.0  # results that arrive within this long are written together (one send, one broker wake-up)
 
+    def __post_init__(self) -> None:  # the command line checks these first, the cell file under its own keys
+        from skipgan_edge.config import check_limits, option_name
+
+        check_limits({"mqtt_buffer": self.buffer, "mqtt_heartbeat_s": self.heartbeat_s, "mqtt_flush_ms": self.flush_ms}, option_name)
+
 
 @dataclass(frozen=True)
 class BrokerUrl:
@@ -77,21 +83,54 @@ class BrokerUrl:
     password: str | None
 
 
-def parse_url(url: str) -> BrokerUrl:
-    """``mqtt[s]://[user:pass@]host[:port]/prefix`` → its parts; one line naming what is wrong otherwise."""
-    u = urllib.parse.urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"--mqtt {url!r}: expected mqtt://[user:pass@]host[:port]/topic-prefix (or mqtts:// for TLS)")
-    if not u.hostname:
-        raise ConfigError(f"--mqtt {url!r}: no broker host; e.g. mqtt://localhost/line1")
+#: The longest topic prefix, in UTF-8 bytes: a topic is at most 65,535 bytes (MQTT 3.1.1, 4.7.3), and the prefix is
+#: followed by /CAMERA (up to 64) and /heartbeat; a prefix that long is a mistake long before that.
+MAX_PREFIX_BYTES = 1024
+
+
+def shown_url(url: str) -> str:
+    """``url`` for an error line: the password replaced by ``***`` (found without parsing: the URL may not parse)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*?:)[^/?#]*@", r"\1***@", url)
+
+
+def parse_url(url: str, name: str = "--mqtt") -> BrokerUrl:
+    """``mqtt[s]://[user:pass@]host[:port]/prefix`` → its parts; one line naming what is wrong otherwise (``name``: the option or
+    the cell file's key the URL came from)."""
+    usage = "expected mqtt://[user:pass@]host[:port]/topic-prefix (or mqtts:// for TLS)"
+    shown = shown_url(url)
+    if any(c in url for c in " \t\r\n\0"):
+        raise ConfigError(f"{name} {shown!r}: no spaces or control characters; {usage}")
     try:
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        u = urllib.parse.urlsplit(url)
+        host = u.hostname
+    except ValueError as exc:  # an unterminated [IPv6 host
+        raise ConfigError(f"{name} {shown!r}: {exc}; {usage}") from None
+    if u.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{name} {shown!r}: {usage}")
+    if not host:
+        raise ConfigError(f"{name} {shown!r}: no broker host; e.g. mqtt://localhost/line1")
+    try:
+        port = u.port
     except ValueError:
-        raise ConfigError(f"--mqtt {url!r}: the port is not a number in 1-65535") from None
+        port = 0
+    if port == 0:
+        raise ConfigError(f"{name} {shown!r}: the port must be a number in 1-65535 (or none: 1883, mqtts 8883)")
+    if port is None:
+        port = 8883 if u.scheme == "mqtts" else 1883
+    if u.query or u.fragment or "#" in url or "?" in url:  # '#' would end the prefix there and drop the rest
+        raise ConfigError(f"{name} {shown!r}: the topic prefix may not contain + # (MQTT wildcards) or ?; "
+                          "percent-encode # and ? in a password")
     prefix = u.path.strip("/") or "skipgan-edge"
     if any(c in prefix for c in "+#\x00"):
-        raise ConfigError(f"--mqtt {url!r}: the topic prefix may not contain + # or NUL (MQTT wildcards)")
-    return BrokerUrl(u.scheme == "mqtts", u.hostname, port, prefix,
+        raise ConfigError(f"{name} {shown!r}: the topic prefix may not contain + # or NUL (MQTT wildcards)")
+    if len(prefix.encode("utf-8", "surrogatepass")) > MAX_PREFIX_BYTES:
+        raise ConfigError(f"{name}: the topic prefix is {len(prefix.encode('utf-8', 'surrogatepass'))} bytes; "
+                          f"at most {MAX_PREFIX_BYTES}")
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} {shown!r}: the topic prefix is not valid UTF-8") from None
+    return BrokerUrl(u.scheme == "mqtts", host, port, prefix,
                      urllib.parse.unquote(u.username) if u.username else None, urllib.parse.unquote(u.password) if u.password else None)
 
 

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.compat import tomllib
-from skipgan_edge.config import typed_values
+from skipgan_edge.config import check_limits, typed_values
 from skipgan_edge.errors import ConfigError, SkipganError
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
 from skipgan_edge.runtime.backends.base import Backend
@@ -95,6 +95,31 @@ class ServeDefaults:
     threads: int = 0
     queue_size: int = 64
 
+    def validate(self, where: str) -> None:
+        """Every numeric key against the same rules as run's options (``skipgan_edge.config.LIMITS``), and the MQTT URL;
+        one line naming ``where`` and the key."""
+        check_limits({k: getattr(self, k) for k in _SERVE_LIMITED}, lambda key: f"{where}: '{key}'")
+        if self.mode not in MODES:
+            raise ConfigError(f"{where}: 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mqtt is not None:
+            from skipgan_edge.runtime.mqtt import parse_url
+
+            parse_url(self.mqtt, f"{where}: 'mqtt'")
+
+
+_SERVE_LIMITED = ("batch", "max_wait_ms", "metrics_port", "mqtt_heartbeat_s", "mqtt_flush_ms", "summary_every_s", "reload_poll_s",
+                  "retry_max_s", "threads", "queue_size")
+_CAMERA_LIMITED = ("threshold", "replay_fps", "width", "height", "fps", "stop_after_idle")
+
+
+def camera_mqtt_url(url: str, topic: str | None) -> str:
+    """The broker URL a camera publishes to: the cell's, with the camera's own topic prefix (``mqtt_topic``) when it has one."""
+    if not topic:
+        return url
+    import urllib.parse
+
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + topic.strip("/")))
+
 
 @dataclass(frozen=True)
 class CameraConfig:
@@ -115,6 +140,17 @@ class CameraConfig:
     height: int | None = None
     fps: float | None = None
     stop_after_idle: float | None = None
+
+    def validate(self, where: str, mqtt: str | None) -> None:
+        """The camera's numeric keys (the same rules as run's options) and its MQTT topic; one line naming the key."""
+        check_limits({k: getattr(self, k) for k in _CAMERA_LIMITED}, lambda key: f"{where}: '{key}'")
+        if self.mqtt_topic is not None:
+            if any(c in self.mqtt_topic for c in "+#?\x00"):
+                raise ConfigError(f"{where}: 'mqtt_topic' may not contain + # (MQTT wildcards), ? or NUL, got {self.mqtt_topic!r}")
+            if mqtt is not None:
+                from skipgan_edge.runtime.mqtt import parse_url
+
+                parse_url(camera_mqtt_url(mqtt, self.mqtt_topic), f"{where}: 'mqtt_topic'")
 
     @property
     def artifact(self) -> tuple[str, Path]:
@@ -156,10 +192,7 @@ def load_cell(path: Path) -> CellConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown table '{unknown[0]}'; expected [serve] and [[camera]]")
     d = _typed(ServeDefaults, data.get("serve", {}), f"{path} [serve]")
-    if d.mode not in MODES:
-        raise ConfigError(f"{path} [serve]: 'mode' must be one of {', '.join(MODES)}, got {d.mode!r}")
-    if d.batch < 1 or d.queue_size < 1:
-        raise ConfigError(f"{path} [serve]: 'batch' and 'queue_size' must be at least 1")
+    d.validate(f"{path} [serve]")
     tables = data.get("camera", [])
     if not isinstance(tables, list) or not tables:
         raise ConfigError(f"{path}: no [[camera]] table; add one per camera (id, source, and model, onnx or engine)")
@@ -168,6 +201,7 @@ def load_cell(path: Path) -> CellConfig:
         name = t.get("id") if isinstance(t, dict) else None
         where = f"{path} [[camera]] {i}" + (f" ('{name}')" if isinstance(name, str) else "")
         cam = _typed(CameraConfig, t, where)
+        cam.validate(where, d.mqtt)
         try:
             check_camera_id(cam.id)
         except ConfigError:
@@ -475,13 +509,9 @@ class Cell:
             if cam.csv:
                 sinks.append(CsvSink(Path(cam.csv)))
             if d.mqtt:
-                import urllib.parse
-
                 from skipgan_edge.runtime.mqtt import MqttOptions, MqttSink
 
-                url = d.mqtt
-                if cam.mqtt_topic:  # this camera's topic prefix on the same broker
-                    url = urllib.parse.urlunsplit(urllib.parse.urlsplit(d.mqtt)._replace(path="/" + cam.mqtt_topic.strip("/")))
+                url = camera_mqtt_url(d.mqtt, cam.mqtt_topic)  # this camera's topic prefix on the same broker
                 sinks.append(MqttSink(MqttOptions(url, camera=cam.id, anomalies_only=d.mqtt_anomalies_only, heartbeat_s=d.mqtt_heartbeat_s,
                                                   flush_ms=d.mqtt_flush_ms)))
             if self.metrics is not None:

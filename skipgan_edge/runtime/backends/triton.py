@@ -80,7 +80,11 @@ def parse_url(url: str) -> TritonURL:
     usage = "use triton://HOST:PORT/MODEL[/VERSION] (gRPC port, e.g. triton://127.0.0.1:8001/scorer)"
     if not url.startswith(SCHEME) or any(c in url for c in " \t\r\n\0"):
         raise ConfigError(f"bad Triton URL {url!r}: {usage}")
-    u = urllib.parse.urlsplit(url)
+    try:
+        u = urllib.parse.urlsplit(url)
+        u.hostname  # noqa: B018 - raises on an unterminated [IPv6 host
+    except ValueError as exc:
+        raise ConfigError(f"bad Triton URL {_shown(url)!r}: {exc}; {usage}") from None
     try:
         port = u.port
     except ValueError:
@@ -105,6 +109,11 @@ def parse_url(url: str) -> TritonURL:
     if not 0 <= retry <= 86400:
         raise ConfigError(f"bad Triton URL {url!r}: retry is seconds, 0..86400")
     return TritonURL(u.hostname, port, parts[0], parts[1] if len(parts) == 2 else "", shm, retry)
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password, for an error line (the URL may not parse)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*?:)[^/?#]*@", r"\1***@", url)
 
 
 def _pid_alive(pid: int) -> bool:
