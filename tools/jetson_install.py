@@ -120,9 +120,19 @@ def main() -> int:
     if trt is not None and Version(trt) < Version("10") and module_version("onnx") is None:
         # TensorRT 8.6 (JetPack 6.0): build rewrites the scorer for its parser (skipgan_edge.export.trt86) with onnx
         install += [str(Requirement(r)).split(";")[0] for r in md.requires("skipgan-edge") or [] if 'extra == "onnx"' in r]
-    if trt is not None and module_version("cuda") is None:
+    if trt is not None:
+        # the cuda-python whose major the driver supports; one already installed is kept only when it satisfies it
+        # (a cuda-python 13 on JetPack 6's CUDA 12 driver fails every call)
         spec = subprocess.run([sys.executable, "-m", "skipgan_edge.runtime.cudaenv", "--pip-spec"], capture_output=True, text=True, check=True)
-        install.append(spec.stdout.strip())
+        want = Requirement(spec.stdout.strip())
+        try:
+            have_cp: str | None = md.version("cuda-python")
+        except md.PackageNotFoundError:
+            have_cp = None
+        if have_cp is None or not want.specifier.contains(have_cp, prereleases=True):
+            install.append(str(want))
+        else:
+            kept.append(f"cuda-python {have_cp}")
 
     if install:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
