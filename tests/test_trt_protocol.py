@@ -208,6 +208,9 @@ class StandInBackend(TensorRTBackend):
                                           threshold=Threshold(normalized=1.0, method="test")), data={}, training={})
         self.fake_meta = {"card": card.to_dict(), "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}}
 
+    def _preflight(self) -> None:  # the stand-in engine has no file
+        pass
+
     def _open_api(self) -> Any:
         return self.fake
 
@@ -691,6 +694,9 @@ class ThreadCheckedBackend(StandInBackend):
     def __init__(self, gpu: FakeGpu, label: str, impl: str) -> None:
         super().__init__(lo=1, hi=4)
         self.gpu, self.label, self.impl = gpu, label, impl
+
+    def _preflight(self) -> None:  # the stand-in engine has no file
+        pass
 
     def _open_api(self) -> Any:
         from skipgan_edge.runtime.cuda import CudaPythonApi, PyCudaApi

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from skipgan_edge.errors import MissingDependencyError
+from skipgan_edge.errors import MissingDependencyError, SkipganError
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def _driver_mismatch_hint() -> str | None:
     return f"; {line}" if line is not None else None
 
 
-class CudaError(RuntimeError):
-    """A CUDA call returned an error code."""
+class CudaError(SkipganError, RuntimeError):
+    """A CUDA call returned an error code (one line at the CLI, as every SkipganError)."""
 
 
 class CudaApi(Protocol):

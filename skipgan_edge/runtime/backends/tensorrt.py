@@ -93,10 +93,18 @@ class TensorRTBackend(Backend):
 
         return load_engine(self.path)
 
+    def _preflight(self) -> None:
+        """What needs no GPU: the engine file exists with a valid header, and TensorRT imports."""
+        from skipgan_edge.runtime.engine_file import import_tensorrt, read_engine_file
+
+        read_engine_file(self.path)
+        import_tensorrt()
+
     def activate(self) -> None:
         """Open the CUDA API, then everything else with its context current on this thread (one push, one pop here);
         on any failure what was made so far is released before the error goes on."""
         with self._lock:
+            self._preflight()  # a missing or foreign file, or no TensorRT, is one line before any CUDA call
             self.api: CudaApi = self._open_api()
             try:
                 with self.api.current():  # PyCUDA and cuda-python alike: current before TensorRT deserializes
