@@ -170,6 +170,8 @@ class ScoreSpec:
     #: [min, max] the artifact's graph computes normalized_score with, when that differs from val_stats: an engine
     #: commissioned after it was built (its constants cannot change without a rebuild); the runtime re-normalizes
     graph_norm: list[float] | None = None
+    #: the feature-bank head (model/bank.py), None without one: size, dim, patches, subsample, weight, bytes, FLOPs
+    bank: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class Training:
     device: str = ""
     recoveries: list[Recovery] = field(default_factory=list)
     arch_auto: dict[str, Any] | None = None  # train --arch auto: the candidates and the choice
+    ema: dict[str, Any] | None = None  # the generator's weight average used for validation, selection and export (train.ema_decay)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
@@ -210,7 +213,7 @@ class Training:
         raise KeyError(key)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and not (k == "arch_auto" and v is None)}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra" and not (k in ("arch_auto", "ema") and v is None)}
         return {**self.extra, **out}
 
     @classmethod

@@ -190,6 +190,11 @@ class ModelConfig:
         return int(math.log2(self.isize))
 
 
+#: The feature bank's upper bound: 16,384 features of D's penultimate layer (128 channels at ndf 32) are 8 MiB of
+#: FP32 constants in the graph and 4.2 MFLOP per patch; past that the head costs more than the networks.
+MAX_BANK = 16384
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """How the anomaly score is formed from the two terms (see model/scorer.py)."""
@@ -200,10 +205,17 @@ class ScoreConfig:
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
     threshold: str = "auto"  # alarm policy (thresholds.py): auto, fpr:Q, f1, max-normal; auto = f1 on labelled anomalies, else the study's winner
     synthetic_val: bool = True  # without labelled validation anomalies, make synthetic ones from the normal validation images
+    bank_size: int = 0  # feature-bank head: normal patch features of D kept in the graph (0 = off; model/bank.py)
+    bank_weight: float = 0.5  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
+    bank_subsample: str = "coreset"  # how the bank is chosen from the training images' patch features: coreset or random
 
     def validate(self) -> None:
         if self.mode not in (None, "paper", "standardized"):
             raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
+        if self.bank_subsample not in ("coreset", "random"):
+            raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
+        Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
+        Limit(0, 1).check("bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
         parse_policy(self.threshold)
@@ -232,6 +244,7 @@ class TrainConfig:
     input_noise: float = 0.0  # std of Gaussian noise added to the generator's input while training (losses use the clean x)
     max_recoveries: int = 3  # restarts from the last good checkpoint after a non-finite loss or gradient before the run stops
     recover_lr_factor: float = 0.5  # each restart multiplies both learning rates by this (the same rate would diverge again)
+    ema_decay: float = 0.0  # EMA of the generator's weights and BN statistics, validated, selected and exported (0 = off)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -256,7 +269,8 @@ class TrainConfig:
 _TRAIN_LIMITS = {"epochs": Limit(1, 100_000, integer=True), "batch": Limit(2, 65536, integer=True),
                  "beta1": Limit(0, 1, hi_open=True), "beta2": Limit(0, 1, hi_open=True), "w_adv": Limit(0, 1e6),
                  "w_con": Limit(0, 1e6), "w_lat": Limit(0, 1e6), "d_reinit_below": Limit(0, 1e6), "seed": Limit(0, 2**32 - 1, integer=True),
-                 "threads": LIMITS["threads"], "input_noise": Limit(0, 1e3), "max_recoveries": Limit(0, 1000, integer=True)}
+                 "threads": LIMITS["threads"], "input_noise": Limit(0, 1e3), "max_recoveries": Limit(0, 1000, integer=True),
+                 "ema_decay": Limit(0, 1, hi_open=True, text="0 (off) or a decay in (0, 1) such as 0.999")}
 
 
 @dataclass(frozen=True)
@@ -318,8 +332,8 @@ def typed_values(cls: type[Any], values: dict[str, Any], where: str) -> dict[str
 
 
 PAPER: dict[str, dict[str, Any]] = {"model": {"arch": "skipganomaly", "skip_dropout": 0.0, "feature_layer": "last", "skip_levels": "all"},
-                                    "train": {"input_noise": 0.0},
-         "score": {"lam": 0.9, "mode": "paper", "pool": 0, "select_lam": False}}
+                                    "train": {"input_noise": 0.0, "ema_decay": 0.0},
+         "score": {"lam": 0.9, "mode": "paper", "pool": 0, "select_lam": False, "bank_size": 0}}
 
 
 def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -9,10 +9,17 @@ from torch import nn
 
 from skipgan_edge.card import WEIGHTS_NAME, ModelCard, load_card
 from skipgan_edge.errors import ModelFolderError
+from skipgan_edge.model.bank import BANK_KEY
 
 
 def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]:
     """Card and network (eval mode) from a model folder, without unpickling anything."""
+    card, net, _ = load_model_and_bank(folder, device)
+    return card, net
+
+
+def load_model_and_bank(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module, Any]:
+    """Card, network (eval mode) and the feature bank (M, C) tensor, or None for a model without one (model/bank.py)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -25,6 +32,9 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]
         state = load_file(str(Path(folder) / WEIGHTS_NAME), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ModelFolderError(f"{Path(folder) / WEIGHTS_NAME} is unreadable ({exc}); retrain or restore the folder") from None
+    bank = state.pop(BANK_KEY, None)
+    if (bank is None) != (card.score.bank is None):
+        raise ModelFolderError(f"{folder}: the card and the weights disagree on the feature bank; the folder was mixed from two models")
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # same tensor names, other shapes: the card's size, channels or widths are not the weights'
@@ -36,15 +46,16 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]
             f"{len(unexpected)} unexpected tensors); the folder was mixed from two models"
         )
     net.to(device).eval()
-    return card, net
+    return card, net, bank
 
 
 def build_scorer(folder: Path, device: str = "cpu") -> tuple[ModelCard, Any]:
     """The torch :class:`~skipgan_edge.model.scorer.Scorer` of a model folder, in eval mode."""
     from skipgan_edge.model.scorer import Scorer
 
-    card, net = load_model(folder, device)
+    card, net, bank = load_model_and_bank(folder, device)
     sc = card.score
+    weight = float(sc.bank["weight"]) if sc.bank is not None else 0.0
     scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool,
-                    term_stats=sc.term_stats).to(device).eval()
+                    term_stats=sc.term_stats, bank=bank, bank_weight=weight).to(device).eval()
     return card, scorer

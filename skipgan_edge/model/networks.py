@@ -172,6 +172,8 @@ class SkipGANomaly(nn.Module):
         self.generator = UnetGenerator(cfg)
         self.discriminator = Discriminator(cfg)
         init_weights(self)
+        #: spatial positions in f(x): D's penultimate map is 4×4 at every isize (model/bank.py reads it)
+        self.feature_patches = 16 if cfg.feature_layer == "penultimate" else 1
 
     def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fake = self.generator(x)  # (B, C, H, W)

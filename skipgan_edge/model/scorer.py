@@ -15,8 +15,11 @@ Outputs (a :class:`ScoreBatch`, whose field names are the ONNX output names):
   validation images, so a threshold is a fixed number (1.0 = the most anomalous-looking normal
   validation image).
 
-The head (subtractions, squares, reductions, normalisation) is plain float32 arithmetic; the
-export keeps it in FP32 in every precision variant.
+With a feature bank (``score.bank_size`` > 0, model/bank.py) the score gains a third term, the distance of
+f(x)'s least normal patch to the nearest of the bank's normal features (one MatMul against constants).
+
+The head (subtractions, squares, reductions, normalisation, the bank's MatMul) is plain float32 arithmetic;
+the export keeps it in FP32 in every precision variant.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch  # the torch-free contract, re-exported
+from skipgan_edge.model.bank import as_patches, bank_constants, bank_distance, feature_patches
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "SCORE_MODES", "ScoreBatch", "Scorer", "combine", "score_terms", "to_model_input"]
 
@@ -60,17 +64,25 @@ def score_terms(
 SCORE_MODES = ("paper", "standardized")
 
 
-def combine(rec: Any, lat: Any, mode: str, lam: float, stats: dict[str, float] | None) -> Any:
+def combine(rec: Any, lat: Any, mode: str, lam: float, stats: dict[str, float] | None, bank: Any = None,
+            bank_weight: float = 0.0) -> Any:
     """s = λ·rec + (1 − λ)·lat (``paper``), or the same on terms standardised with the normal
     validation statistics (``standardized``: the two terms live on unrelated scales, so λ only
-    means what it says once both are in units of their normal spread). Works on tensors and arrays."""
+    means what it says once both are in units of their normal spread). Works on tensors and arrays.
+
+    With a feature-bank term (``bank``, model/bank.py): s = (1 − w)·(the above) + w·bank, w = ``bank_weight``, the
+    bank term standardised like the others (``bank_mean``, ``bank_std``) in ``standardized`` mode."""
     if mode == "paper":
-        return lam * rec + (1.0 - lam) * lat
+        two = lam * rec + (1.0 - lam) * lat
+        return two if bank is None else (1.0 - bank_weight) * two + bank_weight * bank
     if stats is None:
         raise ValueError("standardized scores need the normal validation statistics of both terms")
     r = (rec - stats["rec_mean"]) * (1.0 / max(stats["rec_std"], 1e-12))
     la = (lat - stats["lat_mean"]) * (1.0 / max(stats["lat_std"], 1e-12))
-    return lam * r + (1.0 - lam) * la
+    if bank is None:
+        return lam * r + (1.0 - lam) * la
+    b = (bank - stats["bank_mean"]) * (1.0 / max(stats["bank_std"], 1e-12))
+    return (1.0 - bank_weight) * (lam * r + (1.0 - lam) * la) + bank_weight * b
 
 
 class Scorer(nn.Module):
@@ -79,8 +91,10 @@ class Scorer(nn.Module):
     def __init__(
         self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0, *,
         mode: str = "paper", pool: int = 0, term_stats: dict[str, float] | None = None,
+        bank: torch.Tensor | None = None, bank_weight: float = 0.0,
     ) -> None:
-        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`)."""
+        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`); ``bank`` (M, C)
+        and ``bank_weight`` from the model folder's feature bank (model/bank.py), kept as FP32 constants of the head."""
         super().__init__()
         if mode not in SCORE_MODES:
             raise ValueError(f"unknown score mode {mode!r}")
@@ -90,6 +104,17 @@ class Scorer(nn.Module):
         span = float(score_max) - float(score_min)
         self.score_min = float(score_min)
         self.inv_span = 1.0 / span if span > 0 else 1.0
+        self.bank_weight = float(bank_weight)
+        self.patches = feature_patches(model)
+        self.bank_dim = int(bank.shape[1]) if bank is not None else 0  # C: a Python int, a constant of the graph's Reshape
+        self.bank_t: torch.Tensor | None
+        self.bank_sq: torch.Tensor | None
+        if bank is not None:
+            bank_t, bank_sq = bank_constants(bank)
+            self.register_buffer("bank_t", bank_t)  # (C, M): one constant MatMul in the graph
+            self.register_buffer("bank_sq", bank_sq)  # (M,)
+        else:
+            self.bank_t = self.bank_sq = None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = to_model_input(images)  # (B, C, H, W): the head's copy of the input, never quantized
@@ -102,7 +127,10 @@ class Scorer(nn.Module):
         x_net = images.to(torch.float32).permute(0, 3, 1, 2) * (2.0 / 255.0) - 1.0  # (B, C, H, W)
         fake, f_real, f_fake = self.model.terms(x_net)  # type: ignore[operator]
         rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
-        score = combine(rec, lat, self.mode, self.lam, self.term_stats)  # (B,)
+        bank = None
+        if self.bank_t is not None and self.bank_sq is not None:
+            bank = bank_distance(as_patches(f_real, self.bank_dim, self.patches), self.bank_t, self.bank_sq)  # (B,)
+        score = combine(rec, lat, self.mode, self.lam, self.term_stats, bank, self.bank_weight)  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)
         return score, amap, normalized
 

@@ -51,6 +51,7 @@ uninterrupted one would, and ends with the same weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -89,6 +90,7 @@ from skipgan_edge.data.datasets import Dataset
 from skipgan_edge.data.synthval import SyntheticDefects, make_defects
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_at
+from skipgan_edge.model.bank import BANK_KEY, as_patches, bank_constants, bank_distance, bank_info, feature_patches, patch_features, subsample
 from skipgan_edge.model.networks import build_model, default_score, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 from skipgan_edge.thresholds import apply_policy, resolve
@@ -163,11 +165,14 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256,
-                keep_maps: bool = False) -> dict[str, np.ndarray]:
-    """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array (and the anomaly maps)."""
+                keep_maps: bool = False, bank: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array (and the anomaly maps);
+    with a feature ``bank`` (M, C), the bank term as ``"bank"`` (model/bank.py)."""
     was_training = net.training
     net.eval()
-    rec, lat, l1s, peaks, maps = [], [], [], [], []
+    rec, lat, l1s, peaks, maps, banks = [], [], [], [], [], []
+    consts = bank_constants(bank.to(device)) if bank is not None else None
+    patches = feature_patches(net)
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
@@ -178,11 +183,24 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
         peaks.append(amap.amax(dim=(1, 2, 3)).float().cpu().numpy())
         if keep_maps:
             maps.append(amap[:, 0].float().cpu().numpy())
+        if consts is not None:
+            banks.append(bank_distance(as_patches(f_real.float(), int(consts[0].shape[0]), patches), *consts).cpu().numpy())
     net.train(was_training)
     out = {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s), "map_peak": np.concatenate(peaks)}
     if keep_maps:
         out["maps"] = np.concatenate(maps)
+    if consts is not None:
+        out["bank"] = np.concatenate(banks)
     return out
+
+
+def build_bank(net: torch.nn.Module, images: np.ndarray, cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The feature bank of ``net`` on the training ``images`` (score.bank_size features, score.bank_subsample) and the
+    card's record of it."""
+    sc = cfg.score
+    feats = patch_features(net, images, device)
+    bank = subsample(feats, sc.bank_size, sc.bank_subsample, cfg.train.seed)
+    return bank, {**bank_info(bank, feature_patches(net), sc.bank_subsample, len(feats)), "weight": float(sc.bank_weight)}
 
 
 def validation_report(
@@ -195,7 +213,11 @@ def validation_report(
     no labelled validation anomalies, for the threshold policy's recall and the synthetic-validation AUROC."""
     sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
-    terms = score_split(net, data.val.images, device, pool)
+    bank, bank_rec = build_bank(net, data.train.images, cfg, device) if sc.bank_size > 0 else (None, None)
+    if bank is not None and not bool(torch.isfinite(bank).all()):
+        raise NonFinite("feature bank")
+    w_bank = float(sc.bank_weight) if bank is not None else 0.0
+    terms = score_split(net, data.val.images, device, pool, bank=bank)
     if not all(np.isfinite(v).all() for v in terms.values()):
         raise NonFinite("validation scores")
     is_normal = data.val.labels == 0
@@ -203,13 +225,15 @@ def validation_report(
         "rec_mean": float(terms["rec"][is_normal].mean()), "rec_std": float(terms["rec"][is_normal].std()),
         "lat_mean": float(terms["lat"][is_normal].mean()), "lat_std": float(terms["lat"][is_normal].std()),
     }
+    if bank is not None:
+        term_stats.update({"bank_mean": float(terms["bank"][is_normal].mean()), "bank_std": float(terms["bank"][is_normal].std())})
     lam = float(sc.lam or 0.0)
     lam_method = "configured"
     if sc.select_lam and data.val.has_anomalies:
         grid = [i / 10 for i in range(11)]
-        aucs = [auroc(data.val.labels, combine(terms["rec"], terms["lat"], mode, g, term_stats)) for g in grid]
+        aucs = [auroc(data.val.labels, combine(terms["rec"], terms["lat"], mode, g, term_stats, terms.get("bank"), w_bank)) for g in grid]
         lam, lam_method = grid[int(np.argmax(aucs))], "best validation AUROC over 0, 0.1, ..., 1"
-    score = combine(terms["rec"], terms["lat"], mode, lam, term_stats)
+    score = combine(terms["rec"], terms["lat"], mode, lam, term_stats, terms.get("bank"), w_bank)
     normal = score[is_normal]
     smin, smax = float(normal.min()), float(normal.max())
     span = smax - smin if smax > smin else 1.0
@@ -222,6 +246,8 @@ def validation_report(
         # image stays blue to green and a defect, whose map is far above anything normal, saturates to red
         "map_scale": float(np.quantile(terms["map_peak"][is_normal], 0.99)) * 1.5,
     }
+    if bank is not None:
+        rep["bank"], rep["bank_info"] = bank, bank_rec
     # the generator's non-adversarial objective on the held-out normal images
     rep["val_loss"] = float(cfg.train.w_con * terms["l1"][is_normal].mean() + cfg.train.w_lat * terms["lat"][is_normal].mean())
     anomalous, source = None, None
@@ -231,10 +257,10 @@ def validation_report(
         rep["signal"] = ("val_auroc", rep["val_auroc"], "max")
     else:
         if synthetic is not None and len(synthetic.images):
-            syn = score_split(net, synthetic.images, device, pool, keep_maps=True)
+            syn = score_split(net, synthetic.images, device, pool, keep_maps=True, bank=bank)
             if not all(np.isfinite(v).all() for v in syn.values()):
                 raise NonFinite("synthetic validation scores")
-            anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats)), "synthetic"
+            anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats, syn.get("bank"), w_bank)), "synthetic"
             rep["val_synth_auroc"] = auroc(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous])
             # the masks were kept: how well the anomaly map localises the synthetic defects
             rep["val_synth_pixel_auroc"] = auroc(synthetic.masks.reshape(-1), syn["maps"].reshape(-1))
@@ -303,6 +329,8 @@ class Trainer:
         self._stop_signal: int | None = None
         self.net: Any = None  # the architecture's module with .generator and .discriminator
         self.recoveries: list[Recovery] = []
+        self.ema: Any = None  # the generator's exponential moving average (train.ema_decay > 0), what is validated and shipped
+        self.ema_updates = 0
         if len(data.train) < cfg.train.batch:
             raise ConfigError(
                 f"{len(data.train)} training images is fewer than one batch ({cfg.train.batch}); lower --batch or add images"
@@ -327,8 +355,12 @@ class Trainer:
         t_d, m_d = _flatten_optimizer("opt_d", self.opt_d)
         tensors.update(t_g)
         tensors.update(t_d)
+        if self.ema is not None:
+            for k, v in self.ema.state_dict().items():
+                tensors[f"ema.{k}"] = v.detach().cpu().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {
+            "ema_updates": self.ema_updates,
             "epoch": epoch, "step": step, "partial": partial, "history": history, "best": best,
             "opt_g": m_g, "opt_d": m_d, "config": self.cfg.to_dict(),
             "data_fingerprint": self.data.fingerprint, "data_source": self.data.name,
@@ -356,13 +388,19 @@ class Trainer:
         _restore_optimizer("opt_g", self.opt_g, tensors, meta["opt_g"])
         _restore_optimizer("opt_d", self.opt_d, tensors, meta["opt_d"])
         torch.set_rng_state(tensors["rng.torch"])
+        if self.ema is not None:
+            ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+            self.ema.load_state_dict(ema if ema else self.net.generator.state_dict())
+            self.ema_updates = int(meta.get("ema_updates", 0))
         return meta
 
-    def _write_best(self, card: ModelCard) -> None:
-        """Weights with the card embedded (one atomic rename), then the readable model.json copy."""
+    def _write_best(self, card: ModelCard, bank: torch.Tensor | None = None) -> None:
+        """Weights (and the feature bank) with the card embedded (one atomic rename), then the readable model.json copy."""
         from safetensors.torch import save
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        if bank is not None:
+            state[BANK_KEY] = bank.detach().float().cpu().contiguous()
         data = save(state, metadata={"card": json.dumps(card.to_dict())})
         atomic_write_bytes(self.out / WEIGHTS_NAME, data)
         atomic_write_json(self.out / CARD_NAME, card.replace(model_id=hashlib.sha256(data).hexdigest()[:16]).to_dict())
@@ -389,6 +427,9 @@ class Trainer:
         self.net = build_model(self.cfg.model).to(self.device)
         self.net.train()
         g, d = self.net.generator, self.net.discriminator
+        if tc.ema_decay > 0:
+            self.ema = copy.deepcopy(g).requires_grad_(False)
+            self.ema_updates = 0
         self.opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
         self.opt_d = torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2))
         start_epoch, start_step = 0, 0
@@ -558,7 +599,42 @@ class Trainer:
             out["d_reinit"] = 1.0
         if not _finite(self.net.state_dict().values()):  # an update that overflowed, or BatchNorm's running statistics
             raise NonFinite("weights")
+        self._update_ema()
         return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema ← d·ema + (1 − d)·G for the weights and the floating-point BatchNorm statistics (counters copied), with
+        d = min(ema_decay, (1 + t) / (10 + t)) at update t: the usual warm-up, so that a short run is not an average
+        dominated by its random initialisation (at 0.999 the average would reach back 1,000 steps)."""
+        if self.ema is None:
+            return
+        self.ema_updates += 1
+        t = self.ema_updates
+        d = min(self.cfg.train.ema_decay, (1.0 + t) / (10.0 + t))
+        g = self.net.generator
+        for e, p in zip(self.ema.parameters(), g.parameters()):
+            e.lerp_(p.detach(), 1.0 - d)
+        for e, b in zip(self.ema.buffers(), g.buffers()):
+            if e.is_floating_point():
+                e.lerp_(b, 1.0 - d)
+            else:
+                e.copy_(b)
+
+    @contextlib.contextmanager
+    def shipped(self) -> Any:
+        """The network as it is validated, selected and written: with the EMA generator in place of the trained one
+        when ``train.ema_decay`` > 0 (the optimizer keeps training the live generator)."""
+        if self.ema is None:
+            yield self.net
+            return
+        live = self.net.generator
+        self.net.generator = self.ema
+        try:
+            yield self.net
+        finally:
+            self.net.generator = live
+            self.net.train()
 
     def _end_epoch(
         self, epoch: int, sums: dict[str, float], seconds: float, imgs: int, best: dict[str, Any], history: list[dict[str, Any]]
@@ -573,7 +649,9 @@ class Trainer:
             rec["recovered"] = recovered
         if not _finite(self.net.state_dict().values()):  # e.g. D's classifier, which the score does not read
             raise NonFinite("weights")
-        rep = validation_report(self.net, self.data, self.cfg, self.device, self.synthetic)
+        with self.shipped() as net:
+            rep = validation_report(net, self.data, self.cfg, self.device, self.synthetic)
+        bank = rep.pop("bank", None)
         name, value, mode = rep.pop("signal")
         if not (math.isfinite(value) and math.isfinite(rep["val_loss"])):
             raise NonFinite("validation signal")
@@ -585,7 +663,8 @@ class Trainer:
         rec["best"] = improved
         if improved:
             best.update({"value": value, "epoch": epoch + 1, "signal": name, "val_loss": rep["val_loss"]})
-            self._write_best(self._card(rep, epoch + 1, name, value))
+            with self.shipped():
+                self._write_best(self._card(rep, epoch + 1, name, value), bank)
         log.info(
             "epoch %d/%d  g %.4f  d %.4f  %s %.4f%s  %.1f img/s",
             epoch + 1, self.cfg.train.epochs, rec.get("g", float("nan")), rec.get("d", float("nan")),
@@ -611,19 +690,31 @@ class Trainer:
         formula = ("lam*rec + (1-lam)*lat" if sc.mode == "paper" else "lam*(rec-rec_mean)/rec_std + (1-lam)*(lat-lat_mean)/lat_std")
         formula += "; rec = " + ("mean((x-G(x))^2)" if sc.pool == 0 else f"max of {sc.pool}x{sc.pool} box-smoothed map")
         formula += "; lat = mean((f(x)-f(G(x)))^2)"
+        bank = rep.get("bank_info")
+        if bank is not None:
+            w = bank["weight"]
+            formula = (f"(1-{w:g})*[{formula}] + {w:g}*" + ("(bank-bank_mean)/bank_std" if sc.mode != "paper" else "bank")
+                       + f"; bank = max over D's {bank['patches']} patches of the distance to the nearest of {bank['size']} "
+                       f"normal training features ({bank['subsample']})")
         score = ScoreSpec(lam=rep["lam"], lam_method=rep["lam_method"], mode=str(sc.mode), pool=int(sc.pool or 0),
                           term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
-                          map_scale=rep["map_scale"],
+                          map_scale=rep["map_scale"], bank=bank,
                           threshold=Threshold(**rep["threshold"]))
         selection = f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})"
         if signal_name == "val_auroc":
             selection += ", ties to the lower val_loss"
+        ema = None
+        if self.ema is not None:
+            t, decay = self.ema_updates, self.cfg.train.ema_decay
+            ema = {"decay": decay, "updates": t, "decay_at_last_update": min(decay, (1.0 + t) / (10.0 + t)),
+                   "schedule": "min(decay, (1+t)/(10+t)) at update t", "of": "generator weights and BatchNorm statistics"}
+            selection += "; the generator's EMA is validated, selected and exported"
         return build_card(
             self.cfg, score=score,
             data={"source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
                   "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies},
             training=Training(best_epoch=epoch, selection=selection, selection_value=value, device=str(self.device),
-                              epochs_run=epoch, recoveries=list(self.recoveries)),
+                              epochs_run=epoch, recoveries=list(self.recoveries), ema=ema),
             metrics=metrics, versions={"torch": torch.__version__, "numpy": np.__version__},
         )
 

@@ -1,0 +1,98 @@
+"""The feature-bank head (PatchCore-style, on the discriminator's features): a memory of normal patch features.
+
+f(x), the discriminator feature the latent term already reads, is a map of P spatial positions ("patches": the
+4×4 map of D's penultimate layer, P = 16, C = 4·ndf channels at isize 32; P = 1 for a plain vector) per image.
+The bank keeps ``bank_size`` of the training images' patch features, chosen by greedy k-center (coreset:
+each next feature is the one farthest from those already kept, so rare normal patterns are covered) or at
+random. The bank term of an image is the distance of its least normal patch to its nearest normal feature::
+
+    bank(x) = max_p sqrt(max(0, min_m ||a_p||² - 2·a_p·b_m + ||b_m||²))
+
+computed with one MatMul against the constant bank (C × M) and the constant ||b_m||² (M), both inside the
+exported graph, at the top level (the FP32 score head, which no precision pass converts). Cost per image:
+2·P·C·M FLOPs (16·128·1024·2 = 4.2 MFLOP for the default bank at ndf 32) and 4·C·M bytes of constants
+(512 KiB). The term is standardised with the normal validation statistics and added to the two-term score
+with weight ``bank_weight`` (``skipgan_edge.model.scorer.combine``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+#: tensor names of the bank inside ``model.safetensors`` (next to the network's weights, covered by the model id)
+BANK_KEY = "score_bank.features"
+
+
+def feature_patches(model: Any) -> int:
+    """P, the number of spatial positions in the architecture's f(x) (1 for a plain vector)."""
+    return int(getattr(model, "feature_patches", 1))
+
+
+def as_patches(f: torch.Tensor, dim: int, patches: int) -> torch.Tensor:
+    """(B, C·P) flattened channel-major, as ``flatten(1)`` of a (B, C, h, w) map gives it → (B, P, C)."""
+    return f.reshape(-1, dim, patches).transpose(1, 2)
+
+
+@torch.no_grad()
+def patch_features(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """The patch features f(x) of uint8 NHWC ``images`` in eval mode: (N·P, C) float32 on the CPU."""
+    from skipgan_edge.model.scorer import to_model_input
+
+    was = net.training
+    net.eval()
+    p = feature_patches(net)
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device))
+        f = net.terms(x)[1].float()  # type: ignore[operator]  # (B, C·P)
+        out.append(as_patches(f, f.shape[1] // p, p).reshape(-1, f.shape[1] // p).cpu())
+    net.train(was)
+    return torch.cat(out)
+
+
+def subsample(feats: torch.Tensor, size: int, method: str = "coreset", seed: int = 0) -> torch.Tensor:
+    """``size`` rows of ``feats`` (N, C): greedy k-center (``coreset``) or uniformly at random (``random``); all of
+    them when there are no more than ``size``. Deterministic for a given ``seed``."""
+    n = len(feats)
+    if n <= size:
+        return feats.clone()
+    gen = torch.Generator().manual_seed(int(seed))
+    if method == "random":
+        return feats[torch.randperm(n, generator=gen)[:size]].clone()
+    if method != "coreset":
+        raise ValueError(f"unknown bank subsampling {method!r}")
+    x = feats.float()
+    sq = (x * x).sum(1)
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = int(torch.randint(n, (1,), generator=gen))
+    min_d = torch.full((n,), float("inf"))
+    for k in range(1, size):
+        c = x[chosen[k - 1]]
+        d = sq - 2.0 * (x @ c) + c.dot(c)  # (N,) squared distance to the last kept feature
+        min_d = torch.minimum(min_d, d)
+        chosen[k] = int(torch.argmax(min_d))
+    return x[chosen].clone()
+
+
+def bank_distance(patches: torch.Tensor, bank_t: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """(B, P, C) patch features, the bank transposed (C, M) and its squared norms (M,) → (B,): the distance of the
+    least normal patch to its nearest bank feature. Plain FP32 ops (MatMul, ReduceMin, Sqrt, ReduceMax) for export."""
+    d2 = (patches * patches).sum(dim=2, keepdim=True) - 2.0 * torch.matmul(patches, bank_t) + bank_sq  # (B, P, M)
+    return d2.amin(dim=2).clamp_min(0.0).sqrt().amax(dim=1)  # (B,)
+
+
+def bank_constants(bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bank (M, C) → the graph's constants: transposed (C, M) and squared norms (M,)."""
+    b = bank.float()
+    return b.t().contiguous(), (b * b).sum(1).contiguous()
+
+
+def bank_info(bank: torch.Tensor, patches: int, method: str, n_features: int) -> dict[str, Any]:
+    """What the card records about a bank: its shape, how it was chosen, its size in bytes and FLOPs per image."""
+    m, c = bank.shape
+    return {"size": int(m), "dim": int(c), "patches": int(patches), "subsample": method, "from_features": int(n_features),
+            "bytes": int(4 * m * c + 4 * m), "flops_per_image": int(2 * patches * c * m + 4 * patches * m),
+            "term": "max over patches of the distance to the nearest bank feature"}
