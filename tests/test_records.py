@@ -71,7 +71,13 @@ def test_every_record_of_a_real_run_matches_the_schema(demo_onnx: Path, tmp_path
     with open(tmp_path / "r.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == CSV_FIELDS and len(rows) == 24
-    assert {row["anomalous"] for row in rows} == {"true", "false"}
+    assert {row["anomalous"] for row in rows} <= {"true", "false"} and rows[4]["anomalous"] == "true"
+    if mode == "resize":
+        assert {row["anomalous"] for row in rows} == {"true", "false"}
+    else:
+        # tiles see the texture at twice the scale the demo model was trained on (64 px frames resized to 32), so its
+        # threshold does not carry over (a site commissions it with `threshold --mode tiles`); the ranking does
+        assert max(r["score"] for i, r in enumerate(records) if i not in defects) < min(records[i]["score"] for i in defects)
     assert rows[4]["bbox"] == " ".join(map(str, records[4]["bbox"])) and (rows[4]["tile"] != "") == (mode == "tiles")
 
 
