@@ -30,6 +30,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: requirements a device's own build satisfies under another distribution name (or none): the importable module
+#: and how to name it. Any importable one is kept (JetPack's OpenCV has GStreamer; onnxruntime-gpu is onnxruntime).
+SYSTEM_BUILDS = {
+    "opencv-python-headless": ("cv2", "OpenCV"), "opencv-python": ("cv2", "OpenCV"),
+    "onnxruntime": ("onnxruntime", "onnxruntime"), "onnxruntime-gpu": ("onnxruntime", "onnxruntime"),
+}
+
 
 def pip(*args: str) -> None:
     p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *args], capture_output=True, text=True)
@@ -98,16 +105,11 @@ def main() -> int:
                 install.append(f"numpy{r.specifier},<{major + 1}")
                 kept.append(f"numpy: the system's {have or 'none'} is older than {r.specifier}; the newest numpy {major}.x goes into the venv")
                 constraints.append(f"numpy<{major + 1}")
-        elif name in ("opencv-python-headless", "opencv-python"):
-            have = module_version("cv2")
+        elif name in SYSTEM_BUILDS:
+            module, label = SYSTEM_BUILDS[name]
+            have = module_version(module)
             if have is not None:
-                kept.append(f"OpenCV {have} ({where('cv2')})")
-            else:
-                install.append(str(r))
-        elif name in ("onnxruntime", "onnxruntime-gpu"):
-            have = module_version("onnxruntime")
-            if have is not None:
-                kept.append(f"onnxruntime {have} ({where('onnxruntime')})")
+                kept.append(f"{label} {have} ({where(module)})")
             else:
                 install.append(str(r))
         else:

@@ -40,6 +40,19 @@ LATER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def graph_constants(model: Any) -> dict[str, Any]:
+    """Name → numpy array for initializers and Constant node outputs."""
+    from onnx import numpy_helper
+
+    out: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
 def _opset(model: Any) -> int:
     return next((imp.version for imp in model.opset_import if imp.domain in ("", "ai.onnx")), 0)
 
@@ -51,18 +64,13 @@ def needs_rewrite(model: Any) -> bool:
 def rewrite_for_trt86(model: Any) -> Any:
     """A copy of ``model`` that TensorRT 8.6 parses as ONNX Runtime runs ``model`` (see the module docstring)."""
     onnx = require("onnx", "onnx", "the TensorRT 8.6 graph rewrite")
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     if not needs_rewrite(m):
         return m
-    consts: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    for n in m.graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    consts = graph_constants(m)
     detached: set[str] = set()
     for n in m.graph.node:
         name = n.name or n.op_type

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from skipgan_edge.errors import EngineError, require
+from skipgan_edge.export.trt86 import graph_constants
 
 SUPPORT_FILE = Path(__file__).with_name("trt_support.json")
 DEFAULT_TARGETS = ("8.6", "10.3", "11")
@@ -99,19 +100,6 @@ def support_table() -> dict[str, Any]:
 
 def targets() -> list[str]:
     return list(support_table()["targets"])
-
-
-def _constants(model: Any) -> dict[str, Any]:
-    """Name → numpy array for initializers and Constant node outputs."""
-    from onnx import numpy_helper
-
-    out: dict[str, Any] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output:
-            for a in n.attribute:
-                if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
-    return out
 
 
 def _dtypes_and_shapes(model: Any) -> tuple[dict[str, int], dict[str, list[int | str | None]], str | None]:
@@ -180,7 +168,7 @@ def check_model(model: Any, target: str = "10.3", *, sm: int | None = None,
     g = model.graph
     out: list[Violation] = []
     dtypes, shapes, inference_failure = _dtypes_and_shapes(model)
-    consts = _constants(model)
+    consts = graph_constants(model)
     graph_inputs = {i.name for i in g.input if i.name not in consts}
     graph_outputs = {o.name for o in g.output}
     gpu_sm = target_sm(target, sm)
