@@ -114,7 +114,9 @@ test-gpu: $(STAMP)
 
 jetson:
 	@test -x "$(JETSON_PYTHON)" || { echo "error: $(JETSON_PYTHON) not found: set JETSON_PYTHON to the device's python3" >&2; exit 2; }
+	@"$(JETSON_PYTHON)" -c "import sys; sys.exit(sys.version_info < (3, 10))" || { echo "error: $(JETSON_PYTHON) is Python $$("$(JETSON_PYTHON)" -c 'import platform; print(platform.python_version())'): skipgan-edge needs 3.10 or later (JetPack 6); JetPack 5 (Python 3.8, TensorRT 8.5.2) is not supported: upgrade to JetPack 6.1 or later" >&2; exit 2; }
 	@"$(JETSON_PYTHON)" -c "import venv, ensurepip" 2>/dev/null || { echo "error: $(JETSON_PYTHON) cannot make venvs: sudo apt-get install python3-venv" >&2; exit 2; }
+	@[ "$(JETSON_TENSORRT)" != required ] || "$(JETSON_PYTHON)" -c "import tensorrt" 2>/dev/null || { echo "error: JetPack's TensorRT Python bindings are missing: sudo apt-get install python3-libnvinfer (JetPack 6), or JETSON_TENSORRT=optional for the runtime without TensorRT" >&2; exit 2; }
 	test -x $(JETSON_VENV)/bin/python || "$(JETSON_PYTHON)" -m venv --system-site-packages $(JETSON_VENV)
 	JETSON_TENSORRT=$(JETSON_TENSORRT) $(JETSON_VENV)/bin/python tools/jetson_install.py
 	$(JETSON_VENV)/bin/skipgan-edge doctor
@@ -128,6 +130,7 @@ jetson-ci: $(JETSON_VENV)/.installed
 
 $(JP6_VENV)/.installed: pyproject.toml constraints/jetpack6.txt
 	@test -n "$(JP6_PYTHON)" || { echo "error: no Python 3.10 found for the JetPack 6 lane: install one (pyenv install 3.10, or apt's python3.10) or set JP6_PYTHON" >&2; exit 2; }
+	@"$(JP6_PYTHON)" -c "import sys; sys.exit(sys.version_info[:2] != (3, 10))" 2>/dev/null || { echo "error: JP6_PYTHON=$(JP6_PYTHON) is not a Python 3.10 interpreter (JetPack 6's): point it at one, or leave it unset to find one" >&2; exit 2; }
 	test -x $(JP6_VENV)/bin/python || "$(JP6_PYTHON)" -m venv $(JP6_VENV)
 	$(JP6_VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(JP6_VENV)/bin/python -m pip install -q --disable-pip-version-check -c constraints/jetpack6.txt -e '.[metrics]'

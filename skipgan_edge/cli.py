@@ -412,7 +412,8 @@ def build(
 # ------------------------------------------------------------------------------------------ run
 @app.command("run")
 def run_cmd(
-    source: Annotated[str, typer.Option(help="/dev/videoN, v4l2:///dev/videoN, N, csi://N, rtsp://..., video, image/folder/glob, watch:DIR.")],
+    source: Annotated[str, typer.Option(help="/dev/videoN, v4l2:///dev/videoN, N, csi://N, 'gst:PIPELINE ! appsink', "
+                                             "'genicam://NAME?exposure_us=..', rtsp://..., video, image/folder/glob, watch:DIR.")],
     model: Annotated[Optional[Path], typer.Option(help="Model folder (torch backend).")] = None,
     onnx: Annotated[Optional[Path], typer.Option(help="Exported scorer ONNX (ONNX Runtime).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine.")] = None,

@@ -26,7 +26,7 @@ def gpu_stack_missing(tensorrt: bool = True) -> list[str]:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        missing.append("cuda-python (pip install 'skipgan-edge[tensorrt]', matching the CUDA major: see make jetson)")
+        missing.append("cuda-python (Jetson: make jetson installs the one the driver runs; x86-64: pip install 'skipgan-edge[tensorrt]')")
         cudart = None
     mismatch = None
     if cudart is not None:
@@ -71,7 +71,7 @@ def report() -> list[str]:
     for mod, what in (
         ("torch", "training and the torch backend"),
         ("onnxruntime", "the ONNX Runtime backend"),
-        ("onnx", "export"),
+        ("onnx", "export; build --dry-run; build on TensorRT 8.6; threshold --onnx"),
         ("modelopt", "FP16 / INT8 precision variants"),
         ("openvino", "the OpenVINO backend"),
         ("tensorrt", "engine build and the TensorRT backend"),
@@ -101,9 +101,22 @@ def report() -> list[str]:
     info = cv2.getBuildInformation()
     gst = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "GStreamer" in ln), "unknown")
     lines.append(f"OpenCV {cv2.__version__} ({_origin(cv2.__file__)}), GStreamer: {gst}"
-                 + ("" if gst.upper().startswith("YES") else " (csi://, gst: and genicam:// need it: make jetson keeps a system OpenCV that has it)"))
+                 + ("" if gst.upper().startswith("YES") else " (csi:// and gst: need it: make jetson keeps a system OpenCV that has it)"))
+    lines.append(aravis_line())
     lines.append(f"numpy {numpy.__version__} ({_origin(numpy.__file__)})")
     return lines
+
+
+def aravis_line() -> str:
+    """Whether genicam:// can open cameras here: Aravis's GObject bindings (PyGObject), not OpenCV."""
+    from skipgan_edge.errors import SkipganError
+    from skipgan_edge.runtime.genicam import _aravis
+
+    try:
+        arv = _aravis()
+    except SkipganError as exc:
+        return f"Aravis (genicam://): missing: {exc}"
+    return f"Aravis (genicam://): API {arv._version}, through PyGObject"
 
 
 def _origin(file: str | None) -> str:

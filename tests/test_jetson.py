@@ -48,6 +48,7 @@ def test_the_jetson_venv_keeps_the_systems_opencv_and_numpy(jetson: Path) -> Non
     assert not [p.name for p in Path(site).iterdir() if p.name.lower().startswith(("numpy", "opencv", "cv2"))]
     # doctor says which OpenCV and numpy the runtime uses and whether GStreamer is there
     out = subprocess.run([str(jetson / "bin" / "skipgan-edge"), "doctor"], capture_output=True, text=True, timeout=120).stdout
+    assert "Aravis (genicam://): API 0.8" in out, out
     assert "GStreamer: YES" in out and f"numpy {got['np']} (from the system" in out and "(from the system" in out.split("OpenCV", 1)[1], out
 
 
@@ -63,9 +64,20 @@ def test_make_jetson_without_tensorrt_is_one_line(tmp_path: Path) -> None:
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode != 0 and len(errors) == 1 and "python3-libnvinfer" in errors[0], p.stderr
+    assert not (tmp_path / "v").exists()  # refused before anything is made
+    # JetPack 5's Python is 3.8: an interpreter older than 3.10 is refused, naming JetPack 6.1 (pyenv's 3.9 stands in)
+    old = subprocess.run([str(ROOT / "tools" / "find_python.sh"), "3.9"], capture_output=True, text=True).stdout.strip()
+    assert old, "this check needs a Python 3.9 (pyenv's, as on CI) to stand in for JetPack 5's 3.8"
+    p = subprocess.run(["make", "-s", "--no-print-directory", "jetson", f"JETSON_PYTHON={old}", "JETSON_TENSORRT=optional",
+                        f"JETSON_VENV={tmp_path / 'v'}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode != 0 and len(errors) == 1 and "upgrade to JetPack 6.1" in errors[0], p.stderr
     p = subprocess.run(["make", "-s", "--no-print-directory", "jp6-venv", "JP6_PYTHON=", f"JP6_VENV={tmp_path / 'jp6'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and p.stderr.strip().startswith("error: no Python 3.10 found") and len(p.stderr.strip().splitlines()) <= 2, p.stderr
+    p = subprocess.run(["make", "-s", "--no-print-directory", "jp6-venv", "JP6_PYTHON=/usr/bin/python3.11", f"JP6_VENV={tmp_path / 'jp6'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and p.stderr.strip().startswith("error: JP6_PYTHON=/usr/bin/python3.11 is not a Python 3.10"), p.stderr
     assert not (tmp_path / "jp6").exists()
 
 
@@ -88,6 +100,9 @@ def test_gst_errors_are_one_line(jetson: Path, demo_onnx: Path, tmp_path: Path) 
                                                               'no element "nosuchelement"'),
         (jetson, f"gst:filesrc location={tmp_path / 'none.mp4'} ! decodebin ! videoconvert ! appsink", "GStreamer could not start"),
         (LEAN, "gst:videotestsrc ! videoconvert ! appsink", "needs OpenCV built with GStreamer"),  # pip's OpenCV has none
+        (jetson, "gst:videotestsrc ! videoconvert ! appsink name=sink", "OpenCV finds its sink by a name that contains 'appsink'"),
+        (jetson, "csi://x", "a CSI camera is csi://N"),
+        (jetson, "csi://0", 'GStreamer cannot build the CSI pipeline (no element "nvarguscamerasrc")'),  # not a Jetson
     ]
     for venv, spec, msg in cases:
         p = subprocess.run([str(venv / "bin" / "skipgan-edge"), "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", spec],

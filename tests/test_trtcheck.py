@@ -268,3 +268,14 @@ def test_failed_shape_inference_is_a_violation_not_a_silent_pass(tmp_path: Path)
     onnx.save(m, str(tmp_path / "clash.onnx"))
     p = run_cli("build", "--onnx", str(tmp_path / "clash.onnx"), "--dry-run", "--trt", "10.3", check=False)
     assert p.returncode == 2 and "shape-inference" in p.stderr
+
+
+def test_a_trt_target_as_users_write_it() -> None:
+    from skipgan_edge.errors import EngineError
+    from skipgan_edge.export.trtcheck import target_for
+
+    assert [target_for(v) for v in ("8.6", "8.6.2", "10.3", "10.3.0.26", "11", "11.0", "11.1.0")] == ["8.6", "8.6", "10.3", "10.3", "11", "11", "11"]
+    for bad, msg in (("8.5.2", "upgrade to JetPack 6.1"), ("7.1", "upgrade to JetPack 6.1"), ("10.8", "unknown TensorRT target"),
+                     ("banana", "unknown TensorRT target")):
+        with pytest.raises(EngineError, match=msg):
+            target_for(bad)

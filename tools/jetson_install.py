@@ -11,7 +11,8 @@ numpy-1 binaries cannot load) in front of them. Here each runtime requirement is
 - OpenCV: any ``cv2`` the system has is kept; pip's headless build only where there is none.
 - onnxruntime: an importable ``onnxruntime`` (JetPack users often have ``onnxruntime-gpu``) is kept.
 - everything else: installed only when missing or too old.
-- onnx: only where TensorRT is 8.6 (JetPack 6.0), whose parser needs the scorer rewritten (``build`` does it).
+- onnx (the ``[onnx]`` extra): where TensorRT is there, for ``build --dry-run`` and, on TensorRT 8.6 (JetPack 6.0), the
+  rewrite ``build`` makes for its parser.
 - cuda-python: only where TensorRT is there, of the major the driver supports (``skipgan_edge.runtime.cudaenv``).
 
 ``JETSON_TENSORRT=optional`` lets a machine without TensorRT (CI) run the same recipe; ``required`` (the default)
@@ -119,8 +120,8 @@ def main() -> int:
                 have = None
             if have is None or not r.specifier.contains(have, prereleases=True):
                 install.append(str(r))
-    if trt is not None and Version(trt) < Version("10") and module_version("onnx") is None:
-        # TensorRT 8.6 (JetPack 6.0): build rewrites the scorer for its parser (skipgan_edge.export.trt86) with onnx
+    if trt is not None and module_version("onnx") is None:
+        # build --dry-run reads the graph with onnx, and on TensorRT 8.6 (JetPack 6.0) build rewrites it for the parser
         install += [str(Requirement(r)).split(";")[0] for r in md.requires("skipgan-edge") or [] if 'extra == "onnx"' in r]
     if trt is not None:
         # the cuda-python whose major the driver supports; one already installed is kept only when it satisfies it
@@ -145,7 +146,14 @@ def main() -> int:
             os.unlink(fh.name)
     for line in kept:
         print(f"kept: {line}")
-    print("installed: " + (", ".join(install) if install else "nothing"))
+    def installed(req: str) -> str:
+        name = Requirement(req).name
+        try:
+            return f"{name} {md.version(name)}"
+        except md.PackageNotFoundError:
+            return req
+
+    print("installed: " + (", ".join(installed(r) for r in install) if install else "nothing"))
     print(f"TensorRT: {trt or 'not found (JETSON_TENSORRT=optional: the ONNX Runtime backends only)'}")
     return 0
 

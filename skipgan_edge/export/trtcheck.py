@@ -102,9 +102,30 @@ def targets() -> list[str]:
     return list(support_table()["targets"])
 
 
+def target_for(version: str) -> str:
+    """The support table that covers a TensorRT version as a user writes it (``8.6.2``, ``10.3.0``, ``11.0``: what
+    ``doctor`` prints); JetPack 5's 8.5 is refused with what to do."""
+    from packaging.version import InvalidVersion, Version
+
+    if version in support_table()["targets"]:
+        return version
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        v = None
+    if v is not None:
+        if v.major < 8 or (v.major == 8 and v.minor < 6):
+            raise EngineError(f"TensorRT {version} (JetPack 5 and older) is not supported: upgrade to JetPack 6.1 or later (TensorRT 10.3)")
+        for t in targets():
+            tv = Version(t)
+            if tv.major == v.major and (len(tv.release) == 1 or tv.minor == v.minor):
+                return t
+    raise EngineError(f"unknown TensorRT target {version!r}; choose one of {', '.join(targets())} (a full version such as 10.3.0 works too)")
+
+
 def _dtypes_and_shapes(model: Any) -> tuple[dict[str, int], dict[str, list[int | str | None]], str | None]:
     """Inferred element types and shapes; the third item says why strict inference failed (None: it did not)."""
-    onnx = require("onnx", "export", "the TensorRT compatibility check")
+    onnx = require("onnx", "onnx", "the TensorRT compatibility check")
     failure: str | None = None
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -371,7 +392,7 @@ def _check_restrictions(n: Any, node: str, rules: dict[str, Any], consts: dict[s
 
 
 def _load(path: Path) -> Any:
-    onnx = require("onnx", "export", "the TensorRT compatibility check")
+    onnx = require("onnx", "onnx", "the TensorRT compatibility check")
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"ONNX file not found: {path}")
@@ -407,11 +428,10 @@ def check_for_build(model: Any, target: str = "10.3", *, sm: int | None = None,
 def verdict(path: Path, which: list[str] | None = None, *, sm: int | None = None,
             batch: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """``{target: {"ok": bool, "violations": [line, ...], "table": source, "sm": ..., "checked": ...}}`` for each target."""
+    wanted = [target_for(t) for t in which or list(DEFAULT_TARGETS)]  # refuse a bad --trt before reading the file
     model = _load(path)
     rep: dict[str, Any] = {}
-    for t in which or list(DEFAULT_TARGETS):
-        if t not in support_table()["targets"]:
-            raise EngineError(f"unknown TensorRT target {t!r}; choose one of {', '.join(targets())}")
+    for t in wanted:
         v = check_for_build(model, t, sm=sm, batch=batch)
         checked = ("the graph as skipgan-edge build rewrites it for 8.6 (reduce axes as attributes, opset 17)"
                    if t == "8.6" and _needs_rewrite(model) else "the graph as exported")

@@ -330,6 +330,10 @@ class GstPipelineSource(Source):
         last = self.pipeline.rsplit("!", 1)[-1].split()
         if not last or last[0] != "appsink":
             raise SourceError(f"{spec[:80]!r}: a gst: pipeline must end in '! appsink' (for example 'gst:videotestsrc ! videoconvert ! appsink')")
+        names = [p.split("=", 1)[1].strip("'\"") for p in last[1:] if p.startswith("name=")]
+        if names and "appsink" not in names[0]:
+            raise SourceError(f"gst: appsink name={names[0]}: OpenCV finds its sink by a name that contains 'appsink'; "
+                              "leave name= out or use one such as name=appsink0")
         reason = gst_parse_error(self.pipeline)
         if reason:
             raise SourceError(f"GStreamer cannot parse {self.pipeline[:120]!r}: {reason}")
@@ -401,8 +405,9 @@ def open_gstreamer(pipeline: str, timeout_s: float) -> cv2.VideoCapture | None:
 def require_gstreamer(spec: str) -> None:
     """One line, before anything is opened, when this OpenCV has no GStreamer."""
     if not gstreamer_available():
+        shown = spec if len(spec) <= 60 else spec[:57] + "..."
         raise SourceError(
-            f"{spec[:40]} needs OpenCV built with GStreamer (JetPack's and Debian's python3-opencv have it; pip's opencv-python-headless "
+            f"{shown!r} needs OpenCV built with GStreamer (JetPack's and Debian's python3-opencv have it; pip's opencv-python-headless "
             "does not): make jetson keeps the system's, or pip uninstall opencv-python-headless in a --system-site-packages venv"
         )
 
@@ -660,8 +665,16 @@ def open_source(spec: str, opts: SourceOptions | None = None) -> Source:
 
         return GenicamSource(spec, opts)
     if spec.startswith("csi://"):
+        sensor = spec[len("csi://") :] or "0"
+        if not (sensor.isascii() and sensor.isdigit()) or int(sensor) > 15:
+            raise SourceError(f"{spec[:40]!r}: a CSI camera is csi://N with N the sensor id (0-15, as nvarguscamerasrc sensor-id)")
         require_gstreamer(spec)
-        return LiveSource(spec, opts, csi_pipeline(int(spec[len("csi://") :] or 0), opts), cv2.CAP_GSTREAMER, "CSI camera")
+        pipeline = csi_pipeline(int(sensor), opts)
+        reason = gst_parse_error(pipeline)
+        if reason:
+            raise SourceError(f"{spec}: GStreamer cannot build the CSI pipeline ({reason}): csi:// needs a Jetson's Argus camera stack "
+                              "(nvarguscamerasrc, nvvidconv; in a container, mount them); elsewhere use gst:, v4l2:// or a camera index")
+        return LiveSource(spec, opts, pipeline, cv2.CAP_GSTREAMER, "CSI camera")
     if spec.startswith(("rtsp://", "rtsps://", "http://", "https://")):
         return LiveSource(spec, opts, spec, cv2.CAP_FFMPEG, "stream")
     path = spec[7:] if spec.startswith("file://") else spec
