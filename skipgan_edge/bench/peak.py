@@ -52,9 +52,18 @@ def matmul_peak(device: str = "cpu", n: int = 2048, reps: int = 5) -> dict[str, 
 
     out: dict[str, float] = {}
     best_np = 0.0
-    for size in (n, 2 * n):
+    # grow the matrix while one product stays short: a numpy on the reference BLAS (Debian's python3-numpy without
+    # OpenBLAS, as on a bare Jetson) does about 1 GFLOP/s, and its 4096x4096 product alone would take minutes
+    size = 256
+    while size <= 2 * n:
         m = np.random.rand(size, size).astype(np.float32)
-        best_np = max(best_np, _best(lambda m=m: m @ m, 2.0 * size**3, reps) / 1e9)
+        t0 = time.perf_counter()
+        m @ m
+        once = time.perf_counter() - t0
+        best_np = max(best_np, _best(lambda m=m: m @ m, 2.0 * size**3, reps if once < 0.2 else 1) / 1e9)
+        if once > 0.5:
+            break
+        size *= 2
     out["fp32"] = best_np
     flops = 2.0 * n**3
     try:
