@@ -122,18 +122,24 @@ def test_score_head_stays_fp32(exported: tuple[Path, dict]) -> None:
 
 
 def test_gate_failure_removes_or_marks(tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """A variant past the gate is removed (or kept marked with enforce_gate off). Every drop exceeds a max_drop of
+    -1, so the library call forces the failure; the CLI refuses such a value before any work."""
+    from skipgan_edge.errors import ExportError
+    from skipgan_edge.export.api import export_all
+
     calib = calibration.build(str(synth_dir), 40, 32, 3)
     calibration.save(calib, tmp_path / "c.npz")
-    p = run_cli("export", "--model", str(tiny_model), "--int8", "--calib", str(tmp_path / "c.npz"), "--out", str(tmp_path / "a"),
-                "--max-drop", "-1", check=False)
-    assert p.returncode == 2 and "accuracy gate: int8" in p.stderr
+    with pytest.raises(ExportError, match="accuracy gate: int8"):
+        export_all(tiny_model, tmp_path / "a", int8=True, calib=tmp_path / "c.npz", max_drop=-1.0)
     assert not (tmp_path / "a" / "scorer.int8.onnx").exists()
     rep = json.loads((tmp_path / "a" / "export_report.json").read_text())
     assert rep["variants"]["int8"]["gate"] == "failed" and rep["variants"]["int8"]["removed"]
-    p = run_cli("export", "--model", str(tiny_model), "--int8", "--calib", str(tmp_path / "c.npz"), "--out", str(tmp_path / "b"),
-                "--max-drop", "-1", "--no-gate")
+    export_all(tiny_model, tmp_path / "b", int8=True, calib=tmp_path / "c.npz", max_drop=-1.0, enforce_gate=False)
     assert (tmp_path / "b" / "scorer.int8.onnx").exists()
     assert json.loads((tmp_path / "b" / "export_report.json").read_text())["variants"]["int8"]["gate"] == "failed"
+    p = run_cli("export", "--model", str(tiny_model), "--int8", "--calib", str(tmp_path / "c.npz"), "--out", str(tmp_path / "c"),
+                "--max-drop", "-1", check=False)
+    assert p.returncode == 2 and "--max-drop" in p.stderr and len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "c").exists()
 
 
 def test_int8_without_calibration_refuses(tiny_model: Path, tmp_path: Path) -> None:
