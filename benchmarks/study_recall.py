@@ -171,6 +171,7 @@ def cost(out: Path) -> None:
     import onnx
 
     from skipgan_edge.bench.flops import count_flops
+    from skipgan_edge.card import load_card
     from skipgan_edge.export.onnx import export_onnx
     from skipgan_edge.export.trtcheck import verdict
 
@@ -185,7 +186,12 @@ def cost(out: Path) -> None:
             onnx_path = folder / "scorer.onnx"
             parity = export_onnx(folder, onnx_path, ds.val.images[:64])["parity"]
             m = onnx.load(str(onnx_path))
-            row: dict[str, Any] = {"flops": count_flops(m), "onnx_bytes": onnx_path.stat().st_size, "parity": parity,
+            bank_rec = load_card(folder).score.bank
+            # flops.py cannot infer the batch axis past the split of the 2B feature pass (a Slice with computed ends), so
+            # the head's ops after it count zero there; the bank's MatMul is counted from its shape (model/bank.py)
+            row: dict[str, Any] = {"flops": count_flops(m), "bank_flops": bank_rec["flops_per_image"] if bank_rec else 0,
+                                   "bank_bytes": bank_rec["bytes"] if bank_rec else 0,
+                                   "onnx_bytes": onnx_path.stat().st_size, "parity": parity,
                                    "trt_dry_run": verdict(onnx_path)}
             row["ort"] = _latency_ort(onnx_path, x1, x64)
             try:

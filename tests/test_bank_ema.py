@@ -202,3 +202,14 @@ def test_train_config_file_keys_turn_both_on(synth_dir: Path, tmp_path: Path) ->
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["score"]["bank"]["size"] == 32 and card["score"]["bank"]["subsample"] == "random"
     assert card["score"]["bank"]["weight"] == 0.3 and card["training"]["ema"]["decay"] == 0.99
+
+
+def test_bank_model_through_eval_and_the_lean_runtime(bank_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """``eval --model`` (torch, the bank loaded from the folder) and ``run --onnx`` (ONNX Runtime, the bank in the graph)."""
+    from skipgan_edge.export.onnx import export_onnx
+
+    p = run_cli("eval", "--model", str(bank_model), "--data", str(synth_dir))
+    assert "auroc" in (p.stdout + p.stderr).lower()
+    export_onnx(bank_model, tmp_path / "scorer.onnx")
+    p = run_cli("run", "--onnx", str(tmp_path / "scorer.onnx"), "--source", str(synth_dir / "test" / "good"), "--backend", "onnxruntime")
+    assert p.returncode == 0, p.stderr
