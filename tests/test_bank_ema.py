@@ -213,3 +213,24 @@ def test_bank_model_through_eval_and_the_lean_runtime(bank_model: Path, synth_di
     export_onnx(bank_model, tmp_path / "scorer.onnx")
     p = run_cli("run", "--onnx", str(tmp_path / "scorer.onnx"), "--source", str(synth_dir / "test" / "good"), "--backend", "onnxruntime")
     assert p.returncode == 0, p.stderr
+
+
+def test_forced_divergence_with_ema_and_bank_recovers_to_a_finite_model(synth_dir: Path, tmp_path: Path) -> None:
+    """lr 2e8 overflows within the first epoch; the recovery restores the start (the EMA with it) at 1e-12 × the rate;
+    the written generator (the EMA), the bank and the card's statistics are finite."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from skipgan_edge.card import load_card
+    from skipgan_edge.data.datasets import load_folder
+    from skipgan_edge.train.trainer import Trainer
+
+    cfg = _cfg(epochs=1, ema=0.99, bank=32)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=2e8, recover_lr_factor=1e-12))
+    Trainer(load_folder(synth_dir, 32, 3, seed=0), cfg, tmp_path / "r", progress=False).fit()
+    card = load_card(tmp_path / "r")
+    assert len(card.training.recoveries) == 1 and card.training.recoveries[0].restored == "the start"
+    assert card.training.ema is not None and card.score.bank is not None
+    assert all(np.isfinite(v) for v in (card.score.term_stats or {}).values())
+    assert all(bool(torch.isfinite(t).all()) for t in load_file(str(tmp_path / "r" / "model.safetensors")).values() if t.is_floating_point())
