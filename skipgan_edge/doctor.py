@@ -110,10 +110,10 @@ def report() -> list[str]:
 def aravis_line() -> str:
     """Whether genicam:// can open cameras here: Aravis's GObject bindings (PyGObject), not OpenCV."""
     from skipgan_edge.errors import SkipganError
-    from skipgan_edge.runtime.genicam import _aravis
+    from skipgan_edge.runtime.genicam import import_aravis
 
     try:
-        arv = _aravis()
+        arv = import_aravis()
     except SkipganError as exc:
         return f"Aravis (genicam://): missing: {exc}"
     return f"Aravis (genicam://): API {arv._version}, through PyGObject"

@@ -207,7 +207,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
-def _aravis() -> Any:
+def import_aravis() -> Any:
+    """Aravis's GObject bindings (PyGObject), or one line saying what to install; doctor asks the same."""
     try:
         import gi  # type: ignore[import-not-found]
 
@@ -257,7 +258,7 @@ class GenicamSource(Source):
     def __init__(self, spec: str, opts: SourceOptions) -> None:
         super().__init__(spec, opts)
         self.o = parse_spec(spec, opts)
-        self.arv = _aravis()
+        self.arv = import_aravis()
         self.what = f"GenICam camera {self.o.name or '(the first found)'}"
         self.received = self.missing = self.incomplete = self.skipped = self.reconnects = 0
         self.camera: Any = None

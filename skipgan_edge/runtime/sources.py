@@ -42,6 +42,7 @@ is the bottleneck, e.g. a GPU engine fed 1080p video.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import logging
@@ -131,13 +132,10 @@ def decode_params(opts: SourceOptions) -> list[int]:
     return [prop, opts.decode_threads]
 
 
-_warned: set[str] = set()
-
-
+@functools.cache
 def _warn_no_thread_control() -> None:
-    if "threads" not in _warned:
-        _warned.add("threads")
-        log.warning("OpenCV %s cannot set FFmpeg's decoder threads (OpenCV 4.7+ can): --decode-threads is ignored, FFmpeg decides", cv2.__version__)
+    """Once per process."""
+    log.warning("OpenCV %s cannot set FFmpeg's decoder threads (OpenCV 4.7+ can): --decode-threads is ignored, FFmpeg decides", cv2.__version__)
 
 
 @contextlib.contextmanager
