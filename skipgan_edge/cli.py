@@ -80,6 +80,7 @@ def _root(
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True
     )
+    import skipgan_edge.service  # noqa: F401  (the service wing: registers --backend triton:// with the runtime)
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -323,7 +324,7 @@ def export(
     """Export the scorer to ONNX (+FP16, +INT8), check every variant's AUROC against FP32."""
     _check(max_drop=max_drop)
     from skipgan_edge.export.api import export_all, format_table
-    from skipgan_edge.runtime.triton_repo import TritonSettings, check_name
+    from skipgan_edge.service.triton_repo import TritonSettings, check_name
 
     b = _parse_batch(batch)
     settings = TritonSettings.for_profile(b, max_queue_delay_us=triton_max_queue_us, instances=triton_instances, runtime=triton_runtime)
@@ -469,17 +470,18 @@ def run_cmd(
            fps=fps, width=width, height=height, stop_after_idle=stop_after_idle, reconnect_attempts=reconnect_attempts,
            decode_threads=decode_threads, threads=threads, metrics_port=metrics_port, mqtt_buffer=mqtt_buffer,
            mqtt_heartbeat_s=mqtt_heartbeat, mqtt_flush_ms=mqtt_flush_ms)
-    from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.api import SinkOptions
     from skipgan_edge.runtime.backends import BackendOptions, artifact
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
     from skipgan_edge.runtime.sinks import check_camera_id
     from skipgan_edge.runtime.sources import SourceOptions
+    from skipgan_edge.service.api import ServiceOptions, run
 
     kind, path = artifact(model, onnx, engine, backend)
     check_camera_id(camera_id)
     mqtt_opts = None
     if mqtt is not None:
-        from skipgan_edge.runtime.mqtt import MqttOptions, parse_url
+        from skipgan_edge.service.mqtt import MqttOptions, parse_url
 
         parse_url(mqtt)  # one line before the model loads
         mqtt_opts = MqttOptions(mqtt, camera=camera_id, ca=mqtt_ca, anomalies_only=mqtt_anomalies_only, buffer=mqtt_buffer,
@@ -488,7 +490,8 @@ def run_cmd(
         kind, path, source, backend=backend,
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames,
                                 camera=camera_id),
-        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary, mqtt_opts, metrics_port, metrics_addr, camera_id),
+        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
+        service=ServiceOptions(mqtt_opts, metrics_port, metrics_addr, camera_id),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
                                   watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
                                   reconnect_attempts=reconnect_attempts,
@@ -511,7 +514,7 @@ def serve_cmd(
     check: Annotated[bool, typer.Option("--check", help="Check the config and exit.")] = False,
 ) -> None:
     """An inspection cell in one process: many cameras, one backend per model, MQTT, metrics, model hot-reload."""
-    from skipgan_edge.runtime.serve import UNIT, load_cell, run_cell
+    from skipgan_edge.service.serve import UNIT, load_cell, run_cell
 
     if print_unit:
         typer.echo(UNIT, nl=False)
@@ -563,8 +566,8 @@ def triton_serve_cmd(
     import tempfile
 
     from skipgan_edge.errors import ConfigError
-    from skipgan_edge.runtime.triton_repo import TritonSettings, find_models, write_repository
-    from skipgan_edge.runtime.triton_server import TritonServer, bundled_server
+    from skipgan_edge.service.triton_repo import TritonSettings, find_models, write_repository
+    from skipgan_edge.service.triton_server import TritonServer, bundled_server
 
     if (onnx is None) == (export_dir is None):
         raise ConfigError("give exactly one of --onnx FILE or --export-dir DIR")

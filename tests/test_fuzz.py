@@ -219,7 +219,7 @@ def _toml(value: object) -> str:
 def test_cell_file_numbers_are_kept_within_their_limits_or_refused_by_key(serve: dict[str, object], camera: dict[str, object]) -> None:
     from skipgan_edge.config import LIMITS
     from skipgan_edge.errors import ConfigError
-    from skipgan_edge.runtime.serve import load_cell
+    from skipgan_edge.service.serve import load_cell
 
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "cell.toml"

@@ -21,8 +21,8 @@ from helpers.triton import Server, free_ports, metrics, triton_cli
 from skipgan_edge.errors import ConfigError
 from skipgan_edge.runtime.backends import BackendOptions
 from skipgan_edge.runtime.backends.onnxrt import read_card
-from skipgan_edge.runtime.backends.triton import parse_url
-from skipgan_edge.runtime.triton_repo import TritonSettings, config_text, pbtxt_string, write_repository
+from skipgan_edge.service.triton_client import parse_url
+from skipgan_edge.service.triton_repo import TritonSettings, config_text, pbtxt_string, write_repository
 
 
 def _records(path: Path) -> list[dict]:
@@ -103,10 +103,29 @@ def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
             write_repository(demo_onnx / "scorer.onnx", repo, card, name=bad)
 
 
+def test_model_py_runs_without_skipgan_edge_and_carries_the_openvino_rewrites(demo_onnx: Path, tmp_path: Path) -> None:
+    """model.py is triton_model.py with the OpenVINO backend's graph rewrites inlined: it loads in a Python where importing
+    skipgan_edge fails, and the rewrites it defines are the backend's own source."""
+    v = write_repository(demo_onnx / "scorer.onnx", tmp_path / "repo", read_card(demo_onnx / "scorer.onnx"))
+    code = v.folder / "model.py"
+    probe = ("import sys, runpy; sys.modules['skipgan_edge'] = None; g = runpy.run_path(sys.argv[1]); "
+             "print(g['MAX_SPECIALISED'], callable(g['split_transposed_convs']), g['TritonPythonModel'].__name__)")
+    out = subprocess.run([sys.executable, "-c", probe, str(code)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["4", "True", "TritonPythonModel"], out.stderr[-2000:]
+    graph = (ROOT / "skipgan_edge" / "runtime" / "backends" / "openvino_graph.py").read_text().split("inlines everything below this line ----\n")[1]
+    assert graph.strip() in code.read_text() and "from skipgan_edge" not in code.read_text()
+    # the same import marker in the source would otherwise load the rewrites from skipgan_edge: the check can fail
+    src = (ROOT / "skipgan_edge" / "service" / "triton_model.py").read_text()
+    probe_src = tmp_path / "raw.py"
+    probe_src.write_text(src)
+    raw = subprocess.run([sys.executable, "-c", probe, str(probe_src)], capture_output=True, text=True, timeout=120)
+    assert raw.returncode != 0 and "skipgan_edge" in raw.stderr
+
+
 def test_a_repository_is_code_and_only_ours_is_served_unasked(demo_onnx: Path, tmp_path: Path) -> None:
     """triton-serve --export-dir serves what it finds; Triton's Python backend runs it. A model.py or a parameter that is not
     ours is refused in one line unless --trust-repository."""
-    from skipgan_edge.runtime.triton_repo import find_models
+    from skipgan_edge.service.triton_repo import find_models
 
     card = read_card(demo_onnx / "scorer.onnx")
 
@@ -348,7 +367,7 @@ def test_server_killed_and_restarted_mid_run_loses_no_frame(demo_onnx: Path, tmp
 
 
 def test_stale_shared_memory_of_dead_processes_is_removed(tmp_path: Path) -> None:
-    from skipgan_edge.runtime.backends.triton import clean_stale_shm
+    from skipgan_edge.service.triton_client import clean_stale_shm
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

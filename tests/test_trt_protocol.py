@@ -725,7 +725,7 @@ def test_every_cuda_call_runs_where_its_thread_has_the_context(impl: str, tmp_pa
     thread, every pop must be on a thread that pushed, and each call must be on the thread its phase belongs to."""
     from conftest import write_defect_video
 
-    from skipgan_edge.runtime import serve
+    from skipgan_edge.service import serve
 
     gpu = FakeGpu()
     made: list[ThreadCheckedBackend] = []

@@ -25,7 +25,7 @@ from skipgan_edge.export.engine import HELDOUT_FILE
 from skipgan_edge.export.onnx import export_onnx
 from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, recall_at_fpr, spearman
-from skipgan_edge.runtime.triton_repo import DEFAULT_MODEL_NAME, TritonSettings, write_repository
+from skipgan_edge.service.triton_repo import DEFAULT_MODEL_NAME, TritonSettings, write_repository
 
 log = logging.getLogger(__name__)
 

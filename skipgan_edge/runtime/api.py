@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skipgan_edge.card import check_writable
 from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
-
-if TYPE_CHECKING:
-    from skipgan_edge.runtime.mqtt import MqttOptions
 
 
 @dataclass(frozen=True)
@@ -25,16 +23,12 @@ class SinkOptions:
     save_images: Path | None = None
     show: bool = False
     summary: Path | None = None
-    mqtt: MqttOptions | None = None
-    metrics_port: int | None = None  # Prometheus /metrics while the run lasts
-    metrics_addr: str = "127.0.0.1"
-    camera: str = "cam0"  # the camera label of the metrics
-
 
 
 def run(
     kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
     sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), options: BackendOptions = BackendOptions(),
+    extra_sinks: Sequence[Callable[[], Sink]] = (),
 ) -> dict[str, Any]:
     """Open the backend and the source, stream every frame through, return the summary.
 
@@ -42,7 +36,10 @@ def run(
     before anything runs. ``backend="auto"`` means what it means in every verb
     (:func:`skipgan_edge.runtime.backends.choose_backend`); when it has to time the CPU runtimes,
     ``run`` does it once everything opened, at this run's batch size, and streams with the faster
-    one (the summary records both under ``backend_race_ms``, and the rule under ``backend_chosen_by``)."""
+    one (the summary records both under ``backend_race_ms``, and the rule under ``backend_chosen_by``).
+
+    ``extra_sinks`` are made once the model has opened, after the file sinks, and closed with them (the service
+    wing's MQTT and Prometheus sinks come this way: :func:`skipgan_edge.service.api.run`)."""
     summary: dict[str, Any] = {}
     for target, what in ((sinks.summary, "--summary"), (source_opts.watch_state, "--watch-state"), (sinks.jsonl, "--jsonl"),
                          (sinks.csv, "--csv"), (sinks.save_video, "--save-video")):
@@ -69,14 +66,8 @@ def run(
                 out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
             if sinks.show:
                 out.append(ShowSink(vmax=vmax))
-            if sinks.metrics_port is not None:
-                from skipgan_edge.runtime.prom import Metrics, MetricsSink
-
-                out.append(MetricsSink(Metrics(sinks.metrics_port, sinks.metrics_addr), sinks.camera, own=True))
-            if sinks.mqtt is not None:
-                from skipgan_edge.runtime.mqtt import MqttSink
-
-                out.append(MqttSink(sinks.mqtt))
+            for make in extra_sinks:
+                out.append(make())
             src = open_source(source, source_opts)
             if do_race:
                 winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), options)

@@ -17,8 +17,10 @@ activating it; use it as a context manager.
   OpenVINO from batch 2 on (benchmarks/results/latency_cpu.md); on the paper-sized model OpenVINO
   won everywhere. A fixed rule picked the slower runtime for the default ``run``.
 
-A Triton server is a backend too: ``--backend triton://host:port/model[/version]`` (artifact kind ``triton``; no
-local model file is given, the server's model card is used; :mod:`skipgan_edge.runtime.backends.triton`).
+A server is a backend too: ``--backend triton://host:port/model[/version]`` (artifact kind ``triton``; no local
+model file is given, the server's model card is used). The runtime knows no server itself: the service wing
+registers the ``triton`` scheme when it is imported (:func:`register_remote`; ``import skipgan_edge.service``, which
+the CLI does; the client is :mod:`skipgan_edge.service.triton_client`).
 
 The chosen backend's ``chosen_by`` records the rule (and the race's milliseconds), and every
 report names the backend it used. An explicit ``--backend`` skips the race.
@@ -27,6 +29,7 @@ report names the backend it used. An explicit ``--backend`` skips the race.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +52,26 @@ def default_onnx_backend() -> str:
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
 
 
+#: servers by URL scheme: (check the URL, open a backend on it); filled by :func:`register_remote`
+REMOTE: dict[str, tuple[Callable[[str], Any], Callable[[str], Backend]]] = {}
+
+
+def register_remote(scheme: str, check_url: Callable[[str], Any], factory: Callable[[str], Backend]) -> None:
+    """Make ``--backend SCHEME://...`` a backend: ``check_url`` raises ConfigError on a bad URL, ``factory`` opens it."""
+    REMOTE[scheme] = (check_url, factory)
+
+
 def is_remote(backend: str) -> bool:
     """Whether ``backend`` names a server (``triton://...``) rather than a runtime on this machine."""
     return backend.startswith("triton://")
+
+
+def _remote(backend: str) -> tuple[Callable[[str], Any], Callable[[str], Backend]]:
+    scheme = backend.split("://", 1)[0]
+    if scheme not in REMOTE:
+        raise ConfigError(f"--backend {scheme}://... needs skipgan-edge's service wing: import skipgan_edge.service first "
+                          "(the skipgan-edge command does)")
+    return REMOTE[scheme]
 
 
 def resolve_backend(kind: str, backend: str = "auto") -> str:
@@ -59,9 +79,7 @@ def resolve_backend(kind: str, backend: str = "auto") -> str:
     if is_remote(backend) or kind == "triton":
         if not is_remote(backend) or kind != "triton":
             raise ConfigError("--backend triton://HOST:PORT/MODEL streams to a Triton server: give it without --model, --onnx or --engine")
-        from skipgan_edge.runtime.backends.triton import parse_url
-
-        parse_url(backend)
+        _remote(backend)[0](backend)
         return backend
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or triton://HOST:PORT/MODEL")
@@ -125,9 +143,7 @@ CPU_ONLY = BackendOptions(providers=("CPUExecutionProvider",))
 
 def _create(kind: str, path: Path, backend: str, options: BackendOptions, batch: int = 1) -> Backend:
     if is_remote(backend):
-        from skipgan_edge.runtime.backends.triton import TritonBackend
-
-        return TritonBackend(backend)
+        return _remote(backend)[1](backend)
     if (kind, backend) not in RUNS:
         hint = {"torch": "--model RUN_DIR", "onnxruntime": "--onnx FILE", "openvino": "--onnx FILE", "tensorrt": "--engine FILE"}[backend]
         raise ConfigError(f"--backend {backend} runs {hint}, not --{kind}")

@@ -48,7 +48,7 @@ import numpy as np
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
-from skipgan_edge.runtime.triton_model import MAX_SPECIALISED, split_transposed_convs, with_batch  # there: model.py is self-contained
+from skipgan_edge.runtime.backends.openvino_graph import MAX_SPECIALISED, split_transposed_convs, with_batch
 
 __all__ = ["MAX_SPECIALISED", "OpenVinoBackend", "cpu_has_bf16", "inference_precision", "split_transposed_convs"]
 

@@ -30,7 +30,8 @@ Layout (Triton's own: one folder per model, one numbered folder per version)::
   ``skipgan_edge.threads``. A client (``--backend triton://``) reads its threshold, normalization and input size
   from them. Every string is escaped for protobuf text format, so a card field cannot inject configuration.
 
-The Python backend's ``model.py`` is :mod:`skipgan_edge.runtime.triton_model`, copied: it imports only numpy,
+The Python backend's ``model.py`` is :mod:`skipgan_edge.service.triton_model` with the OpenVINO graph rewrites
+inlined (:func:`model_py_source`): it imports only numpy,
 ``onnxruntime`` or ``openvino`` and Triton's ``triton_python_backend_utils``, so it runs in NVIDIA's Triton
 container once ``pip install onnxruntime`` is done in the container's Python, and in the server that
 ``skipgan-edge triton-serve`` starts.
@@ -54,6 +55,21 @@ DEFAULT_MODEL_NAME = "scorer"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 PY_RUNTIMES = ("onnxruntime", "openvino")
 PY_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
+#: the OpenVINO graph rewrites model.py shares with our OpenVINO backend, inlined at the marked import
+GRAPH_SOURCE = Path(__file__).parents[1] / "runtime" / "backends" / "openvino_graph.py"
+GRAPH_MARKER = "# ---- model.py (Triton's Python backend) inlines everything below this line ----\n"
+INLINE_IMPORT = "from skipgan_edge.runtime.backends.openvino_graph import MAX_SPECIALISED, split_transposed_convs, with_batch  # inlined\n"
+
+
+def model_py_source() -> bytes:
+    """The ``model.py`` this release writes: :mod:`skipgan_edge.service.triton_model` with the OpenVINO graph rewrites
+    (:mod:`skipgan_edge.runtime.backends.openvino_graph`, below its marker) in place of the import that names them, so the
+    file imports nothing of skipgan_edge and the rewrites have one source."""
+    text, graph = PY_MODEL_SOURCE.read_text(), GRAPH_SOURCE.read_text()
+    if INLINE_IMPORT not in text or GRAPH_MARKER not in graph:
+        raise ConfigError("this skipgan-edge's Triton model.py sources are damaged: reinstall skipgan-edge")
+    body = graph.split(GRAPH_MARKER, 1)[1].strip()
+    return text.replace(INLINE_IMPORT, f"# from {GRAPH_SOURCE.name}, inlined by skipgan-edge\n{body}\n").encode()
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,7 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
         tmp.replace(vdir / fname)
     if not plan:  # every version's: a repository written by an older release serves again after this export
         for v in sorted({*versions, version}):
-            atomic_write_bytes(model_dir / str(v) / "model.py", PY_MODEL_SOURCE.read_bytes())
+            atomic_write_bytes(model_dir / str(v) / "model.py", model_py_source())
     atomic_write_bytes(vdir / "card.json", (json.dumps(card.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     atomic_write_bytes(model_dir / "config.pbtxt", config_text(name, card, settings, plan).encode())
     return RepoVersion(Path(repository), name, version, new)
@@ -234,7 +250,7 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
     differs (``--trust-repository`` serves it anyway)."""
     text_format = require("google.protobuf.text_format", "triton", "triton-serve")
     pb = require("tritonclient.grpc.model_config_pb2", "triton", "triton-serve")
-    ours = PY_MODEL_SOURCE.read_bytes()
+    ours = model_py_source()
     found = []
     for cfg_path in sorted(Path(repository).glob("*/config.pbtxt")):
         where = f"{cfg_path.parent.name}/config.pbtxt"

@@ -102,7 +102,7 @@ class ServeDefaults:
         if self.mode not in MODES:
             raise ConfigError(f"{where}: 'mode' must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mqtt is not None:
-            from skipgan_edge.runtime.mqtt import parse_url
+            from skipgan_edge.service.mqtt import parse_url
 
             parse_url(self.mqtt, f"{where}: 'mqtt'")
 
@@ -148,7 +148,7 @@ class CameraConfig:
             if any(c in self.mqtt_topic for c in "+#?\x00"):
                 raise ConfigError(f"{where}: 'mqtt_topic' may not contain + # (MQTT wildcards), ? or NUL, got {self.mqtt_topic!r}")
             if mqtt is not None:
-                from skipgan_edge.runtime.mqtt import parse_url
+                from skipgan_edge.service.mqtt import parse_url
 
                 parse_url(camera_mqtt_url(mqtt, self.mqtt_topic), f"{where}: 'mqtt_topic'")
 
@@ -210,7 +210,7 @@ def load_cell(path: Path) -> CellConfig:
         if n_art != 1:
             raise ConfigError(f"{where}: give exactly one of 'model', 'onnx', 'engine' or 'triton'")
         if cam.triton is not None:
-            from skipgan_edge.runtime.backends.triton import parse_url
+            from skipgan_edge.service.triton_client import parse_url
 
             try:
                 parse_url(cam.triton)
@@ -480,7 +480,7 @@ class Cell:
         d = self.cfg.defaults
         self.started_at = time.monotonic()
         if d.metrics_port is not None:
-            from skipgan_edge.runtime.prom import Metrics
+            from skipgan_edge.service.prom import Metrics
 
             self.metrics = Metrics(d.metrics_port, d.metrics_addr)
         try:
@@ -509,13 +509,13 @@ class Cell:
             if cam.csv:
                 sinks.append(CsvSink(Path(cam.csv)))
             if d.mqtt:
-                from skipgan_edge.runtime.mqtt import MqttOptions, MqttSink
+                from skipgan_edge.service.mqtt import MqttOptions, MqttSink
 
                 url = camera_mqtt_url(d.mqtt, cam.mqtt_topic)  # this camera's topic prefix on the same broker
                 sinks.append(MqttSink(MqttOptions(url, camera=cam.id, anomalies_only=d.mqtt_anomalies_only, heartbeat_s=d.mqtt_heartbeat_s,
                                                   flush_ms=d.mqtt_flush_ms)))
             if self.metrics is not None:
-                from skipgan_edge.runtime.prom import MetricsSink
+                from skipgan_edge.service.prom import MetricsSink
 
                 ms = MetricsSink(self.metrics, cam.id)
                 thr = cam.threshold if cam.threshold is not None else card.score.threshold.normalized

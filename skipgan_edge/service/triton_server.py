@@ -2,7 +2,7 @@
 
 PyTriton's wheel (``nvidia-pytriton``, the ``[triton-serve]`` extra) bundles a ``tritonserver`` binary, its
 libraries, the Python backend and one Python-backend stub per Python minor version. We start that binary
-ourselves on a model repository written by :mod:`skipgan_edge.runtime.triton_repo`, the same repository (and
+ourselves on a model repository written by :mod:`skipgan_edge.service.triton_repo`, the same repository (and
 so the same ``config.pbtxt``: dynamic batching, instance group, the card as parameters) that ``export
 --triton`` writes for a GPU server. PyTriton's own ``Triton.bind`` would have served a Python function
 instead, with a configuration of its own; serving the repository means what the tests load is exactly what a
@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import Any
 
 from skipgan_edge.errors import ConfigError
-from skipgan_edge.runtime.backends.triton import clean_stale_shm
+from skipgan_edge.service.triton_client import clean_stale_shm
 
 INSTALL_HINT = ("pip install 'skipgan-edge[triton-serve]' in a venv made from the system's python3 (from a clone: "
                 "make triton-venv, then .venv-triton/bin/skipgan-edge triton-serve)")
