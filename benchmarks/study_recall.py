@@ -187,9 +187,10 @@ def cost(out: Path) -> None:
             parity = export_onnx(folder, onnx_path, ds.val.images[:64])["parity"]
             m = onnx.load(str(onnx_path))
             bank_rec = load_card(folder).score.bank
-            # flops.py cannot infer the batch axis past the split of the 2B feature pass (a Slice with computed ends), so
-            # the head's ops after it count zero there; the bank's MatMul is counted from its shape (model/bank.py)
+            # count_flops covers the whole graph, the head and the bank's MatMul included ("graph_has_head": the table does
+            # not add the bank's FLOPs, counted from its shape in model/bank.py, a second time)
             row: dict[str, Any] = {"flops": count_flops(m), "bank_flops": bank_rec["flops_per_image"] if bank_rec else 0,
+                                   "graph_has_head": True,
                                    "bank_bytes": bank_rec["bytes"] if bank_rec else 0,
                                    "onnx_bytes": onnx_path.stat().st_size, "parity": parity,
                                    "trt_dry_run": verdict(onnx_path)}

@@ -163,6 +163,7 @@ def test_bank_head_exports_runs_in_onnxruntime_equal_to_torch_and_stays_fp32(ban
     from skipgan_edge.export.onnx import is_head_node
     from skipgan_edge.export.precision import head_nodes, head_violations
     from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
+    from skipgan_edge.runtime.backends.onnxrt import read_card
 
     calibration.save(calibration.build(str(synth_dir), 64, 32, 3), tmp_path / "calib.npz")
     rep = export_all(bank_model, tmp_path, fp16=True, int8=True, calib=tmp_path / "calib.npz", enforce_gate=False)
@@ -192,6 +193,12 @@ def test_bank_head_exports_runs_in_onnxruntime_equal_to_torch_and_stays_fp32(ban
         p = run_cli("build", "--onnx", str(tmp_path / name), "--dry-run", check=False)
         assert p.returncode == 0, (name, p.stdout, p.stderr)
         assert p.stdout.count(": ok:") == 3, p.stdout  # 8.6, 10.3 and 11
+    # the FLOPs counter sees the head past the split of the 2B feature pass: the bank's MatMul is what the card says
+    from skipgan_edge.bench.flops import count_flops
+
+    bank = read_card(tmp_path / "scorer.onnx").score.bank
+    assert bank is not None
+    assert count_flops(tmp_path / "scorer.onnx")["matmul"] == 2 * bank["patches"] * bank["dim"] * bank["size"]
 
 
 def test_train_config_file_keys_turn_both_on(synth_dir: Path, tmp_path: Path) -> None:

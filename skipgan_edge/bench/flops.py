@@ -7,7 +7,10 @@
   one per input element for reductions; data movement (Reshape, Concat, Transpose, Q/DQ, Cast,
   Shape, Slice, Gather) counts zero.
 
-Shapes come from ONNX shape inference with the batch fixed at 1.
+Shapes come from ONNX shape inference with the batch fixed at 1; where inference leaves a tensor's shape open (the
+scorer's head after the split of its 2B feature pass: x and G(x) through D in one batch), from one ONNX Runtime run
+of the graph at batch 1 that returns every intermediate tensor. An operator that still has no shape is an error,
+never a zero.
 """
 
 from __future__ import annotations
@@ -44,7 +47,31 @@ def _shapes(model: Any) -> dict[str, list[int]]:
             out[vi.name] = [int(d.dim_value) for d in dims]
     for init in m.graph.initializer:
         out[init.name] = list(init.dims)
+    wanted = [o for n in model.graph.node if n.op_type not in ZERO_COST for o in [*n.input, *n.output] if o and o not in out]
+    if wanted:
+        out.update(_run_shapes(model, sorted(set(wanted))))
     return out
+
+
+def _run_shapes(model: Any, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of ``names`` from one ONNX Runtime run of ``model`` at batch 1 (zeros in, every asked tensor out)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        dtype = {"tensor(uint8)": np.uint8, "tensor(float16)": np.float16}.get(inp.type, np.float32)
+        feeds[inp.name] = np.zeros(shape, dtype)
+    outs = sess.run(names, feeds)
+    return {n: list(np.shape(v)) for n, v in zip(names, outs)}
 
 
 def count_flops(model_or_path: Any) -> dict[str, float]:
@@ -79,6 +106,7 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
 
     cats = {"conv": 0.0, "convtranspose": 0.0, "matmul": 0.0, "rest": 0.0}
     fp32_dense = 0.0
+    unknown: list[str] = []
     for n in model.graph.node:
         op = n.op_type
         if op in ZERO_COST:
@@ -88,18 +116,21 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
         if op == "Conv":
             w, y = wshape(n.input[1]), out_shape
             if w is None or y is None:
+                unknown.append(f"{op} {n.name or n.output[0]}")
                 continue
             _, cin_g, kh, kw = w  # (Cout, Cin/groups, kh, kw)
             cats["conv"] += 2.0 * np.prod(y) * cin_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
         elif op == "ConvTranspose":
             w, x, y = wshape(n.input[1]), shapes.get(n.input[0]), out_shape
             if w is None or x is None or y is None:
+                unknown.append(f"{op} {n.name or n.output[0]}")
                 continue
             _, cout_g, kh, kw = w  # (Cin, Cout/groups, kh, kw)
             cats["convtranspose"] += 2.0 * np.prod(x) * cout_g * kh * kw + (np.prod(y) if len(n.input) > 2 else 0)
         elif op in ("MatMul", "Gemm"):
             a, b = shapes.get(n.input[0]), wshape(n.input[1])
             if a is None or b is None:
+                unknown.append(f"{op} {n.name or n.output[0]}")
                 continue
             cats["matmul"] += 2.0 * np.prod(a) * b[-1]
         elif op in REDUCTIONS:
@@ -107,8 +138,12 @@ def count_flops(model_or_path: Any) -> dict[str, float]:
             cats["rest"] += float(np.prod(x)) if x else 0.0
         elif out_shape is not None:
             cats["rest"] += float(np.prod(out_shape))
+        else:
+            unknown.append(f"{op} {n.name or n.output[0]}")
         if op in ("Conv", "ConvTranspose", "MatMul", "Gemm") and elem.get(n.input[0]) == 1 and not dequantized(n.input[1]):
             fp32_dense += cats["conv"] + cats["convtranspose"] + cats["matmul"] - before
+    if unknown:
+        raise ValueError(f"FLOPs: no shape for {len(unknown)} operator(s) ({', '.join(unknown[:3])}): the count would be short")
     cats = {k: float(v) for k, v in cats.items()}
     cats["total"] = sum(cats.values())
     cats["fp32_dense"] = float(fp32_dense)  # a subset of the above, not added to the total
