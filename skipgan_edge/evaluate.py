@@ -146,7 +146,7 @@ def evaluate_cli(
     Only ``test/`` is read (``data.datasets.load_test``): a device's folder with ``test/good`` and ``test/<defect>``
     is enough; the normalization and threshold come from the artifact's card. ``out`` (default: :func:`default_out`)
     is checked writable before any work."""
-    from skipgan_edge.card import check_writable
+    from skipgan_edge.card import check_writable_folder
     from skipgan_edge.data.datasets import load_test
     from skipgan_edge.data.progress import score_in_chunks
     from skipgan_edge.errors import ConfigError
@@ -157,7 +157,7 @@ def evaluate_cli(
         raise ConfigError("give exactly one of --model, --onnx or --engine")
     kind, path = given[0]
     out = Path(out) if out is not None else default_out(kind, Path(path))
-    check_writable(out / "eval.json", "--out")
+    check_writable_folder(out, "--out")
     be = open_backend(kind, Path(path), backend, BackendOptions(device=device, threads=threads), batch=EVAL_BATCH)
     with be:
         card = be.card

@@ -193,8 +193,6 @@ def _eval_split(job: ExportJob) -> None:
     job.files = {"fp32": job.out_dir / "scorer.onnx"}
     job.report = {"model": str(job.model_dir), "model_id": job.card.model_id, "eval_data": job.source,
                   "eval_images": len(job.split), "eval_anomalous": int(job.split.labels.sum())}
-    log.info("the accuracy gate will use %d held-out images of %s (%d anomalous)", len(job.split), job.source,
-             job.report["eval_anomalous"])
 
 
 def _onnx(job: ExportJob) -> None:
@@ -257,8 +255,9 @@ def _gate(job: ExportJob) -> None:
     report["gate"] = {"max_auroc_drop": job.max_drop, "enforced": job.enforce_gate}
     report["seconds"] = round(time.perf_counter() - job.t0, 2)
     job.failed = [n for n, r in report["variants"].items() if r["gate"] == "failed"]
-    log.info("accuracy gate (AUROC drop at most %g against FP32 %.4f): %s", job.max_drop, report["variants"]["fp32"]["auroc"],
-             ", ".join(f"{n} {r['gate']} ({r['auroc_drop']:+.4f})" for n, r in report["variants"].items() if n != "fp32") or "FP32 only")
+    verdicts = ", ".join(f"{n} {r['gate']} ({r['auroc_drop']:+.4f})" for n, r in report["variants"].items() if n != "fp32")
+    log.info("accuracy gate on %d held-out images of %s (%d anomalous; AUROC drop at most %g against FP32 %.4f): %s", len(split),
+             job.source, report["eval_anomalous"], job.max_drop, report["variants"]["fp32"]["auroc"], verdicts or "FP32 only")
     if job.failed and job.enforce_gate:
         for n in job.failed:
             Path(report["variants"][n]["file"]).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from skipgan_edge.card import CARD_NAME, DIVERGED_NAME, ModelCard, check_writable
+from skipgan_edge.card import DIVERGED_NAME, ModelCard, check_writable_folder
 from skipgan_edge.config import RunConfig, load_toml, merge
 from skipgan_edge.data.datasets import load_data
 from skipgan_edge.errors import ConfigError, ModelFolderError, require
@@ -70,10 +70,10 @@ def train_from_cli(
             raise ConfigError(f"--resume of an --arch auto run: resume its candidate instead (--resume {out}/candidates/ARCH), "
                               "then run --arch auto again with a new --out")
         cfg.validate(default_score("skipganomaly"))
-        check_writable(Path(out) / CARD_NAME, "--out")
+        check_writable_folder(Path(out), "--out")
         return train_auto(_load(str(data), cfg), cfg, Path(out)), Path(out)
     cfg = cfg.validate(default_score(cfg.model.arch))
-    check_writable(Path(out) / CARD_NAME, "--out")  # one line now, not after the data is read
+    check_writable_folder(Path(out), "--out")  # one line now, not after the data is read
     return train(_load(str(data), cfg), cfg, Path(out), resume=resume is not None), Path(out)
 
 
