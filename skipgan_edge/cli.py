@@ -138,7 +138,8 @@ def data_video(
 # ---------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    data: Annotated[Optional[str], typer.Option(help="MVTec-style folder, or fmnist:<class>.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="MVTec-style folder (train/good, test/...), a plain folder of good images, "
+                                                     "or fmnist:<class>.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder to create.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] [train] [score] tables"
                                                         " (keys as in skipgan_edge/config.py); options given here override it.")] = None,
@@ -178,7 +179,8 @@ def train(
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",
                                                           help="Synthetic defects on normal validation images when val/ has no anomalies."
                                                                + _default("score", "synthetic_val"))] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation."
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the normal training images (train/good, or a plain folder) held out for "
+                                                               "validation, seeded by --seed."
                                                                + _default("train", "val_fraction"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default)." + _default("train", "threads"))] = None,
     max_recoveries: Annotated[Optional[int], typer.Option(help="Restarts from the last good checkpoint after a non-finite loss or "
