@@ -131,3 +131,36 @@ def test_unwritable_out_is_one_line_before_any_work(demo_onnx: Path, tmp_path: P
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and "--out" in lines[0] and "no-such-data" not in lines[0], (args, p.stderr)
         assert time.perf_counter() - t0 < 60
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(tmp_path: Path) -> None:
+    """The same work under a real pseudo-terminal (a bar redrawn in place, then erased) and into a pipe (periodic lines)."""
+    import pty
+
+    code = ("import logging, sys, time\n"
+            "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s', stream=sys.stderr)\n"
+            "from skipgan_edge.data.progress import Progress\n"
+            "with Progress('scoring test images', 30, 'images') as p:\n"
+            "    for _ in range(30):\n        time.sleep(0.01)\n        p.update(1)\n")
+    env = {**os.environ, "SKIPGAN_PROGRESS_SECONDS": "0.05"}
+    leader, follower = pty.openpty()
+    proc = subprocess.run([*CLI[:1], "-c", code], stderr=follower, stdout=subprocess.DEVNULL, env=env, timeout=60)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the pty is drained once its other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    tty = b"".join(chunks).decode()
+    assert proc.returncode == 0 and "\rscoring test images [" in tty.replace("\x1b[K", "") and "/30 images" in tty, tty
+    assert tty.endswith("\r\x1b[K") and "INFO" not in tty, repr(tty)  # erased at the end; no log lines on a terminal
+    piped = subprocess.run([*CLI[:1], "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    lines = piped.stderr.splitlines()
+    assert piped.returncode == 0 and "[" not in piped.stderr and "\r" not in piped.stderr, piped.stderr
+    assert len(lines) >= 3 and all(x.startswith("INFO scoring test images: ") for x in lines), lines
+    assert lines[-1].startswith("INFO scoring test images: 30 images in "), lines

@@ -4,7 +4,7 @@ No dependency: the runtime install has neither ``tqdm`` nor ``rich``, and ``eval
 
 * stderr is a terminal: one bar redrawn in place (at most 10 times a second) and erased when the work ends::
 
-      scoring test images [##########··········] 2048/4000 images  3.9 s
+      scoring test images [##########..........] 2048/4000 images  3.9 s
 
 * otherwise (a log file, a pipe, systemd, CI): one line every ``SKIPGAN_PROGRESS_SECONDS`` seconds (default 10),
   through the ``skipgan_edge`` logger at INFO, and a closing line if any was written, so that a log shows long work
@@ -82,7 +82,7 @@ class Progress:
             if now - self._last >= REDRAW_S or self.done == self.total:
                 self._last = now
                 filled = round(BAR_WIDTH * self.done / self.total)
-                bar = "#" * filled + "·" * (BAR_WIDTH - filled)
+                bar = "#" * filled + "." * (BAR_WIDTH - filled)
                 text = f"{self.what} [{bar}] {self._count()}  {now - self.t0:.1f} s" + (f"  {self.note}" if self.note else "")
                 sys.stderr.write("\r\x1b[K" + text)
                 sys.stderr.flush()
