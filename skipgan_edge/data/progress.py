@@ -6,7 +6,7 @@ No dependency: the runtime install has neither ``tqdm`` nor ``rich``, and ``eval
 
       scoring test images [##########..........] 2048/4000 images  3.9 s
 
-* otherwise (a log file, a pipe, systemd, CI): one line every ``SKIPGAN_PROGRESS_SECONDS`` seconds (default 10),
+* otherwise (a log file, a pipe, systemd, CI): one line every ``SKIPGAN_PROGRESS_SECONDS`` seconds (default 5),
   through the ``skipgan_edge`` logger at INFO, and a closing line if any was written, so that a log shows long work
   is alive without a line per batch::
 
@@ -32,7 +32,7 @@ from skipgan_edge.contract import ScoreBatch
 log = logging.getLogger("skipgan_edge.progress")
 
 #: seconds between two progress lines when stderr is not a terminal (env SKIPGAN_PROGRESS_SECONDS overrides)
-DEFAULT_PERIOD_S = 10.0
+DEFAULT_PERIOD_S = 5.0
 BAR_WIDTH = 20
 REDRAW_S = 0.1
 
