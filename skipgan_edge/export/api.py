@@ -149,8 +149,9 @@ def export_all(
     check the options and ``--out``, the calibration set, the gate's held-out split, ONNX with the parity check, the
     FP16 and INT8 variants, the FP32 score head of every variant, ``build --dry-run``, the accuracy gate (with the
     held-out frames and the bf16 CPU check), TensorRT engines, the Triton repository, the report."""
-    job = ExportJob(Path(model_dir), Path(out_dir), fp16, int8, calib, calib_data, eval_data, max_drop, enforce_gate,
-                    calibration_method, engine, triton, batch, triton_settings, triton_name)
+    job = ExportJob(Path(model_dir), Path(out_dir), fp16=fp16, int8=int8, calib=calib, calib_data=calib_data, eval_data=eval_data,
+                    max_drop=max_drop, enforce_gate=enforce_gate, calibration_method=calibration_method, engine=engine,
+                    triton=triton, batch=batch, triton_settings=triton_settings, triton_name=triton_name)
     for step in EXPORT_STEPS:
         step(job)
     return job.report
