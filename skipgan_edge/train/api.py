@@ -9,7 +9,7 @@ from typing import Any
 
 from skipgan_edge.card import DIVERGED_NAME, ModelCard, check_writable_folder
 from skipgan_edge.config import RunConfig, load_toml, merge
-from skipgan_edge.data.datasets import load_data
+from skipgan_edge.data.datasets import Dataset, load_data
 from skipgan_edge.errors import ConfigError, ModelFolderError, require
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def train_from_cli(
     return train(_load(str(data), cfg), cfg, Path(out), resume=resume is not None), Path(out)
 
 
-def _load(data: str, cfg: RunConfig) -> Any:
+def _load(data: str, cfg: RunConfig) -> Dataset:
     """The dataset, and its statements on the console: how validation was taken, a resize the input size makes."""
     ds = load_data(data, cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
     for line in ds.notes(cfg.model.isize):
