@@ -91,6 +91,22 @@ def check_writable(path: Path, what: str) -> None:
         raise SinkError(f"{what} {p} is not writable; choose another path")
 
 
+def check_writable_folder(folder: Path, what: str) -> None:
+    """One line, before any work starts, if the folder ``folder`` (made later if missing) cannot be written: it is a file,
+    a part of its path is a file, or its nearest existing folder is not writable. Creates nothing, so that a run that
+    fails later leaves no empty folder behind."""
+    p = Path(folder)
+    probe = p
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe == p and not p.is_dir():
+        raise SinkError(f"{what} {p} is a file; give a folder")
+    if not probe.is_dir():
+        raise SinkError(f"cannot create {what} {p}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK):
+        raise SinkError(f"{what} {p} is not writable ({probe} is read-only); choose another path")
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

@@ -139,7 +139,8 @@ def data_video(
 # ---------------------------------------------------------------------------------------- train
 @app.command()
 def train(
-    data: Annotated[Optional[str], typer.Option(help="MVTec-style folder, or fmnist:<class>.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="MVTec-style folder (train/good, test/...), a plain folder of good images, "
+                                                     "or fmnist:<class>.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder to create.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with [model] [train] [score] tables"
                                                         " (keys as in skipgan_edge/config.py); options given here override it.")] = None,
@@ -179,7 +180,8 @@ def train(
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",
                                                           help="Synthetic defects on normal validation images when val/ has no anomalies."
                                                                + _default("score", "synthetic_val"))] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of train/good held out for validation."
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the normal training images (train/good, or a plain folder) held out for "
+                                                               "validation, seeded by --seed."
                                                                + _default("train", "val_fraction"))] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default)." + _default("train", "threads"))] = None,
     max_recoveries: Annotated[Optional[int], typer.Option(help="Restarts from the last good checkpoint after a non-finite loss or "
@@ -215,18 +217,21 @@ def train(
 # ----------------------------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_cmd(
-    data: Annotated[str, typer.Option(help="MVTec-style folder with test/, or fmnist:<class>.")],
+    data: Annotated[str, typer.Option(help="A folder with test/good and test/<defect> (only test/ is read), or fmnist:<class>.")],
     model: Annotated[Optional[Path], typer.Option(help="Model folder (torch).")] = None,
     onnx: Annotated[Optional[Path], typer.Option(help="Exported scorer ONNX (ONNX Runtime).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine (needs TensorRT).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where to write eval.json and plots (default: next to the model).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write eval.json and plots (default: MODEL/eval_torch with --model; "
+                                                "./eval_<file stem> in the current folder with --onnx or --engine, never "
+                                                "inside the export folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
                                          "see the README's Runtime section).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
 ) -> None:
-    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots."""
+    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots
+    (with matplotlib: pip install 'skipgan-edge[plots]')."""
     _check(threads=threads)
     from skipgan_edge.evaluate import evaluate_cli
 
@@ -284,6 +289,9 @@ def calibrate(
 
     if (data is None) == (source is None):
         raise ConfigError("give exactly one of --data (folder) or --source (video or camera)")
+    from skipgan_edge.card import check_writable
+
+    check_writable(out, "--out")  # one line now, not after the frames are read
     if model is not None:
         from skipgan_edge.card import load_card
 
@@ -339,10 +347,7 @@ def export(
     if as_json:
         _echo_json(report)
         return
-    p = report["export"].get("parity", {})
-    if p:
-        typer.echo(f"ONNX Runtime vs torch on {p['images']} images: max |Δscore| {p['max_abs_diff_score']:.2e} "
-                   f"(tolerance {p['tolerance']:.2e})")
+    # the parity check and each step are in the log (stderr), once; stdout has the gate's table and where things are
     typer.echo(f"accuracy gate on {report['eval_data']} ({report['eval_images']} images, "
                f"max AUROC drop {report['gate']['max_auroc_drop']}):")
     typer.echo(format_table(report))
@@ -732,7 +737,7 @@ def bench(
             prefix = Path(json_out).stem if json_out is not None else "bench"
             typer.echo("plots: " + "  ".join(str(p) for p in latency_plots(result, folder, prefix)))
         else:
-            typer.echo("plots: none (matplotlib is not installed: pip install 'skipgan-edge[train]')")
+            typer.echo("plots: none (matplotlib is not installed: pip install 'skipgan-edge[plots]')")
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -769,7 +774,7 @@ def doctor(
 
 
 #: The pip extra that provides each optional module (pip install skipgan-edge is the runtime only).
-EXTRA_OF = {"torch": "train", "safetensors": "train", "matplotlib": "train", "skimage": "train", "scipy": "train", "tqdm": "train",
+EXTRA_OF = {"torch": "train", "safetensors": "train", "matplotlib": "plots", "skimage": "train", "scipy": "train",
             "onnx": "export", "onnxscript": "export", "modelopt": "export", "onnxconverter_common": "export",
             "openvino": "openvino", "tensorrt": "tensorrt", "cuda": "tensorrt", "pycuda": "pycuda",
             "prometheus_client": "metrics"}

@@ -36,6 +36,9 @@ ALARM_FPRS = (0.01, 0.05)
 
 ScoreFn = Callable[[np.ndarray], ScoreBatch]
 
+#: why an install without matplotlib writes no plots, and how to get them (the numbers never need it)
+PLOTS_HINT = "matplotlib is not installed: pip install 'skipgan-edge[plots]' for ROC, precision-recall and histogram PNGs"
+
 
 def evaluate_split(
     score_fn: ScoreFn, split: Split, card: ModelCard, out: Path | None = None, title: str = "",
@@ -108,7 +111,7 @@ def evaluate_split(
             report["plots"] = {"roc": str(out / "roc.png"), "pr": str(out / "pr.png"), "histogram": str(out / "histogram.png")}
         else:  # the runtime install has no matplotlib: the numbers do not need it
             report["plots"] = None
-            report["plots_skipped"] = "matplotlib is not installed: pip install 'skipgan-edge[train]' for ROC, precision-recall and histogram PNGs"
+            report["plots_skipped"] = PLOTS_HINT
         atomic_write_json(out / "eval.json", report)
         report["report"] = str(out / "eval.json")
     return report
@@ -125,12 +128,27 @@ def torch_score_fn(model_dir: Path, device: str = "cpu", batch: int = 256) -> tu
 EVAL_BATCH = 64
 
 
+def default_out(kind: str, path: Path) -> Path:
+    """Where ``eval`` writes without ``--out``: a model folder's ``eval_torch/`` inside it (the folder is the training
+    run's); for an ONNX file or engine ``./eval_<file stem>/`` in the current folder, never inside an export folder
+    (that folder is what gets shipped to the device)."""
+    if kind == "model":
+        return Path(path) / "eval_torch"
+    return Path.cwd() / f"eval_{Path(path).stem}"
+
+
 def evaluate_cli(
     data: str, model: Path | None, onnx: Path | None, engine: Path | None, out: Path | None, device: str = "cpu",
     backend: str = "auto", threads: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate exactly one of a model folder, an ONNX scorer or a TensorRT engine on ``data``."""
-    from skipgan_edge.data.datasets import load_data
+    """Evaluate exactly one of a model folder, an ONNX scorer or a TensorRT engine on ``data``'s test split.
+
+    Only ``test/`` is read (``data.datasets.load_test``): a device's folder with ``test/good`` and ``test/<defect>``
+    is enough; the normalization and threshold come from the artifact's card. ``out`` (default: :func:`default_out`)
+    is checked writable before any work."""
+    from skipgan_edge.card import check_writable_folder
+    from skipgan_edge.data.datasets import load_test
+    from skipgan_edge.data.progress import score_in_chunks
     from skipgan_edge.errors import ConfigError
     from skipgan_edge.runtime.backends import BackendOptions, open_backend
 
@@ -138,15 +156,17 @@ def evaluate_cli(
     if len(given) != 1:
         raise ConfigError("give exactly one of --model, --onnx or --engine")
     kind, path = given[0]
+    out = Path(out) if out is not None else default_out(kind, Path(path))
+    check_writable_folder(out, "--out")
     be = open_backend(kind, Path(path), backend, BackendOptions(device=device, threads=threads), batch=EVAL_BATCH)
     with be:
         card = be.card
-        ds = load_data(data, card.input.isize, card.input.channels, seed=card.config.train.seed)
-        if ds.test is None:
-            raise DataError(f"{data} has no test/ folder to evaluate on (test/good and test/<defect>)")
-        if out is None:
-            out = (Path(path) if kind == "model" else Path(path).parent) / f"eval_{Path(path).stem if kind != 'model' else 'torch'}"
-        report = evaluate_split(lambda imgs: be.infer_all(imgs, EVAL_BATCH), ds.test, card, out, title=f"{Path(path).name} on {Path(data).name}")
+        test = load_test(data, card.input.isize, card.input.channels)
+
+        def score(images: np.ndarray) -> ScoreBatch:
+            return score_in_chunks(lambda chunk: be.infer_all(chunk, EVAL_BATCH), images, "scoring test images", EVAL_BATCH)
+
+        report = evaluate_split(score, test, card, out, title=f"{Path(path).name} on {Path(data).name}")
         report["backend"] = be.name
         report["backend_chosen_by"] = (be.chosen_by or {}).get("rule")
         report["precision"] = be.precision

@@ -66,7 +66,7 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
     (tmp_path / "train/good/x.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="no readable image"):
         load_folder(tmp_path, 32, 3)
-    with pytest.raises(DataError, match="no train/good"):
+    with pytest.raises(DataError, match="neither train/good/ nor image files"):
         load_folder(tmp_path / "train", 32, 3)
     with pytest.raises(DataError, match="not found"):
         load_folder(tmp_path / "nope", 32, 3)

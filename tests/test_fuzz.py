@@ -190,7 +190,7 @@ def test_a_corrupt_artifact_is_one_line_through_the_cli(demo_onnx: Path, synth_d
     for i, edits in enumerate(([("truncate", 500, 0)], [("flip", 10, 255)], [("zero", 3, 0), ("insert", 900, 7)])):
         path = tmp_path / f"c{i}.onnx"
         path.write_bytes(corrupt(data, edits, head=4000))
-        p = run_cli("eval", "--onnx", str(path), "--data", str(synth_dir), "--backend", "onnxruntime", check=False)
+        p = run_cli("eval", "--onnx", str(path), "--data", str(synth_dir), "--backend", "onnxruntime", check=False, cwd=tmp_path)
         assert p.returncode in (0, 2) and "Traceback" not in p.stderr, p.stderr
         if p.returncode == 2:
             assert len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -37,12 +37,12 @@ def test_hand_computed_cases() -> None:
     assert aupro(masks, masks.astype(float) * 2 - 1) == pytest.approx(1.0)  # a perfect map
 
 
-def test_eval_and_export_state_recall_at_a_false_alarm_rate(demo_onnx: Path, synth_dir: Path) -> None:
+def test_eval_and_export_state_recall_at_a_false_alarm_rate(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
     rep = json.loads(run_cli("eval", "--onnx", str(demo_onnx / "scorer.onnx"), "--data", str(synth_dir), "--backend", "onnxruntime",
-                             "--json").stdout)
+                             "--json", cwd=tmp_path).stdout)
     assert set(rep["recall_at_fpr"]) == {"0.01", "0.05"} and all(v["fpr"] <= float(k) for k, v in rep["recall_at_fpr"].items())
     assert 0 < rep["average_precision"] <= 1 and 0 <= rep["aupro"] <= 1
-    p = run_cli("eval", "--onnx", str(demo_onnx / "scorer.onnx"), "--data", str(synth_dir), "--backend", "onnxruntime")
+    p = run_cli("eval", "--onnx", str(demo_onnx / "scorer.onnx"), "--data", str(synth_dir), "--backend", "onnxruntime", cwd=tmp_path)
     assert "recall at a false-alarm rate:" in p.stdout
     export = json.loads((demo_onnx / "export_report.json").read_text())
     assert all("recall_at_1pct_fpr" in v for v in export["variants"].values())

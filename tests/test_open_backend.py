@@ -70,14 +70,14 @@ def test_auto_means_the_same_in_every_verb(demo_onnx: Path, synth_dir: Path, tmp
     else:
         assert name == "onnxruntime" and "only CPU runtime" in why["rule"]
     rule = why["rule"].split(" at batch")[0]
-    ev = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--json").stdout)
+    ev = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--json", cwd=tmp_path).stdout)
     video = write_defect_video(tmp_path / "v.avi", 12, {4}, "MJPG")
     rn = json.loads(run_cli("run", "--onnx", onnx_file, "--source", str(video), "--json").stdout)
     run_cli("bench", "--onnx", onnx_file, "--batch", "1,8", "--iterations", "3", "--warmup", "1", "--json", str(tmp_path / "b.json"))
     bn = json.loads((tmp_path / "b.json").read_text())["records"]
     for chosen in (ev["backend_chosen_by"], rn["backend_chosen_by"], *(r["backend_chosen_by"] for r in bn)):
         assert chosen.split(" at batch")[0] == rule, chosen
-    ev2 = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--backend", "onnxruntime", "--json").stdout)
+    ev2 = json.loads(run_cli("eval", "--onnx", onnx_file, "--data", str(synth_dir), "--backend", "onnxruntime", "--json", cwd=tmp_path).stdout)
     assert ev2["backend"] == "onnxruntime" and ev2["backend_chosen_by"] == "named with --backend"
     assert abs(ev2["auroc"] - ev["auroc"]) < 1e-3
 

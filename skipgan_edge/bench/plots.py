@@ -1,4 +1,4 @@
-"""Plots of ``bench`` results (matplotlib, part of ``[train]``): written by ``skipgan-edge bench --plots`` and the benchmarks."""
+"""Plots of ``bench`` results (matplotlib: ``[plots]``, also part of ``[train]``): written by ``skipgan-edge bench --plots`` and the benchmarks."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from skipgan_edge.card import ModelCard
 from skipgan_edge.data.images import VIDEO_SUFFIXES
+from skipgan_edge.data.progress import Progress
 from skipgan_edge.errors import CalibrationError, DataError
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,14 @@ def dedupe(frames: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """Drop frames whose thumbnail is within DUPLICATE_MAD of a kept one."""
     kept: list[np.ndarray] = []
     thumbs: list[np.ndarray] = []
-    for f in frames:
-        t = _thumb(f)
-        if thumbs and float(np.min(np.abs(np.stack(thumbs) - t).mean(axis=1))) < DUPLICATE_MAD:
-            continue
-        kept.append(f)
-        thumbs.append(t)
+    with Progress("dropping near-duplicate calibration frames", len(frames), "frames") as bar:
+        for f in frames:
+            bar.update()
+            t = _thumb(f)
+            if thumbs and float(np.min(np.abs(np.stack(thumbs) - t).mean(axis=1))) < DUPLICATE_MAD:
+                continue
+            kept.append(f)
+            thumbs.append(t)
     return kept, len(frames) - len(kept)
 
 
@@ -99,15 +102,17 @@ def from_video(source: str, size: int, isize: int, channels: int, stride: int = 
         if n > 0:  # a file: evenly spread over its length
             wanted = set(_evenly(n, size * 2).tolist())
             i = 0
-            while len(frames) < len(wanted):
-                ok = cap.grab()
-                if not ok:
-                    break
-                if i in wanted:
-                    ok, frame = cap.retrieve()
-                    if ok and frame is not None:
-                        frames.append(prepare(frame, isize, channels))
-                i += 1
+            with Progress(f"reading calibration frames from {source}", n, "frames") as bar:
+                while len(frames) < len(wanted):
+                    ok = cap.grab()
+                    if not ok:
+                        break
+                    bar.update()
+                    if i in wanted:
+                        ok, frame = cap.retrieve()
+                        if ok and frame is not None:
+                            frames.append(prepare(frame, isize, channels))
+                    i += 1
             picked = f"evenly spread over {n} frames"
         else:  # a live camera: every `stride`-th frame
             i = 0

@@ -2,6 +2,10 @@
 
 Layouts accepted by ``--data``:
 
+* a plain folder of normal images (image files directly in it, no ``train/``): every image is
+  normal; a seeded ``val_fraction`` (default 10 %, seed ``train.seed``) is held out for
+  validation, stated on the console and recorded in the card (``data.val_split``). There is no
+  test split: ``eval`` and the export gate need labelled data (``--data``/``--eval-data``).
 * an MVTec-style folder: ``train/good/`` (required), ``test/good/`` and ``test/<defect>/``,
   optional ``ground_truth/<defect>/<name>_mask.png``, and optionally ``val/good/`` plus
   ``val/<defect>/`` (labelled validation images: then the threshold is F1-optimal on them and
@@ -15,8 +19,10 @@ Layouts accepted by ``--data``:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,6 +56,24 @@ class Dataset:
     val: Split
     test: Split | None
     skipped: int = 0  # unreadable files skipped while loading
+    layout: str = "mvtec"  # mvtec, plain (a folder of normal images) or fmnist
+    val_split: dict[str, Any] | None = None  # how validation was taken (recorded in the card's data section)
+    source_sizes: dict[str, int] = field(default_factory=dict)  # "WxH" of the training files as read -> count
+
+    def notes(self, isize: int) -> list[str]:
+        """One-line statements for the console: how validation was taken, and a resize the model's input size makes."""
+        out = []
+        v = self.val_split or {}
+        if "fraction" in v:
+            out.append(f"validation: a seeded {v['fraction']:.0%} of {v['from']} held out (seed {v['seed']}): {v['n_val']} images; "
+                       f"training on the other {v['n_train']}" + ("; no test/ to evaluate on" if self.test is None else ""))
+        elif v:
+            out.append(f"validation: {v['from']} ({v['n_val']} images); training on {v['n_train']}")
+        other = {s: n for s, n in self.source_sizes.items() if s != f"{isize}x{isize}"}
+        if other:
+            sizes = ", ".join(f"{s} ({n})" for s, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
+            out.append(f"images resized to the model's input {isize}x{isize} (--isize {isize}); their own size: {sizes}")
+        return out
 
     @property
     def fingerprint(self) -> str:
@@ -106,33 +130,61 @@ def _labelled_split(root: Path, split: str, isize: int, channels: int) -> tuple[
     )
 
 
-def load_folder(root: Path, isize: int, channels: int, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
-    """Load an MVTec-style folder (see the module docstring)."""
+def _layout(root: Path) -> str:
+    """``mvtec`` (train/good/), ``plain`` (image files directly in the folder, no train/), or a one-line DataError."""
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
-    good = root / "train" / "good"
-    if not good.is_dir():
-        raise DataError(
-            f"{root} has no train/good/ folder: expected an MVTec-style layout (train/good, test/good, test/<defect>); "
-            "write one with: skipgan-edge data synthetic --out DIR"
-        )
+    if (root / "train" / "good").is_dir():
+        return "mvtec"
+    if not (root / "train").exists() and list_images(root):
+        return "plain"
+    raise DataError(
+        f"{root} has neither train/good/ nor image files of its own: pass a folder of normal images (a seeded share is "
+        "held out for validation), or an MVTec-style layout (train/good, test/good, test/<defect>)"
+    )
+
+
+def load_folder(root: Path, isize: int, channels: int, val_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """Load an MVTec-style folder or a plain folder of normal images (see the module docstring)."""
+    layout = _layout(root)
+    good = root / "train" / "good" if layout == "mvtec" else root
+    where = "train/good" if layout == "mvtec" else "the folder"
     files = list_images(good)
-    arr, ok, bad = load_images(files, isize, channels, what="train/good")
+    sizes: Counter[str] = Counter()
+    arr, ok, bad = load_images(files, isize, channels, what="train/good" if layout == "mvtec" else "images", sizes=sizes)
     if len(arr) == 0:
         raise DataError(f"no readable image in {good} ({len(files)} file(s) tried); add PNG/JPEG/TIFF images there")
     skipped = len(bad)
-    names = [f"train/good/{p.name}" for p in ok]
-    val, s_val = _labelled_split(root, "val", isize, channels)
+    names = [f"train/good/{p.name}" if layout == "mvtec" else p.name for p in ok]
+    val, s_val = _labelled_split(root, "val", isize, channels) if layout == "mvtec" else (None, 0)
     skipped += s_val
     if val is None:
         tr_idx, va_idx = _holdout(len(arr), val_fraction, seed)
         train = Split(arr[tr_idx], np.zeros(len(tr_idx), np.int64), None, [names[i] for i in tr_idx])
         val = Split(arr[va_idx], np.zeros(len(va_idx), np.int64), None, [names[i] for i in va_idx])
+        val_split = {"from": where, "fraction": val_fraction, "seed": seed, "n_val": len(va_idx), "n_train": len(tr_idx)}
     else:
         train = Split(arr, np.zeros(len(arr), np.int64), None, names)
-    test, s_test = _labelled_split(root, "test", isize, channels)
+        val_split = {"from": "val/", "n_val": len(val), "n_train": len(arr)}
+    test, s_test = _labelled_split(root, "test", isize, channels) if layout == "mvtec" else (None, 0)
     skipped += s_test
-    return Dataset(str(root), train, val, test, skipped)
+    return Dataset(str(root), train, val, test, skipped, layout=layout, val_split=val_split, source_sizes=dict(sizes))
+
+
+def load_test(spec: str, isize: int, channels: int) -> Split:
+    """Only the labelled test split of ``--data`` (``test/good`` and ``test/<defect>``; ``fmnist:<class>``'s test set):
+    what ``eval`` needs, so that a folder holding only ``test/`` (as on a device) is enough."""
+    if spec.startswith("fmnist:"):
+        ds = load_fmnist(fmnist.class_index(spec.split(":", 1)[1]), isize, channels)
+        assert ds.test is not None
+        return ds.test
+    root = Path(spec)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    test, _ = _labelled_split(root, "test", isize, channels)
+    if test is None:
+        raise DataError(f"{root} has no test/ folder to evaluate on (test/good and test/<defect>)")
+    return test
 
 
 def _fit(images: np.ndarray, isize: int, channels: int) -> np.ndarray:
@@ -158,6 +210,8 @@ def load_fmnist(
         Split(train[tr_idx], np.zeros(len(tr_idx), np.int64), None, [f"train/{i}" for i in tr_idx]),
         Split(train[va_idx], np.zeros(len(va_idx), np.int64), None, [f"val/{i}" for i in va_idx]),
         Split(_fit(test, isize, channels), labels, None, [f"test/{i}" for i in range(len(test))]),
+        layout="fmnist",
+        val_split={"from": "the training images", "fraction": val_fraction, "seed": seed, "n_val": len(va_idx), "n_train": len(tr_idx)},
     )
 
 

@@ -9,6 +9,7 @@ runtime applies the same rule, so training and inference see the same pixels.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -94,27 +95,34 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def load_images(
-    paths: Sequence[Path], isize: int, channels: int, *, what: str = "images"
+    paths: Sequence[Path], isize: int, channels: int, *, what: str = "images", sizes: Counter[str] | None = None
 ) -> tuple[np.ndarray, list[Path], list[Path]]:
-    """Load and prepare files; unreadable ones are skipped, counted and listed in one warning.
+    """Load and prepare files; unreadable ones are skipped, counted and listed in one warning. Long loads report
+    progress (:mod:`skipgan_edge.data.progress`); ``sizes``, when given, counts the files' own sizes ("WxH").
 
     Returns:
         (images uint8 (N, isize, isize, channels), the paths loaded, the paths skipped).
     """
+    from skipgan_edge.data.progress import Progress
+
     out: list[np.ndarray] = []
     ok: list[Path] = []
     bad: list[Path] = []
-    for p in paths:
-        img = read_image(p)
-        if img is None:
-            bad.append(p)
-            continue
-        try:
-            out.append(prepare(img, isize, channels))
-        except ValueError:
-            bad.append(p)
-            continue
-        ok.append(p)
+    with Progress(f"reading {what}", len(paths), "images") as bar:
+        for p in paths:
+            bar.update()
+            img = read_image(p)
+            if img is None:
+                bad.append(p)
+                continue
+            try:
+                out.append(prepare(img, isize, channels))
+            except ValueError:
+                bad.append(p)
+                continue
+            ok.append(p)
+            if sizes is not None:
+                sizes[f"{img.shape[1]}x{img.shape[0]}"] += 1
     if bad:
         shown = ", ".join(str(b) for b in bad[:5]) + (" …" if len(bad) > 5 else "")
         log.warning("skipped %d unreadable %s file(s): %s", len(bad), what, shown)

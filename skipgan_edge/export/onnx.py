@@ -131,7 +131,8 @@ def check_parity(scorer: Any, onnx_path: Path, images: np.ndarray, card: ModelCa
     d_map = float(np.abs(ref.anomaly_map - got.anomaly_map).max())
     tol = PARITY_RTOL * spread + 1e-6
     rep = {"images": len(images), "max_abs_diff_score": d_score, "max_abs_diff_map": d_map, "tolerance": tol}
-    log.info("ONNX Runtime vs torch on %d images: max |Δscore| %.3g, max |Δmap| %.3g (tolerance %.3g)", len(images), d_score, d_map, tol)
     if d_score > tol or d_map > max(tol, 1e-5):
         raise ExportError(f"ONNX Runtime scores differ from torch by {d_score:.3g} (tolerance {tol:.3g}); please report this model")
+    log.info("ONNX Runtime matches torch on %d images: max |Δscore| %.3g, max |Δmap| %.3g (tolerance %.3g)", len(images), d_score,
+             d_map, tol)
     return rep

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from skipgan_edge.card import DIVERGED_NAME, ModelCard
+from skipgan_edge.card import DIVERGED_NAME, ModelCard, check_writable_folder
 from skipgan_edge.config import RunConfig, load_toml, merge
-from skipgan_edge.data.datasets import load_data
+from skipgan_edge.data.datasets import Dataset, load_data
 from skipgan_edge.errors import ConfigError, ModelFolderError, require
+
+log = logging.getLogger(__name__)
 
 
 def _resume_meta(run: Path) -> dict[str, Any]:
@@ -67,11 +70,19 @@ def train_from_cli(
             raise ConfigError(f"--resume of an --arch auto run: resume its candidate instead (--resume {out}/candidates/ARCH), "
                               "then run --arch auto again with a new --out")
         cfg.validate(default_score("skipganomaly"))
-        ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
-        return train_auto(ds, cfg, Path(out)), Path(out)
+        check_writable_folder(Path(out), "--out")
+        return train_auto(_load(str(data), cfg), cfg, Path(out)), Path(out)
     cfg = cfg.validate(default_score(cfg.model.arch))
-    ds = load_data(str(data), cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
-    return train(ds, cfg, Path(out), resume=resume is not None), Path(out)
+    check_writable_folder(Path(out), "--out")  # one line now, not after the data is read
+    return train(_load(str(data), cfg), cfg, Path(out), resume=resume is not None), Path(out)
+
+
+def _load(data: str, cfg: RunConfig) -> Dataset:
+    """The dataset, and its statements on the console: how validation was taken, a resize the input size makes."""
+    ds = load_data(data, cfg.model.isize, cfg.model.channels, cfg.train.val_fraction, cfg.train.seed)
+    for line in ds.notes(cfg.model.isize):
+        log.info("%s", line)
+    return ds
 
 
 AUTO = "auto"

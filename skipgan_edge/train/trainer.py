@@ -58,7 +58,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +86,7 @@ from skipgan_edge.card import (
 )
 from skipgan_edge.config import RunConfig
 from skipgan_edge.data.datasets import Dataset
+from skipgan_edge.data.progress import Progress
 from skipgan_edge.data.synthval import SyntheticDefects, make_defects
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_at
@@ -496,8 +496,7 @@ class Trainer:
                     imgs += tc.batch
                     if bar is not None:
                         rate = imgs / max(1e-9, time.perf_counter() - t0)
-                        bar.set_postfix(g=f"{losses['g']:.3f}", d=f"{losses['d']:.3f}", img_s=f"{rate:.0f}", refresh=False)
-                        bar.update(1)
+                        bar.update(1, f"g {losses['g']:.3f}  d {losses['d']:.3f}  {rate:.0f} img/s")
                     if self._stop_signal is not None:
                         if bar is not None:
                             bar.close()
@@ -559,12 +558,11 @@ class Trainer:
         })
         raise TrainingDiverged(message)
 
-    def _bar(self, epoch: int, steps: int, first: int) -> Any:
-        if not self.progress or not sys.stderr.isatty():
+    def _bar(self, epoch: int, steps: int, first: int) -> Progress | None:
+        """The epoch's progress (skipgan_edge.data.progress): a bar on a terminal, a line every few seconds in a log."""
+        if not self.progress:
             return None
-        from tqdm import tqdm
-
-        return tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="step", leave=False)
+        return Progress(f"epoch {epoch + 1}/{self.cfg.train.epochs}", steps, "steps", done=first)
 
     def _step(self, batch_u8: torch.Tensor) -> dict[str, float]:
         """One generator and one discriminator update; NonFinite, before the optimizer steps, on a non-finite loss or gradient."""
@@ -712,7 +710,8 @@ class Trainer:
         return build_card(
             self.cfg, score=score,
             data={"source": self.data.name, "fingerprint": self.data.fingerprint, "n_train": len(self.data.train),
-                  "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies},
+                  "n_val": len(self.data.val), "val_has_anomalies": self.data.val.has_anomalies, "layout": self.data.layout,
+                  **({"val_split": self.data.val_split} if self.data.val_split else {})},
             training=Training(best_epoch=epoch, selection=selection, selection_value=value, device=str(self.device),
                               epochs_run=epoch, recoveries=list(self.recoveries), ema=ema),
             metrics=metrics, versions={"torch": torch.__version__, "numpy": np.__version__},
