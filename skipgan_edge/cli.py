@@ -189,6 +189,14 @@ def train(
                                                           + _default("train", "max_recoveries"))] = None,
     recover_lr_factor: Annotated[Optional[float], typer.Option(help="Each restart multiplies both learning rates by this, in (0, 1)."
                                                                + _default("train", "recover_lr_factor"))] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the generator's weights with this "
+                                                       "decay (0 = off, e.g. 0.999); the average is what is selected and written."
+                                                       + _default("train", "ema_decay"))] = None,
+    bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head: keep this many normal patch features of D in the exported "
+                                                     "graph and add their nearest distance to the score (0 = off; measured cost and "
+                                                     "gain: benchmarks/results/study_recall.md)." + _default("score", "bank_size"))] = None,
+    bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1) (with --bank-size)."
+                                                         + _default("score", "bank_weight"))] = None,
 ) -> None:
     """Train on normal images; writes RUN/model.json, RUN/model.safetensors, RUN/metrics.jsonl."""
     from skipgan_edge.train.api import train_from_cli
@@ -198,9 +206,9 @@ def train(
                   "feature_layer": feature_layer, "skip_levels": skip_levels},
         "train": {"batch": batch, "lr": lr, "epochs": epochs, "seed": seed, "device": device, "precision": precision,
                   "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise, "max_recoveries": max_recoveries,
-                  "recover_lr_factor": recover_lr_factor},
+                  "recover_lr_factor": recover_lr_factor, "ema_decay": ema_decay},
         "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam, "threshold": threshold,
-                  "synthetic_val": synthetic_val},
+                  "synthetic_val": synthetic_val, "bank_size": bank_size, "bank_weight": bank_weight},
     }
     if paper:
         from skipgan_edge.config import paper_overrides

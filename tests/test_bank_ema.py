@@ -211,6 +211,20 @@ def test_train_config_file_keys_turn_both_on(synth_dir: Path, tmp_path: Path) ->
     assert card["score"]["bank"]["weight"] == 0.3 and card["training"]["ema"]["decay"] == 0.99
 
 
+def test_train_flags_turn_both_on_and_paper_refuses_them(synth_dir: Path, tmp_path: Path) -> None:
+    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "m"), "--ngf", "8", "--ndf", "8", "--epochs", "1",
+            "--threads", "1", "--ema-decay", "0.99", "--bank-size", "16", "--bank-weight", "0.4")
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert card["score"]["bank"]["size"] == 16 and card["score"]["bank"]["weight"] == 0.4
+    assert card["training"]["ema"]["decay"] == 0.99
+    for flags, key in ((["--bank-size", "16"], "bank_size"), (["--ema-decay", "0.99"], "ema_decay")):
+        p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "p"), "--paper", *flags, check=False)
+        assert p.returncode == 2 and key in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "p").exists()
+    p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "q"), "--bank-weight", "1.5", check=False)
+    assert p.returncode == 2 and "bank_weight" in p.stderr.replace("-", "_") and "Traceback" not in p.stderr
+
+
 def test_bank_model_through_eval_and_the_lean_runtime(bank_model: Path, synth_dir: Path, tmp_path: Path) -> None:
     """``eval --model`` (torch, the bank loaded from the folder) and ``run --onnx`` (ONNX Runtime, the bank in the graph)."""
     from skipgan_edge.export.onnx import export_onnx
