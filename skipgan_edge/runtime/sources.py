@@ -106,6 +106,13 @@ class Source:
         self.unreadable = 0
         self.stop_requested = False
 
+    @property
+    def realtime(self) -> bool:
+        """Frames come at the pace of the world (a camera, RTSP, a video with ``replay_fps``, a ``gst:`` pipeline): the
+        latency that counts is capture to result. Otherwise (files, folders, watch folders: read ahead as fast as they
+        decode) it is the frame's processing, without the queue wait (runtime/pipeline.py)."""
+        return self.live
+
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
 
@@ -320,6 +327,11 @@ class GstPipelineSource(Source):
     Never drops (the reader blocks, so GStreamer's own queues apply back-pressure) and ends at end of stream; a
     pipeline with a live source decides its drops in its ``appsink`` (``drop=true max-buffers=1``).
     """
+
+    @property
+    def realtime(self) -> bool:
+        """A pipeline's appsink delivers at the pace of its clock (a camera's, or the file's timestamps with sync)."""
+        return True
 
     def __init__(self, spec: str, opts: SourceOptions) -> None:
         super().__init__(spec, opts)
