@@ -7,9 +7,10 @@
 * The batcher takes the first waiting frame, then more until ``batch`` frames or ``max_wait_ms``
   after the first; the backend scores all their inputs in one call (tiles included).
 * Every frame keeps its source, index and capture time; its record carries per-stage timings:
-  capture (read + decode), preprocess, queue_wait (waiting in the queue for the batcher), infer
-  (transfer + compute), postprocess (splitting, stitching), sink (writing every sink; in the summary
-  only). infer, postprocess and sink are the batch's times: every frame of a batch waits for all of
+  capture (read + decode; for a real-time source from the frame's arrival, the wait for it not
+  counted), preprocess, queue_wait (waiting in the queue for the batcher), infer (transfer +
+  compute), postprocess (splitting, stitching), sink (writing every sink; in the summary only).
+  infer, postprocess and sink are the batch's times: every frame of a batch waits for all of
   them. Results of a batch are handed to each sink together (``Sink.write_batch``): the JSONL
   sink writes and flushes them in one system call, so a record is on disk as soon as its batch
   is scored.

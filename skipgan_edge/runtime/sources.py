@@ -17,7 +17,8 @@ spec                                     what                                   
 
 Live sources (cameras, CSI, RTSP) are read as fast as they deliver; the pipeline keeps only the
 newest frame and counts the ones it replaced (``dropped``). Files, folders and watch folders are
-never dropped: the reader blocks until the model catches up.
+never dropped: the reader blocks until the model catches up. A real-time source's capture time (``Frame.capture_ms``)
+starts when its frame arrives (OpenCV's ``grab`` returned; GenICam: its first packet), not while the reader waits for it.
 
 A ``gst:`` pipeline is read as a file is: every buffer its ``appsink`` delivers is scored, in order, and the
 run ends at end of stream. Where a live element feeds it, the pipeline itself decides what to drop
@@ -168,6 +169,17 @@ def _timed_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
     return ok, img, (time.perf_counter() - t0) * 1e3
 
 
+def _arrived_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
+    """A real-time source's next frame, timed from its arrival: ``grab`` waits for the camera (or the stream, or the
+    pipeline's clock) and is not counted; ``retrieve`` (the conversion to BGR, a V4L2 camera's MJPG decode) is. Timing
+    ``read`` whole counted up to a frame period of waiting for the next frame as capture latency."""
+    if not cap.grab():
+        return False, None, 0.0
+    t0 = time.perf_counter()
+    ok, img = cap.retrieve()
+    return ok, img, (time.perf_counter() - t0) * 1e3
+
+
 class VideoFileSource(Source):
     """A video file, decoded in order. With ``replay_fps`` it behaves as a live camera: frames are
     released at that rate whether or not the model keeps up (so the newest-frame policy applies),
@@ -305,7 +317,7 @@ class LiveSource(Source):
         i = 0
         while not self.stop_requested:
             assert self.cap is not None
-            ok, img, ms = _timed_read(self.cap)
+            ok, img, ms = _arrived_read(self.cap)
             if not ok or img is None:
                 self.cap.release()
                 if not self._reopen():
@@ -358,7 +370,7 @@ class GstPipelineSource(Source):
     def frames(self) -> Iterator[Frame]:
         i = 0
         while not self.stop_requested:
-            ok, img, ms = _timed_read(self.cap)
+            ok, img, ms = _arrived_read(self.cap)
             if not ok or img is None:
                 return  # end of stream (OpenCV reports an error in the pipeline the same way; GStreamer logs it)
             yield Frame(self.spec, i, time.time(), img, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)
