@@ -89,6 +89,10 @@ def test_debounce_through_the_cli(demo_onnx: Path, line: tuple[Path, float], tmp
     # defects at 20-22, 55, 90-91, 130: four events frame by frame; with K = 3 only 20-22, open from 22 until 25 closes it
     assert got[1] == {20: 1, 21: 1, 22: 1, 55: 2, 90: 3, 91: 3, 130: 4}
     assert got[3] == {22: 1, 23: 1, 24: 1}
+    # a run that stops inside a defect (frames 0-20): the event is open at the end, and counted so
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                "--threshold", repr(thr), "--max-frames", "21", "--json")
+    assert json.loads(p.stdout)["events"] == {"count": 1, "open_at_end": 1, "debounce": 1}
 
 
 def test_latency_of_a_file_is_its_processing(demo_onnx: Path, line: tuple[Path, float], tmp_path: Path) -> None:
