@@ -149,3 +149,19 @@ def test_every_alarm_says_where(demo_onnx: Path, line: tuple[Path, float], tmp_p
     with open(tmp_path / "r.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [row["where"] for row in rows] == ["" if r["where"] is None else "latent" if r["where"] == "latent" else "bbox" for r in recs]
+
+
+def test_the_overlay_names_a_latent_alarm() -> None:
+    """A latent alarm has no region to outline: the annotated frame says which term fired instead."""
+    import numpy as np
+
+    from skipgan_edge.runtime.sinks import annotate
+
+    view, amap = np.full((64, 64, 3), 128, np.uint8), np.zeros((64, 64), np.float32)
+    rec = {"anomalous": True, "normalized_score": 2.0}
+
+    def red(img: np.ndarray) -> int:  # the verdict's text is drawn in red
+        return int(((img[..., 2] > 200) & (img[..., 1] < 80) & (img[..., 0] < 80)).sum())
+
+    latent, boxed = annotate(view, amap, {**rec, "where": "latent"}, 1.0), annotate(view, amap, {**rec, "where": {"bbox": [0, 0, 4, 4]}}, 1.0)
+    assert red(latent) > red(boxed) > 0  # "ANOMALY (latent) 2.00" against "ANOMALY 2.00"
