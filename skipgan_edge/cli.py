@@ -462,6 +462,8 @@ def run_cmd(
     loop: Annotated[bool, typer.Option("--loop", help="Loop a video file (soak tests).")] = False,
     replay_fps: Annotated[Optional[float], typer.Option(help="Play a video file as a live camera at this frame rate.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,
+    debounce: Annotated[int, typer.Option(help="Alarm events: one opens after this many anomalous frames in a row and closes "
+                                          "after as many normal ones (records carry its id; MQTT PREFIX/CAMERA/events).")] = 1,
     stop_after_idle: Annotated[Optional[float], typer.Option(help="watch: stop after this many idle seconds.")] = None,
     watch_state: Annotated[Optional[Path], typer.Option(help="watch: file remembering scored names (default: in "
                                                     "$XDG_STATE_HOME/skipgan-edge/watch, never inside the watched folder).")] = None,
@@ -480,7 +482,7 @@ def run_cmd(
 ) -> None:
     """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
     _check(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, overlap=overlap, max_frames=max_frames, replay_fps=replay_fps,
-           fps=fps, width=width, height=height, stop_after_idle=stop_after_idle, reconnect_attempts=reconnect_attempts,
+           debounce=debounce, fps=fps, width=width, height=height, stop_after_idle=stop_after_idle, reconnect_attempts=reconnect_attempts,
            decode_threads=decode_threads, threads=threads, metrics_port=metrics_port, mqtt_buffer=mqtt_buffer,
            mqtt_heartbeat_s=mqtt_heartbeat, mqtt_flush_ms=mqtt_flush_ms)
     from skipgan_edge.runtime.api import SinkOptions
@@ -502,7 +504,7 @@ def run_cmd(
     s = run(
         kind, path, source, backend=backend,
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames,
-                                camera=camera_id),
+                                camera=camera_id, debounce=debounce),
         sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
         service=ServiceOptions(mqtt_opts, metrics_port, metrics_addr, camera_id),
         source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,

@@ -81,6 +81,7 @@ LIMITS: dict[str, Limit] = {
     "threshold": Limit(),  # a normalized score: any finite number
     "overlap": Limit(0, 1, hi_open=True),  # tile overlap share (1: a stride of 0)
     "max_frames": Limit(1, integer=True),  # stop after this many frames
+    "debounce": Limit(1, 100_000, integer=True),  # consecutive anomalous frames that open an alarm event (normal ones close it)
     "replay_fps": Limit(0, 1000, lo_open=True),  # a video played as a camera (0: never a frame)
     "fps": Limit(0, 1000, lo_open=True),  # a camera's capture rate
     "width": Limit(1, 65535, integer=True),

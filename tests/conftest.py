@@ -129,6 +129,23 @@ def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str,
     return path
 
 
+def separating_threshold(onnx: Path, video: Path, defects: set[int]) -> float:
+    """A normalized-score threshold halfway between the video's most anomalous normal frame and its least anomalous
+    defect frame (scored once, in process, by the real pipeline), so that exactly the defects are anomalous."""
+    import json
+
+    from skipgan_edge.runtime.api import SinkOptions, run
+
+    out = video.with_suffix(".scores.jsonl")
+    run("onnx", onnx, str(video), backend="onnxruntime", sinks=SinkOptions(jsonl=out))
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    out.unlink()
+    normal = max(r["normalized_score"] for r in recs if r["frame"] not in defects)
+    defect = min(r["normalized_score"] for r in recs if r["frame"] in defects)
+    assert defect > normal, f"the model does not separate the defects ({defect} <= {normal})"
+    return (normal + defect) / 2
+
+
 @pytest.fixture(scope="session")
 def triton_server(demo_onnx: Path):  # type: ignore[no-untyped-def]
     """A real Triton server (``triton-serve`` from the Triton venv) on demo_onnx's FP32 scorer, with a 5 ms batching window."""

@@ -179,7 +179,8 @@ def test_any_file_name_round_trips(names: list[str]) -> None:
     for n in names:
         rec = {"schema": 1, "camera": "c", "source": "watch:x", "frame": 0, "file": n, "timestamp": 1.0, "time": "1970-01-01T00:00:01.000Z",
                "model_id": "m", "threshold": 1.0, "score": 0.5, "normalized_score": 0.1, "anomalous": False, "bbox": None,
-               "latency_ms": 1.0, "stages_ms": dict.fromkeys(("capture", "preprocess", "queue", "infer", "postprocess"), 0.0)}
+               "where": None, "event": None,
+               "latency_ms": 1.0, "stages_ms": dict.fromkeys(("capture", "preprocess", "queue_wait", "infer", "postprocess"), 0.0)}
         line = jsonl_line(rec)
         assert line.isascii() and line.count("\n") == 1 and json.loads(line)["file"] == n
 

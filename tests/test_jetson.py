@@ -89,6 +89,7 @@ def test_a_gstreamer_pipeline_is_scored_frame_by_frame(jetson: Path, demo_onnx: 
     s = json.loads(p.stdout)
     recs = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
     assert s["scored"] == 37 and s["dropped"] == 0 and not s["live"], s  # every buffer, in order
+    assert s["headline_latency"] == "total"  # paced by the pipeline's clock: capture to result is the latency that counts
     assert [r["frame"] for r in recs] == list(range(37))
     assert len({round(r["score"], 6) for r in recs}) > 5  # a moving ball: the scores move too
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLI, run_cli, write_defect_video
+from conftest import CLI, run_cli, separating_threshold, write_defect_video
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Debian's mosquitto (make test installs it)")
@@ -254,4 +254,44 @@ def test_anomalies_only_and_the_last_will(broker: Broker, demo_onnx: Path, tmp_p
         assert time.monotonic() < deadline, st
         time.sleep(0.05)
     assert st[-1] == {"state": "offline", "camera": "camK", "reason": "connection lost"}
+    sub.close()
+
+
+def test_alarm_events_start_and_end_on_the_events_topic(broker: Broker, demo_onnx: Path, tmp_path: Path) -> None:
+    """The demo's line video (defects at frames 20-22, 55, 90-91, 130) at a threshold where exactly the defects alarm:
+    one start and one end message per defect run on PREFIX/CAMERA/events, in order, with the defect's frames."""
+    from skipgan_edge.demo import DEFECT_FRAMES
+
+    video = write_defect_video(tmp_path / "line.avi", 150, set(DEFECT_FRAMES), "MJPG")
+    thr = separating_threshold(demo_onnx / "scorer.onnx", video, set(DEFECT_FRAMES))
+    sub = Subscriber(broker.port, "line1/camE/events", "test-sub-events")
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
+                "--threshold", repr(thr), "--mqtt", f"mqtt://127.0.0.1:{broker.port}/line1", "--camera-id", "camE",
+                "--mqtt-anomalies-only", "--jsonl", str(tmp_path / "r.jsonl"), "--json")
+    summary = json.loads(p.stdout)
+    stats = next(iter(summary["sinks"].values()))
+    assert summary["events"]["count"] == 4 and stats["events_queued"] == stats["events_published"] == 8
+    deadline = time.monotonic() + 5
+    while len(sub.messages) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    msgs = [m for _, m, _ in sub.messages]
+    import jsonschema
+
+    from skipgan_edge.schemas import load
+
+    validator = jsonschema.Draft202012Validator(load("event"))
+    for m in msgs:
+        validator.validate(m)
+    assert [(m["type"], m["event"]) for m in msgs] == [(t, i) for i in (1, 2, 3, 4) for t in ("start", "end")]
+    ends = [m for m in msgs if m["type"] == "end"]
+    assert [(m["first_frame"], m["last_frame"], m["frames"]) for m in ends] == [(20, 22, 3), (55, 55, 1), (90, 91, 2), (130, 130, 1)]
+    assert [m["first_frame"] for m in msgs if m["type"] == "start"] == [20, 55, 90, 130]
+    local = {r["frame"]: r for r in (json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines())}
+    for m in ends:
+        assert m["camera"] == "camE" and m["closed_by"] == "normal frames" and m["closed_frame"] == m["last_frame"] + 1
+        assert m["first_frame"] <= m["peak_frame"] <= m["last_frame"]
+        assert m["peak_normalized_score"] == max(local[f]["normalized_score"] for f in range(m["first_frame"], m["last_frame"] + 1))
+        assert m["duration_s"] == pytest.approx(local[m["last_frame"]]["timestamp"] - local[m["first_frame"]]["timestamp"], abs=1e-5)
+        assert "bbox" in m["peak_where"]  # a defect the map outlines
+        assert all(local[f]["event"] == m["event"] for f in range(m["first_frame"], m["last_frame"] + 1))
     sub.close()

@@ -30,6 +30,7 @@ RUN_BAD = [
     (["--max-wait-ms", "nan"], "--max-wait-ms"), (["--overlap", "1"], "--overlap"), (["--fps", "-5"], "--fps"),
     (["--width", "0"], "--width"), (["--stop-after-idle", "0"], "--stop-after-idle"), (["--threads", "-1"], "--threads"),
     (["--reconnect-attempts", "-1"], "--reconnect-attempts"), (["--decode-threads", "-1"], "--decode-threads"),
+    (["--debounce", "0"], "--debounce"), (["--debounce", "-3"], "--debounce"),
 ]
 
 
@@ -98,7 +99,7 @@ CELL_BAD = [
     ('mqtt = "mqtt://127.0.0.1/x"', 'mqtt_topic = "line/+"', "'mqtt_topic'"),
     ('mqtt = "mqtt://127.0.0.1/x"', 'mqtt_topic = "line/#"', "'mqtt_topic'"),
     ("", "threshold = nan", "'threshold'"), ("", "threshold = inf", "'threshold'"), ("", "replay_fps = 0.0", "'replay_fps'"),
-    ("", "stop_after_idle = -1.0", "'stop_after_idle'"), ("", "width = 0", "'width'"),
+    ("", "stop_after_idle = -1.0", "'stop_after_idle'"), ("", "width = 0", "'width'"), ("", "debounce = 0", "'debounce'"),
 ]
 
 

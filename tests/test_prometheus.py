@@ -54,10 +54,14 @@ def test_a_running_camera_is_scraped(demo_onnx: Path, tmp_path: Path) -> None:
     assert info and dict(info[0][1]) == {"camera": "cam7", "model_id": summary["model_id"], "backend": "onnxruntime",
                                          "precision": summary["precision"]}
     assert last[("skipgan_threshold", cam)] == summary["threshold"]
-    for stage in ("capture", "preprocess", "queue", "infer", "postprocess", "total"):
+    for stage in ("capture", "preprocess", "queue_wait", "infer", "postprocess", "total"):
         count = last[("skipgan_stage_latency_seconds_count", (*cam, ("stage", stage)))]
         assert scored[-1] <= count <= summary["scored"]  # one observation per scored frame and stage
     assert ("skipgan_frames_total", (*cam, ("outcome", "dropped"))) in last and ("skipgan_anomalies_total", cam) in last
+    # alarm events: the defects at frames 20 and 60 each opened one before the last scrape (a counter only grows)
+    events = [m[("skipgan_events_total", cam)] for m in seen]
+    assert events == sorted(events) and 2 <= events[-1] <= summary["events"]["count"], (events, summary["events"])
+    assert ("skipgan_event_open", cam) in last
     # the server goes with the run
     try:
         _scrape(port)

@@ -60,6 +60,13 @@ def test_every_record_of_a_real_run_matches_the_schema(demo_onnx: Path, tmp_path
         assert r["camera"] == "press-2" and r["model_id"] == summary["model_id"] and r["threshold"] == summary["threshold"]
         assert (r["bbox"] is not None) <= r["anomalous"]  # a box only on anomalous frames
         assert ("tiles" in r) == (mode == "tiles")
+        # every alarm says where: the map's region, the worst tile, or that the latent term fired
+        assert (r["where"] is None) == (not r["anomalous"])
+        if r["anomalous"] and mode == "tiles":
+            t = r["tiles"]
+            assert r["where"]["tile"] == [t["worst"] // t["cols"], t["worst"] % t["cols"]] and r["where"].get("bbox") == r["bbox"]
+        elif r["anomalous"]:
+            assert r["where"] == ("latent" if r["bbox"] is None else {"bbox": r["bbox"]})
     # the box is where the defect was drawn, in frame pixels
     cap = cv2.VideoCapture(str(video))
     frames = [cap.read()[1] for _ in range(24)]

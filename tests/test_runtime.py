@@ -414,10 +414,11 @@ def test_jsonl_lines_parse_to_the_record() -> None:
     """The fast formatting of the usual record and the json fallback give the same parsed values."""
     from skipgan_edge.runtime.sinks import jsonl_line
 
-    stages = {"capture": 0.0123456, "preprocess": 0.003, "queue": 10.123456789, "infer": 2.5, "postprocess": 0.00449}
+    stages = {"capture": 0.0123456, "preprocess": 0.003, "queue_wait": 10.123456789, "infer": 2.5, "postprocess": 0.00449}
     rec = {"schema": 1, "camera": "cam0", "source": 'cam "A"\\line', "frame": 7, "file": "ünï/0001.png", "timestamp": 1795883648.9370809,
            "time": "2026-11-28T13:14:08.937Z", "model_id": "a1526e95fa34d447", "threshold": 1.0, "score": -0.434058666229248,
-           "normalized_score": 0.2862483263015747, "anomalous": False, "bbox": None, "latency_ms": 18.582749000532964, "stages_ms": stages}
+           "normalized_score": 0.2862483263015747, "anomalous": False, "bbox": None, "where": None, "event": None, "latency_ms": 18.582749000532964,
+           "stages_ms": stages}
     rounded = {**rec, "stages_ms": {k: round(v, 4) for k, v in stages.items()}}
     fast = jsonl_line(rec)
     assert fast.endswith("}\n") and fast.count("\n") == 1
@@ -425,8 +426,10 @@ def test_jsonl_lines_parse_to_the_record() -> None:
     from skipgan_edge.runtime.sinks import _FAST_KEYS
 
     assert rec.keys() == _FAST_KEYS  # the usual record: the fast path
-    for other in ({**rec, "file": None, "anomalous": True, "bbox": [1, 2, 30, 40], "model_id": None},
-                  {**rec, "tiles": {"rows": 2, "cols": 3, "worst": 4}},
+    for other in ({**rec, "file": None, "anomalous": True, "bbox": [1, 2, 30, 40], "where": {"bbox": [1, 2, 30, 40]}, "event": 3,
+                   "model_id": None},
+                  {**rec, "anomalous": True, "where": "latent", "event": 12},
+                  {**rec, "tiles": {"rows": 2, "cols": 3, "worst": 4}, "anomalous": True, "where": {"tile": [1, 1]}},
                   {**rec, "score": float("nan")}):
         want = {**other, "stages_ms": rounded["stages_ms"]}
         got = json.loads(jsonl_line(other))

@@ -95,6 +95,7 @@ id = "late"
 source = "{tmp_path / 'late.avi'}"
 onnx = "{demo_onnx / 'scorer.onnx'}"
 jsonl = "late.jsonl"
+debounce = 1000
 """)
     proc = subprocess.Popen([*CLI, "-v", "serve", "--config", "cell.toml", "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -118,6 +119,7 @@ jsonl = "late.jsonl"
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         assert 'skipgan_frames_per_second{camera="line-a"}' in text  # the periodic summary reaches the metrics too
         assert 'skipgan_frames_total{camera="scanner",outcome="scored"} 10.0' in text
+        assert 'skipgan_events_total{camera="late"} 0.0' in text and 'skipgan_events_total{camera="line-a"}' in text
     finally:
         proc.send_signal(signal.SIGTERM)  # the watch camera never ends by itself
         out, err = proc.communicate(timeout=120)
@@ -132,6 +134,10 @@ jsonl = "late.jsonl"
     assert {r["camera"] for r in ra} == {"line-a"} and {r["camera"] for r in rw} == {"scanner"}
     assert not any(r["anomalous"] for r in rb) and all(r["threshold"] == 1000.0 for r in rb)  # the camera's own threshold
     assert any(r["anomalous"] for r in ra)
+    # alarm events: line-a's default debounce 1 makes each run of anomalous frames one; late's debounce of 1000 never opens one
+    assert all((r["event"] is not None) == r["anomalous"] for r in ra)
+    rl = _lines(tmp_path / "late.jsonl")
+    assert any(r["anomalous"] for r in rl) and all(r["event"] is None for r in rl)
     shared = s["models"][str(demo_onnx / "scorer.onnx")]
     assert shared["cameras"] == ["line-a", "line-b", "late"] and shared["shared_batches"] > 0  # one backend, batches mixed
     assert s["models"][str(tiny_model)]["model_id"] == rw[0]["model_id"] != ra[0]["model_id"]

@@ -7,12 +7,23 @@
 * The batcher takes the first waiting frame, then more until ``batch`` frames or ``max_wait_ms``
   after the first; the backend scores all their inputs in one call (tiles included).
 * Every frame keeps its source, index and capture time; its record carries per-stage timings:
-  capture (read + decode), preprocess, queue (waiting for the batcher), infer (transfer +
+  capture (read + decode; for a real-time source from the frame's arrival, the wait for it not
+  counted), preprocess, queue_wait (waiting in the queue for the batcher), infer (transfer +
   compute), postprocess (splitting, stitching), sink (writing every sink; in the summary only).
   infer, postprocess and sink are the batch's times: every frame of a batch waits for all of
   them. Results of a batch are handed to each sink together (``Sink.write_batch``): the JSONL
   sink writes and flushes them in one system call, so a record is on disk as soon as its batch
   is scored.
+* Latency that means what it says. ``total`` is capture to result (the record's ``latency_ms``);
+  ``processing`` is the frame's own work, preprocess through sink, without the queue wait. A
+  real-time source (a camera, RTSP, ``csi://``, ``genicam://``, a ``gst:`` pipeline, a video with
+  ``--replay-fps``: frames come at the pace of the world) is headlined by ``total``; a video file,
+  folder or watch folder by ``processing``: they are read ahead as fast as they decode into a
+  32-frame queue, so their ``total`` is mostly ``queue_wait``, time that says how far ahead the
+  reader got, not how fast a frame is scored. The summary names the headline (``headline_latency``).
+* Alarm events (``debounce``, runtime/events.py): each record carries ``event`` (the id of the alarm
+  event open when it was scored, or null) and, on anomalous frames, ``where`` (:func:`where`); the
+  events' start and end messages go to the sinks that take them (``Sink.events``: MQTT, metrics).
 * SIGINT / SIGTERM: stop capture, finish the frames already captured, flush and close every
   sink, write the summary, return normally (exit 0).
 * A sink error stops the run after the other sinks are flushed and closed.
@@ -39,6 +50,7 @@ import numpy as np
 from skipgan_edge.card import ModelCard, atomic_write_json
 from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.runtime.backends.base import Backend
+from skipgan_edge.runtime.events import EventTracker
 from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate, prepare_frame
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, OUTLINE_OF_VMAX, SCHEMA_VERSION, Sink, iso_time
 from skipgan_edge.runtime.sources import Frame, Source
@@ -46,7 +58,7 @@ from skipgan_edge.runtime.stats import Reservoir
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "preprocess", "queue", "infer", "postprocess", "sink", "total")
+STAGES = ("capture", "preprocess", "queue_wait", "infer", "postprocess", "sink", "processing", "total")
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class PipelineConfig:
     overlap: float = 0.25  # tile overlap
     max_frames: int | None = None  # stop after this many frames (None = until the source ends)
     camera: str = "cam0"  # this camera's id, in every record, the summary, MQTT topics and metrics labels
+    debounce: int = 1  # an alarm event opens after this many consecutive anomalous frames, closes after as many normal ones
 
 
 class _Channel:
@@ -178,6 +191,8 @@ class Pipeline:
         self._capture_error: BaseException | None = None
         self._unreadable_logged = False
         self.need_images = any(getattr(s, "needs_image", False) for s in sinks)
+        self.events_open_at_end = 0
+        self.trackers: dict[str, EventTracker] = {}  # alarm events, per camera (serve merges several into one pipeline)
         self.extra_summary: dict[str, Any] = {}  # recorded as they are in the summary (e.g. how the backend was chosen)
         self.next_backend: Backend | None = None  # set (active) by a reloader thread; the run loop swaps it in
         self.on_swap: Any = None  # called with the old and the new backend after a swap
@@ -245,6 +260,13 @@ class Pipeline:
             for s, h in old.items():
                 signal.signal(s, h)
             close_errors = []
+            self.events_open_at_end = sum(t.open is not None for t in self.trackers.values())
+            ends = [m for t in self.trackers.values() for m in t.finish()]
+            if ends:  # the events still open end with the run: every start has its end
+                try:
+                    self._publish(ends)
+                except SkipganError as exc:
+                    close_errors.append(str(exc))
             for sink in self.sinks:
                 try:
                     sink.close()
@@ -319,6 +341,7 @@ class Pipeline:
                 results.append(combine(p, out.score[k : k + n], out.normalized_score[k : k + n], out.anomaly_map[k : k + n], self.need_images))
                 k += n
         records = []
+        events: list[dict[str, Any]] = []
         model_id = self.backend.card.model_id
         k = 0
         for (f, p), res in zip(good, results, strict=True):
@@ -334,6 +357,7 @@ class Pipeline:
                 "schema": SCHEMA_VERSION, "camera": camera, "source": f.source, "frame": f.index, "file": f.name,
                 "timestamp": f.timestamp, "time": iso_time(f.timestamp), "model_id": model_id, "threshold": thr,
                 "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous, "bbox": box,
+                "where": where(anomalous, box, res.get("tiles")), "event": None,
             }
             if "camera_frame_id" in f.extra:  # a GenICam camera's own frame id and timestamp (genicam.py)
                 rec["camera_frame_id"], rec["camera_timestamp_ns"] = f.extra["camera_frame_id"], f.extra["camera_timestamp_ns"]
@@ -341,7 +365,11 @@ class Pipeline:
                 rec["tiles"] = res["tiles"]
             rec["latency_ms"] = (time.perf_counter_ns() - f.t_capture_ns) / 1e6 + f.capture_ms
             rec["stages_ms"] = {"capture": f.capture_ms, "preprocess": f.extra["preprocess_ms"],
-                                "queue": (t_deq - f.extra["t_queued_ns"]) / 1e6, "infer": infer_ms, "postprocess": 0.0}
+                                "queue_wait": (t_deq - f.extra["t_queued_ns"]) / 1e6, "infer": infer_ms, "postprocess": 0.0}
+            tracker = self.trackers.get(camera)
+            if tracker is None:  # serve: a camera's own debounce where its config sets one
+                tracker = self.trackers[camera] = EventTracker(camera, f.extra.get("debounce", self.cfg.debounce))
+            events += tracker.update(rec)
             records.append(rec)
         post_ms = (time.perf_counter() - t1) * 1e3
         for rec in records:
@@ -356,14 +384,29 @@ class Pipeline:
                 raise
             except OSError as exc:
                 raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
+        if events:
+            self._publish(events)
         t_end = time.perf_counter_ns()
         sink_ms = (time.perf_counter() - t2) * 1e3
-        self.lat.extend([(st["capture"], st["preprocess"], st["queue"], infer_ms, post_ms, sink_ms, (t_end - f.t_capture_ns) / 1e6 + f.capture_ms)
+        batch_ms = (t_end - t_deq) / 1e6  # dequeue to the last sink: infer, postprocess and sink, plus the batch's own overhead
+        self.lat.extend([(st["capture"], st["preprocess"], st["queue_wait"], infer_ms, post_ms, sink_ms, st["preprocess"] + batch_ms,
+                          (t_end - f.t_capture_ns) / 1e6 + f.capture_ms)
                          for (f, _), st in zip(good, (r["stages_ms"] for r in records), strict=True)])
         for f, _ in good:
             self.source.ack(f)
         self.scored += len(good)
         self.anomalies += sum(r["anomalous"] for r in records)
+
+    def _publish(self, events: list[dict[str, Any]]) -> None:
+        """Event start and end messages to the sinks that take them (MQTT, metrics)."""
+        for sink in self.sinks:
+            if type(sink).events is not Sink.events:
+                try:
+                    sink.events(events)
+                except SkipganError:
+                    raise
+                except OSError as exc:
+                    raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
 
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
         return {
@@ -374,20 +417,59 @@ class Pipeline:
             "threshold": self.threshold, "batch": self.cfg.batch, "mode": self.cfg.mode, "elapsed_s": round(elapsed, 3),
             "throughput_fps": round(self.scored / elapsed, 2) if elapsed > 0 else None,
             "latency_ms": {s: self.lat.summary(i) for i, s in enumerate(STAGES)},
+            "headline_latency": "total" if self.source.realtime else "processing",
+            "events": {"count": sum(t.count for t in self.trackers.values()), "open_at_end": self.events_open_at_end,
+                       "debounce": self.cfg.debounce},
             **({"sinks": stats} if (stats := {s.name: s.stats() for s in self.sinks if hasattr(s, "stats")}) else {}),
             **getattr(self.source, "source_summary", {}),  # a source's own counts (genicam: missing, incomplete frames)
             **self.extra_summary,
         }
 
 
+def where(anomalous: bool, box: list[int] | None, tiles: dict[str, Any] | None) -> dict[str, Any] | str | None:
+    """Where an anomalous frame's alarm comes from; None on a normal frame.
+
+    * ``{"bbox": [x0, y0, x1, y1]}`` (frame pixels, x1 and y1 exclusive): the anomaly map reaches the normal validation
+      maps' p99 peak (the card's ``map_scale`` / 1.5, the level the annotated video outlines): the connected region
+      that holds the map's maximum, as the record's ``bbox``;
+    * ``"latent"``: no pixel of the map reaches that level, so there is no region to show: the score came from the
+      latent (feature) term, or the feature-bank term, or a reconstruction error spread thinly over the whole frame;
+    * tiles mode: ``"tile": [row, col]`` (the worst tile, which decided the frame's score) is always there, with
+      ``bbox`` when the map shows a region (a tile alone: its latent term fired)."""
+    if not anomalous:
+        return None
+    out: dict[str, Any] = {}
+    if box is not None:
+        out["bbox"] = box
+    if tiles is not None:
+        out["tile"] = [tiles["worst"] // tiles["cols"], tiles["worst"] % tiles["cols"]]
+    return out or "latent"
+
+
 def format_summary(s: dict[str, Any]) -> str:
+    """The summary as ``run`` prints it: counts, the headline latency (what it measures named), alarm events, the stages."""
+    ev = s.get("events") or {}
     lines = [
         f"frames in {s['frames_in']}  scored {s['scored']}  dropped {s['dropped']}  unreadable {s['unreadable']}  "
         f"anomalies {s['anomalies']}  ({s['throughput_fps']} frames/s, {s['backend']} {s['precision']})",
-        "stage        min     median  p90     p95     p99     (ms)",
     ]
-    for stage, st in s["latency_ms"].items():
+    lat = s["latency_ms"]
+    head = s.get("headline_latency", "total")
+    h = lat.get(head) or {}
+    if h:
+        text = f"latency p50 {h['median']:.3f} ms  p90 {h['p90']:.3f} ms  p99 {h['p99']:.3f} ms  "
+        if head == "processing":
+            q = lat.get("queue_wait") or {}
+            text += "(processing: preprocess through sink, per frame"
+            text += f"; frames also waited {q['median']:.3f} ms median in the read-ahead queue)" if q else ")"
+        else:
+            text += "(capture to result)"
+        lines.append(text)
+    if ev:
+        lines.append(f"alarm events {ev['count']}  (an event: {ev['debounce']} or more anomalous frames in a row; "
+                     f"{ev['open_at_end']} open at the end)")
+    lines.append("stage        min     median  p90     p95     p99     (ms)")
+    for stage, st in lat.items():
         if st:
             lines.append(f"{stage:11s}  {st['min']:<7.3f} {st['median']:<7.3f} {st['p90']:<7.3f} {st['p95']:<7.3f} {st['p99']:<7.3f}")
     return "\n".join(lines)
-

@@ -2,7 +2,7 @@
 
 * JSON Lines (``--jsonl``): one object per frame, written and flushed as soon as the frame is
   scored (a killed run keeps every line written so far), with at least ``source``, ``frame``,
-  ``timestamp``, ``score``, ``normalized_score``, ``anomalous``, ``latency_ms``. The frames of
+  ``timestamp``, ``score``, ``normalized_score``, ``anomalous``, ``where``, ``event``, ``latency_ms``. The frames of
   one batch are scored together, so their lines are written and flushed together.
 * CSV (``--csv``): the same columns, flushed likewise.
 * ``--save-video FILE``: annotated video (mp4v), heatmap overlaid, score and verdict drawn.
@@ -34,9 +34,10 @@ from skipgan_edge.errors import ConfigError, SinkError
 #: version of the record and summary format: skipgan_edge/schemas/record.schema.json and summary.schema.json
 SCHEMA_VERSION = 1
 FIELDS = ["schema", "camera", "source", "frame", "file", "timestamp", "time", "model_id", "threshold", "score", "normalized_score",
-          "anomalous", "bbox", "latency_ms"]
+          "anomalous", "bbox", "where", "event", "latency_ms"]
 CSV_FIELDS = [*FIELDS, "tile"]
-STAGE_FIELDS = ("capture", "preprocess", "queue", "infer", "postprocess")
+#: a record's per-stage timings (``stages_ms``); ``queue_wait`` is the time a frame waited for the batcher
+STAGE_FIELDS = ("capture", "preprocess", "queue_wait", "infer", "postprocess")
 
 #: the heatmap's full-red level for cards written before ``map_scale`` existed: the map is a squared error of
 #: pixels in [-1, 1], and a visible defect is well above 0.5 while a normal reconstruction stays far below it
@@ -50,9 +51,24 @@ _FAST_KEYS = frozenset([*FIELDS, "stages_ms"])
 _STAGE_SET = frozenset(STAGE_FIELDS)
 _FAST_LINE = (
     '{"schema": %d, "camera": %s, "source": %s, "frame": %d, "file": %s, "timestamp": %r, "time": %s, "model_id": %s, '
-    '"threshold": %r, "score": %r, "normalized_score": %r, "anomalous": %s, "bbox": %s, '
-    '"latency_ms": %r, "stages_ms": {"capture": %.4f, "preprocess": %.4f, "queue": %.4f, "infer": %.4f, "postprocess": %.4f}}\n'
+    '"threshold": %r, "score": %r, "normalized_score": %r, "anomalous": %s, "bbox": %s, "where": %s, "event": %s, '
+    '"latency_ms": %r, "stages_ms": {"capture": %.4f, "preprocess": %.4f, "queue_wait": %.4f, "infer": %.4f, "postprocess": %.4f}}\n'
 )
+
+
+def _box(box: list[int]) -> str:
+    return f"[{box[0]:d}, {box[1]:d}, {box[2]:d}, {box[3]:d}]"
+
+
+def _fast_where(w: Any) -> str | None:
+    """``where`` formatted directly when it is one of the usual forms (None, "latent", a bbox alone), else None."""
+    if w is None:
+        return "null"
+    if w == "latent":
+        return '"latent"'
+    if type(w) is dict and w.keys() == {"bbox"}:
+        return '{"bbox": ' + _box(w["bbox"]) + "}"
+    return None
 
 
 def check_camera_id(camera: str) -> str:
@@ -82,14 +98,14 @@ def jsonl_line(r: dict[str, Any]) -> str:
     record (tiles, non-finite scores) goes through json; both give the same parsed values."""
     st = r.get("stages_ms")
     if r.keys() == _FAST_KEYS and type(st) is dict and st.keys() == _STAGE_SET and math.isfinite(r["score"]) \
-            and math.isfinite(r["normalized_score"]) and math.isfinite(r["threshold"]):
-        f, mid, box = r["file"], r["model_id"], r["bbox"]
+            and math.isfinite(r["normalized_score"]) and math.isfinite(r["threshold"]) and (w := _fast_where(r["where"])) is not None:
+        f, mid, box, ev = r["file"], r["model_id"], r["bbox"], r["event"]
         return _FAST_LINE % (
             r["schema"], _string(r["camera"]), _string(r["source"]), r["frame"], "null" if f is None else _string(f),
             float(r["timestamp"]), _string(r["time"]), "null" if mid is None else _string(mid), float(r["threshold"]),
             float(r["score"]), float(r["normalized_score"]), "true" if r["anomalous"] else "false",
-            "null" if box is None else f"[{box[0]:d}, {box[1]:d}, {box[2]:d}, {box[3]:d}]", float(r["latency_ms"]),
-            st["capture"], st["preprocess"], st["queue"], st["infer"], st["postprocess"],
+            "null" if box is None else _box(box), w, "null" if ev is None else f"{ev:d}", float(r["latency_ms"]),
+            st["capture"], st["preprocess"], st["queue_wait"], st["infer"], st["postprocess"],
         )
     if type(st) is dict:
         r = {**r, "stages_ms": {k: round(v, 4) for k, v in st.items()}}
@@ -97,10 +113,14 @@ def jsonl_line(r: dict[str, Any]) -> str:
 
 
 def csv_row(r: dict[str, Any]) -> dict[str, Any]:
-    """The record's CSV cells: booleans as true/false, the box as "x0 y0 x1 y1", the worst tile as "row col"."""
+    """The record's CSV cells: booleans as true/false, the box as "x0 y0 x1 y1", the worst tile as "row col", ``where``
+    as ``bbox`` (the box is in its column), ``tile`` (a tile without a box), ``latent`` or empty (a normal frame)."""
     row = {k: r.get(k) for k in FIELDS}
     row["anomalous"] = "true" if r["anomalous"] else "false"
     row["bbox"] = "" if r.get("bbox") is None else " ".join(str(v) for v in r["bbox"])
+    w = r.get("where")
+    row["where"] = "" if w is None else w if isinstance(w, str) else "bbox" if "bbox" in w else "tile"
+    row["event"] = "" if r.get("event") is None else r["event"]
     t = r.get("tiles")
     row["tile"] = "" if not t else f"{t['worst'] // t['cols']} {t['worst'] % t['cols']}"
     return row
@@ -126,6 +146,10 @@ class Sink:
 
     def counts(self, dropped: int, unreadable: int) -> None:
         """After each batch: totals so far of the frames no sink sees (dropped, unreadable)."""
+
+    def events(self, messages: list[dict[str, Any]]) -> None:
+        """After a batch's records: the alarm events' start and end messages it caused (runtime/events.py), in order;
+        at the end of a run, the end of each event still open."""
 
 
 def _fail(sink: Sink, exc: OSError) -> SinkError:
@@ -239,6 +263,8 @@ def annotate(view: np.ndarray, amap: np.ndarray, record: dict[str, Any], vmax: f
         cv2.drawContours(out, contours, -1, (255, 255, 255), 2, cv2.LINE_AA)
     scale = max(1.2, base.shape[1] / 320)
     verdict = "ANOMALY" if record["anomalous"] else "ok"
+    if record.get("where") == "latent":  # nothing to outline: say which term fired
+        verdict = "ANOMALY (latent)"
     color = (0, 0, 255) if record["anomalous"] else (0, 200, 0)
     cv2.putText(out, f"{verdict} {record['normalized_score']:.2f}", (4, int(16 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX,
                 0.5 * scale, color, max(1, int(scale)), cv2.LINE_AA)

@@ -17,7 +17,8 @@ spec                                     what                                   
 
 Live sources (cameras, CSI, RTSP) are read as fast as they deliver; the pipeline keeps only the
 newest frame and counts the ones it replaced (``dropped``). Files, folders and watch folders are
-never dropped: the reader blocks until the model catches up.
+never dropped: the reader blocks until the model catches up. A real-time source's capture time (``Frame.capture_ms``)
+starts when its frame arrives (OpenCV's ``grab`` returned; GenICam: its first packet), not while the reader waits for it.
 
 A ``gst:`` pipeline is read as a file is: every buffer its ``appsink`` delivers is scored, in order, and the
 run ends at end of stream. Where a live element feeds it, the pipeline itself decides what to drop
@@ -106,6 +107,13 @@ class Source:
         self.unreadable = 0
         self.stop_requested = False
 
+    @property
+    def realtime(self) -> bool:
+        """Frames come at the pace of the world (a camera, RTSP, a video with ``replay_fps``, a ``gst:`` pipeline): the
+        latency that counts is capture to result. Otherwise (files, folders, watch folders: read ahead as fast as they
+        decode) it is the frame's processing, without the queue wait (runtime/pipeline.py)."""
+        return self.live
+
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
 
@@ -158,6 +166,17 @@ def opencv_errors_only() -> Iterator[None]:
 def _timed_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
     t0 = time.perf_counter()
     ok, img = cap.read()
+    return ok, img, (time.perf_counter() - t0) * 1e3
+
+
+def _arrived_read(cap: cv2.VideoCapture) -> tuple[bool, np.ndarray | None, float]:
+    """A real-time source's next frame, timed from its arrival: ``grab`` waits for the camera (or the stream, or the
+    pipeline's clock) and is not counted; ``retrieve`` (the conversion to BGR, a V4L2 camera's MJPG decode) is. Timing
+    ``read`` whole counted up to a frame period of waiting for the next frame as capture latency."""
+    if not cap.grab():
+        return False, None, 0.0
+    t0 = time.perf_counter()
+    ok, img = cap.retrieve()
     return ok, img, (time.perf_counter() - t0) * 1e3
 
 
@@ -298,7 +317,7 @@ class LiveSource(Source):
         i = 0
         while not self.stop_requested:
             assert self.cap is not None
-            ok, img, ms = _timed_read(self.cap)
+            ok, img, ms = _arrived_read(self.cap)
             if not ok or img is None:
                 self.cap.release()
                 if not self._reopen():
@@ -320,6 +339,11 @@ class GstPipelineSource(Source):
     Never drops (the reader blocks, so GStreamer's own queues apply back-pressure) and ends at end of stream; a
     pipeline with a live source decides its drops in its ``appsink`` (``drop=true max-buffers=1``).
     """
+
+    @property
+    def realtime(self) -> bool:
+        """A pipeline's appsink delivers at the pace of its clock (a camera's, or the file's timestamps with sync)."""
+        return True
 
     def __init__(self, spec: str, opts: SourceOptions) -> None:
         super().__init__(spec, opts)
@@ -346,7 +370,7 @@ class GstPipelineSource(Source):
     def frames(self) -> Iterator[Frame]:
         i = 0
         while not self.stop_requested:
-            ok, img, ms = _timed_read(self.cap)
+            ok, img, ms = _arrived_read(self.cap)
             if not ok or img is None:
                 return  # end of stream (OpenCV reports an error in the pipeline the same way; GStreamer logs it)
             yield Frame(self.spec, i, time.time(), img, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)

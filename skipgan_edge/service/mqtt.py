@@ -8,6 +8,11 @@ private CA). Topics, under ``PREFIX/CAMERA`` (``--camera-id``, default ``cam0``)
   a frame twice keys on ``source`` + ``frame``).
 * ``PREFIX/CAMERA/status``: retained ``{"state": "online"}`` once connected; ``offline`` when the run ends, and
   from the broker (the last will) when the process or its network dies.
+* ``PREFIX/CAMERA/events``: alarm events (``--debounce``, skipgan_edge/runtime/events.py), QoS 1, not retained: a
+  ``start`` message when an event opens (``event`` id, ``first_frame``, ``opened_frame``, ``start_time``) and an
+  ``end`` message when it closes or the run ends with it open (``last_frame``, ``frames``, ``anomalous_frames``,
+  ``peak_normalized_score``, ``peak_frame``, ``peak_where``, ``duration_s``, ``closed_by``). Sent whatever
+  ``--mqtt-anomalies-only`` says, in order with the results.
 * ``PREFIX/CAMERA/heartbeat``: every ``--mqtt-heartbeat`` seconds (default 10), frames and anomalies seen,
   messages published and dropped, the messages waiting, the time.
 
@@ -53,6 +58,7 @@ from skipgan_edge.runtime.sinks import Sink, check_camera_id, jsonl_line
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 10_000
+RESULT, EVENT, STATUS = 1, 2, 0  # what an in-flight message is
 DEFAULT_HEARTBEAT_S = 10.0
 
 
@@ -278,17 +284,20 @@ class MqttSink(Sink):
         self.name = f"MQTT {b.host}:{b.port}/{b.prefix}"
         base = f"{b.prefix}/{camera}"
         self.topic_result, self.topic_status, self.topic_heartbeat = f"{base}/result", f"{base}/status", f"{base}/heartbeat"
+        self.topic_events = f"{base}/events"
         self._topic = self.topic_result.encode()
         self.camera = camera
         self.client_id = opts.client_id or f"skipgan-edge-{camera}-{time.time_ns() % 10**9}"
         self.keepalive = 15
         self.lock = threading.Lock()
         self.seen = self.anomalies = self.queued = self.published = self.dropped = 0
-        # QoS 1 messages not yet acknowledged, in order: packet id -> [PUBLISH packet, sent?, a result (not status)?]
+        self.events_queued = self.events_published = self.events_dropped = 0
+        # QoS 1 messages not yet acknowledged, in order: packet id -> [PUBLISH packet, sent?, what: RESULT, EVENT or STATUS]
         self.inflight: dict[int, list[Any]] = {}
         self._pid = 0
         self._cond = threading.Condition(self.lock)  # one lock: the hand-over, the in-flight table and the counters
-        self._outbox: deque[list[dict[str, Any]]] = deque()  # batches handed over by the pipeline, not yet published
+        # handed over by the pipeline, not yet published, in order: (True, a batch's records) or (False, event messages)
+        self._outbox: deque[tuple[bool, list[dict[str, Any]]]] = deque()
         self._closing = False
         self.connected = threading.Event()
         self.connects = 0
@@ -309,16 +318,23 @@ class MqttSink(Sink):
         with self._cond:
             self.seen += len(records)
             self.anomalies += n_anom
-            self._outbox.append(records)
+            self._outbox.append((True, records))
+            self._cond.notify()
+
+    def events(self, messages: list[dict[str, Any]]) -> None:
+        """Alarm event start/end messages, after the records of their batch: to the MQTT thread, like the records."""
+        with self._cond:
+            self._outbox.append((False, messages))
             self._cond.notify()
 
     def stats(self) -> dict[str, Any]:
         with self.lock:
-            results = sum(1 for e in self.inflight.values() if e[2])
-            handed = sum(len(b) for b in self._outbox)
+            waiting = sum(1 for e in self.inflight.values() if e[2] != STATUS)
+            handed = sum(len(b) for _, b in self._outbox)
             return {"topic": self.topic_result, "connected": self.connected.is_set(), "frames_seen": self.seen,
                     "anomalies": self.anomalies, "queued": self.queued, "published": self.published, "dropped": self.dropped,
-                    "waiting": results + handed, "buffer": self.opts.buffer}
+                    "events_queued": self.events_queued, "events_published": self.events_published, "events_dropped": self.events_dropped,
+                    "waiting": waiting + handed, "buffer": self.opts.buffer}
 
     # the MQTT thread -------------------------------------------------------------------------
     def _next_pid(self) -> int:
@@ -328,12 +344,13 @@ class MqttSink(Sink):
                 return self._pid
         raise MqttError("65,535 messages await acknowledgement")
 
-    def _enqueue(self, topic: bytes, payload: bytes, result: bool, retain: bool = False) -> bytes | None:
-        """A QoS 1 message into the in-flight table; its packet to send now (None: it waits for the connection)."""
+    def _enqueue(self, topic: bytes, payload: bytes, what: int, retain: bool = False) -> bytes | None:
+        """A QoS 1 message (``what``: RESULT, EVENT or STATUS) into the in-flight table; its packet to send now (None: it
+        waits for the connection)."""
         pid = self._next_pid()
         pkt = publish_packet(topic, payload, 1, pid, retain)
         with self.lock:
-            self.inflight[pid] = [pkt, self.conn is not None, result]
+            self.inflight[pid] = [pkt, self.conn is not None, what]
         return pkt if self.conn is not None else None
 
     def _connect(self) -> None:
@@ -365,7 +382,7 @@ class MqttSink(Sink):
                 pkt = bytes([pkt[0] | 0x08]) + pkt[1:]
             e[1] = True
             parts.append(pkt)
-        status = self._enqueue(self.topic_status.encode(), json.dumps({"state": "online", "camera": self.camera}).encode(), False, True)
+        status = self._enqueue(self.topic_status.encode(), json.dumps({"state": "online", "camera": self.camera}).encode(), STATUS, True)
         self._send(b"".join([*parts, status or b""]))
         if self.conn is not None:
             self.connected.set()
@@ -398,20 +415,23 @@ class MqttSink(Sink):
         except OSError as exc:
             self._lost(str(exc))
             return
-        acked = 0
+        acked = events = 0
         with self.lock:
             for kind, body in packets:
                 if kind == 4 and len(body) >= 2:  # PUBACK
                     e = self.inflight.pop(struct.unpack(">H", body[:2])[0], None)
-                    if e is not None and e[2]:
-                        acked += 1
+                    if e is not None:
+                        acked += e[2] == RESULT
+                        events += e[2] == EVENT
             self.published += acked
+            self.events_published += events
         if self.conn is not None and time.monotonic() - self.conn.last_send > self.keepalive / 2:
             self._send(b"\xc0\x00")  # PINGREQ
 
     def _run(self) -> None:
         """Format and publish what the pipeline handed over, in order; read acknowledgements; keep the connection."""
         topic, only_anomalies, bound = self._topic, self.opts.anomalies_only, self.opts.buffer
+        topic_events = self.topic_events.encode()
         next_beat = time.monotonic() + self.opts.heartbeat_s
         flush = self.opts.flush_ms / 1e3
         last_flush = 0.0
@@ -428,22 +448,31 @@ class MqttSink(Sink):
             if batches:
                 last_flush = time.monotonic()
             out: list[bytes] = []
-            queued = dropped = 0
-            for records in batches:
-                for r in records:
-                    if only_anomalies and not r["anomalous"]:
+            queued = dropped = n_events = events_dropped = 0
+            for is_records, items in batches:
+                for r in items:
+                    if is_records and only_anomalies and not r["anomalous"]:
                         continue
                     if len(self.inflight) >= bound:  # the buffer bound: unacknowledged messages included
-                        dropped += 1
+                        if is_records:
+                            dropped += 1
+                        else:
+                            events_dropped += 1
                         continue
-                    pkt = self._enqueue(topic, jsonl_line(r)[:-1].encode("ascii"), True)
-                    queued += 1
+                    if is_records:
+                        pkt = self._enqueue(topic, jsonl_line(r)[:-1].encode("ascii"), RESULT)
+                        queued += 1
+                    else:
+                        pkt = self._enqueue(topic_events, json.dumps(r).encode(), EVENT)
+                        n_events += 1
                     if pkt is not None:
                         out.append(pkt)
-            if queued or dropped:
+            if queued or dropped or n_events or events_dropped:
                 with self.lock:
                     self.queued += queued
                     self.dropped += dropped
+                    self.events_queued += n_events
+                    self.events_dropped += events_dropped
             if out:
                 self._send(b"".join(out))
             now = time.monotonic()
@@ -473,10 +502,10 @@ class MqttSink(Sink):
             log.warning("MQTT: %d message(s) were not acknowledged by the broker before the run ended", s["waiting"])
         if self.conn is not None:
             pkt = self._enqueue(self.topic_status.encode(), json.dumps({"state": "offline", "camera": self.camera,
-                                                                        "reason": "run ended"}).encode(), False, True)
+                                                                        "reason": "run ended"}).encode(), STATUS, True)
             self._send(pkt or b"")
             end = time.monotonic() + min(5.0, max(0.1, deadline - time.monotonic()))
-            while self.conn is not None and any(not e[2] for e in self.inflight.values()) and time.monotonic() < end:
+            while self.conn is not None and any(e[2] == STATUS for e in self.inflight.values()) and time.monotonic() < end:
                 self._network(0.02)
         if self.conn is not None:
             self.conn.close(True)

@@ -5,8 +5,10 @@ Every series carries the ``camera`` label (``--camera-id``):
 * ``skipgan_frames_total{outcome}``: frames scored, dropped (a live source's newer frame replaced an unconsumed
   one) and unreadable (undecodable files or frames);
 * ``skipgan_anomalies_total``: frames over the threshold;
-* ``skipgan_stage_latency_seconds{stage}``: histograms of each pipeline stage (capture, preprocess, queue, infer,
-  postprocess) and of the whole way from capture to result (``total``);
+* ``skipgan_events_total``: alarm events opened (``--debounce``; skipgan_edge/runtime/events.py), and
+  ``skipgan_event_open``: 1 while an event is open, else 0;
+* ``skipgan_stage_latency_seconds{stage}``: histograms of each pipeline stage (capture, preprocess, queue_wait,
+  infer, postprocess) and of the whole way from capture to result (``total``);
 * ``skipgan_model_info{model_id, backend, precision}`` = 1, and ``skipgan_threshold``: what is scoring;
 * ``skipgan_up``: 1 while the source delivers frames, 0 once it ended or failed (``serve``: while it is retried);
 * ``serve`` adds ``skipgan_model_reloads_total{model, outcome}`` and ``skipgan_frames_per_second`` (over the last
@@ -43,6 +45,9 @@ class Metrics:
         reg = pc.CollectorRegistry()
         self.frames = pc.Counter("skipgan_frames", "Frames by outcome", ["camera", "outcome"], registry=reg)
         self.anomalies = pc.Counter("skipgan_anomalies", "Frames over the threshold", ["camera"], registry=reg)
+        self.events = pc.Counter("skipgan_events", "Alarm events opened (consecutive anomalous frames, debounced)", ["camera"],
+                                 registry=reg)
+        self.event_open = pc.Gauge("skipgan_event_open", "1 while an alarm event is open", ["camera"], registry=reg)
         self.latency = pc.Histogram("skipgan_stage_latency_seconds", "Pipeline stage latency", ["camera", "stage"],
                                     buckets=BUCKETS, registry=reg)
         self.info = pc.Gauge("skipgan_model_info", "The model and backend scoring this camera",
@@ -75,6 +80,8 @@ class MetricsSink(Sink):
         for outcome in ("scored", "dropped", "unreadable"):
             metrics.frames.labels(camera, outcome)  # every series exists from the first scrape
         metrics.anomalies.labels(camera)
+        self._events, self._event_open = metrics.events.labels(camera), metrics.event_open.labels(camera)
+        self._event_open.set(0)
         self._stages = {st: metrics.latency.labels(camera, st) for st in (*STAGE_FIELDS, "total")}
         self._scored, self._anom = metrics.frames.labels(camera, "scored"), metrics.anomalies.labels(camera)
         self._dropped, self._unreadable = metrics.frames.labels(camera, "dropped"), metrics.frames.labels(camera, "unreadable")
@@ -118,6 +125,14 @@ class MetricsSink(Sink):
         n_anom = sum(1 for r in records if r["anomalous"])
         if n_anom:
             self._anom.inc(n_anom)
+
+    def events(self, messages: list[dict[str, Any]]) -> None:
+        for m in messages:
+            if m["type"] == "start":
+                self._events.inc()
+                self._event_open.set(1)
+            else:
+                self._event_open.set(0)
 
     def close(self) -> None:
         self.set_up(False)

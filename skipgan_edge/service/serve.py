@@ -21,6 +21,7 @@ The config: optional global defaults in ``[serve]``, then one ``[[camera]]`` tab
     onnx = "models/scorer.int8.onnx"      # or model = "RUN_DIR", engine = "scorer.engine", or a Triton server:
                                           # triton = "triton://gpu-server:8001/scorer" (cameras naming one URL share a client)
     threshold = 0.9                       # optional: override the model's
+    debounce = 3                          # optional: an alarm event opens after 3 anomalous frames in a row (default 1)
     jsonl = "results/press-1.jsonl"       # optional sinks: jsonl, csv
     mqtt_topic = "line1"                  # optional: this camera's topic prefix (default: the URL's)
 
@@ -109,7 +110,7 @@ class ServeDefaults:
 
 _SERVE_LIMITED = ("batch", "max_wait_ms", "metrics_port", "mqtt_heartbeat_s", "mqtt_flush_ms", "summary_every_s", "reload_poll_s",
                   "retry_max_s", "threads", "queue_size")
-_CAMERA_LIMITED = ("threshold", "replay_fps", "width", "height", "fps", "stop_after_idle")
+_CAMERA_LIMITED = ("threshold", "replay_fps", "width", "height", "fps", "stop_after_idle", "debounce")
 
 
 def camera_mqtt_url(url: str, topic: str | None) -> str:
@@ -140,6 +141,7 @@ class CameraConfig:
     height: int | None = None
     fps: float | None = None
     stop_after_idle: float | None = None
+    debounce: int = 1  # alarm events: consecutive anomalous frames that open one, normal ones that close it
 
     def validate(self, where: str, mqtt: str | None) -> None:
         """The camera's numeric keys (the same rules as run's options) and its MQTT topic; one line naming the key."""
@@ -362,6 +364,7 @@ class CameraFeed(threading.Thread):
             frame.extra["feed"] = self
             if self.cam.threshold is not None:
                 frame.extra["threshold"] = float(self.cam.threshold)
+            frame.extra["debounce"] = self.cam.debounce
             if not self.merged.put(frame, live, self.stop):
                 if self.stop.is_set():
                     return
@@ -396,6 +399,12 @@ class RoutingSink(Sink):
             self.anomalies[cam] = self.anomalies.get(cam, 0) + sum(1 for r in recs if r["anomalous"])
             for sink in self.per_camera.get(cam, []):
                 sink.write_batch(recs, None, None)
+
+    def events(self, messages: list[dict[str, Any]]) -> None:
+        for m in messages:  # alarm events to their camera's sinks that take them (MQTT, metrics)
+            for sink in self.per_camera.get(m["camera"], []):
+                if type(sink).events is not Sink.events:
+                    sink.events([m])
 
     def close(self) -> None:
         errors = []
