@@ -623,7 +623,13 @@ def threshold_cmd(
     onnx: Annotated[Optional[Path], typer.Option(help="Scorer ONNX to update (its graph constants and card).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine to update (its header's card; the runtime "
                                                   "re-normalizes).")] = None,
-    fpr: Annotated[float, typer.Option(help="False-alarm rate to promise on normal frames.")] = 0.01,
+    export_dir: Annotated[Optional[Path], typer.Option(help="An export folder: update every scorer*.onnx and *.engine in it "
+                                                      "(FP32, FP16, INT8, engines) with the same numbers.")] = None,
+    fpr: Annotated[Optional[float], typer.Option(help="False-alarm rate per frame to promise on normal frames [default: 0.01].")] = None,
+    alarms_per_hour: Annotated[Optional[float], typer.Option(help="False alarms per hour to promise instead of --fpr: a per-frame "
+                                                            "rate of N / (3600 x fps).")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="The line's frame rate, for false alarms per hour (default: the video's; "
+                                                "25 for folders, which --alarms-per-hour refuses).")] = None,
     anomalous: Annotated[Optional[str], typer.Option(help="Anomalous frames, to report the new threshold's recall.")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames to collect per source (required for a camera).")] = None,
     mode: Annotated[str, typer.Option(help="Frame to input, as the line runs it: resize, crop or tiles.")] = "resize",
@@ -632,23 +638,33 @@ def threshold_cmd(
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", help="Capture frame rate (cameras).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply the new threshold even where it raises the false alarms on "
+                                      "the commissioning frames (without it, nothing is written then).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the new threshold would be; change nothing.")] = False,
-    score_with: Annotated[Optional[str], typer.Option(help="Which given artifact scores the frames: engine, onnx or model "
-                                                     "(default: the first given of these, what the line runs).")] = None,
+    score_with: Annotated[Optional[str], typer.Option(help="Which given artifact scores the frames: engine, onnx, model or a "
+                                                     "file's name (default: the engine, else the FP32 ONNX, else the model).")] = None,
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining."""
+    """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining.
+    Prints the false alarms (per frame and per hour) before and after on those frames; a threshold that raises them
+    is applied only with --yes."""
     _check({"fps": "--camera-fps"}, fpr=fpr, frames=frames, batch=batch, width=width, height=height, fps=camera_fps, threads=threads)
+    _check({"fps": "--fps"}, fps=fps)
     from skipgan_edge.runtime.backends import BackendOptions
-    from skipgan_edge.runtime.commission import commission, format_report
+    from skipgan_edge.runtime.commission import CommissioningRefused, commission, format_report
     from skipgan_edge.runtime.sources import SourceOptions
 
     arts = {k: Path(p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None}
-    r = commission(arts, normal, fpr=fpr, anomalous=anomalous, frames=frames, mode=mode, backend=backend, batch=batch,
-                   options=BackendOptions(device=device, threads=threads),
-                   source_opts=SourceOptions(width=width, height=height, fps=camera_fps), dry_run=dry_run, score_with=score_with)
+    try:
+        r = commission(arts, normal, fpr=fpr, anomalous=anomalous, frames=frames, mode=mode, backend=backend, batch=batch,
+                       options=BackendOptions(device=device, threads=threads),
+                       source_opts=SourceOptions(width=width, height=height, fps=camera_fps), dry_run=dry_run, score_with=score_with,
+                       alarms_per_hour=alarms_per_hour, fps=fps, export_dir=export_dir, yes=yes)
+    except CommissioningRefused as exc:  # the report on stdout, the refusal in one line on stderr
+        _echo_json(exc.report) if as_json else typer.echo(format_report(exc.report))
+        raise
     if as_json:
         _echo_json(r)
     else:

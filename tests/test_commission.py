@@ -40,7 +40,7 @@ def test_commissioning_updates_the_model_folder_and_the_onnx_graph(demo_model: P
                 "--frames", "40", "--fpr", "0.05", "--backend", "onnxruntime", "--json")
     # --frames caps each source: 40 normal frames, 40 line frames
     r = json.loads(p.stdout)
-    assert r["frames"] == 40 and r["scored_with"] == "onnx (onnxruntime)"
+    assert r["frames"] == 40 and r["scored_with"] == "onnx scorer.int8.onnx (onnxruntime)"
     assert r["flagged_in_sample"] == 1 and r["expected_fpr"] == pytest.approx(2 / 41)  # k = floor(0.05*41) - 1 = 1
     lo, hi = r["fpr_interval_95"]
     assert 0 < lo < r["expected_fpr"] < hi < 0.2
@@ -112,7 +112,7 @@ def test_an_engine_keeps_its_bytes_and_the_runtime_renormalizes(demo_onnx: Path,
     write_engine_file(engine, {"tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "precision": "int8",
                                "profile": {"min": 1, "opt": 4, "max": 8}, "card": card.to_dict()}, blob)
     normal = write_defect_video(tmp_path / "site.avi", 60, set(), "MJPG", seed=11)
-    r = commission({"engine": engine, "onnx": onnx}, str(normal), fpr=0.05, backend="onnxruntime", score_with="onnx")
+    r = commission({"engine": engine, "onnx": onnx}, str(normal), fpr=0.05, backend="onnxruntime", score_with="onnx", yes=True)
     meta, after = read_engine_file(engine)
     assert after == blob and meta["tensorrt"] == "10.3.0" and meta["profile"] == {"min": 1, "opt": 4, "max": 8}
     new = meta["card"]["score"]
