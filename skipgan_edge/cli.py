@@ -224,19 +224,23 @@ def eval_cmd(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
                                          "see the README's Runtime section).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
+    fps: Annotated[float, typer.Option(help="The line's frame rate: false alarms per hour at the model's threshold are counted at it.")] = 25.0,
 ) -> None:
-    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots."""
-    _check(threads=threads)
+    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold (and its false alarms per hour);
+    ROC, PR and histogram plots."""
+    _check(threads=threads, fps=fps)
     from skipgan_edge.evaluate import evaluate_cli
+    from skipgan_edge.thresholds import format_per_hour
 
-    report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads)
+    report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads, fps=fps)
     if as_json:
         _echo_json(report)
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
         at = report["at_model_threshold"]
         typer.echo(f"the alarm at the model's threshold ({report['model_threshold_policy'] or report['model_threshold_method']}): "
-                   f"false alarms {at['fpr']:.3f}, recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
+                   f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps), "
+                   f"recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "
                    f"average precision {report['average_precision']:.4f}" + (f"; AUPRO {report['aupro']:.4f}" if "aupro" in report else ""))
         typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (reached {v['fpr']:.3f})"
