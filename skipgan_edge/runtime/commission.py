@@ -37,11 +37,12 @@ Every artifact given is updated with the same numbers; ``--export-dir`` names ev
   with, and the runtime re-normalizes its ``score`` output with the card's (``Backend.infer``).
   The engine bytes are kept exactly.
 
-Safe under the ways a site fails: each artifact is locked (``flock`` on the file itself: a second run on
-it is refused in one line while the first holds it); every target is checked writable before a frame is
-scored; every new file is written and fsynced before the first replaces its old one (all or nothing up to
-the renames); temporary files are unnamed (O_TMPFILE) so a SIGKILL leaves none, and where the file
-system lacks O_TMPFILE the next run removes what a killed one left.
+Safe under the ways a site fails: each artifact is locked for the whole run (``flock`` on the file itself:
+a second run on it is refused in one line while the first holds it; ``--dry-run`` writes nothing and takes
+no lock); every target is checked writable before a frame is scored; every new file is written and fsynced
+before the first replaces its old one (all or nothing up to the renames); temporary files are unnamed
+(O_TMPFILE) so a SIGKILL leaves none, and where the file system lacks O_TMPFILE the next run removes what a
+killed one left.
 
 ``model_id`` stays that of the trained weights; the card's ``score.threshold.commissioning`` records
 when, from what, how many frames, the promise, the interval and the threshold it replaced.
