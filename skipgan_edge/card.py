@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import glob
 import hashlib
 import json
 import os
@@ -60,21 +62,122 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+#: the name a staged file has between its link and its rename (or, where O_TMPFILE is missing, while it is written):
+#: ``.NAME.<random>.tmp`` next to NAME; :func:`clean_stale_temps` removes those a killed writer left
+TEMP_PATTERN = ".{name}.*.tmp"
+
+
+class StagedFile:
+    """New contents for ``path``, written and fsynced but not yet visible under its name (:func:`stage_bytes`).
+
+    Where the file system has O_TMPFILE (Linux ext4, xfs, btrfs, tmpfs), the data lives in an unnamed file until
+    :meth:`commit`: a SIGKILL while writing leaves nothing behind. Elsewhere it is a hidden ``.NAME.*.tmp`` file
+    (:data:`TEMP_PATTERN`) that :func:`clean_stale_temps` removes on the next write under a lock."""
+
+    def __init__(self, path: Path, fd: int, tmp: str | None) -> None:
+        self.path, self.fd, self.tmp = Path(path), fd, tmp
+
+    def _named(self) -> str:
+        """A complete, named temporary file in the target's folder (links the unnamed one)."""
+        if self.tmp is not None:
+            return self.tmp
+        # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N names the unnamed file; CPython uses it only with a dir_fd given
+        root = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(100):
+                name = str(self.path.parent.absolute() / f".{self.path.name}.{os.urandom(4).hex()}.tmp")
+                try:
+                    os.link(f"/proc/self/fd/{self.fd}", name, src_dir_fd=root, follow_symlinks=True)
+                except FileExistsError:
+                    continue
+                self.tmp = name
+                return name
+        finally:
+            os.close(root)
+        raise FileExistsError(f"no free temporary name next to {self.path}")
+
+    def commit(self) -> None:
+        """Make the staged contents ``path``'s, atomically (rename over the old file)."""
+        try:
+            tmp = self._named()
+            os.replace(tmp, self.path)
+            self.tmp = None
+        except OSError as exc:
+            self.discard()
+            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}; free disk space or choose another --out") from None
+        self.discard()
+
+    def commit_new(self) -> Path:
+        """Link the staged contents under ``path``, never replacing a file: ``STEM.1.SUFFIX``, ``STEM.2.SUFFIX``... when
+        the name is taken (by an earlier run). Returns the name used."""
+        try:
+            tmp = self._named()
+            stem, suffix = self.path.stem, self.path.suffix
+            for i in range(100000):
+                target = self.path if i == 0 else self.path.with_name(f"{stem}.{i}{suffix}")
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    continue
+                return target
+            raise FileExistsError(f"every name like {self.path} is taken")
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}; free disk space or choose another path") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Forget the staged contents (removes the temporary name, if any, and closes the file)."""
+        if self.tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            self.tmp = None
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+def stage_bytes(path: Path, data: bytes) -> StagedFile:
+    """Write ``data`` for ``path`` to a file not yet under that name, fsynced (:class:`StagedFile`); SinkError if it cannot."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
+    fd = -1
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are as readable as the umask allows (0644 usually)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:  # the kernel applies the umask: artifacts are as readable as it allows (0644 usually)
+            fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o666) if hasattr(os, "O_TMPFILE") and Path("/proc/self/fd").is_dir() else -1
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+        if fd < 0:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        StagedFile(path, fd, tmp).discard()
         raise SinkError(f"cannot write {path}: {exc.strerror or exc}; free disk space or choose another --out") from None
+    return StagedFile(path, fd, tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (an unnamed or hidden temporary file, fsync, rename): a killed process
+    leaves the old file or the new one, never half of one, and (with O_TMPFILE) no temporary file."""
+    stage_bytes(path, data).commit()
+
+
+def clean_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files (:data:`TEMP_PATTERN`) a killed writer left next to ``path``; call it only while
+    holding the lock on ``path`` (no other writer can be using them). Returns what was removed."""
+    removed = []
+    for p in Path(path).parent.glob(TEMP_PATTERN.format(name=glob.escape(Path(path).name))):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -154,7 +257,8 @@ class Threshold:
 
     ``policy`` is how it was set (skipgan_edge/thresholds.py); ``expected_fpr`` (with its 95 % interval) and
     ``expected_recall`` are what that policy measured on validation (recall on labelled or synthetic anomalies,
-    ``recall_source``); ``commissioning`` is filled by ``skipgan-edge threshold`` when it was re-set on the line."""
+    ``recall_source``); ``commissioning`` is filled by ``skipgan-edge threshold`` when it was re-set on the line.
+    ``threshold_id`` names the setting of this threshold and of the normalization (:func:`threshold_id`)."""
 
     normalized: float
     method: str
@@ -167,6 +271,7 @@ class Threshold:
     recall_source: str | None = None
     n_normal: int | None = None
     commissioning: dict[str, Any] | None = None
+    threshold_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +470,23 @@ def _value(tp: Any, v: Any, key: str) -> Any:
             raise _CardFieldError(f"field '{key}' is not a string")
         return v
     return v
+
+
+def new_threshold_id(date: str, model_id: str | None, raw: float, norm: tuple[float, float], frames: int) -> str:
+    """The id of one commissioning: ``c`` + its UTC time (YYYYMMDDTHHMMSSZ) + ``-`` + 8 hex digits of the sha256 of the
+    model id and the numbers it set (raw threshold, normalization min and max, frames), e.g. ``c20261202T163512Z-3f9a0c1b``:
+    sortable by time, and two commissionings in the same second differ unless they set the same numbers."""
+    digest = hashlib.sha256(json.dumps([model_id, raw, norm[0], norm[1], frames]).encode()).hexdigest()[:8]
+    return "c" + date.replace("-", "").replace(":", "") + "-" + digest
+
+
+def threshold_id(card: ModelCard, threshold: float | None = None) -> str:
+    """Which setting the threshold and normalization in force come from: the commissioning's id
+    (:func:`new_threshold_id`), or ``trained-<model_id>`` for the threshold training set. With ``threshold``
+    (the one a record was judged by) different from the card's, ``+override`` follows: the normalization is the
+    card's, the threshold was given (``run --threshold``, a camera's setting in ``serve``)."""
+    tid = card.score.threshold.threshold_id or f"trained-{card.model_id or 'unknown'}"
+    return tid if threshold is None or threshold == card.score.threshold.normalized else f"{tid}+override"
 
 
 def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], training: Training | dict[str, Any],

@@ -237,20 +237,23 @@ def eval_cmd(
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
                                          "see the README's Runtime section).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
+    fps: Annotated[float, typer.Option(help="The line's frame rate: false alarms per hour at the model's threshold are counted at it.")] = 25.0,
 ) -> None:
-    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots
-    (with matplotlib: pip install 'skipgan-edge[plots]')."""
-    _check(threads=threads)
+    """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold (and its false alarms per hour);
+    ROC, PR and histogram plots (with matplotlib: pip install 'skipgan-edge[plots]')."""
+    _check(threads=threads, fps=fps)
     from skipgan_edge.evaluate import evaluate_cli
+    from skipgan_edge.thresholds import format_per_hour
 
-    report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads)
+    report = evaluate_cli(data, model, onnx, engine, out, device, backend, threads, fps=fps)
     if as_json:
         _echo_json(report)
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
         at = report["at_model_threshold"]
         typer.echo(f"the alarm at the model's threshold ({report['model_threshold_policy'] or report['model_threshold_method']}): "
-                   f"false alarms {at['fpr']:.3f}, recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
+                   f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps), "
+                   f"recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "
                    f"average precision {report['average_precision']:.4f}" + (f"; AUPRO {report['aupro']:.4f}" if "aupro" in report else ""))
         typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (reached {v['fpr']:.3f})"
@@ -641,7 +644,13 @@ def threshold_cmd(
     onnx: Annotated[Optional[Path], typer.Option(help="Scorer ONNX to update (its graph constants and card).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine to update (its header's card; the runtime "
                                                   "re-normalizes).")] = None,
-    fpr: Annotated[float, typer.Option(help="False-alarm rate to promise on normal frames.")] = 0.01,
+    export_dir: Annotated[Optional[Path], typer.Option(help="An export folder: update every scorer*.onnx and *.engine in it "
+                                                      "(FP32, FP16, INT8, engines) with the same numbers.")] = None,
+    fpr: Annotated[Optional[float], typer.Option(help="False-alarm rate per frame to promise on normal frames [default: 0.01].")] = None,
+    alarms_per_hour: Annotated[Optional[float], typer.Option(help="False alarms per hour to promise instead of --fpr: a per-frame "
+                                                            "rate of N / (3600 x fps).")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="The line's frame rate, for false alarms per hour (default: the video's; "
+                                                "25 for folders, which --alarms-per-hour refuses).")] = None,
     anomalous: Annotated[Optional[str], typer.Option(help="Anomalous frames, to report the new threshold's recall.")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames to collect per source (required for a camera).")] = None,
     mode: Annotated[str, typer.Option(help="Frame to input, as the line runs it: resize, crop or tiles.")] = "resize",
@@ -650,23 +659,33 @@ def threshold_cmd(
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", help="Capture frame rate (cameras).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Apply the new threshold even where it raises the false alarms on "
+                                      "the commissioning frames (without it, nothing is written then).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what the new threshold would be; change nothing.")] = False,
-    score_with: Annotated[Optional[str], typer.Option(help="Which given artifact scores the frames: engine, onnx or model "
-                                                     "(default: the first given of these, what the line runs).")] = None,
+    score_with: Annotated[Optional[str], typer.Option(help="Which given artifact scores the frames: engine, onnx, model or a "
+                                                     "file's name (default: the engine, else the FP32 ONNX, else the model).")] = None,
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining."""
+    """Commission on the line: re-set the threshold and normalization from normal frames seen at the site, no retraining.
+    Prints the false alarms (per frame and per hour) before and after on those frames; a threshold that raises them
+    is applied only with --yes."""
     _check({"fps": "--camera-fps"}, fpr=fpr, frames=frames, batch=batch, width=width, height=height, fps=camera_fps, threads=threads)
+    _check({"fps": "--fps"}, fps=fps)
     from skipgan_edge.runtime.backends import BackendOptions
-    from skipgan_edge.runtime.commission import commission, format_report
+    from skipgan_edge.runtime.commission import CommissioningRefused, commission, format_report
     from skipgan_edge.runtime.sources import SourceOptions
 
     arts = {k: Path(p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None}
-    r = commission(arts, normal, fpr=fpr, anomalous=anomalous, frames=frames, mode=mode, backend=backend, batch=batch,
-                   options=BackendOptions(device=device, threads=threads),
-                   source_opts=SourceOptions(width=width, height=height, fps=camera_fps), dry_run=dry_run, score_with=score_with)
+    try:
+        r = commission(arts, normal, fpr=fpr, anomalous=anomalous, frames=frames, mode=mode, backend=backend, batch=batch,
+                       options=BackendOptions(device=device, threads=threads),
+                       source_opts=SourceOptions(width=width, height=height, fps=camera_fps), dry_run=dry_run, score_with=score_with,
+                       alarms_per_hour=alarms_per_hour, fps=fps, export_dir=export_dir, yes=yes)
+    except CommissioningRefused as exc:  # the report on stdout, the refusal in one line on stderr
+        _echo_json(exc.report) if as_json else typer.echo(format_report(exc.report))
+        raise
     if as_json:
         _echo_json(r)
     else:

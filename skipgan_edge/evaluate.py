@@ -30,6 +30,7 @@ from skipgan_edge.metrics import (
     plots_available,
     recall_at_fpr,
 )
+from skipgan_edge.thresholds import DEFAULT_FPS, alarms_per_hour
 
 #: the false-alarm rates every accuracy report states the recall at (share of normal images flagged)
 ALARM_FPRS = (0.01, 0.05)
@@ -41,9 +42,10 @@ PLOTS_HINT = "matplotlib is not installed: pip install 'skipgan-edge[plots]' for
 
 
 def evaluate_split(
-    score_fn: ScoreFn, split: Split, card: ModelCard, out: Path | None = None, title: str = "",
+    score_fn: ScoreFn, split: Split, card: ModelCard, out: Path | None = None, title: str = "", fps: float = DEFAULT_FPS,
 ) -> dict[str, Any]:
-    """Score a labelled split and build the report; write plots and ``eval.json`` under ``out``."""
+    """Score a labelled split and build the report; write plots and ``eval.json`` under ``out``. The false alarms at the
+    model's threshold are also given per hour of a line running at ``fps`` frames a second."""
     if not split.has_anomalies or (split.labels == 0).sum() == 0:
         raise DataError("evaluation data needs both normal (test/good) and anomalous (test/<defect>) images")
     res = score_fn(split.images)
@@ -56,7 +58,8 @@ def evaluate_split(
     tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
     op_fpr, op_recall = fp / int((~y).sum()), tp / int(y.sum())
     op_precision = tp / (tp + fp) if tp + fp else None
-    at_model = {"fpr": op_fpr, "recall": op_recall, "precision": op_precision, "flagged": int(flagged.sum())}
+    at_model = {"fpr": op_fpr, "recall": op_recall, "precision": op_precision, "flagged": int(flagged.sum()),
+                "false_alarms_per_hour": alarms_per_hour(op_fpr, fps), "fps": fps}
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
         "average_precision": average_precision(split.labels, res.score),
@@ -139,7 +142,7 @@ def default_out(kind: str, path: Path) -> Path:
 
 def evaluate_cli(
     data: str, model: Path | None, onnx: Path | None, engine: Path | None, out: Path | None, device: str = "cpu",
-    backend: str = "auto", threads: int = 0,
+    backend: str = "auto", threads: int = 0, fps: float = DEFAULT_FPS,
 ) -> dict[str, Any]:
     """Evaluate exactly one of a model folder, an ONNX scorer or a TensorRT engine on ``data``'s test split.
 
@@ -166,7 +169,7 @@ def evaluate_cli(
         def score(images: np.ndarray) -> ScoreBatch:
             return score_in_chunks(lambda chunk: be.infer_all(chunk, EVAL_BATCH), images, "scoring test images", EVAL_BATCH)
 
-        report = evaluate_split(score, test, card, out, title=f"{Path(path).name} on {Path(data).name}")
+        report = evaluate_split(score, test, card, out, title=f"{Path(path).name} on {Path(data).name}", fps=fps)
         report["backend"] = be.name
         report["backend_chosen_by"] = (be.chosen_by or {}).get("rule")
         report["precision"] = be.precision

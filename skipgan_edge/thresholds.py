@@ -17,6 +17,11 @@ A threshold decides the alarm: an image is flagged when its score is *above* it.
   :data:`AUTO_UNLABELLED`, the policy that won the study in benchmarks/results/synthval_study.md.
 
 Every policy reports what it expects on validation: the FPR and, where anomalies exist, the recall.
+
+Rates are per frame; a line counts false alarms per hour: at ``fps`` frames a second a per-frame rate ``q`` is
+``q · 3600 · fps`` false alarms an hour (:func:`alarms_per_hour`), and ``N`` an hour is a per-frame rate of
+``N / (3600 · fps)`` (:func:`rate_for_alarms_per_hour`). Frames without a rate of their own (image folders) are
+counted at :data:`DEFAULT_FPS` unless ``--fps`` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,6 +37,27 @@ POLICIES = ("auto", "fpr:Q", "f1", "max-normal")
 #: what ``auto`` means without labelled validation anomalies: the winner of benchmarks/results/synthval_study.md
 AUTO_UNLABELLED = "fpr:0.05"
 CONFIDENCE = 0.95
+#: the frame rate false alarms per hour are counted at when the frames have none (image folders) and --fps is not given
+DEFAULT_FPS = 25.0
+
+
+def alarms_per_hour(rate: float, fps: float) -> float:
+    """A per-frame false-alarm rate as false alarms per hour at ``fps`` frames a second."""
+    return rate * fps * 3600.0
+
+
+def rate_for_alarms_per_hour(per_hour: float, fps: float) -> float:
+    """The per-frame false-alarm rate that gives ``per_hour`` false alarms an hour at ``fps`` frames a second."""
+    if not (per_hour > 0 and math.isfinite(per_hour)):
+        raise ConfigError(f"--alarms-per-hour must be a positive number, got {per_hour:g}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ConfigError(f"--fps must be a positive number, got {fps:g}")
+    return per_hour / (3600.0 * fps)
+
+
+def format_per_hour(per_hour: float) -> str:
+    """``2.4``, ``1500``, ``0`` false alarms an hour: three significant digits, no exponent."""
+    return "0" if per_hour == 0 else f"{per_hour:.3g}" if per_hour < 1000 else f"{per_hour:.0f}"
 
 
 @dataclass(frozen=True)

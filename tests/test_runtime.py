@@ -416,9 +416,10 @@ def test_jsonl_lines_parse_to_the_record() -> None:
 
     stages = {"capture": 0.0123456, "preprocess": 0.003, "queue_wait": 10.123456789, "infer": 2.5, "postprocess": 0.00449}
     rec = {"schema": 1, "camera": "cam0", "source": 'cam "A"\\line', "frame": 7, "file": "ünï/0001.png", "timestamp": 1795883648.9370809,
-           "time": "2026-11-28T13:14:08.937Z", "model_id": "a1526e95fa34d447", "threshold": 1.0, "score": -0.434058666229248,
-           "normalized_score": 0.2862483263015747, "anomalous": False, "bbox": None, "where": None, "event": None, "latency_ms": 18.582749000532964,
-           "stages_ms": stages}
+           "time": "2026-11-28T13:14:08.937Z", "model_id": "a1526e95fa34d447", "threshold": 1.0,
+           "threshold_id": "c20261128T090412Z-3f9a0c1b", "score": -0.434058666229248,
+           "normalized_score": 0.2862483263015747, "anomalous": False, "bbox": None, "where": None, "event": None,
+           "latency_ms": 18.582749000532964, "stages_ms": stages}
     rounded = {**rec, "stages_ms": {k: round(v, 4) for k, v in stages.items()}}
     fast = jsonl_line(rec)
     assert fast.endswith("}\n") and fast.count("\n") == 1

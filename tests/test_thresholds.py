@@ -215,3 +215,19 @@ def test_each_policy_through_the_trainer(synth_dir, tmp_path, policy: str, label
     # the threshold in raw units and normalized agree through the card's normalization
     vs = card.score.val_stats
     assert thr.raw == pytest.approx(vs.min + thr.normalized * (vs.max - vs.min))
+
+
+def test_false_alarms_per_hour_and_back() -> None:
+    from skipgan_edge.thresholds import alarms_per_hour, format_per_hour, rate_for_alarms_per_hour
+
+    # issue 23: 2 % at 25 fps is 30 a minute, 1800 an hour
+    assert alarms_per_hour(0.02, 25) == pytest.approx(1800)
+    assert rate_for_alarms_per_hour(2, 25) == pytest.approx(2 / 90000)
+    for per_hour, fps in ((1, 30), (60, 12.5), (0.5, 5)):
+        assert alarms_per_hour(rate_for_alarms_per_hour(per_hour, fps), fps) == pytest.approx(per_hour)
+    # 2 an hour at 25 fps needs (k+1)/(n+1) <= 2/90000 with k = 0: n >= 44999
+    assert min_normal_images(rate_for_alarms_per_hour(2, 25)) == 44999
+    for bad in ((0, 25), (-1, 25), (float("nan"), 25), (1, 0), (1, float("inf"))):
+        with pytest.raises(ConfigError):
+            rate_for_alarms_per_hour(*bad)
+    assert [format_per_hour(x) for x in (0, 2.44, 1500, 3750.4)] == ["0", "2.44", "1500", "3750"]

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard, atomic_write_json
+from skipgan_edge.card import ModelCard, atomic_write_json, threshold_id
 from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.events import EventTracker
@@ -343,6 +343,7 @@ class Pipeline:
         records = []
         events: list[dict[str, Any]] = []
         model_id = self.backend.card.model_id
+        tid = threshold_id(self.backend.card, self.threshold)
         k = 0
         for (f, p), res in zip(good, results, strict=True):
             # serve: the frame's camera, and that camera's threshold where its config overrides the model's
@@ -356,6 +357,7 @@ class Pipeline:
             rec: dict[str, Any] = {
                 "schema": SCHEMA_VERSION, "camera": camera, "source": f.source, "frame": f.index, "file": f.name,
                 "timestamp": f.timestamp, "time": iso_time(f.timestamp), "model_id": model_id, "threshold": thr,
+                "threshold_id": tid if thr == self.threshold else threshold_id(self.backend.card, thr),
                 "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous, "bbox": box,
                 "where": where(anomalous, box, res.get("tiles")), "event": None,
             }

@@ -28,13 +28,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from skipgan_edge.card import stage_bytes
 from skipgan_edge.data.images import opencv_path
 from skipgan_edge.errors import ConfigError, SinkError
 
 #: version of the record and summary format: skipgan_edge/schemas/record.schema.json and summary.schema.json
 SCHEMA_VERSION = 1
-FIELDS = ["schema", "camera", "source", "frame", "file", "timestamp", "time", "model_id", "threshold", "score", "normalized_score",
-          "anomalous", "bbox", "where", "event", "latency_ms"]
+FIELDS = ["schema", "camera", "source", "frame", "file", "timestamp", "time", "model_id", "threshold", "threshold_id", "score",
+          "normalized_score", "anomalous", "bbox", "where", "event", "latency_ms"]
 CSV_FIELDS = [*FIELDS, "tile"]
 #: a record's per-stage timings (``stages_ms``); ``queue_wait`` is the time a frame waited for the batcher
 STAGE_FIELDS = ("capture", "preprocess", "queue_wait", "infer", "postprocess")
@@ -51,7 +52,7 @@ _FAST_KEYS = frozenset([*FIELDS, "stages_ms"])
 _STAGE_SET = frozenset(STAGE_FIELDS)
 _FAST_LINE = (
     '{"schema": %d, "camera": %s, "source": %s, "frame": %d, "file": %s, "timestamp": %r, "time": %s, "model_id": %s, '
-    '"threshold": %r, "score": %r, "normalized_score": %r, "anomalous": %s, "bbox": %s, "where": %s, "event": %s, '
+    '"threshold": %r, "threshold_id": %s, "score": %r, "normalized_score": %r, "anomalous": %s, "bbox": %s, "where": %s, "event": %s, '
     '"latency_ms": %r, "stages_ms": {"capture": %.4f, "preprocess": %.4f, "queue_wait": %.4f, "infer": %.4f, "postprocess": %.4f}}\n'
 )
 
@@ -103,6 +104,7 @@ def jsonl_line(r: dict[str, Any]) -> str:
         return _FAST_LINE % (
             r["schema"], _string(r["camera"]), _string(r["source"]), r["frame"], "null" if f is None else _string(f),
             float(r["timestamp"]), _string(r["time"]), "null" if mid is None else _string(mid), float(r["threshold"]),
+            _string(r["threshold_id"]),
             float(r["score"]), float(r["normalized_score"]), "true" if r["anomalous"] else "false",
             "null" if box is None else _box(box), w, "null" if ev is None else f"{ev:d}", float(r["latency_ms"]),
             st["capture"], st["preprocess"], st["queue_wait"], st["infer"], st["postprocess"],
@@ -315,6 +317,11 @@ class VideoSink(Sink):
 
 
 class ImageFolderSink(Sink):
+    """An annotated PNG per frame: ``FRAME_STEM.png`` (``frame_FRAME.png`` without a file name). A file is never
+    replaced: when a restarted run meets a name an earlier run wrote, the new image is ``FRAME_STEM.1.png`` (then
+    ``.2``...). Each PNG is written under no name and linked into place complete (``card.StagedFile``), so a full disk
+    or a killed run leaves no partial PNG."""
+
     needs_image = True
 
     def __init__(self, folder: Path, vmax: float = 1.0) -> None:
@@ -335,10 +342,9 @@ class ImageFolderSink(Sink):
         if not ok:
             raise SinkError(f"{self.name} sink failed: OpenCV could not encode frame {record['frame']}")
         try:
-            with open(path, "wb") as fh:
-                fh.write(buf.tobytes())
-        except OSError as exc:
-            raise _fail(self, exc) from None
+            stage_bytes(path, buf.tobytes()).commit_new()
+        except SinkError as exc:
+            raise SinkError(f"{self.name} sink failed: {exc}") from None
 
 
 class ShowSink(Sink):
