@@ -239,15 +239,34 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
     return RepoVersion(Path(repository), name, version, new)
 
 
+#: What skipgan-edge writes into a Python-backend version folder: anything else there can be loaded as code (Triton's stub
+#: puts the version folder and the model folder on ``sys.path`` and imports ``model``, through a ``__pycache__`` bytecode
+#: file whose header matches the source without reading it, or an ``__init__.py``, a module or an extension beside it).
+VERSION_FILES = frozenset({"model.py", "model.onnx", "card.json"})
+
+
+def foreign_files(model_dir: Path, versions: list[int]) -> list[str]:
+    """The entries of a Python-backend model folder that skipgan-edge did not write (``config.pbtxt`` and the version
+    folders in it; :data:`VERSION_FILES` in each version), as ``NAME`` or ``VERSION/NAME``."""
+    out = sorted(p.name for p in model_dir.iterdir()
+                 if not (p.name == "config.pbtxt" and p.is_file() and not p.is_symlink()) and not (p.is_dir() and p.name.isdigit()))
+    for v in versions:
+        vdir = model_dir / str(v)
+        out += sorted(f"{v}/{p.name}" for p in vdir.iterdir() if p.name not in VERSION_FILES or not p.is_file())
+    return out
+
+
 def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
     """The models in a repository (name, platform, versions), for ``triton-serve``; each ``config.pbtxt`` parsed by Triton's
     own ModelConfig protobuf (tritonclient's), so a config Triton would refuse is one line here.
 
     A repository is code: Triton's Python backend runs each version's ``model.py``, and parameters such as
     ``EXECUTION_ENV_PATH`` make it unpack and run another Python environment. Unless ``trust``, a Python-backend model is
-    served only when every version's ``model.py`` is byte-identical to the one this skipgan-edge writes, no other file
-    name is configured to run, and every parameter is one of ours (``skipgan_edge.*``); otherwise one line says what
-    differs (``--trust-repository`` serves it anyway)."""
+    served only when every version's ``model.py`` is byte-identical to the one this skipgan-edge writes, nothing else is
+    in the model folder or a version folder (:func:`foreign_files`: a planted ``__pycache__/model.*.pyc`` would run
+    instead of ``model.py``), no other file name is configured to run, and every parameter is one of ours
+    (``skipgan_edge.*``); otherwise one line says what differs (``--trust-repository`` serves it anyway). The server is
+    started with Python's bytecode cache outside the repository either way (:class:`~.triton_server.TritonServer`)."""
     text_format = require("google.protobuf.text_format", "triton", "triton-serve")
     pb = require("tritonclient.grpc.model_config_pb2", "triton", "triton-serve")
     ours = model_py_source()
@@ -268,6 +287,9 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
                 why = f"parameter {bad[0]!r} is not one skipgan-edge writes"
             elif cfg.runtime or cfg.default_model_filename not in ("", "model.py"):
                 why = f"it names other code to run ({cfg.runtime or cfg.default_model_filename!r})"
+            elif foreign_files(cfg_path.parent, versions):
+                why = (f"{cfg_path.parent.name}/{foreign_files(cfg_path.parent, versions)[0]} is not a file skipgan-edge writes, and "
+                       "Triton's Python backend can load it as code (remove it)")
             else:
                 for v in versions:
                     code = cfg_path.parent / str(v) / "model.py"
