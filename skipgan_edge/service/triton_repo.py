@@ -234,6 +234,7 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
     if not plan:  # every version's: a repository written by an older release serves again after this export
         for v in sorted({*versions, version}):
             atomic_write_bytes(model_dir / str(v) / "model.py", model_py_source())
+            block_bytecode(model_dir / str(v))
     atomic_write_bytes(vdir / "card.json", (json.dumps(card.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     atomic_write_bytes(model_dir / "config.pbtxt", config_text(name, card, settings, plan).encode())
     return RepoVersion(Path(repository), name, version, new)
@@ -242,7 +243,22 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
 #: What skipgan-edge writes into a Python-backend version folder: anything else there can be loaded as code (Triton's stub
 #: puts the version folder and the model folder on ``sys.path`` and imports ``model``, through a ``__pycache__`` bytecode
 #: file whose header matches the source without reading it, or an ``__init__.py``, a module or an extension beside it).
-VERSION_FILES = frozenset({"model.py", "model.onnx", "card.json"})
+#: ``__pycache__`` is an empty regular *file* we write (:data:`NO_BYTECODE`): Python can then neither read bytecode from
+#: the folder nor write any into it (the stub's Python is isolated: PYTHONDONTWRITEBYTECODE and PYTHONPYCACHEPREFIX are
+#: ignored, and it would otherwise write its own bytecode there on the first start).
+NO_BYTECODE = "__pycache__"
+VERSION_FILES = frozenset({"model.py", "model.onnx", "card.json", NO_BYTECODE})
+
+
+def block_bytecode(vdir: Path) -> None:
+    """Make ``vdir/__pycache__`` the empty file that keeps Python from reading or writing bytecode in ``vdir`` (a
+    ``__pycache__`` folder there, Python's own from an older release's serving or a planted one, is removed)."""
+    cache = vdir / NO_BYTECODE
+    if cache.is_dir() and not cache.is_symlink():
+        shutil.rmtree(cache)
+    elif cache.is_symlink():
+        cache.unlink()
+    atomic_write_bytes(cache, b"")
 
 
 def foreign_files(model_dir: Path, versions: list[int]) -> list[str]:
@@ -280,6 +296,13 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
                               "skipgan-edge export --triton") from None
         kind = cfg.platform or cfg.backend or "other"
         versions = _versions(cfg_path.parent)
+        if kind == "python":  # trusted or not: bytecode is never what was reviewed, and Python would run it instead of model.py
+            for v in versions:
+                cache = cfg_path.parent / str(v) / NO_BYTECODE
+                if cache.exists() and not (cache.is_file() and not cache.is_symlink()):
+                    raise ConfigError(f"{where}: {cfg_path.parent.name}/{v}/{NO_BYTECODE} holds bytecode, which Python would run instead "
+                                      f"of model.py, even with --trust-repository; remove it (export --triton writes the repository "
+                                      "anew)")
         if kind == "python" and not trust:
             why = ""
             bad = sorted(k for k in cfg.parameters if not k.startswith("skipgan_edge."))

@@ -28,9 +28,11 @@ its server with it (Linux's parent-death signal), and the next ``triton-serve`` 
 and waits for (or ends) a server of a dead ``triton-serve`` still holding its ports, so an immediate restart works.
 
 **Bytecode.** The stub imports ``model`` from the version folder; Python would take a ``__pycache__/model.*.pyc`` whose
-header matches the source without reading the source. The server runs with ``PYTHONDONTWRITEBYTECODE=1`` and
-``PYTHONPYCACHEPREFIX`` in its own work folder: no bytecode is read from, or written into, the repository;
-``find_models`` also refuses any file there that skipgan-edge does not write.
+header matches the source without reading the source. The stub's Python is isolated (it ignores ``PYTHON*`` variables),
+so the repository itself blocks bytecode: each version folder holds an empty *file* named ``__pycache__``
+(:func:`~.triton_repo.block_bytecode`), and ``find_models`` refuses a ``__pycache__`` folder even in a trusted repository,
+and anything else skipgan-edge does not write in an untrusted one. The server runs in its own work folder (the stub
+puts its working directory on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -234,14 +236,12 @@ class TritonServer:
         env = os.environ.copy()
         env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH", ""), str(dist.libs)) if p)
         env["PATH"] = f"{Path(sys.exec_prefix) / 'bin'}:{env.get('PATH', '')}"
-        # no bytecode read from or written into the repository: Python would run a planted __pycache__/model.*.pyc
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["PYTHONPYCACHEPREFIX"] = str(self.workdir / "pycache")
         self.log_path = self.workdir / "tritonserver.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it for its whole life
         try:
             self.proc = subprocess.Popen(self.command(dist, self.workdir / "backends"), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                         cwd=self.workdir)
         except OSError as exc:
             raise ConfigError(f"cannot start {dist.binary}: {exc.strerror or exc}") from None
         finally:
