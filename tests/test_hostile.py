@@ -249,7 +249,7 @@ def test_mismatches_are_one_line_in_every_verb(demo_onnx: Path, tiny_model: Path
             assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, (bad, args, p.stderr)
 
 
-def test_masks_are_checked_not_guessed(tmp_path: Path) -> None:
+def test_masks_are_checked_not_guessed(tiny_model: Path, tmp_path: Path) -> None:
     import cv2
 
     from skipgan_edge.data.datasets import load_folder
@@ -294,6 +294,9 @@ def test_masks_are_checked_not_guessed(tmp_path: Path) -> None:
     rep = evaluate_split(fake_scores, test, card, None)
     assert rep["pixel_coverage"] == {"anomalous_images": 5, "with_usable_mask": 2, "missing": 1, "undecodable": 1, "misshapen": 1}
     assert "pixel_auroc" in rep
+    # and the console says so, not only eval.json
+    p = run_cli("eval", "--model", str(tiny_model), "--data", str(root), "--out", str(tmp_path / "ev"))
+    assert "pixel AUROC and AUPRO computed on 2 of 5 anomalous images' masks (missing 1, undecodable 1, misshapen 1)" in p.stderr, p.stderr
 
 
 # ------------------------------------------------------------------------------------------ issue 25, part two
