@@ -41,7 +41,10 @@ How it runs:
   adds the time); with systemd's ``Type=notify`` it reports ``READY=1`` once every model is loaded, ``STATUS=`` with
   the periodic summary, and ``WATCHDOG=1`` while the process is healthy when the unit sets ``WatchdogSec``.
 
-A bad config is one line naming the table and the key, before anything opens.
+A bad config is one line naming the table and the key, before anything opens; an error met while opening what a camera
+names is in the file's words too (``'backend'``, not ``--backend``: :func:`as_keys`). ``serve --check``
+(:func:`check_cell`) opens every model, source and output as ``serve`` would, and runs nothing. SIGTERM / SIGINT end every
+camera's waits at once (:meth:`CameraFeed.halt`), so a cell of idle cameras stops within a second.
 """
 
 from __future__ import annotations
@@ -752,11 +755,12 @@ class Cell:
         while not self.stop_event.wait(0.2):
             pass
         self.stop()
+        feeds_by = time.monotonic() + 10  # one budget for every camera, not 10 s each: systemd's TimeoutStopSec is 30
         for g in self.groups.values():
             if g.thread is not None:
                 g.thread.join(timeout=60)
             for feed in g.feeds:
-                feed.join(timeout=10)
+                feed.join(timeout=max(0.0, feeds_by - time.monotonic()))
             if g.pipeline is not None:
                 # here, on this thread: each backend makes its CUDA context current for the release and pops it again
                 pending, g.pipeline.next_backend = g.pipeline.next_backend, None  # a reload the worker never swapped in
