@@ -342,3 +342,31 @@ def test_secrets_and_control_characters_never_reach_the_terminal_as_given(demo_o
     p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(folder))
     assert not any(line.startswith("ERROR model reload refused") for line in p.stderr.splitlines()), p.stderr
     assert "x\\nERROR model reload refused" in p.stderr  # the name is there, escaped, on its own log line
+
+
+def test_a_password_refused_by_the_real_broker_is_never_printed(demo_onnx: Path, tmp_path: Path) -> None:
+    """Mosquitto with a password file refuses the run's credentials: whatever the run and serve print about it (warnings,
+    the error line, the summary) holds no password."""
+    from test_mqtt import MOSQUITTO, Broker
+
+    assert MOSQUITTO is not None, "needs Debian's mosquitto (make test installs it)"
+    b = Broker(tmp_path / "broker")
+    pw = tmp_path / "broker" / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "line", "right-one"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", f"allow_anonymous false\npassword_file {pw}"))
+    b.start()
+    try:
+        video = str(write_defect_video(tmp_path / "v.avi", 5, set(), "MJPG"))
+        url = f"mqtt://line:Wr0ngS3cret@127.0.0.1:{b.port}/x"
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", video, "--mqtt", url,
+                    "--json", check=False, timeout=120)
+        cfg = tmp_path / "cell.toml"
+        cfg.write_text(f'[serve]\nbackend = "onnxruntime"\nmqtt = "{url}"\n[[camera]]\nid = "c"\nsource = "{video}"\n'
+                       f'onnx = "{demo_onnx / "scorer.onnx"}"\n')
+        s = run_cli("serve", "--config", str(cfg), "--json", check=False, timeout=120)
+    finally:
+        b.stop()
+    for proc in (p, s):
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert "Wr0ngS3cret" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
