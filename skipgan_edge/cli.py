@@ -77,9 +77,9 @@ def _root(
     if ctx.invoked_subcommand is None:  # only options (-v): the help, as with no arguments at all
         typer.echo(ctx.get_help())
         raise typer.Exit()
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr, force=True
-    )
+    from skipgan_edge.logs import install
+
+    install(logging.DEBUG if verbose else logging.INFO)  # every line: credentials redacted, control characters escaped
     import skipgan_edge.service  # noqa: F401  (the service wing: registers --backend triton:// with the runtime)
 
 
@@ -529,10 +529,11 @@ def serve_cmd(
     config: Annotated[Optional[Path], typer.Option(help="The cell's TOML: [serve] defaults and one [[camera]] table per camera.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
     print_unit: Annotated[bool, typer.Option("--print-unit", help="Print the systemd unit for serve and exit.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Check the config and exit.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Check the config, and open every model, source and output it names "
+                                        "as serve would, without running; exit 2 with one line on the first that fails.")] = False,
 ) -> None:
     """An inspection cell in one process: many cameras, one backend per model, MQTT, metrics, model hot-reload."""
-    from skipgan_edge.service.serve import UNIT, load_cell, run_cell
+    from skipgan_edge.service.serve import UNIT, check_cell, load_cell, run_cell
 
     if print_unit:
         typer.echo(UNIT, nl=False)
@@ -543,6 +544,8 @@ def serve_cmd(
         raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and the README's On the line)")
     cell = load_cell(config)
     if check:
+        for line in check_cell(cell, config):
+            typer.echo(line)
         typer.echo(f"{config}: ok, {len(cell.cameras)} camera(s)")
         return
     s = run_cell(cell)
@@ -581,59 +584,13 @@ def triton_serve_cmd(
 ) -> None:
     """A Triton Inference Server around the scorer, from PyTriton's bundled tritonserver: dynamic batching, metrics, gRPC."""
     _check({"triton_metrics_port": "--metrics-port"}, http_port=http_port, grpc_port=grpc_port, triton_metrics_port=metrics_port)
-    import tempfile
+    from skipgan_edge.service.triton_server import triton_serve
 
-    from skipgan_edge.errors import ConfigError
-    from skipgan_edge.service.triton_repo import TritonSettings, find_models, write_repository
-    from skipgan_edge.service.triton_server import TritonServer, bundled_server
-
-    if (onnx is None) == (export_dir is None):
-        raise ConfigError("give exactly one of --onnx FILE or --export-dir DIR")
-    bundled_server()  # one line now if PyTriton is missing, before anything is written
-    tmp = None
-    if onnx is not None:
-        from skipgan_edge.runtime.backends.onnxrt import read_card
-
-        try:
-            pref = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
-        except ValueError:
-            raise ConfigError(f"--preferred-batch takes comma-separated integers, got {preferred_batch!r}") from None
-        settings = TritonSettings(max_batch=max_batch, preferred_batch=pref, max_queue_delay_us=max_queue_delay_us, instances=instances,
-                                  runtime=runtime, threads=threads, dynamic=dynamic_batching)
-        settings.check()
-        if not onnx.is_file():
-            raise ConfigError(f"ONNX file not found: {onnx}")
-        card = read_card(onnx)
-        if repository is None:
-            tmp = tempfile.TemporaryDirectory(prefix="skipgan-repo-")
-            repository = Path(tmp.name)
-        rv = write_repository(onnx, repository, card, settings, model_name)
-        repo = rv.repository
-    else:
-        assert export_dir is not None
-        repo = export_dir / "triton" if (export_dir / "triton").is_dir() else export_dir
-    models = find_models(repo, trust=trust_repository)
-    if not models:
-        raise ConfigError(f"{repo} holds no Triton model (no MODEL/config.pbtxt); write one with skipgan-edge export --triton")
-    plans = [m["name"] for m in models if m["platform"] != "python"]
-    if plans:
-        raise ConfigError(f"{repo}: model(s) {', '.join(plans)} need another Triton backend than Python (a TensorRT plan): PyTriton's "
-                          "server has only the Python backend; serve them with NVIDIA's Triton on the GPU that built them: "
-                          f"tritonserver --model-repository {repo.resolve()}")
-    try:
-        with TritonServer(repo, http_port, grpc_port, metrics_port, address) as server:
-            host = server.local_host
-            for m in server.models():
-                typer.echo(f"serving {m.get('name')} version {m.get('version')}: {m.get('state')}; stream to it with "
-                           f"--backend triton://{host}:{grpc_port}/{m.get('name')}")
-            typer.echo(f"Triton: HTTP {address}:{http_port}, gRPC {address}:{grpc_port}, metrics http://{host}:{metrics_port}/metrics "
-                       f"(repository {repo}); Ctrl-C stops it", err=True)
-            code = server.wait()
-            if code not in (0, -2, -15):
-                raise ConfigError(f"Triton exited with status {code}: {server.failure()}")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    triton_serve(onnx, export_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
+                 model_name=model_name, repository=repository, preferred_batch=preferred_batch, trust=trust_repository,
+                 settings={"max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "instances": instances,
+                           "runtime": runtime, "threads": threads, "dynamic": dynamic_batching},
+                 echo=lambda text, err: typer.echo(text, err=err))
 
 
 # ------------------------------------------------------------------------------------ threshold
@@ -814,7 +771,9 @@ def main() -> None:
     try:
         app()
     except SkipganError as exc:
-        typer.echo(f"{exc.prefix}: {exc}", err=True)
+        from skipgan_edge.logs import safe_line
+
+        typer.echo(safe_line(f"{exc.prefix}: {exc}"), err=True)
         sys.exit(exc.exit_code)
     except ModuleNotFoundError as exc:  # an optional dependency this verb needs and the install lacks
         top = (exc.name or "").split(".")[0]

@@ -349,15 +349,48 @@ def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file into nested dicts; a bad file is a one-line error."""
+#: The largest config file read: a cell of a thousand cameras is under 200 KiB; a path to /dev/zero or a video is refused.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """Read a TOML file into nested dicts; one line for every way it cannot be (missing, a folder, a device, too large,
+    unreadable, not UTF-8, not TOML), before anything else is done."""
+    import os
+    import stat
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is a folder; give the TOML file in it")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise ConfigError(f"{what} {path} is not a regular file (a device or socket); give a TOML file")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config; give the TOML file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
+    try:
+        out = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+    return out
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into nested dicts (:func:`read_toml`); a bad file is a one-line error."""
+    return read_toml(path)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:

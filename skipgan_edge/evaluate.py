@@ -9,6 +9,7 @@ computed in eval mode and do not depend on batch size or order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,13 @@ def evaluate_split(
             # computed on the images whose masks could be read (pixel_coverage says how many); withheld if none
             report["pixel_auroc"] = auroc(gt, amap.reshape(-1))
             report["aupro"] = aupro(split.masks[ok], amap)
+        cov = report["pixel_coverage"]
+        if cov["with_usable_mask"] < cov["anomalous_images"]:  # said on the console, not only in eval.json
+            issues = ", ".join(f"{k} {v}" for k, v in (split.mask_issues or {}).items() if v)
+            logging.getLogger(__name__).warning(
+                "pixel AUROC and AUPRO %s on %d of %d anomalous images' masks (%s)",
+                "computed" if "pixel_auroc" in report else "withheld: no usable mask", cov["with_usable_mask"],
+                cov["anomalous_images"], issues or "the others unusable")
     kinds: dict[str, list[int]] = {}
     for i, name in enumerate(split.names):
         parts = name.split("/")

@@ -2,8 +2,8 @@
 
 Bottom up; a module may import modules of its own layer or below, never above::
 
-    0 contract, errors, card, config,      numpy and the standard library (card: safetensors lazily)
-      thresholds
+    0 contract, errors, logs, card,        numpy and the standard library (card: safetensors lazily)
+      config, thresholds
     1 data, model, metrics                 OpenCV; torch (model only)
     2 runtime                              sources, preprocess, pipeline, sinks, backends, CUDA: no torch, matplotlib, scikit-image
     3 service                              serve, MQTT, Prometheus, Triton (repository, server, client): the runtime served to a plant
@@ -19,7 +19,7 @@ service wing above it; the wing registers its ``triton://`` backend with the run
 from __future__ import annotations
 
 LAYERS: dict[str, int] = {
-    "contract": 0, "errors": 0, "card": 0, "config": 0, "thresholds": 0, "schemas": 0, "layers": 0, "compat": 0, "__init__": 0,
+    "contract": 0, "errors": 0, "logs": 0, "card": 0, "config": 0, "thresholds": 0, "schemas": 0, "layers": 0, "compat": 0, "__init__": 0,
     "data": 1, "model": 1, "metrics": 1,
     "runtime": 2,
     "service": 3,
@@ -37,7 +37,7 @@ HEAVY = ("torch", "matplotlib", "skimage", "scipy", "safetensors", "onnx", "mode
 ALLOWED_UPWARD: dict[str, set[str]] = {
     "runtime.backends.torch": {"card", "model"},
 }
-TORCH_FREE = ("contract", "errors", "config", "card", "thresholds", "schemas", "data", "metrics", "runtime", "service", "doctor", "cli")
+TORCH_FREE = ("contract", "errors", "logs", "config", "card", "thresholds", "schemas", "data", "metrics", "runtime", "service", "doctor", "cli")
 
 
 def layer_of(module: str) -> int | None:

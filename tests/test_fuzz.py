@@ -257,3 +257,61 @@ def test_run_option_values_are_refused_by_name_or_reach_the_model(batch: int, th
         else:
             assert "absent.onnx" in lines[0], lines[0]
         assert not Path(d, "o.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ issue 25, part two
+CELL_KEYS = ("id", "source", "onnx", "model", "triton", "mode", "mqtt_topic", "jsonl", "loop", "threshold", "width", "fps")
+SERVE_KEYS = ("backend", "batch", "mode", "mqtt", "metrics_port", "metrics_addr", "reload", "summary_every_s", "queue_size")
+VALUES = st.one_of(NUMBERS, st.text(max_size=12), st.lists(st.integers(0, 3), max_size=2))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string is a JSON string for these
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return _toml(value)
+
+
+@given(serve=st.dictionaries(st.sampled_from(SERVE_KEYS), VALUES, max_size=3),
+       cams=st.lists(st.dictionaries(st.sampled_from(CELL_KEYS), VALUES, max_size=5), min_size=0, max_size=2),
+       edits=st.one_of(st.none(), corruptions()))
+@settings(max_examples=150, deadline=None, derandomize=True)
+def test_any_cell_file_is_a_cell_or_one_line(serve: dict[str, object], cams: list[dict[str, object]],
+                                             edits: list[tuple[str, int, int]] | None) -> None:
+    """Any value of any type under any key, and the bytes of the file corrupted (not UTF-8, not TOML): load_cell returns a
+    checked cell or raises one line (the file's table and key where a value is at fault), never another exception."""
+    from skipgan_edge.service.serve import load_cell
+
+    text = "[serve]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in serve.items())
+    for cam in cams:
+        text += "[[camera]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in cam.items())
+    data = text.encode()
+    if edits:
+        data = corrupt(data, edits)
+    with tempfile.TemporaryDirectory() as d:
+        cfg = Path(d) / "cell.toml"
+        cfg.write_bytes(data)
+        try:
+            cell = load_cell(cfg)
+        except BaseException as exc:  # noqa: BLE001
+            one_line(exc)
+            return
+    assert cell.cameras and all(sum(getattr(c, k) is not None for k in ("model", "onnx", "engine", "triton")) == 1 for c in cell.cameras)
+
+
+@given(user=st.text(st.characters(blacklist_characters="/@:?#", blacklist_categories=("Cc", "Zs", "Zl", "Zp")), min_size=1, max_size=8),
+       password=st.text(st.characters(blacklist_characters="/?#", blacklist_categories=("Cc", "Zs", "Zl", "Zp")), min_size=4, max_size=12),
+       around=st.text(max_size=20), scheme=st.sampled_from(["mqtt", "mqtts", "triton", "rtsp", "https"]))
+@settings(max_examples=200, deadline=None, derandomize=True)
+def test_printed_lines_hold_no_password_and_no_control_character(user: str, password: str, around: str, scheme: str) -> None:
+    """What the CLI prints (every log line and the error line go through safe_line): no URL's password, no character
+    that breaks a line or drives a terminal, whatever surrounds them."""
+    import logging
+
+    from skipgan_edge.logs import SafeFormatter, safe_line
+
+    text = f"{around} {scheme}://{user}:{password}@host:1/x {around}"
+    for line in (safe_line(text), SafeFormatter("%(message)s").format(logging.makeLogRecord({"msg": "%s", "args": (text,)}))):
+        assert f":{password}@" not in line and f"{scheme}://{user}:***@host" in line, line
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", line), repr(line)

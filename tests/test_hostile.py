@@ -249,7 +249,7 @@ def test_mismatches_are_one_line_in_every_verb(demo_onnx: Path, tiny_model: Path
             assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, (bad, args, p.stderr)
 
 
-def test_masks_are_checked_not_guessed(tmp_path: Path) -> None:
+def test_masks_are_checked_not_guessed(tiny_model: Path, tmp_path: Path) -> None:
     import cv2
 
     from skipgan_edge.data.datasets import load_folder
@@ -294,3 +294,79 @@ def test_masks_are_checked_not_guessed(tmp_path: Path) -> None:
     rep = evaluate_split(fake_scores, test, card, None)
     assert rep["pixel_coverage"] == {"anomalous_images": 5, "with_usable_mask": 2, "missing": 1, "undecodable": 1, "misshapen": 1}
     assert "pixel_auroc" in rep
+    # and the console says so, not only eval.json
+    p = run_cli("eval", "--model", str(tiny_model), "--data", str(root), "--out", str(tmp_path / "ev"))
+    assert "pixel AUROC and AUPRO computed on 2 of 5 anomalous images' masks (missing 1, undecodable 1, misshapen 1)" in p.stderr, p.stderr
+
+
+# ------------------------------------------------------------------------------------------ issue 25, part two
+def test_a_watch_state_that_cannot_grow_is_refused_before_anything_is_scored(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """A state that cannot record a scored file would have the file scored again, its record duplicated, on every rerun:
+    refused in one line before the first file is scored, run after run."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.png").write_bytes(_good_png(synth_dir))
+    state = tmp_path / "state.scored"
+    state.write_text("".join(encode_name(f"old-{i:05d}.png") + "\n" for i in range(600)))  # past the 8000-byte limit below
+    for _ in range(2):
+        p = _limited(8000, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", f"watch:{drop}",
+                     "--watch-state", str(state), "--jsonl", str(tmp_path / "r.jsonl"), "--stop-after-idle", "1", cwd=tmp_path)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "cannot write the watch state" in lines[0], p.stderr
+        assert not (tmp_path / "r.jsonl").exists() or not (tmp_path / "r.jsonl").read_text()  # nothing scored, nothing twice
+
+
+def test_a_rewritten_file_under_a_scored_name_is_scored_and_an_old_state_still_counts(tmp_path: Path) -> None:
+    st = WatchState(tmp_path / "s")
+    st.add("a.png", (10, 1000))
+    st.add("legacy.png")
+    st.close()
+    again = WatchState(tmp_path / "s")
+    assert again.scored("a.png", (10, 1000)) and not again.scored("a.png", (11, 2000))  # same name, another file
+    assert again.scored("legacy.png", (5, 5))  # recorded without its size and mtime: scored, as before
+    again.close()
+
+
+def test_secrets_and_control_characters_never_reach_the_terminal_as_given(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """A password in an MQTT or Triton URL is redacted in the error line; a file name with a newline cannot forge a log line."""
+    video = str(write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG"))
+    for args in (["--onnx", str(demo_onnx / "scorer.onnx"), "--mqtt", "mqtt://line:s3cret@127.0.0.1:99999/x"],
+                 ["--backend", "triton://u:s3cret@127.0.0.1:99999/scorer"]):
+        p = run_cli("run", *args, "--source", video, check=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "s3cret" not in p.stderr and ":***@" in lines[0], p.stderr
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(_good_png(synth_dir))
+    (folder / "x\nERROR model reload refused for line 1.png").write_bytes(b"not an image")
+    p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(folder))
+    assert not any(line.startswith("ERROR model reload refused") for line in p.stderr.splitlines()), p.stderr
+    assert "x\\nERROR model reload refused" in p.stderr  # the name is there, escaped, on its own log line
+
+
+def test_a_password_refused_by_the_real_broker_is_never_printed(demo_onnx: Path, tmp_path: Path) -> None:
+    """Mosquitto with a password file refuses the run's credentials: whatever the run and serve print about it (warnings,
+    the error line, the summary) holds no password."""
+    from test_mqtt import MOSQUITTO, Broker
+
+    assert MOSQUITTO is not None, "needs Debian's mosquitto (make test installs it)"
+    b = Broker(tmp_path / "broker")
+    pw = tmp_path / "broker" / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "line", "right-one"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    b.conf.write_text(b.conf.read_text().replace("allow_anonymous true", f"allow_anonymous false\npassword_file {pw}"))
+    b.start()
+    try:
+        video = str(write_defect_video(tmp_path / "v.avi", 5, set(), "MJPG"))
+        url = f"mqtt://line:Wr0ngS3cret@127.0.0.1:{b.port}/x"
+        p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", video, "--mqtt", url,
+                    "--json", check=False, timeout=120)
+        cfg = tmp_path / "cell.toml"
+        cfg.write_text(f'[serve]\nbackend = "onnxruntime"\nmqtt = "{url}"\n[[camera]]\nid = "c"\nsource = "{video}"\n'
+                       f'onnx = "{demo_onnx / "scorer.onnx"}"\n')
+        s = run_cli("serve", "--config", str(cfg), "--json", check=False, timeout=120)
+    finally:
+        b.stop()
+    for proc in (p, s):
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert "Wr0ngS3cret" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -242,3 +242,134 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, msg:
     p = run_cli("serve", "--config", str(tmp_path / "cell.toml"), "--check", check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and msg in lines[0], p.stderr
+
+
+# ------------------------------------------------------------------------------------- issue 25: nothing lost, nothing let in
+class _Stderr:
+    """A subprocess's stderr, read on a thread: what it printed so far, and waits for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.text = ""
+        assert proc.stderr is not None
+        self._t = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._t.start()
+
+    def _read(self, fh) -> None:  # type: ignore[no-untyped-def]
+        for line in fh:
+            self.text += line
+
+    def wait_for(self, needle: str, timeout: float = 120) -> bool:
+        return _wait(lambda: needle in self.text, timeout)
+
+
+def _cell(path: Path, cameras: list[dict[str, object]], serve: str = 'backend = "onnxruntime"\n') -> Path:
+    text = f"[serve]\n{serve}\n"
+    for cam in cameras:
+        text += "[[camera]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cam.items()) + "\n"
+    path.write_text(text)
+    return path
+
+
+def test_idle_watch_cameras_stop_well_within_systemds_timeout(demo_onnx: Path, tmp_path: Path) -> None:
+    """Four watch cameras with nothing to score, SIGTERM: the process is gone within a second or two, not 10 s per camera
+    (the unit's TimeoutStopSec is 30: systemd would have SIGKILLed every stop)."""
+    cams = []
+    for i in range(4):
+        (tmp_path / f"w{i}").mkdir()
+        cams.append({"id": f"w{i}", "source": f"watch:{tmp_path / f'w{i}'}", "onnx": str(demo_onnx / "scorer.onnx")})
+    cfg = _cell(tmp_path / "cell.toml", cams)
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _Stderr(proc)
+    try:
+        assert err.wait_for("serving 4 camera(s)"), err.text
+        time.sleep(1.0)  # every camera idle in its poll
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and took < 5, (took, err.text)
+    assert "SIGTERM received" in err.text
+
+
+def test_check_opens_what_serve_opens_and_names_the_key(demo_onnx: Path, tmp_path: Path) -> None:
+    """serve --check opens every model, source and output as serve would (running nothing), and a failure is one line
+    naming the camera's table and the TOML key, never a command-line flag."""
+    video = write_defect_video(tmp_path / "v.avi", 5, set(), "MJPG")
+    onnx = str(demo_onnx / "scorer.onnx")
+    good = {"id": "a", "source": str(video), "onnx": onnx, "jsonl": str(tmp_path / "out" / "a.jsonl")}
+    p = run_cli("serve", "--config", str(_cell(tmp_path / "ok.toml", [good])), "--check", check=False)
+    assert p.returncode == 0 and "ok, 1 camera(s)" in p.stdout and "camera a:" in p.stdout, p.stderr
+    assert not (tmp_path / "out" / "a.jsonl").exists()  # nothing ran, nothing was written
+    (tmp_path / "a-folder").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            ([{**good, "source": str(tmp_path / "missing.avi")}], "", "'source'"),
+            ([{**good, "onnx": str(tmp_path / "missing.onnx")}], "", "'onnx'"),
+            ([good], 'backend = "torch"\n', "'backend'"),
+            ([{**good, "jsonl": str(tmp_path / "a-folder")}], "", "'jsonl'"),
+            ([{**good, "source": f"watch:{tmp_path / 'no-such-folder'}"}], "", "'source'"),
+            ([good], f"metrics_port = {port}\n", "'metrics_port'"),
+        ]
+        for cams, serve, key in cases:
+            p = run_cli("serve", "--config", str(_cell(tmp_path / "bad.toml", cams, serve)), "--check", check=False)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and key in lines[0] and "bad.toml" in lines[0], (key, p.stderr)
+            assert " --" not in lines[0], lines[0]  # the file's words, not the command line's
+
+
+def test_a_config_path_that_is_not_a_toml_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "latin1.toml").write_bytes('[serve]\nmode = "r\xe9size"\n'.encode("latin-1"))
+    for path, expect in ((tmp_path, "is a folder"), (Path("/dev/zero"), "not a regular file"), (tmp_path / "latin1.toml", "not UTF-8")):
+        for verb in (["serve", "--check"], ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]):
+            p = run_cli(*verb, "--config", str(path), check=False, timeout=60)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 2 and len(lines) == 1 and expect in lines[0] and "Traceback" not in p.stderr, (verb, path, p.stderr)
+
+
+def test_serve_counts_unreadable_files_as_run_does(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 4, set(), "MJPG")
+    folder = tmp_path / "frames"
+    _frames_to_folder(video, folder, 4)
+    for i in range(3):
+        (folder / f"bad{i}.png").write_bytes(b"not a png at all" * (i + 1))
+    onnx = str(demo_onnx / "scorer.onnx")
+    ran = run_cli("run", "--onnx", onnx, "--backend", "onnxruntime", "--source", str(folder))
+    assert "unreadable 3" in ran.stdout + ran.stderr
+    served = run_cli("serve", "--config", str(_cell(tmp_path / "cell.toml", [{"id": "f", "source": str(folder), "onnx": onnx}])), "--json")
+    cam = json.loads(served.stdout)["cameras"]["f"]
+    assert cam["unreadable"] == 3 and cam["scored"] == 4, cam
+
+
+def test_a_watch_folder_deleted_and_made_again_scores_its_new_files(demo_onnx: Path, tmp_path: Path) -> None:
+    video = write_defect_video(tmp_path / "v.avi", 3, set(), "MJPG")
+    frames = tmp_path / "frames"
+    _frames_to_folder(video, frames, 3)
+    drop, out = tmp_path / "drop", tmp_path / "r.jsonl"
+    drop.mkdir()
+    shutil.copy(frames / "000.png", drop / "a.png")
+    cfg = _cell(tmp_path / "cell.toml", [{"id": "w", "source": f"watch:{drop}", "onnx": str(demo_onnx / "scorer.onnx"), "jsonl": str(out)}],
+                'backend = "onnxruntime"\nretry_max_s = 1\n')
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _Stderr(proc)
+    try:
+        assert _wait(lambda: len(_lines(out)) == 1), err.text
+        shutil.rmtree(drop)
+        drop.mkdir()
+        shutil.copy(frames / "001.png", drop / "a.png")  # the scanner numbers from the start again: an old name, a new file
+        shutil.copy(frames / "002.png", drop / "b.png")
+        assert _wait(lambda: len(_lines(out)) == 3, 60), (err.text, _lines(out))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert sorted(str(r["file"]) for r in _lines(out)) == ["a.png", "a.png", "b.png"]
+    # said, not silent: the folder's replacement (a new inode), its absence (caught by a poll), or, where the file system
+    # gave the new folder the old one's inode, the old name's new file
+    assert any(s in err.text for s in ("was replaced", "is gone", "scored as a new file")), err.text

@@ -88,7 +88,8 @@ def test_versions_platforms_and_names(demo_onnx: Path, tmp_path: Path) -> None:
     card = read_card(demo_onnx / "scorer.onnx")
     repo = tmp_path / "repo"
     v1 = write_repository(demo_onnx / "scorer.onnx", repo, card)
-    assert (v1.version, v1.new) == (1, True) and sorted(p.name for p in v1.folder.iterdir()) == ["card.json", "model.onnx", "model.py"]
+    assert (v1.version, v1.new) == (1, True) and sorted(p.name for p in v1.folder.iterdir()) == ["__pycache__", "card.json", "model.onnx",
+                                                                                                             "model.py"]
     assert write_repository(demo_onnx / "scorer.onnx", repo, card).version == 1  # same file: same version
     v2 = write_repository(demo_onnx / "scorer.int8.onnx", repo, read_card(demo_onnx / "scorer.int8.onnx"))
     assert (v2.version, v2.new) == (2, True) and (repo / "scorer" / "1" / "model.onnx").exists()  # the old version stays for a rollback
@@ -465,3 +466,104 @@ def test_many_threads_one_client(triton_server: Server) -> None:
     for t in threads:
         t.join(120)
     assert len(results) == 3 and all(np.array_equal(results[0], r) for r in results.values())
+
+
+# ------------------------------------------------------------------------------------------ issue 25, part two
+_PLANT = """
+import importlib._bootstrap_external as be, os, sys
+src, pyc, marker = sys.argv[1:4]
+st = os.stat(src)
+code = compile("open(%r, 'w').write('owned')\\n" % marker, src, "exec")
+os.makedirs(os.path.dirname(pyc), exist_ok=True)
+with open(pyc, "wb") as fh:
+    fh.write(be._code_to_timestamp_pyc(code, st.st_mtime, st.st_size))
+"""
+
+
+def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 180) -> str:
+    out = ""
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        out += line
+        if needle in line:
+            return out
+    raise AssertionError(f"no {needle!r} from triton-serve:\n{out}")
+
+
+def test_planted_bytecode_is_refused_even_when_trusted_and_the_server_writes_none(demo_onnx: Path, tmp_path: Path) -> None:
+    """Python imports a __pycache__/model.*.pyc whose header matches model.py's size and mtime without reading model.py (the
+    stub's Python is isolated: no PYTHON* variable turns that off). A planted one is refused, even with --trust-repository;
+    the repository blocks bytecode with an empty file named __pycache__, so a served repository gets none written either
+    and serves again."""
+    from skipgan_edge.service.triton_repo import find_models
+
+    card = read_card(demo_onnx / "scorer.onnx")
+    repo = write_repository(demo_onnx / "scorer.onnx", tmp_path / "repo", card).repository
+    vdir = repo / "scorer" / "1"
+    marker = tmp_path / "owned"
+    (vdir / "__pycache__").unlink()
+    pyc = vdir / "__pycache__" / "model.cpython-311.pyc"
+    subprocess.run([str(triton_cli().parent / "python"), "-c", _PLANT, str(vdir / "model.py"), str(pyc), str(marker)], check=True)
+    for trust in (False, True):
+        with pytest.raises(ConfigError, match=re.escape("scorer/1/__pycache__ holds bytecode, which Python would run instead")):
+            find_models(repo, trust=trust)
+        p = subprocess.run([str(triton_cli()), "triton-serve", "--export-dir", str(repo), *(["--trust-repository"] if trust else [])],
+                           capture_output=True, text=True, timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and "__pycache__ holds bytecode" in lines[0], p.stderr
+    (vdir / "extra.py").write_text("x = 1\n")  # anything else the stub could import, untrusted: refused
+    write_repository(demo_onnx / "scorer.onnx", repo, card)  # the export writes it anew: the bytecode folder goes
+    with pytest.raises(ConfigError, match=re.escape("scorer/1/extra.py is not a file skipgan-edge writes")):
+        find_models(repo)
+    (vdir / "extra.py").unlink()
+    before = sorted(p.name for p in vdir.rglob("*"))
+    assert before == ["__pycache__", "card.json", "model.onnx", "model.py"] and (vdir / "__pycache__").is_file()
+    http, grpc, mport = free_ports(3)
+    proc = subprocess.Popen([str(triton_cli()), "triton-serve", "--export-dir", str(repo), "--http-port", str(http), "--grpc-port", str(grpc),
+                             "--metrics-port", str(mport)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_line(proc, "READY; stream to it with")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0 and not marker.exists()
+    assert sorted(p.name for p in vdir.rglob("*")) == before  # Python wrote no bytecode into the repository
+    assert find_models(repo)[0]["versions"] == [1]  # and it serves again, unasked
+
+
+def test_a_killed_triton_serve_restarts_at_once_and_sigterm_leaves_nothing(demo_onnx: Path) -> None:
+    """SIGKILL to triton-serve alone: its server goes with it, and a new triton-serve on the same ports starts at once and
+    removes the dead one's folders; SIGTERM then stops the new one cleanly, folders and server included."""
+    import tempfile
+
+    def leftovers(pid: int) -> list[str]:
+        return [p.name for p in Path(tempfile.gettempdir()).iterdir() if re.fullmatch(rf"skipgan-(?:repo|triton)-{pid}-\w+", p.name)]
+
+    first = Server(demo_onnx / "scorer.onnx").start()
+    assert first.proc is not None
+    dead = first.proc.pid
+    assert len(leftovers(dead)) == 2  # its repository and the server's work folder
+    os.kill(dead, signal.SIGKILL)  # triton-serve only, not its process group
+    first.proc.wait(timeout=30)
+    second = Server(demo_onnx / "scorer.onnx", [first.http, first.grpc, first.metrics])
+    try:
+        second.start()
+        assert second.proc is not None
+        assert leftovers(dead) == []
+        t0 = time.monotonic()
+        os.kill(second.proc.pid, signal.SIGTERM)
+        assert second.proc.wait(timeout=60) == 0
+        assert time.monotonic() - t0 < 30 and leftovers(second.proc.pid) == []
+        for port in (first.http, first.grpc, first.metrics):  # nothing holds the ports
+            import socket
+
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+    finally:
+        second.kill()
+        first.kill()

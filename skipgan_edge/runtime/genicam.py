@@ -413,7 +413,8 @@ class GenicamSource(Source):
             if self.stop_requested:
                 return False
             log.warning("%s lost; reopening (attempt %d/%d in %.1f s)", self.what, attempt, self.opts.reconnect_attempts, delay)
-            time.sleep(delay)
+            if self.pause(delay):
+                return False
             try:
                 self._open()
             except SourceError as exc:

@@ -106,6 +106,7 @@ class Source:
         self.opts = opts
         self.unreadable = 0
         self.stop_requested = False
+        self._stopped = threading.Event()
 
     @property
     def realtime(self) -> bool:
@@ -121,7 +122,13 @@ class Source:
         """Called after the frame's result reached every sink."""
 
     def stop(self) -> None:
+        """Ask :meth:`frames` to end; any wait inside it (a poll, a reopen's backoff) ends at once."""
         self.stop_requested = True
+        self._stopped.set()
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``, cut short by :meth:`stop`; True when stopped."""
+        return self._stopped.wait(seconds) or self.stop_requested
 
     def close(self) -> None:
         pass
@@ -303,7 +310,8 @@ class LiveSource(Source):
             if self.stop_requested:
                 return False
             log.warning("%s %s lost; reopening (attempt %d/%d in %.1f s)", self.what, self.spec, attempt, self.opts.reconnect_attempts, delay)
-            time.sleep(delay)
+            if self.pause(delay):
+                return False
             cap = self._open()
             if cap is not None:
                 self.cap = cap
@@ -468,13 +476,21 @@ def encode_name(name: str) -> str:
     return json.dumps(name, ensure_ascii=True)
 
 
+#: Free space a watch state needs on its disk when opened: below it, a scored file could not be recorded and would be
+#: scored again (a duplicate record) on every restart, so the run is refused before any work instead.
+STATE_MIN_FREE = 64 * 1024
+
+
 class WatchState:
-    """The names a watch folder has scored: one JSON string per line, appended, flushed and fsynced.
+    """The files a watch folder has scored: one JSON line each, appended, flushed and fsynced: ``[name, size, mtime_ns]``
+    (a bare JSON string, or a plain line, from older versions: the name alone).
 
     Opened with ``O_NOFOLLOW`` (a symlink planted where the file should be is refused, not followed)
     and checked to be a regular file owned by this user; created 0600 in a 0700 directory. Lines that
     are not JSON are read as plain names (the format before JSON lines); a torn last line from a crash
-    is ignored, so that file is scored again rather than lost.
+    is ignored, so that file is scored again rather than lost. Opening it writes a newline (ending a torn
+    line) and checks the disk has room: a state that cannot grow is refused before anything is scored,
+    since every file scored then would be scored again, its record duplicated, on each restart.
     """
 
     def __init__(self, path: Path) -> None:
@@ -495,13 +511,14 @@ class WatchState:
             raise SourceError(f"watch state {self.path} is not a regular file owned by this user; refusing it (pass --watch-state PATH "
                               "in a directory only this service writes)")
         self.fd = fd
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             b = os.read(fd, 1 << 20)
             if not b:
                 break
             chunks.append(b)
         self.done: set[str] = set()
+        self.sigs: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) of the file scored under it, where known
         data = b"".join(chunks)
         lines = data.split(b"\n")
         if lines and lines[-1]:
@@ -509,21 +526,63 @@ class WatchState:
         for raw in lines:
             if not raw:
                 continue
-            if raw.startswith(b'"'):
+            if raw.startswith((b'"', b"[")):
                 try:
-                    self.done.add(json.loads(raw.decode("ascii")))
-                    continue
+                    item = json.loads(raw.decode("ascii"))
+                    if isinstance(item, str):
+                        self.done.add(item)
+                        self.sigs.pop(item, None)
+                        continue
+                    if (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                            and all(isinstance(v, int) and not isinstance(v, bool) for v in item[1:])):
+                        self.done.add(item[0])
+                        self.sigs[item[0]] = (item[1], item[2])
+                        continue
                 except (ValueError, UnicodeDecodeError):
                     pass
             self.done.add(raw.decode("utf-8", "surrogateescape"))
+        self._probe()
 
-    def add(self, name: str) -> None:
+    def _probe(self) -> None:
+        """Write a newline (ending a torn last line) and check the disk's free space; one line if the state cannot grow."""
         try:
-            os.write(self.fd, (encode_name(name) + "\n").encode("ascii"))
-            os.fsync(self.fd)
+            self._write(b"\n")
+            vfs = os.fstatvfs(self.fd)
+        except OSError as exc:
+            os.close(self.fd)
+            raise SourceError(f"cannot write the watch state {self.path}: {exc.strerror}; free disk space (or pass --watch-state PATH "
+                              "on another disk) before scoring: a file whose name cannot be recorded would be scored again on "
+                              "every restart") from None
+        free = vfs.f_bavail * vfs.f_frsize
+        if free < STATE_MIN_FREE:
+            os.close(self.fd)
+            raise SourceError(f"the disk holding the watch state {self.path} is full ({free} bytes free); free space (or pass "
+                              "--watch-state PATH on another disk) before scoring: a file whose name cannot be recorded would be "
+                              "scored again on every restart")
+
+    def _write(self, data: bytes) -> None:
+        while data:  # a full disk may take part of a line: the rest, or the error
+            n = os.write(self.fd, data)
+            data = data[n:]
+        os.fsync(self.fd)
+
+    def scored(self, name: str, sig: tuple[int, int] | None) -> bool:
+        """Whether the file ``name`` with this (size, mtime_ns) was scored: a name recorded without its signature (an older
+        state file) counts as scored; one recorded with another signature is a new file under an old name."""
+        if name not in self.done:
+            return False
+        known = self.sigs.get(name)
+        return known is None or sig is None or known == sig
+
+    def add(self, name: str, sig: tuple[int, int] | None = None) -> None:
+        line = encode_name(name) if sig is None else json.dumps([name, int(sig[0]), int(sig[1])], ensure_ascii=True)
+        try:
+            self._write((line + "\n").encode("ascii"))
         except OSError as exc:
             raise SourceError(f"cannot record a scored file in {self.path}: {exc.strerror}; free disk space") from None
         self.done.add(name)
+        if sig is not None:
+            self.sigs[name] = (int(sig[0]), int(sig[1]))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -576,8 +635,10 @@ class WatchFolder(Source):
                         "scored once more", legacy, default_watch_state(self.dir))
         self.state = WatchState(opts.watch_state or default_watch_state(self.dir))
         self.done = self.state.done
+        self._identity = self._folder_identity()
         self._seen: dict[str, tuple[int, int, float]] = {}
-        self._queued: set[str] = set()
+        self._queued: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) handed on, not yet acknowledged
+        self._rescored: set[str] = set()
         self._undecodable: dict[str, tuple[tuple[int, int], float]] = {}  # name -> (size/mtime when it failed, first failure)
         self._skipped_links: set[str] = set()
 
@@ -585,10 +646,33 @@ class WatchFolder(Source):
         real = os.path.realpath(path)
         return os.path.commonpath([real, self.real_dir]) == self.real_dir
 
+    def _folder_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.dir)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_folder(self) -> None:
+        """One line when the folder is gone, and one when it was replaced (deleted and made again) under the same path:
+        its files are then taken as the new files they are (a name scored before, with another size or mtime, is
+        scored again)."""
+        ident = self._folder_identity()
+        if ident is None:
+            raise SourceError(f"watch folder {self.dir} is gone (deleted or unmounted); create it again or point watch: at the "
+                              "scanner's output folder")
+        if ident != self._identity:
+            log.warning("watch folder %s was replaced (deleted and made again): its files are scored as new ones", self.dir)
+            self._identity = ident
+            self.real_dir = os.path.realpath(self.dir)
+            self._seen.clear()
+            self._undecodable.clear()
+
     def _scan(self) -> list[tuple[str, str]]:
         """(name, path to read) of the files that are complete, in arrival order."""
         ready = []
         now = time.monotonic()
+        self._check_folder()
         try:
             entries = list(os.scandir(self.dir))
         except OSError as exc:
@@ -596,7 +680,7 @@ class WatchFolder(Source):
         for e in entries:
             if e.name.startswith(".") or Path(e.name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if e.name in self.done or e.name in self._queued:
+            if e.name in self._queued or (e.name in self.done and e.name not in self.state.sigs):
                 continue
             target = e.path
             try:
@@ -615,6 +699,11 @@ class WatchFolder(Source):
             if not stat.S_ISREG(st.st_mode):
                 continue
             sig = (st.st_size, st.st_mtime_ns)
+            if self.state.scored(e.name, sig):
+                continue
+            if e.name in self.done and e.name not in self._rescored:
+                self._rescored.add(e.name)
+                log.info("%r is not the file scored under that name before (its size or mtime differs): scored as a new file", e.name)
             prev = self._seen.get(e.name)
             if prev is None or prev[:2] != sig:
                 self._seen[e.name] = (*sig, now)
@@ -648,7 +737,7 @@ class WatchFolder(Source):
                 if img is None and not data:
                     log.warning("%r is empty (0 bytes) after %.0f s; counted as unreadable", name, self.opts.watch_give_up)
                 self._undecodable.pop(name, None)
-                self._queued.add(name)
+                self._queued[name] = (int(sig[0]), int(sig[1]))
                 yield Frame(self.spec, i, time.time(), img, name=name, t_capture_ns=time.perf_counter_ns(), capture_ms=ms)
                 yielded = True
                 i += 1
@@ -656,13 +745,13 @@ class WatchFolder(Source):
                 idle_since = time.monotonic()
             elif self.opts.stop_after_idle is not None and time.monotonic() - idle_since > self.opts.stop_after_idle:
                 return
-            time.sleep(self.opts.watch_poll)
+            if self.pause(self.opts.watch_poll):
+                return
 
     def ack(self, frame: Frame) -> None:
         if frame.name is None:
             return
-        self.state.add(frame.name)
-        self._queued.discard(frame.name)
+        self.state.add(frame.name, self._queued.pop(frame.name, None))
 
     def close(self) -> None:
         self.state.close()

@@ -42,7 +42,10 @@ How it runs:
   adds the time); with systemd's ``Type=notify`` it reports ``READY=1`` once every model is loaded, ``STATUS=`` with
   the periodic summary, and ``WATCHDOG=1`` while the process is healthy when the unit sets ``WatchdogSec``.
 
-A bad config is one line naming the table and the key, before anything opens.
+A bad config is one line naming the table and the key, before anything opens; an error met while opening what a camera
+names is in the file's words too (``'backend'``, not ``--backend``: :func:`as_keys`). ``serve --check``
+(:func:`check_cell`) opens every model, source and output as ``serve`` would, and runs nothing. SIGTERM / SIGINT end every
+camera's waits at once (:meth:`CameraFeed.halt`), so a cell of idle cameras stops within a second.
 """
 
 from __future__ import annotations
@@ -63,9 +66,9 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.compat import tomllib
-from skipgan_edge.config import check_limits, typed_values
+from skipgan_edge.config import check_limits, read_toml, typed_values
 from skipgan_edge.errors import ConfigError, SkipganError
+from skipgan_edge.logs import redact
 from skipgan_edge.runtime.backends import BackendOptions, open_backend
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
@@ -183,13 +186,7 @@ def _typed(cls: type[Any], values: Any, where: str) -> Any:
 
 def load_cell(path: Path) -> CellConfig:
     """Read and check a cell config; one line naming the table and key for every mistake."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     unknown = sorted(set(data) - {"serve", "camera"})
     if unknown:
         raise ConfigError(f"{path}: unknown table '{unknown[0]}'; expected [serve] and [[camera]]")
@@ -224,6 +221,79 @@ def load_cell(path: Path) -> CellConfig:
             raise ConfigError(f"{where}: 'id' {cam.id!r} is used by another camera")
         cams.append(cam)
     return CellConfig(d, cams)
+
+
+# ------------------------------------------------------------------------------------------- key names
+_FLAG = __import__("re").compile(r"--([a-z][a-z0-9-]*)")
+_FLAG_KEYS = {"camera-id": "id", "camera-fps": "fps", "mqtt": "mqtt"}
+
+
+def as_keys(message: str) -> str:
+    """A runtime message in the cell file's words: each command-line option that is a cell key (``--backend``,
+    ``--onnx``, ``--camera-id``) is named as its key (``'backend'``, ``'onnx'``, ``'id'``)."""
+    keys = {f.name for cls in (ServeDefaults, CameraConfig) for f in dataclasses.fields(cls)}
+
+    def sub(m: Any) -> str:
+        flag = m.group(1)
+        key = _FLAG_KEYS.get(flag, flag.replace("-", "_"))
+        return f"'{key}'" if key in keys else m.group(0)
+
+    return _FLAG.sub(sub, message)
+
+
+def in_cell(where: str, exc: BaseException) -> ConfigError:
+    """``exc`` raised while opening what a cell names, as one line naming the table (``where``) in the file's words."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ConfigError(f"{where}: {as_keys(text)}")
+
+
+def _where(path: Path, i: int, cam: CameraConfig) -> str:
+    return f"{path} [[camera]] {i} ('{cam.id}')"
+
+
+def check_cell(cfg: CellConfig, path: Path) -> list[str]:
+    """``serve --check``: open every model, source and output the cell names as ``serve`` would, run nothing; the first
+    that cannot be opened is one line naming its table and key. Returns a line per model and camera that opened."""
+    from skipgan_edge.card import check_writable
+
+    d = cfg.defaults
+    report: list[str] = []
+    if d.metrics_port is not None:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in d.metrics_addr else socket.AF_INET) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((d.metrics_addr, d.metrics_port))
+        except OSError as exc:
+            raise ConfigError(f"{path} [serve]: 'metrics_port' {d.metrics_port} on {d.metrics_addr} cannot be bound: "
+                              f"{exc.strerror or exc}") from None
+    seen: dict[tuple[str, Path], str] = {}
+    for i, cam in enumerate(cfg.cameras, 1):
+        where = _where(path, i, cam)
+        kind, art = cam.artifact
+        key = (kind, art.resolve() if kind != "triton" else art)
+        if key not in seen:
+            try:
+                with open_backend(kind, art, d.backend, BackendOptions(threads=d.threads), batch=d.batch, race=False) as be:
+                    seen[key] = f"{be.name} {be.precision}, model {be.card.model_id}"
+            except (SkipganError, OSError, ValueError, RuntimeError) as exc:
+                raise in_cell(f"{where}: '{kind}'", exc) from None
+        opts = SourceOptions(width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop, replay_fps=cam.replay_fps,
+                             stop_after_idle=cam.stop_after_idle)
+        try:
+            src = open_source(cam.source, opts)
+        except (SkipganError, OSError, ValueError) as exc:
+            raise in_cell(f"{where}: 'source'", exc) from None
+        with contextlib.suppress(Exception):
+            src.close()
+        for sink_key in ("jsonl", "csv"):
+            out = getattr(cam, sink_key)
+            if out is not None:
+                try:
+                    check_writable(Path(out), f"'{sink_key}'")
+                except SkipganError as exc:
+                    raise in_cell(where, exc) from None
+        report.append(f"camera {cam.id}: {redact(cam.source)} opened; {kind} {art.name}: {seen[key]}")
+    return report
 
 
 # -------------------------------------------------------------------------------------------- the cameras
@@ -271,7 +341,7 @@ class MergedSource(Source):
         super().stop()
         self._stop.set()
         for f in self.feeds:
-            f.stop.set()
+            f.halt()
 
 
 class CameraFeed(threading.Thread):
@@ -287,8 +357,17 @@ class CameraFeed(threading.Thread):
         self.finished = threading.Event()
         self.up = False
         self.frames_in = self.dropped = self.unreadable = self.opens = self.failures = 0
+        self.undecodable = 0  # frames handed on that could not be decoded or prepared (the pipeline skips them)
         self.last_error: str | None = None
         self.src: Source | None = None
+
+    def halt(self) -> None:
+        """Stop this camera: its source's waits (a watch folder's poll, a reopen's backoff) end at once, so an idle camera
+        stops within a poll, not at its next frame."""
+        self.stop.set()
+        src = self.src
+        if src is not None:
+            src.stop()
 
     def _set_up(self, up: bool) -> None:
         if up != self.up:
@@ -308,9 +387,12 @@ class CameraFeed(threading.Thread):
                 try:
                     self.src = open_source(self.cam.source, self.opts)
                 except SkipganError as exc:
-                    self._failed(str(exc), delay)
+                    self._failed(as_keys(str(exc)), delay)
                     delay = min(delay * 2, self.retry_max_s)
                     continue
+                if self.stop.is_set():  # halted while it opened
+                    self._close_source()
+                    return
                 self.opens += 1
                 self._set_up(True)
                 if self.opens > 1:
@@ -358,7 +440,7 @@ class CameraFeed(threading.Thread):
                 src.stop()
                 return
             t0 = time.perf_counter()
-            frame.extra["prepared"] = prepare_frame(self.pre, frame.image)
+            prepared = frame.extra["prepared"] = prepare_frame(self.pre, frame.image)
             frame.extra["preprocess_ms"] = (time.perf_counter() - t0) * 1e3
             frame.extra["camera"] = self.cam.id
             frame.extra["feed"] = self
@@ -371,6 +453,8 @@ class CameraFeed(threading.Thread):
                 self.dropped += 1
                 continue
             self.frames_in += 1
+            if prepared is None:
+                self.undecodable += 1
 
 
 class RoutingSink(Sink):
@@ -505,8 +589,11 @@ class Cell:
 
     def _start_group(self, g: ModelGroup) -> None:
         d = self.cfg.defaults
-        be = open_backend(g.kind, g.path, d.backend, self._options(), batch=d.batch)
-        be.__enter__()
+        try:
+            be = open_backend(g.kind, g.path, d.backend, self._options(), batch=d.batch)
+            be.__enter__()
+        except SkipganError as exc:
+            raise in_cell(f"camera {', '.join(c.id for c in g.cameras)}: '{g.kind}' {g.path}", exc) from None
         g.signature = _signature(g.path)
         card = be.card
         merged = MergedSource(f"cell:{g.label}", d.queue_size)
@@ -627,11 +714,12 @@ class Cell:
             for feed in g.feeds:
                 cid = feed.cam.id
                 router = g.router
-                out[cid] = {"source": feed.cam.source, "model": g.label,
+                out[cid] = {"source": redact(feed.cam.source), "model": g.label,
                             "model_id": g.pipeline.backend.card.model_id if g.pipeline else None,
                             "up": feed.up, "finished": feed.finished.is_set(), "frames_in": feed.frames_in,
                             "scored": router.scored.get(cid, 0) if router else 0, "anomalies": router.anomalies.get(cid, 0) if router else 0,
-                            "dropped": feed.dropped, "unreadable": feed.unreadable + (feed.src.unreadable if feed.src and feed.up else 0),
+                            "dropped": feed.dropped,
+                            "unreadable": feed.unreadable + feed.undecodable + (feed.src.unreadable if feed.src and feed.up else 0),
                             "opens": feed.opens, "failures": feed.failures, "last_error": feed.last_error}
         return out
 
@@ -676,11 +764,12 @@ class Cell:
         while not self.stop_event.wait(0.2):
             pass
         self.stop()
+        feeds_by = time.monotonic() + 10  # one budget for every camera, not 10 s each: systemd's TimeoutStopSec is 30
         for g in self.groups.values():
             if g.thread is not None:
                 g.thread.join(timeout=60)
             for feed in g.feeds:
-                feed.join(timeout=10)
+                feed.join(timeout=max(0.0, feeds_by - time.monotonic()))
             if g.pipeline is not None:
                 # here, on this thread: each backend makes its CUDA context current for the release and pops it again
                 pending, g.pipeline.next_backend = g.pipeline.next_backend, None  # a reload the worker never swapped in

@@ -234,9 +234,42 @@ def write_repository(model_path: Path, repository: Path, card: ModelCard, settin
     if not plan:  # every version's: a repository written by an older release serves again after this export
         for v in sorted({*versions, version}):
             atomic_write_bytes(model_dir / str(v) / "model.py", model_py_source())
+            block_bytecode(model_dir / str(v))
     atomic_write_bytes(vdir / "card.json", (json.dumps(card.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     atomic_write_bytes(model_dir / "config.pbtxt", config_text(name, card, settings, plan).encode())
     return RepoVersion(Path(repository), name, version, new)
+
+
+#: What skipgan-edge writes into a Python-backend version folder: anything else there can be loaded as code (Triton's stub
+#: puts the version folder and the model folder on ``sys.path`` and imports ``model``, through a ``__pycache__`` bytecode
+#: file whose header matches the source without reading it, or an ``__init__.py``, a module or an extension beside it).
+#: ``__pycache__`` is an empty regular *file* we write (:data:`NO_BYTECODE`): Python can then neither read bytecode from
+#: the folder nor write any into it (the stub's Python is isolated: PYTHONDONTWRITEBYTECODE and PYTHONPYCACHEPREFIX are
+#: ignored, and it would otherwise write its own bytecode there on the first start).
+NO_BYTECODE = "__pycache__"
+VERSION_FILES = frozenset({"model.py", "model.onnx", "card.json", NO_BYTECODE})
+
+
+def block_bytecode(vdir: Path) -> None:
+    """Make ``vdir/__pycache__`` the empty file that keeps Python from reading or writing bytecode in ``vdir`` (a
+    ``__pycache__`` folder there, Python's own from an older release's serving or a planted one, is removed)."""
+    cache = vdir / NO_BYTECODE
+    if cache.is_dir() and not cache.is_symlink():
+        shutil.rmtree(cache)
+    elif cache.is_symlink():
+        cache.unlink()
+    atomic_write_bytes(cache, b"")
+
+
+def foreign_files(model_dir: Path, versions: list[int]) -> list[str]:
+    """The entries of a Python-backend model folder that skipgan-edge did not write (``config.pbtxt`` and the version
+    folders in it; :data:`VERSION_FILES` in each version), as ``NAME`` or ``VERSION/NAME``."""
+    out = sorted(p.name for p in model_dir.iterdir()
+                 if not (p.name == "config.pbtxt" and p.is_file() and not p.is_symlink()) and not (p.is_dir() and p.name.isdigit()))
+    for v in versions:
+        vdir = model_dir / str(v)
+        out += sorted(f"{v}/{p.name}" for p in vdir.iterdir() if p.name not in VERSION_FILES or not p.is_file())
+    return out
 
 
 def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
@@ -245,9 +278,11 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
 
     A repository is code: Triton's Python backend runs each version's ``model.py``, and parameters such as
     ``EXECUTION_ENV_PATH`` make it unpack and run another Python environment. Unless ``trust``, a Python-backend model is
-    served only when every version's ``model.py`` is byte-identical to the one this skipgan-edge writes, no other file
-    name is configured to run, and every parameter is one of ours (``skipgan_edge.*``); otherwise one line says what
-    differs (``--trust-repository`` serves it anyway)."""
+    served only when every version's ``model.py`` is byte-identical to the one this skipgan-edge writes, nothing else is
+    in the model folder or a version folder (:func:`foreign_files`: a planted ``__pycache__/model.*.pyc`` would run
+    instead of ``model.py``), no other file name is configured to run, and every parameter is one of ours
+    (``skipgan_edge.*``); otherwise one line says what differs (``--trust-repository`` serves it anyway). The server is
+    started with Python's bytecode cache outside the repository either way (:class:`~.triton_server.TritonServer`)."""
     text_format = require("google.protobuf.text_format", "triton", "triton-serve")
     pb = require("tritonclient.grpc.model_config_pb2", "triton", "triton-serve")
     ours = model_py_source()
@@ -261,6 +296,13 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
                               "skipgan-edge export --triton") from None
         kind = cfg.platform or cfg.backend or "other"
         versions = _versions(cfg_path.parent)
+        if kind == "python":  # trusted or not: bytecode is never what was reviewed, and Python would run it instead of model.py
+            for v in versions:
+                cache = cfg_path.parent / str(v) / NO_BYTECODE
+                if cache.exists() and not (cache.is_file() and not cache.is_symlink()):
+                    raise ConfigError(f"{where}: {cfg_path.parent.name}/{v}/{NO_BYTECODE} holds bytecode, which Python would run instead "
+                                      f"of model.py, even with --trust-repository; remove it (export --triton writes the repository "
+                                      "anew)")
         if kind == "python" and not trust:
             why = ""
             bad = sorted(k for k in cfg.parameters if not k.startswith("skipgan_edge."))
@@ -268,6 +310,9 @@ def find_models(repository: Path, trust: bool = False) -> list[dict[str, Any]]:
                 why = f"parameter {bad[0]!r} is not one skipgan-edge writes"
             elif cfg.runtime or cfg.default_model_filename not in ("", "model.py"):
                 why = f"it names other code to run ({cfg.runtime or cfg.default_model_filename!r})"
+            elif foreign_files(cfg_path.parent, versions):
+                why = (f"{cfg_path.parent.name}/{foreign_files(cfg_path.parent, versions)[0]} is not a file skipgan-edge writes, and "
+                       "Triton's Python backend can load it as code (remove it)")
             else:
                 for v in versions:
                     code = cfg_path.parent / str(v) / "model.py"

@@ -21,6 +21,18 @@ venv cannot have. Should the mismatch bite, this module names it in one line.
 
 Only the Python backend is bundled: a repository holding a TensorRT plan is for NVIDIA's Triton container
 (``tritonserver --model-repository REPO``) on the GPU server that built the plan.
+
+**Stopping.** SIGINT or SIGTERM stops the server and removes the temporary folders (the server's work folder, and the
+repository written for ``--onnx``), at any moment, start-up included. A ``triton-serve`` killed outright (SIGKILL) takes
+its server with it (Linux's parent-death signal), and the next ``triton-serve`` removes the folders the dead one left
+and waits for (or ends) a server of a dead ``triton-serve`` still holding its ports, so an immediate restart works.
+
+**Bytecode.** The stub imports ``model`` from the version folder; Python would take a ``__pycache__/model.*.pyc`` whose
+header matches the source without reading the source. The stub's Python is isolated (it ignores ``PYTHON*`` variables),
+so the repository itself blocks bytecode: each version folder holds an empty *file* named ``__pycache__``
+(:func:`~.triton_repo.block_bytecode`), and ``find_models`` refuses a ``__pycache__`` folder even in a trusted repository,
+and anything else skipgan-edge does not write in an untrusted one. The server runs in its own work folder (the stub
+puts its working directory on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,12 +93,88 @@ def bundled_server() -> ServerDist:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGTERM when the process that started it dies, even by SIGKILL, so a
-    killed ``triton-serve`` does not leave a server holding its ports."""
+    """In the child, before exec: Linux kills it (SIGKILL: its parent is gone, nothing is left to finish) when the process
+    that started it dies, even by SIGKILL, so a killed ``triton-serve`` does not leave a server holding its ports."""
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+TMP_PREFIXES = ("skipgan-triton-", "skipgan-repo-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def own_tmpdir(prefix: str) -> Path:
+    """A temporary folder named after this process (``PREFIX<pid>-XXXX``), so that one left by a killed process is found."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def clean_stale_tmp(base: Path | None = None) -> int:
+    """Remove the temporary folders (:data:`TMP_PREFIXES`) of dead ``triton-serve`` processes of this user; how many."""
+    base = Path(base or tempfile.gettempdir())
+    n = 0
+    with contextlib.suppress(OSError):
+        for p in base.iterdir():
+            m = re.fullmatch(r"(?:skipgan-triton-|skipgan-repo-)(\d+)-\w+", p.name)
+            if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+                continue
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if p.is_symlink() or not p.is_dir() or st.st_uid != os.geteuid():
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    return n
+
+
+def end_orphan_servers(ports: tuple[int, ...], timeout: float = 10.0) -> int:
+    """Servers started by a ``triton-serve`` that is dead (its process id is in their shared-memory prefix) and that still
+    hold one of ``ports``: ended (SIGKILL; they are this user's, and nothing waits for them), and waited for until gone."""
+    pat = re.compile(r"--backend-config=python,shm-region-prefix-name=" + SHM_PREFIX + r"(\d+)_")
+    ended: list[int] = []
+    with contextlib.suppress(OSError):
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                if d.stat().st_uid != os.geteuid():
+                    continue
+                args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            owner = next((int(m.group(1)) for a in args if (m := pat.match(a))), None)
+            if owner is None or not args[0].endswith("tritonserver") or _alive(owner):
+                continue
+            held = {int(a.split("=", 1)[1]) for a in args if a.startswith(("--http-port=", "--grpc-port=", "--metrics-port="))
+                    and a.split("=", 1)[1].isdigit()}
+            if held & set(ports):
+                with contextlib.suppress(OSError):
+                    os.kill(int(d.name), signal.SIGKILL)
+                    ended.append(int(d.name))
+    deadline = time.monotonic() + timeout
+    while ended and time.monotonic() < deadline:
+        ended = [pid for pid in ended if Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)]
+        time.sleep(0.05)
+    return len(ended)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def _first_error(log: str) -> str:
@@ -135,7 +224,9 @@ class TritonServer:
     def start(self) -> None:
         dist = bundled_server()
         clean_stale_shm(SHM_PREFIX)
-        self.workdir = Path(tempfile.mkdtemp(prefix="skipgan-triton-"))
+        clean_stale_tmp()
+        end_orphan_servers((self.http_port, self.grpc_port, self.metrics_port))
+        self.workdir = own_tmpdir("skipgan-triton-")
         py = self.workdir / "backends" / "python"
         py.mkdir(parents=True)
         for f in dist.backend_lib.iterdir():
@@ -149,7 +240,8 @@ class TritonServer:
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child writes it for its whole life
         try:
             self.proc = subprocess.Popen(self.command(dist, self.workdir / "backends"), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                         cwd=self.workdir)
         except OSError as exc:
             raise ConfigError(f"cannot start {dist.binary}: {exc.strerror or exc}") from None
         finally:
@@ -236,3 +328,92 @@ class TritonServer:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM before the server was up: unwinds start-up so that every folder is removed."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _on_signals(handler: Any) -> Any:
+    """SIGINT and SIGTERM go to ``handler`` meanwhile: :func:`_raise_stopped` while starting (the server is stopped and
+    the folders removed by the ``finally`` blocks, instead of the process ending where it stands), ``SIG_IGN`` while
+    cleaning up (a second signal does not cut the clean-up short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def triton_serve(onnx: Path | None, export_dir: Path | None, *, http_port: int, grpc_port: int, metrics_port: int,
+                 address: str, model_name: str, repository: Path | None, settings: dict[str, Any], preferred_batch: str,
+                 trust: bool, echo: Any) -> None:
+    """``skipgan-edge triton-serve``: write (``onnx``) or find (``export_dir``) a repository, check it is ours (unless
+    ``trust``), serve it until SIGINT / SIGTERM; ``echo(text, err)`` prints. Every temporary folder is removed on the way
+    out, whenever the signal comes."""
+    from skipgan_edge.service.triton_repo import TritonSettings, find_models, write_repository
+
+    if (onnx is None) == (export_dir is None):
+        raise ConfigError("give exactly one of --onnx FILE or --export-dir DIR")
+    bundled_server()  # one line now if PyTriton is missing, before anything is written
+    tmp: Path | None = None
+    try:
+        with _on_signals(_raise_stopped):
+            if onnx is not None:
+                from skipgan_edge.runtime.backends.onnxrt import read_card
+
+                try:
+                    pref = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
+                except ValueError:
+                    raise ConfigError(f"--preferred-batch takes comma-separated integers, got {preferred_batch!r}") from None
+                ts = TritonSettings(preferred_batch=pref, **settings)
+                ts.check()
+                if not onnx.is_file():
+                    raise ConfigError(f"ONNX file not found: {onnx}")
+                card = read_card(onnx)
+                if repository is None:
+                    clean_stale_tmp()
+                    tmp = repository = own_tmpdir("skipgan-repo-")
+                repo = write_repository(onnx, repository, card, ts, model_name).repository
+            else:
+                assert export_dir is not None
+                repo = export_dir / "triton" if (export_dir / "triton").is_dir() else export_dir
+            models = find_models(repo, trust=trust)
+            if not models:
+                raise ConfigError(f"{repo} holds no Triton model (no MODEL/config.pbtxt); write one with skipgan-edge export --triton")
+            plans = [m["name"] for m in models if m["platform"] != "python"]
+            if plans:
+                raise ConfigError(f"{repo}: model(s) {', '.join(plans)} need another Triton backend than Python (a TensorRT plan): "
+                                  "PyTriton's server has only the Python backend; serve them with NVIDIA's Triton on the GPU that "
+                                  f"built them: tritonserver --model-repository {repo.resolve()}")
+            server = TritonServer(repo, http_port, grpc_port, metrics_port, address)
+        try:
+            with _on_signals(_raise_stopped):
+                server.start()
+                host = server.local_host
+                for m in server.models():
+                    echo(f"serving {m.get('name')} version {m.get('version')}: {m.get('state')}; stream to it with "
+                         f"--backend triton://{host}:{grpc_port}/{m.get('name')}", False)
+                echo(f"Triton: HTTP {address}:{http_port}, gRPC {address}:{grpc_port}, metrics http://{host}:{metrics_port}/metrics "
+                     f"(repository {repo}); Ctrl-C stops it", True)
+            code = server.wait()  # SIGINT / SIGTERM now stop the server: its exit ends the wait
+            if code not in (0, -2, -9, -15):
+                raise ConfigError(f"Triton exited with status {code}: {server.failure()}")
+        finally:
+            with _on_signals(signal.SIG_IGN):
+                server.stop()
+    except _Stopped as sig:
+        echo(f"{sig} received before Triton was ready: stopped", True)
+    finally:
+        if tmp is not None:
+            with _on_signals(signal.SIG_IGN):
+                shutil.rmtree(tmp, ignore_errors=True)
