@@ -32,15 +32,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skipgan_edge import FORMAT_VERSION, __version__
 from skipgan_edge.config import RunConfig
 from skipgan_edge.contract import card_from_json, check_card
 from skipgan_edge.errors import ModelFolderError, SinkError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -398,16 +395,6 @@ def weights_with_card(path: Path, card_json: str) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
     return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
-
-
-def save_weights(path: Path, module: nn.Module) -> str:
-    """Save a module's state dict as safetensors, atomically; returns the file's sha256."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    data = save(state)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
 
 
 def load_card(folder: Path) -> ModelCard:
