@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import CLI, run_cli, write_defect_video
+from conftest import CLI, need_gpu_stack, run_cli, write_defect_video
 
 from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 from skipgan_edge.runtime.pipeline import FrameQueue, LatestSlot, Pipeline, PipelineConfig
@@ -285,11 +285,15 @@ def test_sigint_leaves_complete_jsonl(demo_onnx: Path, tmp_path: Path) -> None:
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(recs)
 
 
-def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path, triton_server: Any) -> None:
-    """Every backend on this machine, same frames, same results within each precision's tolerance.
+# largest |Δ normalized_score| per frame against the torch model, i.e. in units of the normal validation score range
+# (scores can be near 0 once standardised, so a relative error would be meaningless); INT8's real contract is the
+# AUROC gate at export
+PARITY_TOL = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.5}
 
-    Real frames (normal and defective test images): INT8 scales are calibrated on real frames, and
-    random noise far outside that range saturates them by design."""
+
+def _assert_parity(demo_model: Path, synth_dir: Path, cases: list[tuple[str, Path, str]]) -> None:
+    """Each (kind, path, backend) on real frames (normal and defective test images: INT8 scales are calibrated on real
+    frames, and random noise far outside that range saturates them by design) against the torch model folder."""
     from skipgan_edge.data.datasets import load_folder
     from skipgan_edge.metrics import spearman
     from skipgan_edge.runtime.backends import open_backend
@@ -299,26 +303,39 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
     frames = test.images[::5]
     with open_backend("model", demo_model, "torch") as ref_be:
         ref = ref_be.infer(frames)
-    # largest |Δ normalized_score| per frame, i.e. in units of the normal validation score range
-    # (scores can be near 0 once standardised, so a relative error would be meaningless);
-    # INT8's real contract is the AUROC gate at export
-    tol = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.5}
+    for kind, path, runtime in cases:
+        with open_backend(kind, path, runtime) as be:
+            got = be.infer_all(frames)
+            assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
+            assert got.score.dtype == np.float32
+            err = float(np.abs(got.normalized_score - ref.normalized_score).max())
+            assert err <= PARITY_TOL[be.precision], (path.name, be.precision, err)
+            assert spearman(got.score, ref.score) > 0.9, (path.name, runtime, spearman(got.score, ref.score))
+
+
+def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path, triton_server: Any) -> None:
+    """Every CPU backend on this machine and a real Triton server: same frames, same results within each precision's
+    tolerance (TensorRT: test_backend_parity_tensorrt)."""
     import importlib.util
 
     runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     cases = [("onnx", demo_onnx / f, r) for f in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx") for r in runtimes]
-    engine = demo_onnx / "scorer.engine"
-    if engine.exists():
-        cases.append(("engine", engine, "tensorrt"))
     cases.append(("triton", Path("-"), triton_server.url))  # a real Triton server on loopback, serving scorer.onnx
-    for kind, path, runtime in cases:
-        with open_backend(kind, path, runtime) as be:
-            got = be.infer(frames)
-            assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
-            assert got.score.dtype == np.float32
-            err = float(np.abs(got.normalized_score - ref.normalized_score).max())
-            assert err <= tol[be.precision], (path.name, be.precision, err)
-            assert spearman(got.score, ref.score) > 0.9, (path.name, runtime, spearman(got.score, ref.score))
+    _assert_parity(demo_model, synth_dir, cases)
+
+
+@pytest.mark.tensorrt
+def test_backend_parity_tensorrt(demo_model: Path, demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """The same contract for TensorRT, on engines this test builds from each precision's ONNX (``make test-gpu``)."""
+    need_gpu_stack(tensorrt=True)
+    from skipgan_edge.export.engine import BuildConfig, build_engine
+
+    cases = []
+    for name in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx"):
+        engine = tmp_path / name.replace(".onnx", ".engine")
+        build_engine(demo_onnx / name, engine, BuildConfig(batch=(1, 4, 8), check_frames=demo_onnx / "heldout.npz"))
+        cases.append(("engine", engine, "tensorrt"))
+    _assert_parity(demo_model, synth_dir, cases)
 
 
 def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_path: Path) -> None:
