@@ -286,6 +286,16 @@ class _CardFieldError(ValueError):
     pass
 
 
+#: what :func:`typed_from_dict` raises: the first missing or mistyped field, in words (``field 'profile.min' is not an integer``)
+TypedFieldError = _CardFieldError
+
+
+def typed_from_dict(cls: Any, data: Any, where: str) -> Any:
+    """A card-style dataclass (typed fields, an ``extra`` dict for unknown keys) from its JSON form, every field's type
+    checked the card's way; raises :data:`TypedFieldError` naming the first that is wrong (``where`` prefixes its path)."""
+    return _build(cls, data, where)
+
+
 def _build(cls: Any, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise _CardFieldError(f"'{path or 'card'}' is not an object")

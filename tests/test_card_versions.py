@@ -81,3 +81,28 @@ def test_random_models_get_the_trainers_card(tmp_path: Path) -> None:
     want = default_score("skipganomaly")
     assert (card.score.mode, card.score.pool, card.score.lam) == (want["mode"], want["pool"], want["lam"])
     assert card.score.term_stats is not None and card.weights == "random (benchmark only)"
+
+
+def test_engine_header_is_typed_and_round_trips(tiny_model: Path, tmp_path: Path) -> None:
+    """The header beside the card: typed fields, the typed card inside, keys a newer writer added kept, and its JSON form
+    back unchanged; a mistyped field is one line naming it."""
+    from skipgan_edge.card import load_card
+    from skipgan_edge.errors import EngineError
+    from skipgan_edge.runtime.engine_file import EngineHeader, Profile
+
+    card = load_card(tiny_model)
+    d = {"engine_format": 1, "tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "precision": "int8",
+         "profile": {"min": 1, "opt": 4, "max": 8}, "placement": {"device": "gpu"}, "network": {"typing": "strong"},
+         "input": {"isize": 32}, "model_id": card.model_id, "card": card.to_dict(), "build_command": "skipgan-edge build",
+         "check": {"ok": True}, "future_key": [1]}
+    write_engine_file(tmp_path / "e.engine", d, b"\x00engine")
+    header, blob = read_engine_file(tmp_path / "e.engine")
+    assert blob == b"\x00engine" and header.profile == Profile(1, 4, 8) and header.card == card and header.precision == "int8"
+    assert header.to_dict() == d and json.loads(json.dumps(header.to_dict())) == d and header.extra == {"future_key": [1]}
+    assert header["profile"] == {"min": 1, "opt": 4, "max": 8} and "check" in header and "plan" not in header
+    assert EngineHeader.from_dict({"tensorrt": "8.6"}, "x").to_dict() == {"tensorrt": "8.6"}  # an older, smaller header
+    for bad, msg in (({"profile": {"min": 1, "opt": 2, "max": "4"}}, "'profile' is not {min, opt, max} integers"),
+                     ({"placement": "gpu"}, "field 'placement' is not an object"), ({"engine_format": "1"}, "'engine_format' is not an integer")):
+        with pytest.raises(EngineError, match=msg) as exc:
+            EngineHeader.from_dict(bad, "e.engine")
+        assert "\n" not in str(exc.value) and "rebuild it" in str(exc.value)
