@@ -389,6 +389,16 @@ def set_onnx_metadata(model: Any, card: ModelCard, precision: str) -> None:
         p.key, p.value = key, text
 
 
+def card_from_onnx_metadata(meta: dict[str, str], where: str) -> ModelCard:
+    """The card of an exported ONNX file from its ``metadata_props`` (as a dict), with the file's precision: the one
+    reader of ONNX cards, for an ONNX Runtime session (the runtime) and an ONNX ModelProto (export) alike."""
+    from skipgan_edge.contract import CARD_KEY, PRECISION_KEY
+
+    if CARD_KEY not in meta:
+        raise ModelFolderError(f"{where} has no model card in its metadata; re-export it with skipgan-edge export")
+    return ModelCard.from_json(meta[CARD_KEY], where).replace(precision=meta.get(PRECISION_KEY, "fp32"))
+
+
 def weights_with_card(path: Path, card_json: str) -> bytes:
     """The bytes of safetensors file ``path`` with its metadata's ``card`` replaced; the tensors are untouched."""
     data = path.read_bytes()

@@ -471,13 +471,13 @@ def run_cmd(
            decode_threads=decode_threads, threads=threads, metrics_port=metrics_port, mqtt_buffer=mqtt_buffer,
            mqtt_heartbeat_s=mqtt_heartbeat, mqtt_flush_ms=mqtt_flush_ms)
     from skipgan_edge.runtime.api import SinkOptions
-    from skipgan_edge.runtime.backends import BackendOptions, artifact
+    from skipgan_edge.runtime.backends import Artifact, BackendOptions
     from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
     from skipgan_edge.runtime.sinks import check_camera_id
     from skipgan_edge.runtime.sources import SourceOptions
     from skipgan_edge.service.api import ServiceOptions, run
 
-    kind, path = artifact(model, onnx, engine, backend)
+    art = Artifact.given(model, onnx, engine, backend)
     check_camera_id(camera_id)
     mqtt_opts = None
     if mqtt is not None:
@@ -487,7 +487,7 @@ def run_cmd(
         mqtt_opts = MqttOptions(mqtt, camera=camera_id, ca=mqtt_ca, anomalies_only=mqtt_anomalies_only, buffer=mqtt_buffer,
                                 heartbeat_s=mqtt_heartbeat, flush_ms=mqtt_flush_ms)
     s = run(
-        kind, path, source, backend=backend,
+        art, source, backend=backend,
         pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames,
                                 camera=camera_id),
         sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
@@ -574,7 +574,7 @@ def triton_serve_cmd(
     bundled_server()  # one line now if PyTriton is missing, before anything is written
     tmp = None
     if onnx is not None:
-        from skipgan_edge.runtime.backends.onnxrt import read_card
+        from skipgan_edge.runtime.artifact import Artifact
 
         try:
             pref = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
@@ -585,7 +585,7 @@ def triton_serve_cmd(
         settings.check()
         if not onnx.is_file():
             raise ConfigError(f"ONNX file not found: {onnx}")
-        card = read_card(onnx)
+        card = Artifact("onnx", onnx).read_card()
         if repository is None:
             tmp = tempfile.TemporaryDirectory(prefix="skipgan-repo-")
             repository = Path(tmp.name)
@@ -690,12 +690,12 @@ def bench(
             arts.append((kind, p))
     if export_dir is not None:
         arts += discover(export_dir)
-    from skipgan_edge.runtime.backends import artifact, is_remote
+    from skipgan_edge.runtime.backends import Artifact, is_remote
 
     if is_remote(backend):  # a Triton server: its model, timed from this client (network and server queue included)
         if arts:
             raise ConfigError("--backend triton://... times the server's model: give no --onnx, --engine, --model or --export-dir with it")
-        arts = [artifact(None, None, None, backend)]
+        arts = [Artifact.given(None, None, None, backend).pair]
     if not arts:
         raise ConfigError("give --onnx, --engine, --model or --export-dir (or --backend triton://HOST:PORT/MODEL)")
     try:

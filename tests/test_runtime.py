@@ -478,3 +478,39 @@ def test_heatmap_overlay_shows_the_defect(demo_model: Path, demo_onnx: Path, tmp
     flagged = {int(p.stem.split("_")[-1]) for p in (tmp_path / "imgs").glob("*.png")
                if (cv2.imread(str(p))[:40, :, 2].astype(int) - cv2.imread(str(p))[:40, :, 1] > 100).any()}  # red verdict text
     assert all(outlined[i] == 0 for i in outlined if i not in flagged), (sorted(outlined.items()), sorted(flagged))
+
+
+def test_one_artifact_type_tells_kinds_apart_and_reads_every_card(demo_model: Path, demo_onnx: Path, tmp_path: Path) -> None:
+    """Artifact: what kind and where, and the one reader of its card, for a model folder, an ONNX file, an engine (its
+    typed header's card), a plan (the header beside it) and a Triton URL (a URL, never a path)."""
+    from skipgan_edge.card import load_card
+    from skipgan_edge.errors import ConfigError, EngineError
+    from skipgan_edge.runtime.artifact import Artifact
+    from skipgan_edge.runtime.engine_file import write_engine_file
+
+    card = load_card(demo_model)
+    write_engine_file(tmp_path / "s.engine", {"tensorrt": "10.3.0", "precision": "fp32", "card": card.to_dict()}, b"\x00")
+    (tmp_path / "s.plan").write_bytes(b"\x00")
+    (tmp_path / "s.plan.json").write_text(json.dumps({"tensorrt": "10.3.0", "card": card.to_dict()}))
+    (tmp_path / "renamed.bin").write_bytes((tmp_path / "s.engine").read_bytes())
+    want = {demo_model: "model", demo_onnx / "scorer.onnx": "onnx", tmp_path / "s.engine": "engine", tmp_path / "s.plan": "plan",
+            tmp_path / "renamed.bin": "engine"}
+    for where, kind in want.items():
+        art = Artifact.at(where)
+        assert (art.kind, art.path, art.url) == (kind, where, None)
+        assert art.read_card().model_id == card.model_id, where
+    assert Artifact.at(demo_onnx / "scorer.int8.onnx").read_card().precision == "int8"
+    url = Artifact.at("triton://127.0.0.1:8001/scorer")
+    assert (url.kind, url.path, url.url, url.where) == ("triton", None, "triton://127.0.0.1:8001/scorer", "triton://127.0.0.1:8001/scorer")
+    assert Artifact.given(None, demo_onnx / "scorer.onnx", None) == Artifact("onnx", demo_onnx / "scorer.onnx")
+    with pytest.raises(ConfigError, match="give exactly one of --model"):
+        Artifact.given(demo_model, demo_onnx / "scorer.onnx", None)
+    with pytest.raises(ConfigError, match="not a model folder, .onnx, .engine or .plan"):
+        Artifact.at(tmp_path / "s.plan.json")
+    with pytest.raises(ValueError, match="a triton artifact has a url"):
+        Artifact("triton", Path("127.0.0.1:8001/scorer"))
+    (tmp_path / "s.plan.json").write_text("{")
+    with pytest.raises(EngineError, match="no readable header beside it"):
+        Artifact.at(tmp_path / "s.plan").read_card()
+    with Artifact.at(demo_onnx / "scorer.onnx").open("onnxruntime") as be:
+        assert be.card.model_id == card.model_id

@@ -184,9 +184,9 @@ def export_all(
         plan_of = next((p for p in ("int8", "fp16", "fp32") if p in plans), None)  # the lowest gated precision with a plan
         served = Path(plans[plan_of]) if plan_of else files["fp32"]
         settings = triton_settings or TritonSettings.for_profile(batch)
-        from skipgan_edge.runtime.backends.onnxrt import read_card
+        from skipgan_edge.runtime.artifact import Artifact
 
-        served_card = read_card(files[plan_of or "fp32"])  # the served variant's own card (its precision and export records)
+        served_card = Artifact("onnx", files[plan_of or "fp32"]).read_card()  # the served variant's own card (its precision and export records)
         rv = write_repository(served, out_dir / "triton", served_card, settings, triton_name)
         report["triton"] = {"repository": str(rv.repository), "model": rv.model, "version": rv.version, "new_version": rv.new,
                             "served": str(served), "platform": "tensorrt_plan" if served.suffix == ".plan" else "python"}

@@ -215,9 +215,9 @@ def refuse_version(version: Version) -> None:
 
 
 def onnx_precision(onnx_path: Path) -> tuple[str, ModelCard]:
-    from skipgan_edge.runtime.backends.onnxrt import read_card
+    from skipgan_edge.runtime.artifact import Artifact
 
-    card = read_card(onnx_path)
+    card = Artifact("onnx", Path(onnx_path)).read_card()
     return card.precision, card
 
 

@@ -49,13 +49,12 @@ from skipgan_edge.card import (
     Threshold,
     ValStats,
     atomic_write_bytes,
-    load_card,
     set_onnx_metadata,
     weights_with_card,
 )
 from skipgan_edge.contract import PRECISION_KEY
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
-from skipgan_edge.runtime.backends import BackendOptions, open_backend
+from skipgan_edge.runtime.backends import Artifact, BackendOptions, open_backend
 from skipgan_edge.runtime.engine_file import MAGIC, read_engine_file
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import Sink
@@ -214,17 +213,9 @@ def commission(
     # every file is prepared and checked before the first one changes; each write is atomic
     pending: list[tuple[Path, bytes]] = []
     for what, path in artifacts.items():
-        if what == "model":
-            base = load_card(path)
-        elif what == "onnx":
-            from skipgan_edge.runtime.backends.onnxrt import read_card
-
-            base = read_card(path)
-        else:
+        base = Artifact(what, path).read_card()
+        if what == "engine":
             meta, blob = read_engine_file(path)
-            if "card" not in meta:
-                raise ModelFolderError(f"{path} has no model card in its header; rebuild it with skipgan-edge build")
-            base = ModelCard.from_dict(meta["card"], str(path))
         if base.model_id is not None and card.model_id is not None and base.model_id != card.model_id:
             raise ConfigError(f"--{what} {path} is model {base.model_id}, but the frames were scored with model {card.model_id}; "
                               "give the artifacts of one trained model")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from skipgan_edge.runtime import api as runtime_api
+from skipgan_edge.runtime.artifact import Artifact
 from skipgan_edge.runtime.sinks import Sink
 from skipgan_edge.service.mqtt import MqttOptions
 
@@ -47,6 +47,6 @@ def service_sinks(service: ServiceOptions) -> list[Callable[[], Sink]]:
     return makers
 
 
-def run(kind: str, path: Path, source: str, *, service: ServiceOptions = ServiceOptions(), **kw: Any) -> dict[str, Any]:
+def run(art: Artifact, source: str, *, service: ServiceOptions = ServiceOptions(), **kw: Any) -> dict[str, Any]:
     """:func:`skipgan_edge.runtime.api.run` (its keyword arguments) with the sinks of ``service`` added."""
-    return runtime_api.run(kind, path, source, extra_sinks=service_sinks(service), **kw)
+    return runtime_api.run(art, source, extra_sinks=service_sinks(service), **kw)

@@ -106,11 +106,11 @@ class OpenVinoBackend(Backend):
             import openvino as ov
         except ImportError:
             raise MissingDependencyError("--backend openvino needs OpenVINO: pip install 'skipgan-edge[openvino]'") from None
-        from skipgan_edge.runtime.backends.onnxrt import read_card
+        from skipgan_edge.runtime.artifact import Artifact
 
         if not self.path.exists():
             raise ModelFolderError(f"ONNX file not found: {self.path}")
-        self.card = read_card(self.path)
+        self.card = Artifact("onnx", self.path).read_card()
         self.precision = self.card.precision
         self._core = ov.Core()
         self.inference_precision = inference_precision(self.card.export, self.precision, self.precision_hint)
