@@ -514,3 +514,27 @@ def test_one_artifact_type_tells_kinds_apart_and_reads_every_card(demo_model: Pa
         Artifact.at(tmp_path / "s.plan").read_card()
     with Artifact.at(demo_onnx / "scorer.onnx").open("onnxruntime") as be:
         assert be.card.model_id == card.model_id
+
+
+def test_run_options_are_grouped_into_the_library_calls_objects(demo_onnx: Path) -> None:
+    """cli.run_cmd only parses: every one of its options belongs to one of run's option objects (RunRequest.from_flags),
+    and lands in the field it names."""
+    import inspect
+
+    from skipgan_edge.cli import run_cmd
+    from skipgan_edge.service.api import RUN_GROUPS, RunRequest
+
+    params = inspect.signature(run_cmd).parameters
+    grouped = {n.split("=")[-1] for names in RUN_GROUPS.values() for n in names}
+    assert set(params) == grouped | {"source", "model", "onnx", "engine", "backend", "as_json"}, set(params) ^ grouped
+    flags = {name: p.default for name, p in params.items() if name != "as_json"}
+    flags.update(source="v.mp4", onnx=demo_onnx / "scorer.onnx", batch=4, camera_id="line2", mqtt="mqtt://127.0.0.1:1883/plant",
+                 mqtt_heartbeat=3.0, pad_batch=False, watch_state=Path("w.state"), metrics_port=9109)
+    req = RunRequest.from_flags(flags)
+    assert (req.artifact.kind, req.artifact.path, req.source) == ("onnx", demo_onnx / "scorer.onnx", "v.mp4")
+    assert req.pipeline.batch == 4 and req.pipeline.camera == "line2" and req.options.pad_to_profile is False
+    assert req.source_opts.watch_state == Path("w.state") and req.service.metrics_port == 9109 and req.service.camera == "line2"
+    assert req.service.mqtt is not None and req.service.mqtt.heartbeat_s == 3.0 and req.service.mqtt.camera == "line2"
+    with pytest.raises(Exception, match="--mqtt-heartbeat") as exc:
+        RunRequest.from_flags({**flags, "mqtt_heartbeat": -1.0})
+    assert "\n" not in str(exc.value)
