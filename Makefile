@@ -107,7 +107,8 @@ test: $(STAMP) $(LEAN_VENV)/.installed debs $(TRITON_VENV)/.installed $(JP6_VENV
 
 # On a Jetson or GPU workstation with TensorRT and cuda-python installed in .venv. Never passes empty:
 # a missing GPU, cuda-python or TensorRT is one line and a non-zero exit, and under SKIPGAN_REQUIRE_GPU=1
-# the tests' skips become failures.
+# the tests' skips become failures. It selects the tensorrt- and cuda-marked tests of every file (the backend parity
+# test's TensorRT case in test_runtime.py builds its own engines); tests/test_gpu_target.py checks that selection.
 test-gpu: $(STAMP)
 	$(VENV)/bin/skipgan-edge doctor --require-gpu
 	SKIPGAN_REQUIRE_GPU=1 $(VENV)/bin/python -m pytest -q -m "tensorrt or cuda" -o addopts="-ra" $(PYTEST_ARGS)

@@ -32,17 +32,15 @@ import tempfile
 import time
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skipgan_edge import FORMAT_VERSION, __version__
 from skipgan_edge.config import RunConfig
 from skipgan_edge.contract import card_from_json, check_card
 from skipgan_edge.errors import ModelFolderError, SinkError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -347,6 +345,84 @@ class Training:
         return out
 
 
+class _Section(Mapping[str, Any]):
+    """A card section typed field by field (every field optional: None is "not written"), keys a writer added beyond
+    them kept in ``extra``, and the file's key order kept in ``order``, so the JSON form round-trips byte for byte. It
+    reads like the dict it was before it was typed: ``section["key"]``, ``.get``, ``.items()``, ``{**section}`` give
+    the JSON form."""
+
+    extra: dict[str, Any]
+    order: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        typed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "order")}  # type: ignore[arg-type]
+        out: dict[str, Any] = {}
+        for k in self.order:
+            if k in typed:
+                out[k] = typed[k]
+            elif k in self.extra:
+                out[k] = self.extra[k]
+        out.update({k: v for k, v in typed.items() if v is not None and k not in out})
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> Any:
+        try:
+            return _build(cls, data, where)
+        except _CardFieldError as exc:
+            raise ModelFolderError(f"the model card's {exc}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+@dataclass(frozen=True, eq=True)
+class DataInfo(_Section):
+    """What the model was trained on: the data set's name or folder, its fingerprint, the split sizes."""
+
+    source: str | None = None
+    fingerprint: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    val_has_anomalies: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, eq=True)
+class Metrics(_Section):
+    """The chosen epoch's validation numbers (the AUROCs where validation has anomalies, real or synthetic)."""
+
+    val_loss: float | None = None
+    val_auroc: float | None = None
+    val_synth_auroc: float | None = None
+    val_synth_pixel_auroc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, eq=True)
+class ExportInfo(_Section):
+    """What export added to this precision variant's card: its precision, how it was made, and (FP16) whether the CPU's
+    bf16 passed the gate (``cpu_bf16``); a variant's own records (calibration frames, FP32 layers) in ``extra``."""
+
+    precision: str | None = None
+    method: str | None = None
+    cpu_bf16: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+
+_SECTIONS: dict[str, type[_Section]] = {"data": DataInfo, "metrics": Metrics, "export": ExportInfo}
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything a score can be traced to. ``model_id`` is set by the readers (sha256 of the weights file);
@@ -357,9 +433,9 @@ class ModelCard:
     config: RunConfig
     input: InputSpec
     score: ScoreSpec
-    data: dict[str, Any]
+    data: DataInfo
     training: Training
-    metrics: dict[str, Any]
+    metrics: Metrics
     package: str = "skipgan-edge"
     package_version: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -367,8 +443,14 @@ class ModelCard:
     weights: str | None = None
     model_id: str | None = None
     precision: str = "fp32"
-    export: dict[str, Any] = field(default_factory=dict)
+    export: ExportInfo = field(default_factory=ExportInfo)
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer of the same format added: kept, not read
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():  # a section given as its JSON form (card.replace(export={...})) is typed here
+            v = getattr(self, name)
+            if not isinstance(v, cls):
+                object.__setattr__(self, name, cls.from_dict(dict(v), name))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (``model.json``, ONNX metadata, engine headers); ``from_dict(to_dict())`` is the identity."""
@@ -379,7 +461,7 @@ class ModelCard:
             v = getattr(self, f.name)
             if f.name in ("weights", "model_id") and v is None:
                 continue
-            if isinstance(v, (RunConfig, Training)):
+            if isinstance(v, (RunConfig, Training, _Section)):
                 v = v.to_dict()
             elif dataclasses.is_dataclass(v) and not isinstance(v, type):
                 v = dataclasses.asdict(v)
@@ -410,6 +492,16 @@ class _CardFieldError(ValueError):
     pass
 
 
+#: what :func:`typed_from_dict` raises: the first missing or mistyped field, in words (``field 'profile.min' is not an integer``)
+TypedFieldError = _CardFieldError
+
+
+def typed_from_dict(cls: Any, data: Any, where: str) -> Any:
+    """A card-style dataclass (typed fields, an ``extra`` dict for unknown keys) from its JSON form, every field's type
+    checked the card's way; raises :data:`TypedFieldError` naming the first that is wrong (``where`` prefixes its path)."""
+    return _build(cls, data, where)
+
+
 def _build(cls: Any, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise _CardFieldError(f"'{path or 'card'}' is not an object")
@@ -427,7 +519,7 @@ def _build(cls: Any, data: Any, path: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         key = f"{path}.{f.name}" if path else f.name
-        if f.name == "extra":
+        if f.name in ("extra", "order"):
             continue
         if f.name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -436,6 +528,8 @@ def _build(cls: Any, data: Any, path: str) -> Any:
         kwargs[f.name] = _value(hints[f.name], data[f.name], key)
     if "extra" in names:
         kwargs["extra"] = {k: v for k, v in data.items() if k not in names}
+    if "order" in names:
+        kwargs["order"] = tuple(data)
     return cls(**kwargs)
 
 
@@ -461,6 +555,10 @@ def _value(tp: Any, v: Any, key: str) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _CardFieldError(f"field '{key}' is not a number")
         return float(v)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise _CardFieldError(f"field '{key}' is not true or false")
+        return v
     if tp is int:
         if isinstance(v, bool) or not isinstance(v, int):
             raise _CardFieldError(f"field '{key}' is not an integer")
@@ -489,8 +587,8 @@ def threshold_id(card: ModelCard, threshold: float | None = None) -> str:
     return tid if threshold is None or threshold == card.score.threshold.normalized else f"{tid}+override"
 
 
-def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], training: Training | dict[str, Any],
-               metrics: dict[str, Any] | None = None, weights: str | None = None, versions: dict[str, str] | None = None) -> ModelCard:
+def build_card(cfg: RunConfig, *, score: ScoreSpec, data: DataInfo | dict[str, Any], training: Training | dict[str, Any],
+               metrics: Metrics | dict[str, Any] | None = None, weights: str | None = None, versions: dict[str, str] | None = None) -> ModelCard:
     """The one card builder, for trained models and random benchmark models alike: the input spec and the score
     head's formulation come from ``cfg`` (validated, so ``mode``, ``pool`` and ``lam`` are always set)."""
     mc = cfg.model
@@ -501,7 +599,8 @@ def build_card(cfg: RunConfig, *, score: ScoreSpec, data: dict[str, Any], traini
     return ModelCard(
         format_version=FORMAT_VERSION, arch=mc.arch, config=cfg,
         input=InputSpec(isize=mc.isize, channels=mc.channels, channel_order="BGR" if mc.channels == 3 else "GRAY"),
-        score=score, data=data, training=training, metrics=metrics or {}, package_version=__version__,
+        score=score, data=data if isinstance(data, DataInfo) else DataInfo.from_dict(data, "data"), training=training,
+        metrics=metrics if isinstance(metrics, Metrics) else Metrics.from_dict(metrics or {}, "metrics"), package_version=__version__,
         versions={"python": platform.python_version(), **(versions or {})}, weights=weights,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
@@ -520,6 +619,16 @@ def set_onnx_metadata(model: Any, card: ModelCard, precision: str) -> None:
         p.key, p.value = key, text
 
 
+def card_from_onnx_metadata(meta: dict[str, str], where: str) -> ModelCard:
+    """The card of an exported ONNX file from its ``metadata_props`` (as a dict), with the file's precision: the one
+    reader of ONNX cards, for an ONNX Runtime session (the runtime) and an ONNX ModelProto (export) alike."""
+    from skipgan_edge.contract import CARD_KEY, PRECISION_KEY
+
+    if CARD_KEY not in meta:
+        raise ModelFolderError(f"{where} has no model card in its metadata; re-export it with skipgan-edge export")
+    return ModelCard.from_json(meta[CARD_KEY], where).replace(precision=meta.get(PRECISION_KEY, "fp32"))
+
+
 def weights_with_card(path: Path, card_json: str) -> bytes:
     """The bytes of safetensors file ``path`` with its metadata's ``card`` replaced; the tensors are untouched."""
     data = path.read_bytes()
@@ -536,16 +645,6 @@ def weights_with_card(path: Path, card_json: str) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
     return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
-
-
-def save_weights(path: Path, module: nn.Module) -> str:
-    """Save a module's state dict as safetensors, atomically; returns the file's sha256."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    data = save(state)
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
 
 
 def load_card(folder: Path) -> ModelCard:

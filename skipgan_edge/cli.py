@@ -484,38 +484,12 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Stream frames through the scorer: scores, heatmaps, and a latency summary."""
-    _check(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, overlap=overlap, max_frames=max_frames, replay_fps=replay_fps,
-           debounce=debounce, fps=fps, width=width, height=height, stop_after_idle=stop_after_idle, reconnect_attempts=reconnect_attempts,
-           decode_threads=decode_threads, threads=threads, metrics_port=metrics_port, mqtt_buffer=mqtt_buffer,
-           mqtt_heartbeat_s=mqtt_heartbeat, mqtt_flush_ms=mqtt_flush_ms)
-    from skipgan_edge.runtime.api import SinkOptions
-    from skipgan_edge.runtime.backends import BackendOptions, artifact
-    from skipgan_edge.runtime.pipeline import PipelineConfig, format_summary
-    from skipgan_edge.runtime.sinks import check_camera_id
-    from skipgan_edge.runtime.sources import SourceOptions
-    from skipgan_edge.service.api import ServiceOptions, run
+    flags = dict(locals())  # the parsed options, by name: grouped into the library call's option objects by RunRequest
+    del flags["as_json"]
+    from skipgan_edge.runtime.pipeline import format_summary
+    from skipgan_edge.service.api import RunRequest
 
-    kind, path = artifact(model, onnx, engine, backend)
-    check_camera_id(camera_id)
-    mqtt_opts = None
-    if mqtt is not None:
-        from skipgan_edge.service.mqtt import MqttOptions, parse_url
-
-        parse_url(mqtt)  # one line before the model loads
-        mqtt_opts = MqttOptions(mqtt, camera=camera_id, ca=mqtt_ca, anomalies_only=mqtt_anomalies_only, buffer=mqtt_buffer,
-                                heartbeat_s=mqtt_heartbeat, flush_ms=mqtt_flush_ms)
-    s = run(
-        kind, path, source, backend=backend,
-        pipeline=PipelineConfig(batch=batch, max_wait_ms=max_wait_ms, threshold=threshold, mode=mode, overlap=overlap, max_frames=max_frames,
-                                camera=camera_id, debounce=debounce),
-        sinks=SinkOptions(jsonl, csv, save_video, save_images, show, summary),
-        service=ServiceOptions(mqtt_opts, metrics_port, metrics_addr, camera_id),
-        source_opts=SourceOptions(width=width, height=height, fps=fps, loop=loop, replay_fps=replay_fps, stop_after_idle=stop_after_idle,
-                                  watch_state=watch_state, watch_follow_symlinks=watch_follow_symlinks,
-                                  reconnect_attempts=reconnect_attempts,
-                                  decode_threads=decode_threads),
-        options=BackendOptions(device=device, threads=threads, cuda_api=cuda_api, cuda_graphs=cuda_graphs, pad_to_profile=pad_batch),
-    )
+    s = RunRequest.from_flags(flags).run()
     to_stderr = jsonl is not None and str(jsonl) == "-"  # standard output carries the records
     if as_json:
         typer.echo(json.dumps(s, indent=2, default=str), err=to_stderr)
@@ -681,12 +655,12 @@ def bench(
             arts.append((kind, p))
     if export_dir is not None:
         arts += discover(export_dir)
-    from skipgan_edge.runtime.backends import artifact, is_remote
+    from skipgan_edge.runtime.backends import Artifact, is_remote
 
     if is_remote(backend):  # a Triton server: its model, timed from this client (network and server queue included)
         if arts:
             raise ConfigError("--backend triton://... times the server's model: give no --onnx, --engine, --model or --export-dir with it")
-        arts = [artifact(None, None, None, backend)]
+        arts = [Artifact.given(None, None, None, backend).pair]
     if not arts:
         raise ConfigError("give --onnx, --engine, --model or --export-dir (or --backend triton://HOST:PORT/MODEL)")
     try:

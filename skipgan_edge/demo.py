@@ -113,6 +113,7 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
     result["export"] = export
     video = write_demo_video(out / "line.mp4")
     from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.artifact import Artifact
 
     typer.echo(f"[5/6] streaming {video} (defects at frames {list(DEFECT_FRAMES)}):")
     truth = set(DEFECT_FRAMES)
@@ -123,7 +124,7 @@ def run_demo(out: Path, epochs: int = 12, fast: bool = False) -> dict[str, Any]:
         jsonl = out / f"scores_{path.stem.replace('.', '_')}.jsonl"
         jsonl.unlink(missing_ok=True)
         # ONNX Runtime, the runtime every machine has (`run --backend auto` may pick OpenVINO)
-        summary = run("onnx", path, str(video), backend="onnxruntime",
+        summary = run(Artifact("onnx", path), str(video), backend="onnxruntime",
                       sinks=SinkOptions(jsonl=jsonl, save_video=out / f"annotated_{path.stem}.mp4"))
         recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
         flagged = {r["frame"] for r in recs if r["anomalous"]}
@@ -144,6 +145,7 @@ COMMISSION_FPR = 0.02
 def _commission(out: Path, scorer: Path, truth: set[int]) -> dict[str, Any]:
     """Step 6: re-threshold ``scorer`` on normal frames from the same camera, then stream the line video through it."""
     from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.artifact import Artifact
     from skipgan_edge.runtime.commission import commission
     from skipgan_edge.thresholds import format_per_hour
 
@@ -162,7 +164,7 @@ def _commission(out: Path, scorer: Path, truth: set[int]) -> dict[str, Any]:
                + ", ".join(Path(p).name for p in rep["updated"]))
     jsonl = out / "scores_commissioned.jsonl"
     jsonl.unlink(missing_ok=True)
-    run("onnx", scorer, str(out / "line.mp4"), backend="onnxruntime", sinks=SinkOptions(jsonl=jsonl))
+    run(Artifact("onnx", scorer), str(out / "line.mp4"), backend="onnxruntime", sinks=SinkOptions(jsonl=jsonl))
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
     flagged = {r["frame"] for r in recs if r["anomalous"]}
     from skipgan_edge.thresholds import alarms_per_hour, rate_interval

@@ -135,9 +135,10 @@ def separating_threshold(onnx: Path, video: Path, defects: set[int]) -> float:
     import json
 
     from skipgan_edge.runtime.api import SinkOptions, run
+    from skipgan_edge.runtime.artifact import Artifact
 
     out = video.with_suffix(".scores.jsonl")
-    run("onnx", onnx, str(video), backend="onnxruntime", sinks=SinkOptions(jsonl=out))
+    run(Artifact("onnx", onnx), str(video), backend="onnxruntime", sinks=SinkOptions(jsonl=out))
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     out.unlink()
     normal = max(r["normalized_score"] for r in recs if r["frame"] not in defects)

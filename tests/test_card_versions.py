@@ -81,3 +81,54 @@ def test_random_models_get_the_trainers_card(tmp_path: Path) -> None:
     want = default_score("skipganomaly")
     assert (card.score.mode, card.score.pool, card.score.lam) == (want["mode"], want["pool"], want["lam"])
     assert card.score.term_stats is not None and card.weights == "random (benchmark only)"
+
+
+def test_engine_header_is_typed_and_round_trips(tiny_model: Path, tmp_path: Path) -> None:
+    """The header beside the card: typed fields, the typed card inside, keys a newer writer added kept, and its JSON form
+    back unchanged; a mistyped field is one line naming it."""
+    from skipgan_edge.card import load_card
+    from skipgan_edge.errors import EngineError
+    from skipgan_edge.runtime.engine_file import EngineHeader, Profile
+
+    card = load_card(tiny_model)
+    d = {"engine_format": 1, "tensorrt": "10.3.0", "gpu": "Orin", "compute_capability": "8.7", "precision": "int8",
+         "profile": {"min": 1, "opt": 4, "max": 8}, "placement": {"device": "gpu"}, "network": {"typing": "strong"},
+         "input": {"isize": 32}, "model_id": card.model_id, "card": card.to_dict(), "build_command": "skipgan-edge build",
+         "check": {"ok": True}, "future_key": [1]}
+    write_engine_file(tmp_path / "e.engine", d, b"\x00engine")
+    header, blob = read_engine_file(tmp_path / "e.engine")
+    assert blob == b"\x00engine" and header.profile == Profile(1, 4, 8) and header.card == card and header.precision == "int8"
+    assert header.to_dict() == d and json.loads(json.dumps(header.to_dict())) == d and header.extra == {"future_key": [1]}
+    assert header["profile"] == {"min": 1, "opt": 4, "max": 8} and "check" in header and "plan" not in header
+    assert EngineHeader.from_dict({"tensorrt": "8.6"}, "x").to_dict() == {"tensorrt": "8.6"}  # an older, smaller header
+    for bad, msg in (({"profile": {"min": 1, "opt": 2, "max": "4"}}, "'profile' is not {min, opt, max} integers"),
+                     ({"placement": "gpu"}, "field 'placement' is not an object"), ({"engine_format": "1"}, "'engine_format' is not an integer")):
+        with pytest.raises(EngineError, match=msg) as exc:
+            EngineHeader.from_dict(bad, "e.engine")
+        assert "\n" not in str(exc.value) and "rebuild it" in str(exc.value)
+
+
+def test_card_sections_are_typed_and_round_trip_byte_for_byte(tiny_model: Path, demo_onnx: Path) -> None:
+    """data, metrics and export are typed (DataInfo, Metrics, ExportInfo); every ONNX file's card comes back byte for
+    byte, model.json's section by section; dict-style reads and {**section} still work; a mistyped field is one line."""
+    from skipgan_edge.card import CARD_NAME, DataInfo, ExportInfo, Metrics, ModelCard
+
+    raw = (tiny_model / CARD_NAME).read_text()
+    card = ModelCard.from_json(raw, "x")
+    assert isinstance(card.data, DataInfo) and isinstance(card.metrics, Metrics) and isinstance(card.export, ExportInfo)
+    file = json.loads(raw)
+    assert card.to_dict() == file and all(json.dumps(card.to_dict()[k]) == json.dumps(file[k]) for k in ("data", "metrics", "export"))
+    assert isinstance(card.data.n_train, int) and card.data["n_train"] == card.data.n_train and isinstance(card.metrics.val_loss, float)
+    for name in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(demo_onnx / name), load_external_data=False).metadata_props}
+        typed = ModelCard.from_json(meta[CARD_KEY], name)
+        assert json.dumps(typed.replace(precision=json.loads(meta[CARD_KEY])["precision"]).to_dict()) == meta[CARD_KEY], name
+    int8 = ModelCard.from_json(meta[CARD_KEY], "int8")
+    assert int8.export.precision == "int8" and "calibration_frames" in int8.export.extra and int8.export.get("cpu_bf16") is None
+    again = int8.replace(export={**int8.export, "cpu_bf16": {"gate": "passed"}})
+    assert isinstance(again.export, ExportInfo) and again.export.cpu_bf16 == {"gate": "passed"}
+    assert list(again.export)[-1] == "cpu_bf16" and list(again.export)[:2] == ["precision", "method"]
+    bad = file
+    bad["data"]["val_has_anomalies"] = "yes"
+    with pytest.raises(ModelFolderError, match="field 'data.val_has_anomalies' is not true or false"):
+        ModelCard.from_dict(bad, "x")

@@ -227,7 +227,7 @@ def test_engine_file_header_and_mismatch(tmp_path: Path) -> None:
             "build_command": "skipgan-edge build --onnx s.onnx --out e.engine --batch 1,4,8"}
     write_engine_file(tmp_path / "e.engine", meta, b"\x00engine-bytes")
     got, blob = read_engine_file(tmp_path / "e.engine")
-    assert got == meta and blob == b"\x00engine-bytes"
+    assert got.to_dict() == meta and got.precision == "int8" and blob == b"\x00engine-bytes"
     check_compatible(got, "10.3", {"gpu": "Orin", "compute_capability": "8.7"}, tmp_path / "e.engine")  # 10.3 == 10.3.0
     with pytest.raises(EngineError) as e:
         check_compatible(got, "11.4.0", {"gpu": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, tmp_path / "e.engine")

@@ -1,4 +1,5 @@
-"""The layers of skipgan_edge/layers.py hold: imports only go down, and the runtime runs with torch blocked."""
+"""The layers of skipgan_edge/layers.py hold: imports only go down, file by file and part by part, no two parts import
+each other, and the runtime runs with torch blocked."""
 
 from __future__ import annotations
 
@@ -10,65 +11,74 @@ from pathlib import Path
 
 from conftest import ROOT, write_defect_video
 
-from skipgan_edge.layers import ALLOWED_UPWARD, HEAVY, LAYERS, TORCH_FREE, layer_of
+from skipgan_edge.layers import ALLOWED_UPWARD, HEAVY, LAYERS, TORCH_FREE, cycles, drawing, imports, layer_of, modules, part_graph
 
-PKG = ROOT / "skipgan_edge"
-
-
-def _modules() -> dict[str, ast.Module]:
-    out = {}
-    for path in sorted(PKG.rglob("*.py")):
-        rel = path.relative_to(PKG).with_suffix("")
-        name = ".".join(p for p in rel.parts if p != "__init__") or "__init__"
-        out[name] = ast.parse(path.read_text(), str(path))
-    return out
+_imports = imports
 
 
-def _imports(tree: ast.Module) -> list[tuple[str, bool]]:
-    """(imported module, at module level?) for every import; TYPE_CHECKING blocks are skipped."""
-    found: list[tuple[str, bool]] = []
-
-    def visit(node: ast.AST, top: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
-                continue
-            if isinstance(child, ast.Import):
-                found.extend((a.name, top) for a in child.names)
-            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
-                found.extend([(child.module, top)] + [(f"{child.module}.{a.name}", top) for a in child.names])
-            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            visit(child, inner)
-
-    visit(tree, True)
-    return found
-
-
-def test_every_module_has_a_layer() -> None:
-    for name in _modules():
-        assert layer_of(name) is not None, f"skipgan_edge.{name} is in no layer of skipgan_edge/layers.py"
-
-
-def test_imports_only_go_down() -> None:
+def _downward_violations(mods: dict[str, ast.Module]) -> list[str]:
+    """Every import, at module level or in a function, of a part of a higher layer; the allowed exceptions
+    (ALLOWED_UPWARD) only inside functions."""
     bad = []
-    for name, tree in _modules().items():
+    for name, tree in mods.items():
         mine = layer_of(name)
-        assert mine is not None
-        for target, _top in _imports(tree):
+        assert mine is not None, f"skipgan_edge.{name} is in no layer of skipgan_edge/layers.py"
+        for target, top in imports(tree):
             if not target.startswith("skipgan_edge.") or target.split(".")[1] not in LAYERS:
                 continue
             dest = target.split(".", 1)[1]
             t_layer = layer_of(dest)
-            if t_layer is not None and t_layer > mine and dest.split(".")[0] not in ALLOWED_UPWARD.get(name, set()):
+            if t_layer is None or t_layer <= mine:
+                continue
+            if dest.split(".")[0] not in ALLOWED_UPWARD.get(name, set()):
                 bad.append(f"skipgan_edge.{name} (layer {mine}) imports {target} (layer {t_layer})")
-    assert not bad, "\n".join(sorted(set(bad)))
+            elif top:
+                bad.append(f"skipgan_edge.{name} imports {target} (layer {t_layer}) at module level; only inside a function")
+    return sorted(set(bad))
+
+
+def _part_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Parts importing parts of a higher layer (other than the declared exceptions), and cycles between parts."""
+    allowed = {(m.split(".")[0], p) for m, parts in ALLOWED_UPWARD.items() for p in parts}
+    bad = [f"part {src} (layer {LAYERS[src]}) imports part {dest} (layer {LAYERS[dest]})"
+           for src, dests in sorted(graph.items()) for dest in sorted(dests)
+           if LAYERS[dest] > LAYERS[src] and (src, dest) not in allowed]
+    return bad + [f"import cycle between parts: {' -> '.join(c)}" for c in cycles(graph)]
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in modules():
+        assert layer_of(name) is not None, f"skipgan_edge.{name} is in no layer of skipgan_edge/layers.py"
+
+
+def test_imports_only_go_down() -> None:
+    bad = _downward_violations(modules())
+    assert not bad, "\n".join(bad)
+
+
+def test_parts_import_only_down_and_no_two_import_each_other() -> None:
+    graph = part_graph()
+    assert set(graph) <= set(LAYERS) and {"runtime", "service", "export", "data", "model"} <= set(graph)
+    bad = _part_violations(graph)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_declared_nevers() -> None:
+    """data is below model; the runtime is below model except for the torch backend; the runtime is below the wing."""
+    assert LAYERS["data"] < LAYERS["model"] and LAYERS["runtime"] < LAYERS["model"] and LAYERS["runtime"] < LAYERS["service"]
+    graph = part_graph()
+    assert "model" not in graph["data"] and "service" not in graph["runtime"] and "runtime" in graph["service"]
+    importers = {name for name, tree in modules().items() if name.startswith("runtime")
+                 and any(t.startswith("skipgan_edge.model") for t, _ in imports(tree))}
+    assert importers == {"runtime.backends.torch"}
 
 
 def test_torch_free_layers_import_nothing_heavy_at_module_level() -> None:
     bad = []
-    for name, tree in _modules().items():
+    for name, tree in modules().items():
         if not name.startswith(TORCH_FREE) or name in ALLOWED_UPWARD:
             continue
-        for target, top in _imports(tree):
+        for target, top in imports(tree):
             if top and target.split(".")[0] in HEAVY:
                 bad.append(f"skipgan_edge.{name} imports {target} at module level")
             if top and target.startswith("skipgan_edge.model"):
@@ -80,6 +90,38 @@ def test_the_check_can_fail() -> None:
     tree = ast.parse("import torch\nfrom skipgan_edge.train.trainer import train\ndef f():\n    import matplotlib\n")
     assert _imports(tree) == [("torch", True), ("skipgan_edge.train.trainer", True), ("skipgan_edge.train.trainer.train", True),
                               ("matplotlib", False)]
+
+
+def test_the_layer_and_cycle_checks_can_fail() -> None:
+    """A data module importing the model inside a function, and the model importing it back: a downward violation
+    (function-level imports count), a part-level one and a cycle; the torch backend importing the model at module level."""
+    mods = {
+        "data.x": ast.parse("def f():\n    from skipgan_edge.model.y import z\n"),
+        "model.y": ast.parse("from skipgan_edge.data.x import f\n"),
+        "runtime.backends.torch": ast.parse("from skipgan_edge.model.scorer import Scorer\n"),
+    }
+    assert _downward_violations(mods) == [
+        "skipgan_edge.data.x (layer 1) imports skipgan_edge.model.y (layer 4)",
+        "skipgan_edge.data.x (layer 1) imports skipgan_edge.model.y.z (layer 4)",
+        "skipgan_edge.runtime.backends.torch imports skipgan_edge.model.scorer (layer 4) at module level; only inside a function",
+        "skipgan_edge.runtime.backends.torch imports skipgan_edge.model.scorer.Scorer (layer 4) at module level; only inside a function",
+    ]
+    graph = part_graph(mods)
+    assert graph == {"data": {"model"}, "model": {"data"}, "runtime": {"model"}}
+    assert _part_violations(graph) == ["part data (layer 1) imports part model (layer 4)",
+                                       "import cycle between parts: data -> model"]
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}) == [["a", "b", "c"]]
+
+
+def test_the_readme_draws_the_parts_from_their_imports() -> None:
+    """The README's architecture drawing is ``python -m skipgan_edge.layers``'s output, so it is the imports as they are:
+    the runtime below the service wing, nothing pointing back but the torch backend's dotted exception."""
+    p = subprocess.run([sys.executable, "-m", "skipgan_edge.layers"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 0 and p.stdout == drawing(), p.stderr
+    assert "  service --> runtime\n" in p.stdout and "runtime --> service" not in p.stdout
+    assert [ln for ln in p.stdout.splitlines() if "-.->" in ln] == ["  runtime -.->|runtime.backends.torch, in functions| model"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"```mermaid\n{p.stdout}```" in readme, "README's drawing is stale: paste the output of python -m skipgan_edge.layers"
 
 
 BLOCKER = """

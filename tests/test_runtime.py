@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import CLI, run_cli, write_defect_video
+from conftest import CLI, need_gpu_stack, run_cli, write_defect_video
 
 from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 from skipgan_edge.runtime.pipeline import FrameQueue, LatestSlot, Pipeline, PipelineConfig
@@ -285,11 +285,15 @@ def test_sigint_leaves_complete_jsonl(demo_onnx: Path, tmp_path: Path) -> None:
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == len(recs)
 
 
-def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path, triton_server: Any) -> None:
-    """Every backend on this machine, same frames, same results within each precision's tolerance.
+# largest |Δ normalized_score| per frame against the torch model, i.e. in units of the normal validation score range
+# (scores can be near 0 once standardised, so a relative error would be meaningless); INT8's real contract is the
+# AUROC gate at export
+PARITY_TOL = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.5}
 
-    Real frames (normal and defective test images): INT8 scales are calibrated on real frames, and
-    random noise far outside that range saturates them by design."""
+
+def _assert_parity(demo_model: Path, synth_dir: Path, cases: list[tuple[str, Path, str]]) -> None:
+    """Each (kind, path, backend) on real frames (normal and defective test images: INT8 scales are calibrated on real
+    frames, and random noise far outside that range saturates them by design) against the torch model folder."""
     from skipgan_edge.data.datasets import load_folder
     from skipgan_edge.metrics import spearman
     from skipgan_edge.runtime.backends import open_backend
@@ -299,26 +303,39 @@ def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: P
     frames = test.images[::5]
     with open_backend("model", demo_model, "torch") as ref_be:
         ref = ref_be.infer(frames)
-    # largest |Δ normalized_score| per frame, i.e. in units of the normal validation score range
-    # (scores can be near 0 once standardised, so a relative error would be meaningless);
-    # INT8's real contract is the AUROC gate at export
-    tol = {"fp32": 1e-4, "fp16": 0.05, "int8": 0.5}
+    for kind, path, runtime in cases:
+        with open_backend(kind, path, runtime) as be:
+            got = be.infer_all(frames)
+            assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
+            assert got.score.dtype == np.float32
+            err = float(np.abs(got.normalized_score - ref.normalized_score).max())
+            assert err <= PARITY_TOL[be.precision], (path.name, be.precision, err)
+            assert spearman(got.score, ref.score) > 0.9, (path.name, runtime, spearman(got.score, ref.score))
+
+
+def test_backend_parity_contract(demo_model: Path, demo_onnx: Path, synth_dir: Path, triton_server: Any) -> None:
+    """Every CPU backend on this machine and a real Triton server: same frames, same results within each precision's
+    tolerance (TensorRT: test_backend_parity_tensorrt)."""
     import importlib.util
 
     runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
     cases = [("onnx", demo_onnx / f, r) for f in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx") for r in runtimes]
-    engine = demo_onnx / "scorer.engine"
-    if engine.exists():
-        cases.append(("engine", engine, "tensorrt"))
     cases.append(("triton", Path("-"), triton_server.url))  # a real Triton server on loopback, serving scorer.onnx
-    for kind, path, runtime in cases:
-        with open_backend(kind, path, runtime) as be:
-            got = be.infer(frames)
-            assert type(got).__name__ == "ScoreBatch" and got.anomaly_map.shape == (len(frames), 1, 32, 32)
-            assert got.score.dtype == np.float32
-            err = float(np.abs(got.normalized_score - ref.normalized_score).max())
-            assert err <= tol[be.precision], (path.name, be.precision, err)
-            assert spearman(got.score, ref.score) > 0.9, (path.name, runtime, spearman(got.score, ref.score))
+    _assert_parity(demo_model, synth_dir, cases)
+
+
+@pytest.mark.tensorrt
+def test_backend_parity_tensorrt(demo_model: Path, demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """The same contract for TensorRT, on engines this test builds from each precision's ONNX (``make test-gpu``)."""
+    need_gpu_stack(tensorrt=True)
+    from skipgan_edge.export.engine import BuildConfig, build_engine
+
+    cases = []
+    for name in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx"):
+        engine = tmp_path / name.replace(".onnx", ".engine")
+        build_engine(demo_onnx / name, engine, BuildConfig(batch=(1, 4, 8), check_frames=demo_onnx / "heldout.npz"))
+        cases.append(("engine", engine, "tensorrt"))
+    _assert_parity(demo_model, synth_dir, cases)
 
 
 def test_bad_inputs_are_one_line_errors(demo_onnx: Path, demo_model: Path, tmp_path: Path) -> None:
@@ -465,3 +482,63 @@ def test_heatmap_overlay_shows_the_defect(demo_model: Path, demo_onnx: Path, tmp
     flagged = {int(p.stem.split("_")[-1]) for p in (tmp_path / "imgs").glob("*.png")
                if (cv2.imread(str(p))[:40, :, 2].astype(int) - cv2.imread(str(p))[:40, :, 1] > 100).any()}  # red verdict text
     assert all(outlined[i] == 0 for i in outlined if i not in flagged), (sorted(outlined.items()), sorted(flagged))
+
+
+def test_one_artifact_type_tells_kinds_apart_and_reads_every_card(demo_model: Path, demo_onnx: Path, tmp_path: Path) -> None:
+    """Artifact: what kind and where, and the one reader of its card, for a model folder, an ONNX file, an engine (its
+    typed header's card), a plan (the header beside it) and a Triton URL (a URL, never a path)."""
+    from skipgan_edge.card import load_card
+    from skipgan_edge.errors import ConfigError, EngineError
+    from skipgan_edge.runtime.artifact import Artifact
+    from skipgan_edge.runtime.engine_file import write_engine_file
+
+    card = load_card(demo_model)
+    write_engine_file(tmp_path / "s.engine", {"tensorrt": "10.3.0", "precision": "fp32", "card": card.to_dict()}, b"\x00")
+    (tmp_path / "s.plan").write_bytes(b"\x00")
+    (tmp_path / "s.plan.json").write_text(json.dumps({"tensorrt": "10.3.0", "card": card.to_dict()}))
+    (tmp_path / "renamed.bin").write_bytes((tmp_path / "s.engine").read_bytes())
+    want = {demo_model: "model", demo_onnx / "scorer.onnx": "onnx", tmp_path / "s.engine": "engine", tmp_path / "s.plan": "plan",
+            tmp_path / "renamed.bin": "engine"}
+    for where, kind in want.items():
+        art = Artifact.at(where)
+        assert (art.kind, art.path, art.url) == (kind, where, None)
+        assert art.read_card().model_id == card.model_id, where
+    assert Artifact.at(demo_onnx / "scorer.int8.onnx").read_card().precision == "int8"
+    url = Artifact.at("triton://127.0.0.1:8001/scorer")
+    assert (url.kind, url.path, url.url, url.where) == ("triton", None, "triton://127.0.0.1:8001/scorer", "triton://127.0.0.1:8001/scorer")
+    assert Artifact.given(None, demo_onnx / "scorer.onnx", None) == Artifact("onnx", demo_onnx / "scorer.onnx")
+    with pytest.raises(ConfigError, match="give exactly one of --model"):
+        Artifact.given(demo_model, demo_onnx / "scorer.onnx", None)
+    with pytest.raises(ConfigError, match="not a model folder, .onnx, .engine or .plan"):
+        Artifact.at(tmp_path / "s.plan.json")
+    with pytest.raises(ValueError, match="a triton artifact has a url"):
+        Artifact("triton", Path("127.0.0.1:8001/scorer"))
+    (tmp_path / "s.plan.json").write_text("{")
+    with pytest.raises(EngineError, match="no readable header beside it"):
+        Artifact.at(tmp_path / "s.plan").read_card()
+    with Artifact.at(demo_onnx / "scorer.onnx").open("onnxruntime") as be:
+        assert be.card.model_id == card.model_id
+
+
+def test_run_options_are_grouped_into_the_library_calls_objects(demo_onnx: Path) -> None:
+    """cli.run_cmd only parses: every one of its options belongs to one of run's option objects (RunRequest.from_flags),
+    and lands in the field it names."""
+    import inspect
+
+    from skipgan_edge.cli import run_cmd
+    from skipgan_edge.service.api import RUN_GROUPS, RunRequest
+
+    params = inspect.signature(run_cmd).parameters
+    grouped = {n.split("=")[-1] for names in RUN_GROUPS.values() for n in names}
+    assert set(params) == grouped | {"source", "model", "onnx", "engine", "backend", "as_json"}, set(params) ^ grouped
+    flags = {name: p.default for name, p in params.items() if name != "as_json"}
+    flags.update(source="v.mp4", onnx=demo_onnx / "scorer.onnx", batch=4, camera_id="line2", mqtt="mqtt://127.0.0.1:1883/plant",
+                 mqtt_heartbeat=3.0, pad_batch=False, watch_state=Path("w.state"), metrics_port=9109)
+    req = RunRequest.from_flags(flags)
+    assert (req.artifact.kind, req.artifact.path, req.source) == ("onnx", demo_onnx / "scorer.onnx", "v.mp4")
+    assert req.pipeline.batch == 4 and req.pipeline.camera == "line2" and req.options.pad_to_profile is False
+    assert req.source_opts.watch_state == Path("w.state") and req.service.metrics_port == 9109 and req.service.camera == "line2"
+    assert req.service.mqtt is not None and req.service.mqtt.heartbeat_s == 3.0 and req.service.mqtt.camera == "line2"
+    with pytest.raises(Exception, match="--mqtt-heartbeat") as exc:
+        RunRequest.from_flags({**flags, "mqtt_heartbeat": -1.0})
+    assert "\n" not in str(exc.value)

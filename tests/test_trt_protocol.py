@@ -27,6 +27,7 @@ from skipgan_edge.card import ScoreSpec, Threshold, ValStats, build_card
 from skipgan_edge.config import ModelConfig, RunConfig
 from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.backends.tensorrt import TensorRTBackend, profile_batch
+from skipgan_edge.runtime.engine_file import EngineHeader
 
 H, W, C = 32, 32, 3
 
@@ -206,7 +207,8 @@ class StandInBackend(TensorRTBackend):
         card = build_card(RunConfig(model=ModelConfig(isize=H, channels=C)).validate({"mode": "paper", "lam": 0.9, "pool": 0}),
                           score=ScoreSpec(lam=0.9, mode="paper", pool=0, val_stats=ValStats(min=0.0, max=255.0),
                                           threshold=Threshold(normalized=1.0, method="test")), data={}, training={})
-        self.fake_meta = {"card": card.to_dict(), "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}}
+        self.fake_meta = EngineHeader.from_dict({"card": card.to_dict(), "precision": "fp16", "profile": {"min": lo, "opt": lo, "max": hi}},
+                                                "standin.engine")
 
     def _preflight(self) -> None:  # the stand-in engine has no file
         pass
@@ -214,7 +216,7 @@ class StandInBackend(TensorRTBackend):
     def _open_api(self) -> Any:
         return self.fake
 
-    def _open_engine(self) -> tuple[dict[str, Any], Any]:
+    def _open_engine(self) -> tuple[EngineHeader, Any]:
         return self.fake_meta, RecordingEngine(self.fake_ctx)
 
 
@@ -705,7 +707,7 @@ class ThreadCheckedBackend(StandInBackend):
             return PyCudaApi(driver_module=FakePyCuda(self.gpu, self.label))
         return CudaPythonApi(bindings=(FakeDriver(self.gpu, self.label), FakeRuntime(self.gpu, self.label)))
 
-    def _open_engine(self) -> tuple[dict[str, Any], Any]:
+    def _open_engine(self) -> tuple[EngineHeader, Any]:
         return self.fake_meta, ThreadCheckedEngine(self.gpu, self.label)
 
 

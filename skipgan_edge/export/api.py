@@ -287,13 +287,13 @@ def _engines(job: ExportJob) -> None:
 def _triton(job: ExportJob) -> None:
     if not job.triton:
         return
-    from skipgan_edge.runtime.backends.onnxrt import read_card
+    from skipgan_edge.runtime.artifact import Artifact
 
     plans = job.report.get("plans", {})
     plan_of = next((p for p in ("int8", "fp16", "fp32") if p in plans), None)  # the lowest gated precision with a plan
     served = Path(plans[plan_of]) if plan_of else job.files["fp32"]
     settings = job.triton_settings or TritonSettings.for_profile(job.batch)
-    served_card = read_card(job.files[plan_of or "fp32"])  # the served variant's own card (its precision and export records)
+    served_card = Artifact("onnx", job.files[plan_of or "fp32"]).read_card()  # the served variant's own card (its precision and export records)
     rv = write_repository(served, job.out_dir / "triton", served_card, settings, job.triton_name)
     job.report["triton"] = {"repository": str(rv.repository), "model": rv.model, "version": rv.version, "new_version": rv.new,
                             "served": str(served), "platform": "tensorrt_plan" if served.suffix == ".plan" else "python"}

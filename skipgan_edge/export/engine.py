@@ -55,6 +55,8 @@ from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.engine_file import (  # re-exported: the loading half lives in the runtime
     ENGINE_FORMAT,
     MAGIC,
+    EngineHeader,
+    Profile,
     check_compatible,
     gpu_info,
     import_tensorrt,
@@ -213,9 +215,9 @@ def refuse_version(version: Version) -> None:
 
 
 def onnx_precision(onnx_path: Path) -> tuple[str, ModelCard]:
-    from skipgan_edge.runtime.backends.onnxrt import read_card
+    from skipgan_edge.runtime.artifact import Artifact
 
-    card = read_card(onnx_path)
+    card = Artifact("onnx", Path(onnx_path)).read_card()
     return card.precision, card
 
 
@@ -298,8 +300,8 @@ def inspect_engine(serialized: bytes) -> dict[str, Any] | None:
             "source": "IEngineInspector (DLA subgraphs appear as DLA/ForeignNode layers)"}
 
 
-def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -> dict[str, Any]:
-    """Parse ``onnx_path``, build a strongly typed engine with a batch profile, write ``out``.
+def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -> EngineHeader:
+    """Parse ``onnx_path``, build a strongly typed engine with a batch profile, write ``out``; returns its header.
 
     Order: the engine file is written as soon as the build returns; the optional outputs (the raw
     plan, the timing cache, the engine inspector's report) come after, so a failure in one of them
@@ -308,92 +310,143 @@ def build_engine(onnx_path: Path, out: Path, cfg: BuildConfig = BuildConfig()) -
     precision, card = onnx_precision(onnx_path)
     cfg.validate(precision)
     import_tensorrt()
+    compat = TrtCompat()
+    gpu = gpu_info()
+    heldout = heldout_path(onnx_path, cfg)  # before the build: a missing file costs no build time
+    built = _build_serialized(onnx_path, card, precision, compat, cfg)
+    header = engine_header(onnx_path, out, cfg, card, precision, compat, gpu, built)
+    write_engine_file(out, header, built.blob)  # first: nothing optional below may cost the engine
+    log.info("built %s (%s, TensorRT %s, %s sm_%s)", out, precision, compat.version, gpu["gpu"], gpu["compute_capability"])
+    header = _check_and_inspect(out, onnx_path, heldout, built.blob, header, cfg)
+    return _write_plan_and_cache(out, header, built, cfg)
+
+
+@dataclass
+class _Built:
+    """What the builder made: the serialized engine, and what the header and the timing cache need from the build."""
+
+    blob: bytes
+    config: Any  # trt.IBuilderConfig (its timing cache is saved after the engine)
+    cache: Any  # trt.ITimingCache attached before the build
+    placement: dict[str, Any]
+    pinned_fp32: list[str]
+
+
+def _parse(builder: trt.Builder, compat: TrtCompat, onnx_path: Path, logger: trt.ILogger) -> trt.INetworkDefinition:
+    """The network TensorRT's ONNX parser makes of the file (rewritten first for 8.6); one line naming what it refused."""
     import tensorrt as trt
 
-    compat = TrtCompat()
-    isize, ch = card.input.isize, card.input.channels
-    gpu = gpu_info()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise EngineError("TensorRT could not create a builder (is the GPU driver loaded?)")
-    heldout = heldout_path(onnx_path, cfg)  # before the build: a missing file costs no build time
     network = builder.create_network(compat.network_flags())
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(compat.onnx_for_parser(Path(onnx_path).read_bytes())):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT {compat.version} could not parse {onnx_path}: {errors} "
                           f"(skipgan-edge build --onnx {onnx_path} --dry-run names what it refuses)")
+    return network
+
+
+def _batch_profile(builder: trt.Builder, config: trt.IBuilderConfig, card: ModelCard, cfg: BuildConfig) -> None:
+    """The optimisation profile over the batch axis of the uint8 NHWC input."""
+    import tensorrt as trt
+
+    isize, ch = card.input.isize, card.input.channels
+    lo, opt, hi = cfg.batch
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        "images", trt.Dims([lo, isize, isize, ch]), trt.Dims([opt, isize, isize, ch]), trt.Dims([hi, isize, isize, ch])
+    )
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError(f"TensorRT refused the batch profile {lo},{opt},{hi} for input 'images'")
+
+
+def _place_on_dla(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, cfg: BuildConfig) -> dict[str, Any]:
+    """Where the layers run: the GPU, or with ``--dla-core`` the DLA (GPU fallback) and the layers it can take."""
+    import tensorrt as trt
+
+    if cfg.dla_core is None:
+        return {"device": "gpu"}
+    if builder.num_DLA_cores <= cfg.dla_core:
+        raise EngineError(f"--dla-core {cfg.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = cfg.dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    return {"device": f"dla:{cfg.dla_core}", "gpu_fallback": True, **layer_placement(network, config)}
+
+
+def _build_serialized(onnx_path: Path, card: ModelCard, precision: str, compat: TrtCompat, cfg: BuildConfig) -> _Built:
+    """Parse, configure (workspace, optimisation level, precision, the FP32 head, batch profile, timing cache, DLA), build."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise EngineError("TensorRT could not create a builder (is the GPU driver loaded?)")
+    network = _parse(builder, compat, onnx_path, logger)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     config.builder_optimization_level = cfg.opt_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the inspector
     compat.set_precision_flags(config, precision)
     pinned_fp32 = compat.hold_head_fp32(network, precision)
-    profile = builder.create_optimization_profile()
-    lo, opt, hi = cfg.batch
-    profile.set_shape(
-        "images", trt.Dims([lo, isize, isize, ch]), trt.Dims([opt, isize, isize, ch]), trt.Dims([hi, isize, isize, ch])
-    )
-    if config.add_optimization_profile(profile) < 0:
-        raise EngineError(f"TensorRT refused the batch profile {lo},{opt},{hi} for input 'images'")
+    _batch_profile(builder, config, card, cfg)
     cache = load_timing_cache(config, cfg.timing_cache)
-    placement: dict[str, Any] = {"device": "gpu"}
-    if cfg.dla_core is not None:
-        if builder.num_DLA_cores <= cfg.dla_core:
-            raise EngineError(f"--dla-core {cfg.dla_core}: this device has {builder.num_DLA_cores} DLA core(s)")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = cfg.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        placement = {"device": f"dla:{cfg.dla_core}", "gpu_fallback": True, **layer_placement(network, config)}
+    placement = _place_on_dla(builder, network, config, cfg)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT {compat.version} failed to build {onnx_path}; rerun with -v for the builder log")
-    blob = bytes(memoryview(serialized))
-    meta = {
-        "engine_format": ENGINE_FORMAT,
-        "tensorrt": str(compat.version),
-        **gpu,
-        "precision": precision,
-        "profile": {"min": lo, "opt": opt, "max": hi},
-        "placement": placement,
-        "network": ({"typing": "strong"} if compat.strongly_typed else
-                    {"typing": "weak", "onnx_rewrite": "trt86 (reduce axes as attributes, opset 17)",
-                     "fp32_layers": len(pinned_fp32), "obey_precision_constraints": precision != "fp32"}),
-        "input": asdict(card.input),
-        "model_id": card.model_id,
-        "card": card.to_dict(),
-        "build": asdict(cfg) | {"timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None,
-                                "check_frames": str(cfg.check_frames) if cfg.check_frames else None},
-        "build_command": build_command(onnx_path, out, cfg),
-        "onnx": str(onnx_path),
-    }
-    write_engine_file(out, meta, blob)  # first: nothing optional below may cost the engine
-    log.info("built %s (%s, TensorRT %s, %s sm_%s)", out, precision, compat.version, gpu["gpu"], gpu["compute_capability"])
-    from skipgan_edge.card import atomic_write_bytes, atomic_write_json
+    return _Built(bytes(memoryview(serialized)), config, cache, placement, pinned_fp32)
 
+
+def engine_header(onnx_path: Path, out: Path, cfg: BuildConfig, card: ModelCard, precision: str, compat: TrtCompat,
+                  gpu: dict[str, Any], built: _Built) -> EngineHeader:
+    """The header written in front of the engine: where and how it was built, for which model."""
+    lo, opt, hi = cfg.batch
+    return EngineHeader(
+        engine_format=ENGINE_FORMAT, tensorrt=str(compat.version), gpu=str(gpu["gpu"]), compute_capability=str(gpu["compute_capability"]),
+        cuda_python=gpu.get("cuda_python"), precision=precision, profile=Profile(lo, opt, hi), placement=built.placement,
+        network=({"typing": "strong"} if compat.strongly_typed else
+                 {"typing": "weak", "onnx_rewrite": "trt86 (reduce axes as attributes, opset 17)",
+                  "fp32_layers": len(built.pinned_fp32), "obey_precision_constraints": precision != "fp32"}),
+        input=asdict(card.input), model_id=card.model_id, card=card,
+        build=asdict(cfg) | {"timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None,
+                             "check_frames": str(cfg.check_frames) if cfg.check_frames else None},
+        build_command=build_command(onnx_path, out, cfg), onnx=str(onnx_path),
+    )
+
+
+def _check_and_inspect(out: Path, onnx_path: Path, heldout: Path | None, blob: bytes, header: EngineHeader,
+                       cfg: BuildConfig) -> EngineHeader:
+    """The held-out check (beyond the gate the engine is deleted) and, on the DLA, the inspector's placement: each
+    recorded in the header, rewritten in place."""
     if heldout is not None:
-        meta["check"] = check_built_engine(out, onnx_path, heldout, blob, meta)  # deletes the engine and raises beyond the gate
-        write_engine_file(out, meta, blob)
+        header = header.replace(check=check_built_engine(out, onnx_path, heldout, blob, header))
+        write_engine_file(out, header, blob)
     if cfg.dla_core is not None:
         inspected = inspect_engine(blob)
         if inspected is not None:
-            meta["placement"]["inspector"] = inspected
-            write_engine_file(out, meta, blob)
+            header = header.replace(placement={**(header.placement or {}), "inspector": inspected})
+            write_engine_file(out, header, blob)
+    return header
+
+
+def _write_plan_and_cache(out: Path, header: EngineHeader, built: _Built, cfg: BuildConfig) -> EngineHeader:
+    """``--plan``: the raw plan and the header beside it; ``--timing-cache``: the cache, updated by this build."""
+    from skipgan_edge.card import atomic_write_bytes, atomic_write_json
+
     if cfg.plan:
-        meta["plan"] = str(plan_path(out))
-        atomic_write_bytes(plan_path(out), blob)
-        atomic_write_json(Path(str(plan_path(out)) + ".json"), {k: v for k, v in meta.items() if k != "plan"})
+        atomic_write_bytes(plan_path(out), built.blob)
+        atomic_write_json(Path(str(plan_path(out)) + ".json"), header.to_dict())
+        header = header.replace(plan=str(plan_path(out)))
     if cfg.timing_cache:
-        serialized_cache = cache.serialize() if cache is not None else None
-        fresh = config.get_timing_cache()
+        serialized_cache = built.cache.serialize() if built.cache is not None else None
+        fresh = built.config.get_timing_cache()
         if fresh is not None:
             serialized_cache = fresh.serialize()
         if serialized_cache is None:
             log.warning("TensorRT returned no timing cache; %s not updated", cfg.timing_cache)
         else:
             atomic_write_bytes(cfg.timing_cache, bytes(memoryview(serialized_cache)))
-    return meta
+    return header
 
 
 HELDOUT_FILE = "heldout.npz"
@@ -473,7 +526,7 @@ def check_engine_outputs(run_engine: Any, onnx_path: Path, heldout: dict[str, An
             "spearman_vs_onnxruntime": spearman(got.score, ref.score) if shapes_ok else float("nan"), "ok": ok}
 
 
-def check_built_engine(out: Path, onnx_path: Path, heldout: Path, blob: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+def check_built_engine(out: Path, onnx_path: Path, heldout: Path, blob: bytes, meta: EngineHeader) -> dict[str, Any]:
     """:func:`check_engine_outputs` on the engine just written; beyond the gate the engine (and plan) is deleted."""
     from skipgan_edge.runtime.backends import open_backend
 
@@ -488,11 +541,11 @@ def check_built_engine(out: Path, onnx_path: Path, heldout: Path, blob: bytes, m
                f"its AUROC {rec['engine_auroc']:.4f} is {rec['auroc_drop']:.4f} below FP32's {rec['fp32_auroc']:.4f} "
                f"(the export gate allows {rec['max_auroc_drop']})")
         raise EngineError(f"engine refused and deleted: on {rec['frames']} held-out frames {why}; TensorRT "
-                          f"{meta['tensorrt']} on {meta['gpu']}: try the FP32 or FP16 ONNX, or --no-check to keep it")
+                          f"{meta.tensorrt} on {meta.gpu}: try the FP32 or FP16 ONNX, or --no-check to keep it")
     log.info("engine vs ONNX Runtime on %d held-out frames: AUROC %.4f (FP32 %.4f), max |Δscore| %.3g",
              rec["frames"], rec["engine_auroc"], rec["fp32_auroc"], rec["outputs"]["score"]["max_abs"])
     return rec
 
 
-__all__ = ["ENGINE_FORMAT", "MAGIC", "BuildConfig", "TrtCompat", "build_engine", "check_compatible", "gpu_info", "import_tensorrt",
-           "load_engine", "read_engine_file", "write_engine_file"]
+__all__ = ["ENGINE_FORMAT", "MAGIC", "BuildConfig", "EngineHeader", "Profile", "TrtCompat", "build_engine", "check_compatible",
+           "gpu_info", "import_tensorrt", "load_engine", "read_engine_file", "write_engine_file"]

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard, set_onnx_metadata
-from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY
+from skipgan_edge.card import ModelCard, card_from_onnx_metadata, set_onnx_metadata
+from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES
 from skipgan_edge.errors import ExportError, require
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,8 @@ def fold_batchnorm(module: Any) -> Any:
 
 
 def card_from_onnx(model: Any) -> ModelCard:
-    meta = {p.key: p.value for p in model.metadata_props}
-    if CARD_KEY not in meta:
-        raise ExportError("this ONNX file has no skipgan-edge model card in metadata_props")
-    return ModelCard.from_json(meta[CARD_KEY], "ONNX metadata").replace(precision=meta.get(PRECISION_KEY, "fp32"))
+    """The card of an ONNX ModelProto (:func:`skipgan_edge.card.card_from_onnx_metadata`)."""
+    return card_from_onnx_metadata({p.key: p.value for p in model.metadata_props}, "ONNX metadata")
 
 
 def export_onnx(model_dir: Path, out: Path, parity_images: np.ndarray | None = None) -> dict[str, Any]:

@@ -175,66 +175,114 @@ def target_sm(target: str, sm: int | None = None) -> int | None:
     return int(dev["sm"]) if dev.get("sm") else None
 
 
-def check_model(model: Any, target: str = "10.3", *, sm: int | None = None,
-                batch: tuple[int, int, int] | None = None) -> list[Violation]:
-    """Every rule broken by ``model`` (an ``onnx.ModelProto``) for TensorRT ``target`` on GPU ``sm``
-    (default: the target's device) with the build's batch profile ``batch`` (min, opt, max), if given."""
+@dataclass
+class _Graph:
+    """What every rule reads: the graph, its inferred types and shapes and constants, and TensorRT ``target``'s table."""
+
+    model: Any
+    target: str
+    ops: dict[str, list[str] | None]
+    restrictions: dict[str, dict[str, Any]]
+    int64_as: str | None
+    quantized: set[str]
+    dtypes: dict[str, int]
+    shapes: dict[str, list[Any]]
+    inference_failure: str | None
+    consts: dict[str, Any]
+    inputs: set[str]
+    outputs: set[str]
+    gpu_sm: int | None
+
+    def name_of(self, t: str) -> str | None:
+        code = self.dtypes.get(t)
+        return DTYPE_NAMES.get(code, f"type {code}") if code else None
+
+    def listed(self, dt: str, allowed: set[str]) -> bool:
+        return dt in allowed or (dt == "INT64" and self.int64_as is not None and self.int64_as in allowed)
+
+
+def _graph(model: Any, target: str, sm: int | None) -> _Graph:
     table = support_table()["targets"].get(target)
     if table is None:
         raise EngineError(f"unknown TensorRT target {target!r}; choose one of {', '.join(targets())}")
     ops: dict[str, list[str] | None] = table["ops"]
-    restrictions: dict[str, dict[str, Any]] = table["restrictions"]
-    int64_as: str | None = table.get("int64_as")
-    quantized = set(ops.get("DequantizeLinear") or [])
-    g = model.graph
-    out: list[Violation] = []
     dtypes, shapes, inference_failure = _dtypes_and_shapes(model)
     consts = graph_constants(model)
-    graph_inputs = {i.name for i in g.input if i.name not in consts}
-    graph_outputs = {o.name for o in g.output}
-    gpu_sm = target_sm(target, sm)
+    return _Graph(model, target, ops, table["restrictions"], table.get("int64_as"), set(ops.get("DequantizeLinear") or []), dtypes,
+                  shapes, inference_failure, consts, {i.name for i in model.graph.input if i.name not in consts},
+                  {o.name for o in model.graph.output}, target_sm(target, sm))
 
-    def name_of(t: str) -> str | None:
-        code = dtypes.get(t)
-        return DTYPE_NAMES.get(code, f"type {code}") if code else None
 
-    def listed(dt: str, allowed: set[str]) -> bool:
-        return dt in allowed or (dt == "INT64" and int64_as is not None and int64_as in allowed)
+def check_model(model: Any, target: str = "10.3", *, sm: int | None = None,
+                batch: tuple[int, int, int] | None = None) -> list[Violation]:
+    """Every rule broken by ``model`` (an ``onnx.ModelProto``) for TensorRT ``target`` on GPU ``sm``
+    (default: the target's device) with the build's batch profile ``batch`` (min, opt, max), if given."""
+    ctx = _graph(model, target, sm)
+    out = [*_check_inference(ctx), *_check_fp8(ctx), *_check_profile(ctx, batch), *_check_opset(ctx), *_check_fixed_axes(ctx),
+           *_check_uint8(ctx)]
+    for n in model.graph.node:
+        out.extend(_check_node(ctx, n))
+    return out
 
-    if inference_failure is not None:
-        out.append(Violation("<model>", "shape-inference", "shape-inference", f"ONNX shape inference failed ({inference_failure}); "
+
+def _check_inference(ctx: _Graph) -> list[Violation]:
+    """Shape inference ran, and typed every tensor: the type checks below need it."""
+    out = []
+    if ctx.inference_failure is not None:
+        out.append(Violation("<model>", "shape-inference", "shape-inference", f"ONNX shape inference failed ({ctx.inference_failure}); "
                              f"the type checks cannot run on this graph: fix or re-export it"))
-    untyped = [t for n in g.node for t in n.output if t and t not in dtypes]
+    untyped = [t for n in ctx.model.graph.node for t in n.output if t and t not in ctx.dtypes]
     if untyped:
         out.append(Violation("<model>", "shape-inference", "shape-inference",
                              f"{len(untyped)} tensor(s) have no inferred type (e.g. {', '.join(untyped[:3])}); "
                              f"their type checks cannot run: fix or re-export the graph"))
-    if gpu_sm is not None and gpu_sm < FP8_MIN_SM:
-        fp8 = sorted({t for t, code in dtypes.items() if DTYPE_NAMES.get(code) == "FP8"})
-        if fp8:
-            out.append(Violation(fp8[0], "tensor", "fp8", f"{len(fp8)} FP8 tensor(s); sm_{gpu_sm} has no FP8 (sm_{FP8_MIN_SM}+): "
-                                 f"export INT8 or FP16 for this GPU"))
-    if batch is not None:
-        for io in g.input:
-            dims = shapes.get(io.name)
-            if io.name in consts or not dims or not isinstance(dims[0], int) or dims[0] <= 0:
-                continue
-            if any(b != dims[0] for b in batch):
-                out.append(Violation(io.name, "input", "profile", f"static batch {dims[0]} but the build's profile is "
-                                     f"{','.join(map(str, batch))}; build with --batch {dims[0]},{dims[0]},{dims[0]} or "
-                                     f"re-export with a dynamic batch"))
+    return out
 
-    lo, hi = table["opset"]
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and not lo <= imp.version <= hi:
-            out.append(Violation("<model>", "opset", "opset", f"opset {imp.version} is outside TensorRT {target}'s {lo}-{hi}; "
-                                 f"re-export with an opset in that range"))
 
-    for io in [*g.input, *g.output]:
-        if io.name in consts:
+def _check_fp8(ctx: _Graph) -> list[Violation]:
+    """No FP8 tensor on a GPU older than FP8."""
+    if ctx.gpu_sm is None or ctx.gpu_sm >= FP8_MIN_SM:
+        return []
+    fp8 = sorted({t for t, code in ctx.dtypes.items() if DTYPE_NAMES.get(code) == "FP8"})
+    if not fp8:
+        return []
+    return [Violation(fp8[0], "tensor", "fp8", f"{len(fp8)} FP8 tensor(s); sm_{ctx.gpu_sm} has no FP8 (sm_{FP8_MIN_SM}+): "
+                      f"export INT8 or FP16 for this GPU")]
+
+
+def _check_profile(ctx: _Graph, batch: tuple[int, int, int] | None) -> list[Violation]:
+    """A static batch matches the build's batch profile."""
+    out: list[Violation] = []
+    if batch is None:
+        return out
+    for io in ctx.model.graph.input:
+        dims = ctx.shapes.get(io.name)
+        if io.name in ctx.consts or not dims or not isinstance(dims[0], int) or dims[0] <= 0:
             continue
-        dims = shapes.get(io.name)
-        where = "input" if io.name in graph_inputs else "output"
+        if any(b != dims[0] for b in batch):
+            out.append(Violation(io.name, "input", "profile", f"static batch {dims[0]} but the build's profile is "
+                                 f"{','.join(map(str, batch))}; build with --batch {dims[0]},{dims[0]},{dims[0]} or "
+                                 f"re-export with a dynamic batch"))
+    return out
+
+
+def _check_opset(ctx: _Graph) -> list[Violation]:
+    """The opset is one the target's parser reads."""
+    lo, hi = support_table()["targets"][ctx.target]["opset"]
+    return [Violation("<model>", "opset", "opset", f"opset {imp.version} is outside TensorRT {ctx.target}'s {lo}-{hi}; "
+                      f"re-export with an opset in that range")
+            for imp in ctx.model.opset_import if imp.domain in ("", "ai.onnx") and not lo <= imp.version <= hi]
+
+
+def _check_fixed_axes(ctx: _Graph) -> list[Violation]:
+    """Every graph input and output has a known rank, and only its batch axis is dynamic."""
+    out = []
+    g = ctx.model.graph
+    for io in [*g.input, *g.output]:
+        if io.name in ctx.consts:
+            continue
+        dims = ctx.shapes.get(io.name)
+        where = "input" if io.name in ctx.inputs else "output"
         if dims is None:
             out.append(Violation(io.name, where, "dynamic-axis", "unknown rank; export with a fixed rank"))
             continue
@@ -242,67 +290,78 @@ def check_model(model: Any, target: str = "10.3", *, sm: int | None = None,
             if not isinstance(d, int) or d <= 0:
                 out.append(Violation(io.name, where, "dynamic-axis", f"axis {axis} is dynamic ({d!r}); only the batch axis 0 may be, "
                                      f"export with a fixed input size"))
+    return out
 
+
+def _check_uint8(ctx: _Graph) -> list[Violation]:
+    """uint8 only as a network input consumed by Cast, or a network output."""
     consumers: dict[str, list[Any]] = {}
-    for n in g.node:
+    for n in ctx.model.graph.node:
         for t in n.input:
             if t:
                 consumers.setdefault(t, []).append(n)
-
-    for t, code in dtypes.items():
+    out = []
+    for t, code in ctx.dtypes.items():
         if DTYPE_NAMES.get(code) != "UINT8":
             continue
-        if t in graph_inputs:
+        if t in ctx.inputs:
             for c in consumers.get(t, []):
-                if c.op_type != "Cast" and not (c.op_type == "Identity" and c.output[0] in graph_outputs):
+                if c.op_type != "Cast" and not (c.op_type == "Identity" and c.output[0] in ctx.outputs):
                     out.append(Violation(c.name or c.op_type, c.op_type, "uint8",
                                          f"reads the uint8 graph input '{t}'; TensorRT accepts uint8 only as a network input "
                                          f"consumed by Cast: cast it first"))
-        elif t not in graph_outputs and t not in consts:
+        elif t not in ctx.outputs and t not in ctx.consts:
             out.append(Violation(t, "tensor", "uint8", "a uint8 intermediate tensor; TensorRT supports uint8 only as a network "
                                  "input or output"))
+    return out
 
-    for n in g.node:
-        node = n.name or f"<{n.op_type} -> {n.output[0] if n.output else '?'}>"
-        if n.domain not in ("", "ai.onnx"):
-            out.append(Violation(node, n.op_type, "custom-op", f"domain '{n.domain}' needs a TensorRT plugin; skipgan-edge ships none"))
+
+def _check_node(ctx: _Graph, n: Any) -> list[Violation]:
+    """One node: its domain and op in the target's table, its input and output types, the Q/DQ rules, the op's restrictions."""
+    node = n.name or f"<{n.op_type} -> {n.output[0] if n.output else '?'}>"
+    if n.domain not in ("", "ai.onnx"):
+        return [Violation(node, n.op_type, "custom-op", f"domain '{n.domain}' needs a TensorRT plugin; skipgan-edge ships none")]
+    if n.op_type not in ctx.ops:
+        return [Violation(node, n.op_type, "unsupported-op", f"not in onnx-tensorrt's support table for TensorRT {ctx.target}")]
+    allowed = ctx.ops[n.op_type]
+    if allowed is None:
+        return [Violation(node, n.op_type, "unsupported-op", f"marked unsupported in onnx-tensorrt's table for TensorRT {ctx.target}")]
+    if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        out = _check_qdq(n, node, ctx.dtypes, ctx.shapes, ctx.consts, ctx.quantized, ctx.name_of, ctx.target)
+    else:
+        out = _check_node_types(ctx, n, node, allowed)
+    for t in n.input:
+        if t and ctx.name_of(t) in ctx.quantized - FLOATS and n.op_type != "DequantizeLinear" and t not in ctx.consts:
+            out.append(Violation(node, n.op_type, "qdq", f"reads the quantized tensor '{t}'; in a strongly typed network a "
+                                 f"quantized tensor may only feed DequantizeLinear"))
+    out.extend(_check_restrictions(n, node, ctx.restrictions.get(n.op_type, {}), ctx.consts))
+    return out
+
+
+def _check_node_types(ctx: _Graph, n: Any, node: str, allowed: list[str]) -> list[Violation]:
+    """A node's input and output types against the target's table (index inputs INT32/INT64; no quantized output)."""
+    out = []
+    allowed_set = set(allowed)
+    aux = AUX_INPUTS.get(n.op_type, set())
+    for i, t in enumerate(n.input):
+        dt = ctx.name_of(t) if t else None
+        if dt is None or dt == "UINT8":  # uint8 has its own rule
             continue
-        if n.op_type not in ops:
-            out.append(Violation(node, n.op_type, "unsupported-op", f"not in onnx-tensorrt's support table for TensorRT {target}"))
+        if i in aux:
+            if n.op_type == "Resize" or dt in INDEX_TYPES:
+                continue
+            out.append(Violation(node, n.op_type, "dtype", f"input {i} '{t}' is {dt}; TensorRT needs INT32 or INT64 here"))
+        elif not ctx.listed(dt, allowed_set):
+            out.append(Violation(node, n.op_type, "dtype", f"input '{t}' is {dt}; TensorRT {ctx.target} supports {', '.join(allowed)}"))
+    for t in n.output:
+        dt = ctx.name_of(t) if t else None
+        if dt is None or dt == "UINT8" or (n.op_type in SHAPE_OUTPUT_OPS and dt in INDEX_TYPES):
             continue
-        allowed = ops[n.op_type]
-        if allowed is None:
-            out.append(Violation(node, n.op_type, "unsupported-op", f"marked unsupported in onnx-tensorrt's table for TensorRT {target}"))
-            continue
-        allowed_set = set(allowed)
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            out.extend(_check_qdq(n, node, dtypes, shapes, consts, quantized, name_of, target))
-        else:
-            aux = AUX_INPUTS.get(n.op_type, set())
-            for i, t in enumerate(n.input):
-                dt = name_of(t) if t else None
-                if dt is None or dt == "UINT8":  # uint8 has its own rule
-                    continue
-                if i in aux:
-                    if n.op_type == "Resize" or dt in INDEX_TYPES:
-                        continue
-                    out.append(Violation(node, n.op_type, "dtype", f"input {i} '{t}' is {dt}; TensorRT needs INT32 or INT64 here"))
-                elif not listed(dt, allowed_set):
-                    out.append(Violation(node, n.op_type, "dtype", f"input '{t}' is {dt}; TensorRT {target} supports {', '.join(allowed)}"))
-            for t in n.output:
-                dt = name_of(t) if t else None
-                if dt is None or dt == "UINT8" or (n.op_type in SHAPE_OUTPUT_OPS and dt in INDEX_TYPES):
-                    continue
-                if not listed(dt, allowed_set):
-                    out.append(Violation(node, n.op_type, "dtype", f"output '{t}' is {dt}; TensorRT {target} supports {', '.join(allowed)}"))
-            for t in n.output:
-                if name_of(t) in quantized - FLOATS:
-                    out.append(Violation(node, n.op_type, "qdq", f"produces the quantized tensor '{t}' outside QuantizeLinear"))
-        for t in n.input:
-            if t and name_of(t) in quantized - FLOATS and n.op_type != "DequantizeLinear" and t not in consts:
-                out.append(Violation(node, n.op_type, "qdq", f"reads the quantized tensor '{t}'; in a strongly typed network a "
-                                     f"quantized tensor may only feed DequantizeLinear"))
-        out.extend(_check_restrictions(n, node, restrictions.get(n.op_type, {}), consts))
+        if not ctx.listed(dt, allowed_set):
+            out.append(Violation(node, n.op_type, "dtype", f"output '{t}' is {dt}; TensorRT {ctx.target} supports {', '.join(allowed)}"))
+    for t in n.output:
+        if ctx.name_of(t) in ctx.quantized - FLOATS:
+            out.append(Violation(node, n.op_type, "qdq", f"produces the quantized tensor '{t}' outside QuantizeLinear"))
     return out
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from skipgan_edge.card import check_writable
-from skipgan_edge.runtime.backends import BackendOptions, open_backend, race_cpu_runtimes, race_needed
+from skipgan_edge.runtime.artifact import Artifact
+from skipgan_edge.runtime.backends import BackendOptions, race_cpu_runtimes, race_needed
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, CsvSink, ImageFolderSink, JsonlSink, ShowSink, Sink, VideoSink
 from skipgan_edge.runtime.sources import SourceOptions, open_source
@@ -26,11 +27,11 @@ class SinkOptions:
 
 
 def run(
-    kind: str, path: Path, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
+    art: Artifact, source: str, *, backend: str = "auto", pipeline: PipelineConfig = PipelineConfig(),
     sinks: SinkOptions = SinkOptions(), source_opts: SourceOptions = SourceOptions(), options: BackendOptions = BackendOptions(),
     extra_sinks: Sequence[Callable[[], Sink]] = (),
 ) -> dict[str, Any]:
-    """Open the backend and the source, stream every frame through, return the summary.
+    """Open the artifact's backend and the source, stream every frame through, return the summary.
 
     The model is checked first, then the sinks and the source, so that each mistake is one line
     before anything runs. ``backend="auto"`` means what it means in every verb
@@ -45,8 +46,8 @@ def run(
                          (sinks.csv, "--csv"), (sinks.save_video, "--save-video")):
         if target is not None and str(target) != "-":
             check_writable(Path(target), what)  # one line before the model is even loaded
-    do_race = race_needed(kind, backend)
-    be = open_backend(kind, path, backend, options, batch=max(1, pipeline.batch), race=False)
+    do_race = race_needed(art.kind, backend)
+    be = art.open(backend, options, batch=max(1, pipeline.batch), race=False)
     with contextlib.ExitStack() as stack:
         stack.enter_context(be)
         # the heatmap's colour scale, in the map's own units: the card's map_scale (1.5x the normal validation maps'
@@ -70,10 +71,10 @@ def run(
                 out.append(make())
             src = open_source(source, source_opts)
             if do_race:
-                winner, race = race_cpu_runtimes(path, max(1, pipeline.batch), options)
+                winner, race = race_cpu_runtimes(art.pair[1], max(1, pipeline.batch), options)
                 if winner != be.name:
                     stack.close()  # the first choice's memory goes before the winner loads
-                    be = stack.enter_context(open_backend(kind, path, winner, options, batch=max(1, pipeline.batch), race=False))
+                    be = stack.enter_context(art.open(winner, options, batch=max(1, pipeline.batch), race=False))
                 be.chosen_by = {"rule": f"auto: faster CPU runtime on this model at batch {max(1, pipeline.batch)}", "race_ms": race}
         except BaseException:
             for s in out:

@@ -84,8 +84,8 @@ from skipgan_edge.card import (
 )
 from skipgan_edge.contract import PRECISION_KEY
 from skipgan_edge.errors import ConfigError, MissingDependencyError, ModelFolderError
-from skipgan_edge.runtime.backends import BackendOptions, open_backend
-from skipgan_edge.runtime.engine_file import MAGIC, read_engine_file
+from skipgan_edge.runtime.backends import Artifact, BackendOptions, open_backend
+from skipgan_edge.runtime.engine_file import MAGIC, EngineHeader, read_engine_file
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.sinks import Sink
 from skipgan_edge.runtime.sources import Source, SourceOptions, open_source
@@ -462,17 +462,12 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
     return threshold, stats, report
 
 
-def _read_base(t: Target) -> tuple[ModelCard, dict[str, Any] | None, bytes | None]:
-    if t.kind == "model":
-        return load_card(t.path), None, None
-    if t.kind == "onnx":
-        from skipgan_edge.runtime.backends.onnxrt import read_card
-
-        return read_card(t.path), None, None
+def _read_base(t: Target) -> tuple[ModelCard, EngineHeader | None, bytes | None]:
+    """The artifact's card (:meth:`Artifact.read_card`, the one reader); for an engine also its typed header and plan."""
+    if t.kind != "engine":
+        return Artifact(t.kind, t.path).read_card(), None, None
     meta, blob = read_engine_file(t.path)
-    if "card" not in meta:
-        raise ModelFolderError(f"{t.path} has no model card in its header; rebuild it with skipgan-edge build")
-    return ModelCard.from_dict(meta["card"], str(t.path)), meta, blob
+    return meta.need_card(t.path), meta, blob
 
 
 def prepare_updates(targets: list[Target], card: ModelCard, stats: ValStats, threshold: Threshold,
@@ -501,7 +496,7 @@ def prepare_updates(targets: list[Target], card: ModelCard, stats: ValStats, thr
             pending.append((t.path, data))
         else:
             assert meta is not None and blob is not None
-            header = json.dumps({**meta, "card": new.to_dict()}).encode()
+            header = json.dumps({**meta.to_dict(), "card": new.to_dict()}).encode()
             pending.append((t.path, MAGIC + struct.pack(">I", len(header)) + header + blob))
     return pending
 

@@ -4,15 +4,19 @@ The file is a small container: the magic ``SKIPGAN-ENGINE\\n``, a 4-byte big-end
 header (TensorRT version, GPU name and compute capability, precision, batch profile, placement,
 the model card, the exact ``build`` command), then the serialized engine. :func:`load_engine`
 refuses an engine built for another GPU or TensorRT version with one line that gives the command to
-rebuild it, and checks the embedded card like every other card (:func:`skipgan_edge.contract.check_card`).
+rebuild it, and checks the embedded card like every other card (:meth:`skipgan_edge.card.ModelCard.from_dict`). The header is
+typed (:class:`EngineHeader`), beside the typed card it carries.
 
 This is the runtime's half of TensorRT (loading); building lives in :mod:`skipgan_edge.export.engine`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
+from collections.abc import KeysView
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
 from packaging.version import InvalidVersion, Version
 
-from skipgan_edge.contract import check_card
+from skipgan_edge.card import ModelCard, TypedFieldError, typed_from_dict
 from skipgan_edge.errors import EngineError, MissingDependencyError
 
 MAGIC = b"SKIPGAN-ENGINE\n"
@@ -94,15 +98,96 @@ def gpu_info() -> dict[str, Any]:
     raise EngineError("no CUDA GPU is visible: TensorRT engines are built and run on an NVIDIA GPU or Jetson")
 
 
-def write_engine_file(out: Path, meta: dict[str, Any], engine: bytes) -> None:
+@dataclass(frozen=True)
+class Profile:
+    """The engine's optimisation profile over the batch axis."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class EngineHeader:
+    """The JSON header of an engine file, typed beside the card it carries. Every field is optional on reading (a field
+    an older writer did not write is None and left out of :meth:`to_dict` again); the backend needs ``precision`` and
+    ``profile``, the version check ``tensorrt``, ``gpu`` and ``compute_capability``. Dict-style reads
+    (``header["precision"]``) give the JSON form."""
+
+    engine_format: int | None = None
+    tensorrt: str | None = None
+    gpu: str | None = None
+    compute_capability: str | None = None
+    cuda_python: str | None = None  # why cuda-python could not be used where it was built (gpu_info), if it could not
+    precision: str | None = None
+    profile: Profile | None = None
+    placement: dict[str, Any] | None = None  # gpu, or dla:N with the layers the DLA takes (and the engine inspector's count)
+    network: dict[str, Any] | None = None  # strongly or weakly typed (TensorRT 8.6: the rewrite and the FP32 layers)
+    input: dict[str, Any] | None = None
+    model_id: str | None = None
+    card: ModelCard | None = None
+    build: dict[str, Any] | None = None  # the BuildConfig it was built with
+    build_command: str | None = None  # the exact command that rebuilds it
+    onnx: str | None = None
+    check: dict[str, Any] | None = None  # the run on held-out frames against ONNX Runtime and the export gate
+    plan: str | None = None  # where --plan wrote the raw plan
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer writer added: kept, not read
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "extra" or v is None:
+                continue
+            out[f.name] = v.to_dict() if isinstance(v, ModelCard) else dataclasses.asdict(v) if isinstance(v, Profile) else v
+        return {**self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> EngineHeader:
+        """Check every field's type (and the card like every other card); one line naming the first that is wrong."""
+        if not isinstance(data, dict):
+            raise EngineError(f"{where} has a corrupt header (not a JSON object); rebuild it with skipgan-edge build")
+        problem = _header_problem(data)
+        if problem:
+            raise EngineError(f"{where} has an invalid header ({problem}); rebuild it with skipgan-edge build")
+        card = ModelCard.from_dict(data["card"], where) if "card" in data else None
+        try:
+            header: EngineHeader = typed_from_dict(cls, {k: v for k, v in data.items() if k != "card"}, "")
+        except TypedFieldError as exc:
+            raise EngineError(f"{where} has an invalid header ({exc}); rebuild it with skipgan-edge build") from None
+        return dataclasses.replace(header, card=card)
+
+    def replace(self, **changes: Any) -> EngineHeader:
+        return dataclasses.replace(self, **changes)
+
+    def need_card(self, where: Path | str) -> ModelCard:
+        if self.card is None:
+            raise EngineError(f"{where} has no model card in its header; rebuild it with skipgan-edge build")
+        return self.card
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_dict()
+
+    def keys(self) -> KeysView[str]:
+        return self.to_dict().keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+
+def write_engine_file(out: Path, meta: EngineHeader | dict[str, Any], engine: bytes) -> None:
+    """Header (typed, or its JSON form) and serialized engine, atomically."""
     from skipgan_edge.card import atomic_write_bytes
 
-    header = json.dumps(meta).encode()
+    header = json.dumps(meta.to_dict() if isinstance(meta, EngineHeader) else meta).encode()
     atomic_write_bytes(Path(out), MAGIC + struct.pack(">I", len(header)) + header + engine)
 
 
-def read_engine_file(path: Path) -> tuple[dict[str, Any], bytes]:
-    """Header and engine bytes of an engine file we wrote; a one-line error otherwise."""
+def read_engine_file(path: Path) -> tuple[EngineHeader, bytes]:
+    """Typed header and engine bytes of an engine file we wrote; a one-line error otherwise."""
     path = Path(path)
     if not path.exists():
         raise EngineError(f"engine not found: {path}; build one with: skipgan-edge build --onnx scorer.onnx --out {path}")
@@ -112,17 +197,10 @@ def read_engine_file(path: Path) -> tuple[dict[str, Any], bytes]:
     (n,) = struct.unpack(">I", data[len(MAGIC) : len(MAGIC) + 4])
     start = len(MAGIC) + 4
     try:
-        meta: dict[str, Any] = json.loads(data[start : start + n])
+        meta = json.loads(data[start : start + n])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise EngineError(f"{path} has a corrupt header; rebuild it with skipgan-edge build") from None
-    if not isinstance(meta, dict):
-        raise EngineError(f"{path} has a corrupt header (not a JSON object); rebuild it with skipgan-edge build")
-    if "card" in meta:
-        check_card(meta["card"], str(path))
-    problem = _header_problem(meta)
-    if problem:
-        raise EngineError(f"{path} has an invalid header ({problem}); rebuild it with skipgan-edge build")
-    return meta, data[start + n :]
+    return EngineHeader.from_dict(meta, str(path)), data[start + n :]
 
 
 def _header_problem(meta: dict[str, Any]) -> str | None:
@@ -142,21 +220,19 @@ def _header_problem(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def check_compatible(meta: dict[str, Any], trt_version: str, gpu: dict[str, Any], path: Path) -> None:
+def check_compatible(meta: EngineHeader, trt_version: str, gpu: dict[str, Any], path: Path) -> None:
     """Refuse an engine built for another TensorRT version or GPU, saying how to rebuild."""
-    built = f"TensorRT {meta.get('tensorrt')} on {meta.get('gpu')} (sm_{meta.get('compute_capability')})"
+    built = f"TensorRT {meta.tensorrt} on {meta.gpu} (sm_{meta.compute_capability})"
     here = f"TensorRT {trt_version} on {gpu['gpu']} (sm_{gpu['compute_capability']})"
     try:
-        built_version = Version(str(meta.get("tensorrt")))
+        built_version = Version(str(meta.tensorrt))
     except InvalidVersion:
-        raise EngineError(f"{path} has an invalid header (TensorRT version {meta.get('tensorrt')!r}); rebuild it with skipgan-edge build") from None
-    if built_version != Version(trt_version) or meta.get("gpu") != gpu["gpu"] or meta.get(
-        "compute_capability"
-    ) != gpu["compute_capability"]:
-        raise EngineError(f"{path} was built for {built}; this is {here}: rebuild it here with: {meta.get('build_command')}")
+        raise EngineError(f"{path} has an invalid header (TensorRT version {meta.tensorrt!r}); rebuild it with skipgan-edge build") from None
+    if built_version != Version(trt_version) or meta.gpu != gpu["gpu"] or meta.compute_capability != gpu["compute_capability"]:
+        raise EngineError(f"{path} was built for {built}; this is {here}: rebuild it here with: {meta.build_command}")
 
 
-def load_engine(path: Path) -> tuple[dict[str, Any], trt.ICudaEngine]:
+def load_engine(path: Path) -> tuple[EngineHeader, trt.ICudaEngine]:
     """Deserialize an engine after checking it was built for this GPU and TensorRT version."""
     meta, blob = read_engine_file(path)
     import_tensorrt()
@@ -167,5 +243,5 @@ def load_engine(path: Path) -> tuple[dict[str, Any], trt.ICudaEngine]:
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(blob)
     if engine is None:
-        raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with: {meta.get('build_command')}")
+        raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with: {meta.build_command}")
     return meta, engine

@@ -69,7 +69,7 @@ import numpy as np
 from skipgan_edge.config import check_limits, read_toml, typed_values
 from skipgan_edge.errors import ConfigError, SkipganError
 from skipgan_edge.logs import redact
-from skipgan_edge.runtime.backends import BackendOptions, open_backend
+from skipgan_edge.runtime.backends import Artifact, BackendOptions, open_backend
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.pipeline import Pipeline, PipelineConfig
 from skipgan_edge.runtime.preprocess import MODES, Preprocessor, prepare_frame
@@ -158,10 +158,10 @@ class CameraConfig:
                 parse_url(camera_mqtt_url(mqtt, self.mqtt_topic), f"{where}: 'mqtt_topic'")
 
     @property
-    def artifact(self) -> tuple[str, Path]:
+    def artifact(self) -> Artifact:
         given = [(k, getattr(self, k)) for k in ("model", "onnx", "engine", "triton") if getattr(self, k) is not None]
         kind, where = given[0]
-        return kind, Path(where.split("://", 1)[1] if kind == "triton" else where)
+        return Artifact(kind, url=where) if kind == "triton" else Artifact(kind, Path(where))
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ def check_cell(cfg: CellConfig, path: Path) -> list[str]:
     seen: dict[tuple[str, Path], str] = {}
     for i, cam in enumerate(cfg.cameras, 1):
         where = _where(path, i, cam)
-        kind, art = cam.artifact
+        kind, art = cam.artifact.pair
         key = (kind, art.resolve() if kind != "triton" else art)
         if key not in seen:
             try:
@@ -556,7 +556,7 @@ class Cell:
         self.cfg = cfg
         self.groups: dict[tuple[str, Path], ModelGroup] = {}
         for cam in cfg.cameras:
-            kind, path = cam.artifact
+            kind, path = cam.artifact.pair
             key = (kind, path.resolve())
             self.groups.setdefault(key, ModelGroup(kind, path, [])).cameras.append(cam)
         self.stop_event = threading.Event()

@@ -71,10 +71,6 @@ class TritonURL:
         return f"{SCHEME}{self.address}/{self.model}" + (f"/{self.version}" if self.version else "")
 
 
-def is_triton(backend: str) -> bool:
-    return backend.startswith(SCHEME)
-
-
 def parse_url(url: str) -> TritonURL:
     """Check a ``triton://`` URL in one line (it comes from the command line or a cell's TOML: hostile)."""
     usage = "use triton://HOST:PORT/MODEL[/VERSION] (gRPC port, e.g. triton://127.0.0.1:8001/scorer)"

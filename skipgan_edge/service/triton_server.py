@@ -369,7 +369,7 @@ def triton_serve(onnx: Path | None, export_dir: Path | None, *, http_port: int, 
     try:
         with _on_signals(_raise_stopped):
             if onnx is not None:
-                from skipgan_edge.runtime.backends.onnxrt import read_card
+                from skipgan_edge.runtime.artifact import Artifact
 
                 try:
                     pref = tuple(int(b) for b in preferred_batch.split(",") if b.strip())
@@ -379,7 +379,7 @@ def triton_serve(onnx: Path | None, export_dir: Path | None, *, http_port: int, 
                 ts.check()
                 if not onnx.is_file():
                     raise ConfigError(f"ONNX file not found: {onnx}")
-                card = read_card(onnx)
+                card = Artifact("onnx", onnx).read_card()
                 if repository is None:
                     clean_stale_tmp()
                     tmp = repository = own_tmpdir("skipgan-repo-")

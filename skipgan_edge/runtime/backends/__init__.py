@@ -2,7 +2,8 @@
 
 One way to open a scorer, whatever the verb (``run``, ``eval``, ``bench``, the export gate and
 parity check): :func:`open_backend` with an artifact (``model`` folder, ``onnx`` file or
-``engine`` file), a backend name and :class:`BackendOptions`. It creates the backend without
+``engine`` file: :class:`skipgan_edge.runtime.artifact.Artifact`, whose ``open`` calls it), a backend name and
+:class:`BackendOptions`. It creates the backend without
 activating it; use it as a context manager.
 
 ``--backend auto`` means the same in every verb, decided here and nowhere else
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.errors import ConfigError
+from skipgan_edge.runtime.artifact import Artifact
 from skipgan_edge.runtime.backends.base import Backend
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
@@ -86,19 +88,6 @@ def resolve_backend(kind: str, backend: str = "auto") -> str:
     if backend != "auto":
         return backend
     return {"model": "torch", "onnx": default_onnx_backend(), "engine": "tensorrt"}[kind]
-
-
-def artifact(model: Path | None, onnx: Path | None, engine: Path | None, backend: str = "auto") -> tuple[str, Path]:
-    """The one artifact a verb was given, as (kind, path); with ``--backend triton://...`` the server's model (kind ``triton``)."""
-    given = [(k, p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None]
-    if is_remote(backend):
-        if given:
-            raise ConfigError("--backend triton://... scores on the server's model: give no --model, --onnx or --engine with it")
-        resolve_backend("triton", backend)
-        return "triton", Path(backend.split("://", 1)[1])
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --model RUN_DIR, --onnx FILE or --engine FILE (or --backend triton://HOST:PORT/MODEL)")
-    return given[0][0], Path(given[0][1])
 
 
 def race_needed(kind: str, backend: str) -> bool:
@@ -225,3 +214,7 @@ def race_cpu_runtimes(path: Path, batch: int, options: BackendOptions | None = N
     log.info("--backend auto: %s per batch of %d → %s (choose with --backend)",
              ", ".join(f"{k} {v:.3f} ms" for k, v in per_call.items()), batch, best)
     return best, per_call
+
+
+__all__ = ["BACKENDS", "CPU_ONLY", "Artifact", "BackendOptions", "choose_backend", "is_remote", "open_backend", "race_cpu_runtimes",
+           "register_remote", "resolve_backend"]

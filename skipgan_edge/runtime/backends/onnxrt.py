@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard
-from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, PRECISION_KEY, ScoreBatch
+from skipgan_edge.card import ModelCard, card_from_onnx_metadata
+from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ModelFolderError
 from skipgan_edge.runtime.backends.base import Backend
 
 
 def read_card(path: Path) -> ModelCard:
-    """The model card stored in an exported ONNX file's metadata_props, with I/O checks."""
+    """The model card stored in an exported ONNX file's metadata_props, with I/O checks (what
+    :meth:`skipgan_edge.runtime.artifact.Artifact.read_card` reads an ONNX file with)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -47,9 +48,7 @@ def _card_from_session(sess: Any, path: Path) -> ModelCard:
             f"{path} is not a skipgan-edge scorer: inputs {inputs}, outputs {outputs}; expected input "
             f"'{INPUT_NAME}' and outputs {OUTPUT_NAMES}; export one with: skipgan-edge export --model RUN_DIR"
         )
-    if CARD_KEY not in meta:
-        raise ModelFolderError(f"{path} has no model card in its metadata; re-export it with skipgan-edge export")
-    card = ModelCard.from_json(meta[CARD_KEY], str(path)).replace(precision=meta.get(PRECISION_KEY, "fp32"))
+    card = card_from_onnx_metadata(dict(meta), str(path))
     inp = sess.get_inputs()[0]
     want = [card.input.isize, card.input.isize, card.input.channels]
     if inp.type != "tensor(uint8)" or len(inp.shape) != 4 or list(inp.shape[1:]) != want:

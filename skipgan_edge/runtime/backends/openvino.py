@@ -40,6 +40,7 @@ records it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,11 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def inference_precision(export: dict[str, Any], precision: str, hint: str, has_bf16: bool | None = None) -> str:
+def inference_precision(export: Mapping[str, Any], precision: str, hint: str, has_bf16: bool | None = None) -> str:
     """The precision OpenVINO computes in for a file whose card's ``export`` record is ``export``: see the module docstring."""
     if hint != "auto":
         return hint
-    gated = str(export.get("cpu_bf16", {}).get("gate")) == "passed"
+    gated = str((export.get("cpu_bf16") or {}).get("gate")) == "passed"
     bf16 = cpu_has_bf16() if has_bf16 is None else has_bf16
     return "bf16" if precision == "fp16" and gated and bf16 else "f32"
 
@@ -106,11 +107,11 @@ class OpenVinoBackend(Backend):
             import openvino as ov
         except ImportError:
             raise MissingDependencyError("--backend openvino needs OpenVINO: pip install 'skipgan-edge[openvino]'") from None
-        from skipgan_edge.runtime.backends.onnxrt import read_card
+        from skipgan_edge.runtime.artifact import Artifact
 
         if not self.path.exists():
             raise ModelFolderError(f"ONNX file not found: {self.path}")
-        self.card = read_card(self.path)
+        self.card = Artifact("onnx", self.path).read_card()
         self.precision = self.card.precision
         self._core = ov.Core()
         self.inference_precision = inference_precision(self.card.export, self.precision, self.precision_hint)

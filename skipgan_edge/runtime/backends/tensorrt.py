@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import EngineError
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.cuda import CudaApi, CudaError, IOBuffers, make_cuda_api
+from skipgan_edge.runtime.engine_file import EngineHeader
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class TensorRTBackend(Backend):
     def _open_api(self) -> CudaApi:
         return make_cuda_api(self.cuda_api_name)
 
-    def _open_engine(self) -> tuple[dict[str, Any], Any]:
+    def _open_engine(self) -> tuple[EngineHeader, Any]:
         from skipgan_edge.runtime.engine_file import load_engine
 
         return load_engine(self.path)
@@ -121,10 +121,12 @@ class TensorRTBackend(Backend):
         if self.use_graphs and not self.api.supports_graphs:
             log.info("CUDA graphs are off: %s has no stream capture", self.api.name)
             self.use_graphs = False
-        self.card = ModelCard.from_dict(self.meta.get("card"), str(self.path))
-        self.precision = str(self.meta["precision"])
-        self.min_batch = int(self.meta["profile"]["min"])
-        self.max_batch = int(self.meta["profile"]["max"])
+        if self.meta.precision is None or self.meta.profile is None:
+            raise EngineError(f"{self.path} has no precision or batch profile in its header; rebuild it with skipgan-edge build")
+        self.card = self.meta.need_card(self.path)
+        self.precision = self.meta.precision
+        self.min_batch = self.meta.profile.min
+        self.max_batch = self.meta.profile.max
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise EngineError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)")
