@@ -227,7 +227,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
-                                         "see the README's Runtime section).")] = "auto",
+                                         "see docs/runtime.md).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
 ) -> None:
     """AUROC, AP, recall at 1 % and 5 % false alarms, the alarm at the model threshold; ROC, PR and histogram plots
@@ -527,7 +527,7 @@ def serve_cmd(
     if config is None:
         from skipgan_edge.errors import ConfigError
 
-        raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and the README's On the line)")
+        raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and docs/line.md)")
     cell = load_cell(config)
     if check:
         typer.echo(f"{config}: ok, {len(cell.cameras)} camera(s)")
