@@ -235,7 +235,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     device: Annotated[str, typer.Option(help="torch device for --model.")] = "cpu",
     backend: Annotated[str, typer.Option(help="auto, onnxruntime, openvino, tensorrt or torch (auto: as in every verb, "
-                                         "see the README's Runtime section).")] = "auto",
+                                         "see docs/runtime.md).")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime / OpenVINO intra-op threads (0 = all cores).")] = 0,
     fps: Annotated[float, typer.Option(help="The line's frame rate: false alarms per hour at the model's threshold are counted at it.")] = 25.0,
 ) -> None:
@@ -515,7 +515,7 @@ def serve_cmd(
     if config is None:
         from skipgan_edge.errors import ConfigError
 
-        raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and the README's On the line)")
+        raise ConfigError("serve needs --config cell.toml (see skipgan-edge serve --help and docs/line.md)")
     cell = load_cell(config)
     if check:
         for line in check_cell(cell, config):

@@ -153,7 +153,7 @@ def drawing(graph: dict[str, set[str]] | None = None) -> str:
     imports already implies (the transitive reduction: every arrow drawn is a direct import, and every import is a
     path of arrows). The basics of layer 0 are one box."""
     graph = part_graph() if graph is None else graph
-    base = "contract, errors, card, config, thresholds"
+    base = "contract, errors, logs, card, config, thresholds"
     node = {p: ("base" if LAYERS.get(p) == 0 else p) for p in graph}
     merged: dict[str, set[str]] = {}
     upward: list[str] = []  # the allowed exceptions (ALLOWED_UPWARD), drawn dotted and left out of the reduction

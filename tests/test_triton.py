@@ -197,10 +197,10 @@ def test_triton_urls_are_checked_in_one_line() -> None:
 
 # --------------------------------------------------------------------------------------------- a real server
 def _readme_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Beyond one box", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "triton.md").read_text()
+    section = text.split("# Beyond one box", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block, "README's Beyond one box has no code block"
+    assert block, "docs/triton.md's Beyond one box has no code block"
     return [shlex.split(line.split("  #")[0]) for line in block.group(1).splitlines() if line.strip()]
 
 
@@ -214,7 +214,7 @@ def _with(args: list[str], **values: str) -> list[str]:
 
 
 def test_readme_beyond_one_box_export_serve_stream(demo_model: Path, tmp_path: Path) -> None:
-    """The README's three commands, as a user runs them (paths and ports made local): export --triton writes the
+    """docs/triton.md's three commands, as a user runs them (paths and ports made local): export --triton writes the
     repository; triton-serve --export-dir loads it as it is into a real Triton; run streams to it and gets ONNX Runtime's
     scores."""
     export, serve, stream = _readme_commands()
