@@ -149,7 +149,7 @@ def test_rtsp_stream_with_server_restart(demo_onnx: Path, tmp_path: Path) -> Non
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         out = tmp_path / "r.jsonl"
-        run = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", f"rtsp://127.0.0.1:{port}/test",
+        run = subprocess.Popen([*CLI, "run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", f"rtsp://viewer:s3cret@127.0.0.1:{port}/test",
                                 "--jsonl", str(out), "--max-frames", "120", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 60
         while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 20):
@@ -166,6 +166,8 @@ def test_rtsp_stream_with_server_restart(demo_onnx: Path, tmp_path: Path) -> Non
         assert s["live"] is True and s["frames_in"] == 120 and s["scored"] + s["dropped"] == 120
         frames = [r["frame"] for r in _records(out)]
         assert frames == sorted(frames) and len(frames) == s["scored"]
+        # the camera's password is in no record, summary or log line (the user name stays: it says which account)
+        assert "s3cret" not in stdout + stderr + out.read_text() and s["source"] == f"rtsp://viewer:***@127.0.0.1:{port}/test"
     finally:
         server.kill()
 

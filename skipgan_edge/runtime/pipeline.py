@@ -49,6 +49,7 @@ import numpy as np
 
 from skipgan_edge.card import ModelCard, atomic_write_json, threshold_id
 from skipgan_edge.errors import SinkError, SkipganError
+from skipgan_edge.logs import redact
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.events import EventTracker
 from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate, prepare_frame
@@ -194,6 +195,7 @@ class Pipeline:
         self.events_open_at_end = 0
         self.trackers: dict[str, EventTracker] = {}  # alarm events, per camera (serve merges several into one pipeline)
         self.extra_summary: dict[str, Any] = {}  # recorded as they are in the summary (e.g. how the backend was chosen)
+        self._shown_sources: dict[str, str] = {}  # each source as records show it (credentials redacted)
         self.next_backend: Backend | None = None  # set (active) by a reloader thread; the run loop swaps it in
         self.on_swap: Any = None  # called with the old and the new backend after a swap
         # one input per frame and no sink draws: the backend's outputs are the results as they are
@@ -355,7 +357,7 @@ class Pipeline:
                 box = locate(m, self.map_level, p.view.shape[:2], p.offset)
             k += len(p.inputs)
             rec: dict[str, Any] = {
-                "schema": SCHEMA_VERSION, "camera": camera, "source": f.source, "frame": f.index, "file": f.name,
+                "schema": SCHEMA_VERSION, "camera": camera, "source": self._shown(f.source), "frame": f.index, "file": f.name,
                 "timestamp": f.timestamp, "time": iso_time(f.timestamp), "model_id": model_id, "threshold": thr,
                 "threshold_id": tid if thr == self.threshold else threshold_id(self.backend.card, thr),
                 "score": res["score"], "normalized_score": res["normalized_score"], "anomalous": anomalous, "bbox": box,
@@ -410,9 +412,16 @@ class Pipeline:
                 except OSError as exc:
                     raise SinkError(f"{sink.name} sink failed: {exc.strerror or exc}") from None
 
+    def _shown(self, source: str) -> str:
+        """``source`` as records and the summary show it: a URL's password redacted (``rtsp://user:***@cam``), once per source."""
+        shown = self._shown_sources.get(source)
+        if shown is None:
+            shown = self._shown_sources[source] = redact(source)
+        return shown
+
     def _summary(self, elapsed: float, dropped: int) -> dict[str, Any]:
         return {
-            "schema": SCHEMA_VERSION, "camera": self.cfg.camera, "source": self.source.spec, "live": self.source.live,
+            "schema": SCHEMA_VERSION, "camera": self.cfg.camera, "source": self._shown(self.source.spec), "live": self.source.live,
             "backend": self.backend.name, "precision": self.backend.precision,
             "model_id": self.backend.card.model_id, "frames_in": self.frames_in, "scored": self.scored,
             "dropped": dropped, "unreadable": self.unreadable + self.source.unreadable, "anomalies": self.anomalies,
