@@ -23,7 +23,7 @@ STAMP := $(VENV)/.installed
 MODELOPT_SPEC := nvidia-modelopt==0.47.0
 MODELOPT_DEPS := 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnxscript>=0.5' 'onnx-graphsurgeon>=0.6.1' \
   'onnxconverter-common~=1.16.0' 'onnxslim>=0.1.76' 'polygraphy>=0.53.4' ml_dtypes cppimport lief \
-  ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy
+  ninja 'nvidia-ml-py>=12' 'setuptools>=80' PyYAML 'omegaconf>=2.3' 'pulp<4' 'pydantic>=2' regex rich scipy tqdm
 DEV_DEPS := 'pytest>=8' 'hypothesis>=6' 'scikit-learn>=1.3' 'mypy>=1.10' 'ruff>=0.5' 'cuda-python>=12.6.1' 'openvino>=2024.0' 'paho-mqtt>=2.0,<3' 'prometheus-client>=0.20' 'jsonschema>=4'
 DEBS := dataset-fashion-mnist mosquitto python3.11-venv python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
   gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-tools python3-opencv \
