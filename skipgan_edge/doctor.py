@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def cuda_line() -> str:
 
 def report() -> list[str]:
     lines = [f"python {platform.python_version()} on {platform.machine()} ({platform.platform()})"]
+    rows = []
     for mod, what in (
         ("torch", "training and the torch backend"),
         ("onnxruntime", "the ONNX Runtime backend"),
@@ -80,8 +82,10 @@ def report() -> list[str]:
         ("tritonclient.grpc", "--backend triton:// (a Triton client)"),
         ("pytriton", "triton-serve (PyTriton's bundled tritonserver)"),
     ):
-        v = _version(mod)
-        lines.append(f"{mod:17s} {v or 'missing':12s} {what}")
+        v = _version(mod) or "missing"
+        rows.append((mod, re.sub(r"^(\d+(?:\.\d+)+)-\d+-.*", r"\1", v), what))  # OpenVINO's 2026.4.1-22982-<build>: the release
+    wide = max(len(r[1]) for r in rows)  # the columns fit the longest version (OpenVINO's carries its build)
+    lines += [f"{mod:17s} {v:{wide}s} {what}" for mod, v, what in rows]
     lines.append(cuda_line())
     missing = gpu_stack_missing()
     lines.append("TensorRT engines: " + ("ready (GPU, cuda-python, TensorRT)" if not missing else "not here: missing " + "; ".join(missing)))

@@ -105,3 +105,14 @@ def test_version_and_h_work_alone() -> None:
     p = run_cli("-v")  # options only: the help, not "Missing command"
     assert p.returncode == 0 and "Commands:" in p.stdout, p.stderr
     assert sys.executable
+
+
+def test_doctor_columns_line_up() -> None:
+    """doctor's package table: every row's description starts in the same column, whatever the versions' lengths."""
+    p = run_cli("doctor")
+    names = ("torch", "onnxruntime", "onnx", "openvino", "tensorrt", "pycuda")
+    rows = [line for line in p.stdout.splitlines() if any(line.startswith(f"{n:17s} ") for n in names)]
+    assert len(rows) == 6, p.stdout
+    whats = ("training", "the ONNX Runtime", "export;", "the OpenVINO", "engine build", "CUDA buffers")
+    starts = {line.index(what) for line, what in zip(rows, whats)}
+    assert len(starts) == 1, rows
