@@ -65,8 +65,8 @@ class Dataset:
         out = []
         v = self.val_split or {}
         if "fraction" in v:
-            out.append(f"validation: a seeded {v['fraction']:.0%} of {v['from']} held out (seed {v['seed']}): {v['n_val']} images; "
-                       f"training on the other {v['n_train']}" + ("; no test/ to evaluate on" if self.test is None else ""))
+            out.append(f"validation: a seeded {v['fraction']:.0%} (at least 2 images) of {v['from']} held out (seed {v['seed']}): "
+                       f"{v['n_val']} images; training on the other {v['n_train']}" + ("; no test/ to evaluate on" if self.test is None else ""))
         elif v:
             out.append(f"validation: {v['from']} ({v['n_val']} images); training on {v['n_train']}")
         other = {s: n for s, n in self.source_sizes.items() if s != f"{isize}x{isize}"}
