@@ -60,6 +60,15 @@ def test_frames_without_variation_are_refused(demo_onnx: Path, tmp_path: Path) -
     assert "updated:" in run_cli(*base, "--normal", str(site)).stdout
 
 
+def _copies(demo_model: Path, demo_onnx: Path, tmp_path: Path, frames: int) -> tuple[Path, Path, Path]:
+    """A writable copy of the model folder and its ONNX, and a normal site video of ``frames`` frames."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_model, model)
+    onnx = tmp_path / "scorer.onnx"
+    shutil.copy(demo_onnx / "scorer.onnx", onnx)
+    return model, onnx, write_defect_video(tmp_path / "site.avi", frames, set(), "MJPG", seed=11)
+
+
 def _holds_flock(pid: int, path: Path) -> bool:
     ino = os.stat(path).st_ino
     return any(f" {pid} " in line and line.split()[-3].endswith(f":{ino}") and "FLOCK" in line
@@ -67,11 +76,7 @@ def _holds_flock(pid: int, path: Path) -> bool:
 
 
 def test_two_runs_on_one_artifact_one_is_refused_in_one_line(demo_model: Path, demo_onnx: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(demo_model, model)
-    onnx = tmp_path / "scorer.onnx"
-    shutil.copy(demo_onnx / "scorer.onnx", onnx)
-    site = write_defect_video(tmp_path / "site.avi", 40, set(), "MJPG", seed=11)
+    model, onnx, site = _copies(demo_model, demo_onnx, tmp_path, 40)
     drop = tmp_path / "drop"
     drop.mkdir()
     # run A commissions from a watch folder: it holds its locks while it waits for the frames
@@ -121,11 +126,7 @@ def _unwritable(path: Path) -> Iterator[None]:
 
 
 def test_a_read_only_onnx_is_refused_before_scoring_and_nothing_changes(demo_model: Path, demo_onnx: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(demo_model, model)
-    onnx = tmp_path / "scorer.onnx"
-    shutil.copy(demo_onnx / "scorer.onnx", onnx)
-    site = write_defect_video(tmp_path / "site.avi", 60, set(), "MJPG", seed=11)
+    model, onnx, site = _copies(demo_model, demo_onnx, tmp_path, 60)
     before = {**_files(model), **_files(tmp_path)}
     with _unwritable(onnx):
         p = run_cli("threshold", "--model", str(model), "--onnx", str(onnx), "--normal", str(site), "--fpr", "0.05",

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import select
 import socket
 import ssl
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from skipgan_edge.errors import ConfigError
+from skipgan_edge.logs import redact
 from skipgan_edge.runtime.sinks import Sink, check_camera_id, jsonl_line
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,11 @@ class BrokerUrl:
 MAX_PREFIX_BYTES = 1024
 
 
-def shown_url(url: str) -> str:
-    """``url`` for an error line: the password replaced by ``***`` (found without parsing: the URL may not parse)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*?:)[^/?#]*@", r"\1***@", url)
-
-
 def parse_url(url: str, name: str = "--mqtt") -> BrokerUrl:
     """``mqtt[s]://[user:pass@]host[:port]/prefix`` → its parts; one line naming what is wrong otherwise (``name``: the option or
     the cell file's key the URL came from)."""
     usage = "expected mqtt://[user:pass@]host[:port]/topic-prefix (or mqtts:// for TLS)"
-    shown = shown_url(url)
+    shown = redact(url)  # for error lines: the URL may not parse
     if any(c in url for c in " \t\r\n\0"):
         raise ConfigError(f"{name} {shown!r}: no spaces or control characters; {usage}")
     try:

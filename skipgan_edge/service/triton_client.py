@@ -40,6 +40,7 @@ import numpy as np
 from skipgan_edge.card import ModelCard
 from skipgan_edge.contract import CARD_KEY, INPUT_NAME, OUTPUT_NAMES, ScoreBatch
 from skipgan_edge.errors import ConfigError, ServerError, require
+from skipgan_edge.logs import redact
 from skipgan_edge.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def parse_url(url: str) -> TritonURL:
         u = urllib.parse.urlsplit(url)
         u.hostname  # noqa: B018 - raises on an unterminated [IPv6 host
     except ValueError as exc:
-        raise ConfigError(f"bad Triton URL {_shown(url)!r}: {exc}; {usage}") from None
+        raise ConfigError(f"bad Triton URL {redact(url)!r}: {exc}; {usage}") from None
     try:
         port = u.port
     except ValueError:
@@ -105,11 +106,6 @@ def parse_url(url: str) -> TritonURL:
     if not 0 <= retry <= 86400:
         raise ConfigError(f"bad Triton URL {url!r}: retry is seconds, 0..86400")
     return TritonURL(u.hostname, port, parts[0], parts[1] if len(parts) == 2 else "", shm, retry)
-
-
-def _shown(url: str) -> str:
-    """``url`` without a password, for an error line (the URL may not parse)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*?:)[^/?#]*@", r"\1***@", url)
 
 
 def _pid_alive(pid: int) -> bool:
