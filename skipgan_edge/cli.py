@@ -153,7 +153,8 @@ def train(
     ngf: Annotated[Optional[int], typer.Option(help="Generator base width." + _default("model", "ngf"))] = None,
     ndf: Annotated[Optional[int], typer.Option(help="Discriminator base width." + _default("model", "ndf"))] = None,
     nz: Annotated[Optional[int], typer.Option(help="Feature size of f(x)." + _default("model", "nz"))] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Batch size." + _default("train", "batch"))] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size; left unset, at most the number of training images."
+                                                    + _default("train", "batch"))] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate." + _default("train", "lr"))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs." + _default("train", "epochs"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed." + _default("train", "seed"))] = None,

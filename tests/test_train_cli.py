@@ -133,3 +133,31 @@ def test_model_folder_errors(tiny_model: Path, tmp_path: Path) -> None:
     (bad / "model.safetensors").write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ModelFolderError, match="unreadable"):
         load_card(bad)
+
+
+def test_batch_sized_to_few_images(tmp_path: Path) -> None:
+    """Fewer training images than the default batch: an unset batch becomes the number of images (said in one line, recorded
+    in the card); a batch that was set (--batch or the config file) and is larger stays a one-line error, with nothing written."""
+    from skipgan_edge.data.synthetic import SyntheticSpec, write_synthetic
+
+    data = tmp_path / "few"
+    write_synthetic(data, SyntheticSpec(n_train=12, n_val_good=4, n_val_defect=2, n_test_good=6, n_test_defect=3))
+    tiny = ["--data", str(data), "--isize", "32", "--ngf", "8", "--ndf", "8", "--epochs", "1"]
+    p = run_cli("train", *tiny, "--out", str(tmp_path / "r"))
+    said = [line for line in p.stderr.splitlines() if "default batch" in line]
+    assert said == ["INFO batch 12: the 12 training images are fewer than the default batch of 64"], p.stderr
+    card = load_card(tmp_path / "r")
+    assert card.config.train.batch == 12 and card.data["n_train"] == 12
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nbatch = 32\n")
+    for given, where in ((["--batch", "32"], "--batch"), (["--config", str(cfg)], f"train.batch in {cfg}")):
+        p = run_cli("train", *tiny, "--out", str(tmp_path / "r2"), *given, check=False)
+        errors = [line for line in p.stderr.splitlines() if not line.startswith("INFO ")]
+        assert p.returncode == 2 and errors == [f"error: batch 32 ({where}) is more than the 12 training images: set it to 12 or "
+                                                "less, or leave it out to size the batch to the data"], p.stderr
+        assert not (tmp_path / "r2").exists()
+    one = tmp_path / "one"
+    write_synthetic(one, SyntheticSpec(n_train=1, n_val_good=4, n_val_defect=2, n_test_good=6, n_test_defect=3))
+    p = run_cli("train", *tiny[2:], "--data", str(one), "--out", str(tmp_path / "r3"), check=False)
+    assert p.returncode == 2 and p.stderr.splitlines()[-1] == ("error: 1 training image: training needs at least 2 (BatchNorm "
+                                                               "trains on batches of 2 or more); add images"), p.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -56,12 +57,15 @@ def train_from_cli(
         if changed:
             raise ConfigError(f"--resume keeps the run's config; these options differ from it: {', '.join(sorted(changed))}")
         cfg_dict = merge(base, {"train": {"epochs": overrides["train"].get("epochs")}})
+        batch_from: str | None = "the run's config"  # the batch the run started with (sized to the data then if it was)
     else:
         if out is None:
             raise ConfigError("--out is required: the run folder to create")
         file_cfg = load_toml(config) if config else {}
         data = data or file_cfg.pop("data", None)
         cfg_dict = merge(file_cfg, overrides)
+        batch_from = ("--batch" if overrides.get("train", {}).get("batch") is not None
+                      else f"train.batch in {config}" if file_cfg.get("train", {}).get("batch") is not None else None)
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
@@ -71,10 +75,31 @@ def train_from_cli(
                               "then run --arch auto again with a new --out")
         cfg.validate(default_score("skipganomaly"))
         check_writable_folder(Path(out), "--out")
-        return train_auto(_load(str(data), cfg), cfg, Path(out)), Path(out)
+        ds = _load(str(data), cfg)
+        return train_auto(ds, size_batch(cfg, len(ds.train), batch_from), Path(out)), Path(out)
     cfg = cfg.validate(default_score(cfg.model.arch))
     check_writable_folder(Path(out), "--out")  # one line now, not after the data is read
-    return train(_load(str(data), cfg), cfg, Path(out), resume=resume is not None), Path(out)
+    ds = _load(str(data), cfg)
+    return train(ds, size_batch(cfg, len(ds.train), batch_from), Path(out), resume=resume is not None), Path(out)
+
+
+def size_batch(cfg: RunConfig, n_train: int, batch_from: str | None) -> RunConfig:
+    """The batch training runs with. A batch nobody set (``batch_from`` None: neither ``--batch`` nor the config file's
+    ``train.batch``) larger than the ``n_train`` training images becomes ``n_train``, said in one line; the card's
+    ``config.train.batch`` records the batch used. A batch that was set and is larger stays an error (``batch_from``
+    names where it was set), as do fewer than 2 training images: every step trains on one full batch of at least 2
+    (BatchNorm), and the last partial batch of an epoch is dropped."""
+    batch = cfg.train.batch
+    if n_train >= batch:
+        return cfg
+    if n_train < 2:
+        raise ConfigError(f"{n_train} training image{'s' if n_train != 1 else ''}: training needs at least 2 "
+                          "(BatchNorm trains on batches of 2 or more); add images")
+    if batch_from is not None:
+        raise ConfigError(f"batch {batch} ({batch_from}) is more than the {n_train} training images: "
+                          f"set it to {n_train} or less, or leave it out to size the batch to the data")
+    log.info("batch %d: the %d training images are fewer than the default batch of %d", n_train, n_train, batch)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch=n_train))
 
 
 def _load(data: str, cfg: RunConfig) -> Dataset:
