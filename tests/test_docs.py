@@ -79,3 +79,19 @@ def test_docs_describe_what_is_not_history() -> None:
     found = [f"{page.relative_to(ROOT)}: {phrase!r}" for page in _pages()
              for phrase in HISTORY if phrase in page.read_text().lower()]
     assert not found, f"history phrasing: {found}"
+
+
+def test_export_docs_install_modelopt_as_the_makefile_does() -> None:
+    """docs/export.md's install without make: Model Optimizer with --no-deps, after exactly the Makefile's MODELOPT_DEPS."""
+    import shlex
+
+    make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    spec = re.search(r"^MODELOPT_SPEC := (.+)$", make, re.M)
+    deps = re.search(r"^MODELOPT_DEPS := (.+)$", make, re.M)
+    assert spec and deps
+    block = (ROOT / "docs" / "export.md").read_text().split("## Install: Model Optimizer without its GPU dependencies", 1)[1]
+    lines = block.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").splitlines()
+    assert len(lines) == 2, lines
+    first, second = (shlex.split(line) for line in lines)
+    assert first[:3] == ["pip", "install", "-e"] and "export" not in first[3] and first[4:] == shlex.split(deps.group(1))
+    assert second == ["pip", "install", "--no-deps", *shlex.split(spec.group(1))]
