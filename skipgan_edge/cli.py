@@ -252,7 +252,7 @@ def eval_cmd(
     else:
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else ""))
         at = report["at_model_threshold"]
-        typer.echo(f"the alarm at the model's threshold ({report['model_threshold_policy'] or report['model_threshold_method']}): "
+        typer.echo(f"the alarm at the model's threshold {report['model_threshold_id']} ({report['model_threshold_set']}): "
                    f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps), "
                    f"recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from skipgan_edge.card import ModelCard, atomic_write_json
+from skipgan_edge.card import ModelCard, atomic_write_json, threshold_id
 from skipgan_edge.contract import ScoreBatch
 from skipgan_edge.data.datasets import Split
 from skipgan_edge.errors import DataError
@@ -40,6 +40,18 @@ ScoreFn = Callable[[np.ndarray], ScoreBatch]
 
 #: why an install without matplotlib writes no plots, and how to get them (the numbers never need it)
 PLOTS_HINT = "matplotlib is not installed: pip install 'skipgan-edge[plots]' for ROC, precision-recall and histogram PNGs"
+
+
+def threshold_origin(card: ModelCard) -> str:
+    """Where the threshold in ``card`` was set, in words: ``commissioned <date>: <policy> on <n> normal frames of <source>``
+    (``skipgan-edge threshold`` on the line), or ``set in training: <policy> on <n> normal validation images`` (the
+    threshold training chose). Its promised false-alarm rate holds for frames like those, not for any images."""
+    thr = card.score.threshold
+    com = thr.commissioning
+    if com:
+        return (f"commissioned {com.get('date', '(date unknown)')}: {thr.policy or 'fpr'} on {com.get('frames')} normal frames of "
+                f"{com.get('normal_source')}")
+    return f"set in training: {thr.method}"
 
 
 def evaluate_split(
@@ -73,6 +85,9 @@ def evaluate_split(
         "model_threshold_policy": card.score.threshold.policy,
         "model_threshold": thr_model,
         "model_threshold_method": card.score.threshold.method,
+        # which threshold the alarm above is judged by, and where it was set (a commissioning on the line, or training)
+        "model_threshold_id": threshold_id(card),
+        "model_threshold_set": threshold_origin(card),
         "f1_optimal_threshold": thr_best,
         "f1_optimal": f1_best,
         "model_id": card.model_id,

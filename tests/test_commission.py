@@ -297,3 +297,29 @@ def test_an_export_folder_updates_every_variant(demo_onnx: Path, tmp_path: Path)
     # an export folder without scorers is one line
     p = run_cli("threshold", "--export-dir", str(tmp_path), "--normal", str(normal), check=False)
     assert p.returncode == 2 and "holds no scorer*.onnx or *.engine" in p.stderr
+
+
+def test_eval_names_the_threshold_in_force_and_where_it_was_set(demo_onnx: Path, synth_dir: Path, tmp_path: Path) -> None:
+    """eval on still images after a commissioning on video frames: the alarm is labelled with the commissioning's
+    threshold_id and the frames it was set on, not only a policy string that reads like training's."""
+    onnx = tmp_path / "scorer.onnx"
+    shutil.copy(demo_onnx / "scorer.onnx", onnx)
+    model_id = read_card(onnx).model_id
+    eval_args = ["eval", "--onnx", str(onnx), "--data", str(synth_dir), "--backend", "onnxruntime", "--out", str(tmp_path / "ev")]
+
+    def alarm_line() -> str:
+        lines = [x for x in run_cli(*eval_args).stdout.splitlines() if x.startswith("the alarm at the model's threshold")]
+        assert len(lines) == 1
+        return lines[0]
+
+    trained = read_card(onnx).score.threshold
+    assert alarm_line().startswith(f"the alarm at the model's threshold trained-{model_id} (set in training: {trained.method}): ")
+    normal = write_defect_video(tmp_path / "site.avi", 60, set(), "MJPG", seed=11)
+    r = json.loads(run_cli("threshold", "--onnx", str(onnx), "--normal", str(normal), "--fpr", "0.05", "--backend", "onnxruntime",
+                           "--yes", "--json").stdout)
+    date = read_card(onnx).score.threshold.commissioning["date"]
+    assert alarm_line().startswith(f"the alarm at the model's threshold {r['threshold_id']} (commissioned {date}: fpr:0.05 on "
+                                   f"{r['frames']} normal frames of {normal}): false alarms ")
+    report = json.loads(run_cli(*eval_args, "--json").stdout)
+    assert report["model_threshold_id"] == r["threshold_id"] and report["model_threshold"] == pytest.approx(r["threshold_normalized"])
+    assert report["model_threshold_set"] == f"commissioned {date}: fpr:0.05 on {r['frames']} normal frames of {normal}"
