@@ -111,3 +111,28 @@ def test_iso_time_matches_datetime() -> None:
     for ts in [0.0, 0.9995, 1795902906.1221192, *rng.uniform(0, 4e9, 200).tolist(), 1795902907.0]:
         want = datetime.datetime.fromtimestamp(int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - int(ts)) * 1000):03d}Z"
         assert iso_time(ts) == want
+
+
+def test_records_and_summary_name_the_same_stages(demo_onnx: Path, tmp_path: Path) -> None:
+    """A record's stages_ms are the summary's stages before the sinks, by the same names; the summary alone has sink (and
+    processing, which includes it), as a record is written before its own sink time is known; the summary's total is
+    exactly the records' latency_ms."""
+    from skipgan_edge.runtime.pipeline import STAGES
+    from skipgan_edge.runtime.sinks import STAGE_FIELDS
+
+    video = write_defect_video(tmp_path / "line.avi", 24, {5}, "MJPG")
+    out, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--source", str(video), "--backend", "onnxruntime", "--batch", "4",
+            "--jsonl", str(out), "--summary", str(summary), "--save-video", str(tmp_path / "a.mp4"))
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    s = json.loads(summary.read_text())
+    assert len(recs) == s["scored"] == 24
+    assert {tuple(r["stages_ms"]) for r in recs} == {STAGE_FIELDS}
+    assert tuple(s["latency_ms"]) == STAGES == (*STAGE_FIELDS, "sink", "processing", "total")
+    assert s["latency_ms"]["sink"]["n"] == 24 and s["latency_ms"]["sink"]["max"] > 0  # two sinks wrote every batch
+    lat = np.array([r["latency_ms"] for r in recs])
+    total = s["latency_ms"]["total"]
+    assert (total["n"], total["min"], total["max"]) == (24, lat.min(), lat.max())
+    assert total["median"] == pytest.approx(float(np.median(lat)), rel=1e-12)
+    for st in STAGE_FIELDS:  # every record stage's summary is the summary of the records' values
+        assert s["latency_ms"][st]["max"] == pytest.approx(max(r["stages_ms"][st] for r in recs), abs=1e-4), st

@@ -9,13 +9,16 @@
 * Every frame keeps its source, index and capture time; its record carries per-stage timings:
   capture (read + decode; for a real-time source from the frame's arrival, the wait for it not
   counted), preprocess, queue_wait (waiting in the queue for the batcher), infer (transfer +
-  compute), postprocess (splitting, stitching), sink (writing every sink; in the summary only).
+  compute), postprocess (splitting, stitching), and, in the summary only, sink (writing every
+  sink): a record is what the sinks write, so it is complete before its own sink time is known.
   infer, postprocess and sink are the batch's times: every frame of a batch waits for all of
   them. Results of a batch are handed to each sink together (``Sink.write_batch``): the JSONL
   sink writes and flushes them in one system call, so a record is on disk as soon as its batch
   is scored.
-* Latency that means what it says. ``total`` is capture to result (the record's ``latency_ms``);
-  ``processing`` is the frame's own work, preprocess through sink, without the queue wait. A
+* Latency that means what it says. ``total`` is capture to result: the record's ``latency_ms``, taken
+  when the record is made, before the sinks (the summary's ``total`` summarizes exactly those values,
+  as Prometheus's ``total`` does); ``processing`` is the frame's own work, preprocess through sink,
+  without the queue wait. A
   real-time source (a camera, RTSP, ``csi://``, ``genicam://``, a ``gst:`` pipeline, a video with
   ``--replay-fps``: frames come at the pace of the world) is headlined by ``total``; a video file,
   folder or watch folder by ``processing``: they are read ahead as fast as they decode into a
@@ -393,9 +396,10 @@ class Pipeline:
         t_end = time.perf_counter_ns()
         sink_ms = (time.perf_counter() - t2) * 1e3
         batch_ms = (t_end - t_deq) / 1e6  # dequeue to the last sink: infer, postprocess and sink, plus the batch's own overhead
+        # total is each record's own latency_ms (capture to result, before the sinks), so that the summary, the records and
+        # the Prometheus histograms name the same span; sink, and processing which includes it, only the summary can hold
         self.lat.extend([(st["capture"], st["preprocess"], st["queue_wait"], infer_ms, post_ms, sink_ms, st["preprocess"] + batch_ms,
-                          (t_end - f.t_capture_ns) / 1e6 + f.capture_ms)
-                         for (f, _), st in zip(good, (r["stages_ms"] for r in records), strict=True)])
+                          r["latency_ms"]) for r, st in ((r, r["stages_ms"]) for r in records)])
         for f, _ in good:
             self.source.ack(f)
         self.scored += len(good)

@@ -8,7 +8,9 @@ Every series carries the ``camera`` label (``--camera-id``):
 * ``skipgan_events_total``: alarm events opened (``--debounce``; skipgan_edge/runtime/events.py), and
   ``skipgan_event_open``: 1 while an event is open, else 0;
 * ``skipgan_stage_latency_seconds{stage}``: histograms of each pipeline stage (capture, preprocess, queue_wait,
-  infer, postprocess) and of the whole way from capture to result (``total``);
+  infer, postprocess: a record's ``stages_ms``) and of the whole way from capture to result (``total``: a record's
+  ``latency_ms``, as the run summary's ``total``); the summary's ``sink`` stage has no histogram, as this sink sees a
+  record before the sinks' time is known;
 * ``skipgan_model_info{model_id, backend, precision}`` = 1, and ``skipgan_threshold``: what is scoring;
 * ``skipgan_up``: 1 while the source delivers frames, 0 once it ended or failed (``serve``: while it is retried);
 * ``serve`` adds ``skipgan_model_reloads_total{model, outcome}`` and ``skipgan_frames_per_second`` (over the last
