@@ -109,7 +109,7 @@ def data_fmnist(
     anomaly_class: Annotated[str, typer.Option(help="Anomalous class: 0-9 or a name (e.g. sandal).")] = "0",
     max_train: Annotated[Optional[int], typer.Option(help="Keep a seeded subset of the normal training images.")] = None,
     max_test: Annotated[Optional[int], typer.Option(help="Keep a seeded subset of the test images.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the subsets --max-train and --max-test keep (same seed, same files).")] = 0,
 ) -> None:
     """Fashion-MNIST leave-one-class-out (Debian's dataset-fashion-mnist) as PNG files."""
     _check(max_train=max_train, max_test=max_test)
@@ -123,7 +123,7 @@ def data_fmnist(
 def data_video(
     out: Annotated[Path, typer.Option(help="Video file to write (.mp4 = mp4v, .avi = MJPG).")],
     frames: Annotated[int, typer.Option(help="Number of frames.")] = 150,
-    seed: Annotated[int, typer.Option()] = 7,
+    seed: Annotated[int, typer.Option(help="Seed of the texture crops and the holes' positions (same seed, same video).")] = 7,
     defects_: Annotated[bool, typer.Option("--defects/--no-defects", help="Draw the defects (off: normal frames only, "
                                            "e.g. to commission a threshold with skipgan-edge threshold).")] = True,
 ) -> None:

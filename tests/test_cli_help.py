@@ -77,6 +77,19 @@ def test_help_renders_whole(path: tuple[str, ...]) -> None:
             assert _squeeze(f"[default: {param.default}]") in flat, f"{' '.join(path)} {opts[0]}: no default shown"
 
 
+def test_every_option_of_every_verb_has_help() -> None:
+    """Walk the command tree the app builds: every option and argument of the root, every verb and every sub-verb says
+    in its help what it does (an option without help shows only its name and type in --help)."""
+    checked, bare = 0, []
+    for path, cmd in COMMANDS:
+        for param in cmd.params:
+            checked += 1
+            if not (getattr(param, "help", None) or "").strip():
+                bare.append(f"{' '.join(path) or 'skipgan-edge'} {'/'.join(param.opts)}")
+    assert checked >= 100, checked  # the walk reached the verbs' options (a broken walk would pass vacuously)
+    assert not bare, f"options without help text: {bare}"
+
+
 def test_brackets_that_rich_markup_ate_are_there() -> None:
     """The reported cases, by name."""
     assert "[/VERSION]" in run_cli("run", "--help").stdout
