@@ -25,7 +25,8 @@ PREV = ("default, final epoch 6", "default")
 GROUPS = {"semantic (Fashion-MNIST)": "fmnist", "local defects (textures)": "texture-"}
 METRICS = {"test_auroc": "AUROC", "recall_at_0.01": "recall @1 % FPR", "recall_at_0.05": "recall @5 % FPR", "test_fpr_at_0.05": "test FPR @5 %"}
 COMMAND = ("python benchmarks/peers/splits.py && OMP_NUM_THREADS=1 python benchmarks/study_recall.py && "
-           "OMP_NUM_THREADS=1 python benchmarks/study_recall.py --cost && python benchmarks/study_recall_table.py")
+           "OMP_NUM_THREADS=1 python benchmarks/study_recall.py --cost && OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py && "
+           "OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py --cost && python benchmarks/study_recall_table.py")
 
 
 def ms(v: list[float]) -> str:
@@ -53,20 +54,26 @@ def group_per_seed(cfg: dict[str, dict[int, dict[str, float]]], prefix: str, met
 
 def main() -> None:
     rows = json.loads((OUT / "study_recall.json").read_text())
+    ens_path, ens_cost_path = OUT / "study_ensemble.json", OUT / "study_ensemble_cost.json"
+    rows += json.loads(ens_path.read_text()) if ens_path.exists() else []  # benchmarks/study_ensemble.py
     cost_path = OUT / "study_recall_cost.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
+    ens_cost = json.loads(ens_cost_path.read_text()) if ens_cost_path.exists() else {}
     data = collect(rows)
     splits = sorted({r["data"] for r in rows}, key=lambda s: (not s.startswith("fmnist"), s))
     seeds = sorted({r["seed"] for r in rows})
-    complete = {(r["data"], r["seed"]) for r in rows}
-    missing = [(d, s) for d in splits for s in seeds if (d, s) not in complete]
+    complete = {(r["data"], r["seed"], r["run"]) for r in rows}
+    missing = [(d, s, run) for run in sorted({r["run"] for r in rows}) for d in splits for s in seeds if (d, s, run) not in complete]
     base = data[BASE]
     summary: dict[str, Any] = {}
-    lines = ["# Recall at a false-alarm rate: EMA, a feature-bank head, longer training (issue 22)", ""]
-    n_models = len({(r["data"], r["seed"], r["run"]) for r in rows})
-    lines += [f"{n_models} training runs: {len(splits)} splits × {len(seeds)} seeds ({', '.join(map(str, seeds))}) × 2 runs "
-              "(12 epochs plain, whose epoch-6 snapshot is the usual 6-epoch run; 6 epochs with EMA 0.999); isize 32, ngf = ndf "
-              "32, 1,500 normal training images (the peers harness's splits), batch 64, one CPU thread. "
+    lines = ["# Recall at a false-alarm rate: EMA, a feature-bank head, longer training, ensembles (issue 22)", ""]
+    n_runs = {run: len({(r["data"], r["seed"]) for r in rows if r["run"] == run}) for run in sorted({r["run"] for r in rows})}
+    lines += [f"{len(splits)} splits × {len(seeds)} seeds ({', '.join(map(str, seeds))}); per split and seed (split-seed pairs per "
+              f"arm: {n_runs}): a 12-epoch run (plain; its epoch-6 snapshot is the usual 6-epoch run), a 6-epoch run with EMA "
+              "0.999 (benchmarks/study_recall.py), and two ensembles at the FLOPs of one width-32 pair: 4 pairs of width 16 "
+              "and 2 of width 23, members trained with seeds 1000·k + s, 6 epochs each (benchmarks/study_ensemble.py). "
+              "isize 32, ngf = ndf 32 unless named, 1,500 normal training images (the peers harness's splits), batch 64, "
+              "one CPU thread. "
               + (f"**Missing (split, seed): {missing}.**" if missing else "Every split has every seed."), "",
               f"Command: `{COMMAND}`", "",
               "Heads (the same weights, scored 5 ways): **default** = standardised rec (max of the 3×3 box-smoothed map) + "
@@ -75,7 +82,8 @@ def main() -> None:
               "coreset-selected training patch features (random 1,024 as a control), every term standardised with the normal "
               "validation statistics. Recall @q: the threshold set on the *normal validation* scores at false-alarm rate q "
               "(fpr:q; 64 normal validation images cannot promise 1 %: max-normal, as `train` does), recall on test. "
-              "Mean ± std over the seeds of each seed's group mean (the seed spread).", ""]
+              "Mean ± std over the seeds of each seed's group mean (the seed spread). An ensemble's score is the mean of its "
+              "members' standardised scores; `single ngf N` is its member 0 alone.", ""]
     lines += ["## 1. Every configuration, by group", ""]
     for group, prefix in GROUPS.items():
         lines += [f"**{group}**", "", "| model | head | " + " | ".join(METRICS.values()) + " | AUROC vs shipped default |",
@@ -131,8 +139,8 @@ def main() -> None:
         targets[f"{model} / {head}"] = {"checks": checks, "worse": worse}
         lines.append(f"| {model} | {head} | " + " | ".join("yes" if c else "no" for c in checks) + f" | {'yes' if all(checks) else 'no'} |")
     passing = [k for k, v in targets.items() if all(v["checks"])]
-    lines += ["", f"Configurations meeting every target: {', '.join(passing) if passing else 'none'}. Five heads were compared on "
-              "the test splits, so the best of them is an optimistic estimate of a head chosen in advance.", ""]
+    lines += ["", f"Configurations meeting every target: {', '.join(passing) if passing else 'none'}. {len(data)} configurations "
+              "were compared on the test splits, so the best of them is an optimistic estimate of one chosen in advance.", ""]
     if cost:
         lines += ["## 5. Edge cost of each head (real exports; one CPU thread)", "",
                   "The networks are the same for every head (EMA and longer training change weights, not the graph: zero cost). "
@@ -154,11 +162,44 @@ def main() -> None:
                          + (f"{c['ort']['batch1_ms'] / ref:.2f}× | " if ref else "| ")
                          + ", ".join("ok" if v.get("ok") else "FAIL" for v in trt.values()) + " |")
         lines.append("")
+    if ens_cost:
+        ref1 = ens_cost.get("single ngf 32", {}).get("ort", {}).get("batch1_ms")
+        lines += ["## 6. Edge cost of K small generators in one graph against one wider generator", "",
+                  "One exported graph per configuration (the K scorers side by side and the mean of their scores; BatchNorm "
+                  "folded, opset 17, the project's exporter settings), FLOPs per image counted over the whole graph by "
+                  "skipgan_edge/bench/flops.py, median latency at batch 1 (200 runs) and 64 (20 runs) on one thread, and the "
+                  "largest score difference between ONNX Runtime and torch at batch 64.", "",
+                  "| graph | FLOPs / image | ONNX file | ORT batch 1 | ORT batch 64 | OpenVINO batch 1 | OpenVINO batch 64 | "
+                  "ORT batch 1 vs one width-32 pair | ORT vs torch (max abs) |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, c in ens_cost.items():
+            ov = c.get("openvino", {})
+            lines.append(f"| {name} | {c['flops']['total'] / 1e6:.1f} M | {c['onnx_bytes'] / 1024:.0f} KiB | "
+                         f"{c['ort']['batch1_ms']:.2f} ms | {c['ort']['batch64_ms']:.1f} ms | "
+                         + (f"{ov['batch1_ms']:.2f} ms | {ov['batch64_ms']:.1f} ms | " if "batch1_ms" in ov else "n/a | n/a | ")
+                         + (f"{c['ort']['batch1_ms'] / ref1:.2f}× | " if ref1 else "| ") + f"{c['parity_max_abs']:.1e} |")
+        lines.append("")
+        lines += ["**K small generators against one wider one, head for head** (Fashion-MNIST, mean ± std over seeds; the "
+                  "wider one is `default, selected (6 ep)`):", ""]
+        wide = "default, selected (6 ep)"
+        for model in sorted({m for m, _ in data if m.startswith("ensemble")}):
+            for head in ("default", "rec+bank"):
+                if (model, head) not in data or (wide, head) not in data:
+                    continue
+                cells = []
+                for metric in ("test_auroc", "recall_at_0.05"):
+                    a = group_per_seed(data[(model, head)], "fmnist", metric, seeds)
+                    b = group_per_seed(data[(wide, head)], "fmnist", metric, seeds)
+                    worse = np.mean(a) + np.std(a) < np.mean(b) - np.std(b)
+                    better = np.mean(a) - np.std(a) > np.mean(b) + np.std(b)
+                    cells.append(f"{METRICS[metric]} {ms(a)} against {ms(b)} "
+                                 f"({'worse beyond' if worse else 'better beyond' if better else 'within'} the spread)")
+                lines.append(f"- {model}, {head} head: " + "; ".join(cells) + ".")
+        lines.append("")
     (RESULTS / "study_recall.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "study_recall.json").write_text(json.dumps({
         "benchmark": "study_recall", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": COMMAND,
         "splits": splits, "seeds": seeds, "missing": missing, "baseline": " / ".join(BASE), "previous_protocol": " / ".join(PREV),
-        "groups": summary, "per_split": per_split, "targets": targets, "cost": cost, "rows": rows}, indent=1, default=str))
+        "groups": summary, "per_split": per_split, "targets": targets, "cost": cost, "ensemble_cost": ens_cost, "rows": rows}, indent=1, default=str))
     print("\n".join(lines))
 
 
