@@ -90,7 +90,7 @@ def test_card_records_the_bank_and_the_ema_and_the_weights_hold_the_ema(bank_mod
     card = load_card(bank_model)
     bank = card.score.bank
     assert bank is not None and bank["size"] == 64 and bank["dim"] == 4 * 8 and bank["patches"] == 16
-    assert bank["subsample"] == "coreset" and bank["weight"] == 0.5 and bank["bytes"] == 4 * 64 * 32 + 4 * 64
+    assert bank["subsample"] == "coreset" and bank["weight"] == 0.5 and bank["bytes"] == 4 * 64 * 32 + 4 * 64 + 4 * 32
     assert {"bank_mean", "bank_std"} <= set(card.score.term_stats or {})
     assert "bank" in card.score.formula
     ema = card.training.ema

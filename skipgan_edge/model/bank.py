@@ -101,8 +101,9 @@ def bank_constants(bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def bank_info(bank: torch.Tensor, patches: int, method: str, n_features: int) -> dict[str, Any]:
-    """What the card records about a bank: its shape, how it was chosen, its size in bytes and FLOPs per image."""
+    """What the card records about a bank: its shape, how it was chosen, its size in bytes (the graph's FP32
+    constants: the centred bank, its squared norms, the centre) and FLOPs per image."""
     m, c = bank.shape
     return {"size": int(m), "dim": int(c), "patches": int(patches), "subsample": method, "from_features": int(n_features),
-            "bytes": int(4 * m * c + 4 * m), "flops_per_image": int(2 * patches * c * m + 4 * patches * m),
+            "bytes": int(4 * m * c + 4 * m + 4 * c), "flops_per_image": int(2 * patches * c * m + 4 * patches * m),
             "term": "max over patches of the distance to the nearest bank feature"}
