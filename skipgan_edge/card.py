@@ -291,6 +291,10 @@ class ScoreSpec:
     graph_norm: list[float] | None = None
     #: the feature-bank head (model/bank.py), None without one: size, dim, patches, subsample, weight, bytes, FLOPs
     bank: dict[str, Any] | None = None
+    #: which head this is (``model.networks.head_record``): its name (``rec+bank``), whether it is the architecture's
+    #: default, ``measured_in`` (the study that chose that default, e.g. benchmarks/results/study_recall.md) and, for
+    #: another head, the settings that differ from the default. None in cards written before it: nothing scores with it
+    head: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,8 @@ def train(
     pool: Annotated[Optional[int], typer.Option(help="0: rec = mean of the map (paper); k: max of the k×k smoothed map."
                                                      + _default("score", "pool"))] = None,
     select_lam: Annotated[Optional[bool], typer.Option("--select-lam", help="Choose λ by validation AUROC (needs labelled val/).")] = None,
-    paper: Annotated[bool, typer.Option("--paper", help="The exact paper formulation: raw terms, λ 0.9, mean map, no training tweaks.")] = False,
+    paper: Annotated[bool, typer.Option("--paper", help="The exact paper formulation: raw terms, λ 0.9, mean map, no feature bank, "
+                                                       "no training tweaks.")] = False,
     input_noise: Annotated[Optional[float], typer.Option(help="Std of noise on the generator input while training."
                                                               + _default("train", "input_noise"))] = None,
     skip_dropout: Annotated[Optional[float], typer.Option(help="Channel dropout on the UNet skips while training."
@@ -194,7 +195,8 @@ def train(
                                                        "decay (0 = off, e.g. 0.999); the average is what is selected and written."
                                                        + _default("train", "ema_decay"))] = None,
     bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head: keep this many normal patch features of D in the exported "
-                                                     "graph and add their nearest distance to the score (0 = off; measured cost and "
+                                                     "graph and add their nearest distance to the score (0 = off: the two-term score, "
+                                                     "λ 0.5 unless --lam; skipganomaly's default is 1024 with λ 1; measured cost and "
                                                      "gain: benchmarks/results/study_recall.md)." + _default("score", "bank_size"))] = None,
     bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1) (with --bank-size)."
                                                          + _default("score", "bank_weight"))] = None,

@@ -206,7 +206,7 @@ class ScoreConfig:
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
     threshold: str = "auto"  # alarm policy (thresholds.py): auto, fpr:Q, f1, max-normal; auto = f1 on labelled anomalies, else the study's winner
     synthetic_val: bool = True  # without labelled validation anomalies, make synthetic ones from the normal validation images
-    bank_size: int = 0  # feature-bank head: normal patch features of D kept in the graph (0 = off; model/bank.py)
+    bank_size: int | None = None  # feature-bank head: D's normal patch features kept in the graph (0 = off; None = the arch's: 1024 skipganomaly)
     bank_weight: float = 0.5  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
     bank_subsample: str = "coreset"  # how the bank is chosen from the training images' patch features: coreset or random
 
@@ -215,7 +215,8 @@ class ScoreConfig:
             raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
         if self.bank_subsample not in ("coreset", "random"):
             raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
-        Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
+        if self.bank_size is not None:
+            Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
         Limit(0, 1).check("bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
@@ -283,18 +284,25 @@ class RunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def validate(self, score_defaults: Mapping[str, Any]) -> RunConfig:
-        """Check every value; return a copy with the architecture's score defaults (``mode``, ``lam``, ``pool``:
-        ``skipgan_edge.model.networks.default_score(arch)``, passed in so that config imports no model) filled in."""
+        """Check every value; return a copy with the architecture's score defaults (``mode``, ``lam``, ``pool``,
+        ``bank_size``: ``skipgan_edge.model.networks.default_score(arch)``, passed in so that config imports no model)
+        filled in. λ not given takes the default's ``lam`` with a bank and ``lam_without_bank`` without one: a
+        bank turned off (``bank_size = 0``) leaves the measured two-term score, not the reconstruction term alone."""
         self.model.validate()
         self.train.validate()
         self.score.validate()
         arch_default = score_defaults
-        lam = self.score.lam if self.score.lam is not None else arch_default["lam"]
+        bank_size = self.score.bank_size if self.score.bank_size is not None else int(arch_default.get("bank_size", 0))
+        if self.score.lam is not None:
+            lam = self.score.lam
+        else:
+            lam = arch_default["lam"] if bank_size > 0 else arch_default.get("lam_without_bank", arch_default["lam"])
         if not 0.0 <= lam <= 1.0:
             raise ConfigError(f"lam must be in [0, 1], got {lam}")
         mode = self.score.mode if self.score.mode is not None else arch_default["mode"]
         pool = self.score.pool if self.score.pool is not None else arch_default["pool"]
-        return dataclasses.replace(self, score=dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool)))
+        score = dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool), bank_size=int(bank_size))
+        return dataclasses.replace(self, score=score)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

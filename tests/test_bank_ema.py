@@ -46,8 +46,9 @@ def test_bank_distance_is_the_nearest_neighbour_distance_of_the_worst_patch() ->
     got = bank_distance(patches, *bank_constants(bank))
     want = torch.cdist(patches, bank[None].expand(3, -1, -1)).amin(2).amax(1)
     assert torch.allclose(got, want, atol=1e-4)
-    # a patch that is a bank feature is at distance 0; flattened channel-major maps come back as (B, P, C)
-    assert float(bank_distance(bank[:1, None], *bank_constants(bank))[0]) < 1e-3
+    # a patch that is a bank feature is at distance 0 (up to the square root of float32 rounding of d² near 0,
+    # ~sqrt(1e-6) against distances of ~2 here); flattened channel-major maps come back as (B, P, C)
+    assert max(float(bank_distance(bank[i : i + 1, None], *bank_constants(bank))[0]) for i in range(50)) < 1e-2
     fmap = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 2, 2)
     assert torch.equal(as_patches(fmap.flatten(1), 3, 4)[1, 2], fmap[1, :, 1, 0])
 
@@ -89,7 +90,7 @@ def test_card_records_the_bank_and_the_ema_and_the_weights_hold_the_ema(bank_mod
     card = load_card(bank_model)
     bank = card.score.bank
     assert bank is not None and bank["size"] == 64 and bank["dim"] == 4 * 8 and bank["patches"] == 16
-    assert bank["subsample"] == "coreset" and bank["weight"] == 0.5 and bank["bytes"] == 4 * 64 * 32 + 4 * 64
+    assert bank["subsample"] == "coreset" and bank["weight"] == 0.5 and bank["bytes"] == 4 * 64 * 32 + 4 * 64 + 4 * 32
     assert {"bank_mean", "bank_std"} <= set(card.score.term_stats or {})
     assert "bank" in card.score.formula
     ema = card.training.ema

@@ -36,10 +36,13 @@ def test_commissioning_updates_the_model_folder_and_the_onnx_graph(demo_model: P
     before_card, before_tensors = load_card(model), _tensors(model / "model.safetensors")
     normal = write_defect_video(tmp_path / "site.avi", 120, set(), "MJPG", seed=11)
     line = write_defect_video(tmp_path / "line.avi", 40, {5, 17, 30}, "MJPG", seed=12)
+    # --yes: the trained threshold may flag fewer of these 40 normal frames than the site's fpr:0.05 one does (the
+    # default head's does); raising false alarms asks for it (test_rates_in_the_operators_units_and_a_raising_threshold_needs_yes)
     p = run_cli("threshold", "--model", str(model), "--onnx", str(onnx), "--normal", str(normal), "--anomalous", str(line),
-                "--frames", "40", "--fpr", "0.05", "--backend", "onnxruntime", "--json")
+                "--frames", "40", "--fpr", "0.05", "--backend", "onnxruntime", "--yes", "--json")
     # --frames caps each source: 40 normal frames, 40 line frames
     r = json.loads(p.stdout)
+    assert r["false_alarms_after"] == r["flagged_in_sample"]
     assert r["frames"] == 40 and r["scored_with"] == "onnx scorer.int8.onnx (onnxruntime)"
     assert r["flagged_in_sample"] == 1 and r["expected_fpr"] == pytest.approx(2 / 41)  # k = floor(0.05*41) - 1 = 1
     lo, hi = r["fpr_interval_95"]

@@ -70,6 +70,7 @@ def test_paper_flag_is_the_paper_formula(synth_dir: Path, tmp_path: Path) -> Non
     run_cli("train", "--paper", "--data", str(synth_dir), "--out", str(run), "--epochs", "1", "--ngf", "8", "--ndf", "8", "--batch", "32")
     sc = load_card(run).score
     assert (sc.mode, sc.lam, sc.pool) == ("paper", 0.9, 0)
+    assert sc.bank is None and sc.head is not None and sc.head["name"] == "paper" and not sc.head["default"]  # no feature bank
     assert load_card(run).config.train.input_noise == 0.0 and load_card(run).config.model.skip_dropout == 0.0
     _, scorer = build_scorer(run)
     imgs = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

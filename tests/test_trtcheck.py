@@ -11,7 +11,7 @@ from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from skipgan_edge.errors import EngineError
-from skipgan_edge.export.trt86 import rewrite_for_trt86
+from skipgan_edge.export.trt86 import REDUCE_OPS, rewrite_for_trt86
 from skipgan_edge.export.trtcheck import check_for_build, check_model, support_table, verdict
 
 U8, F32, F64, I8 = TensorProto.UINT8, TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT8
@@ -142,10 +142,12 @@ def test_dry_run_cli_fails_with_one_line_per_violation(tmp_path: Path) -> None:
 
 def test_trt86_sees_the_int8_reduce_axes_and_the_rewrite_fixes_them(demo_onnx: Path) -> None:
     """The INT8 scorer is opset 19 with reduce axes as inputs, which 8.6's importer ignores; the build's rewrite
-    (attributes, opset 17) is what --dry-run --trt 8.6 checks, and it passes."""
+    (attributes, opset 17) is what --dry-run --trt 8.6 checks, and it passes. The default head's feature bank adds
+    a ReduceMin (the nearest bank feature) to the head's ReduceMean and ReduceMax: every one is seen and rewritten."""
     m = onnx.load(str(demo_onnx / "scorer.int8.onnx"))
     raw = check_model(m, "8.6")
-    reduces = {n.name for n in m.graph.node if n.op_type in ("ReduceMean", "ReduceMax") and len(n.input) > 1}
+    reduces = {n.name for n in m.graph.node if n.op_type in REDUCE_OPS and n.op_type != "ReduceSum" and len(n.input) > 1}
+    assert {"ReduceMean", "ReduceMax", "ReduceMin"} <= {n.op_type for n in m.graph.node if n.name in reduces}
     assert reduces and {v.node for v in raw if "reduces every axis" in v.message} == reduces, [v.line() for v in raw]
     assert any(v.rule == "opset" and "opset 19" in v.message for v in raw)
     assert check_model(m, "10.3") == []  # 10.x reads the axes input

@@ -86,9 +86,10 @@ def main() -> None:
                 if only and variant not in only.split(","):
                     continue
                 t0 = time.perf_counter()
+                # no feature bank: this script scores the final-epoch weights itself; the bank would only add its build per epoch
                 mcfg = ModelConfig(isize=ISIZE, channels=3, ngf=32, ndf=32, **mkw)
                 cfg = RunConfig(model=mcfg, train=TrainConfig(epochs=EPOCHS, batch=BATCH, seed=seed, threads=threads, **tkw),
-                                score=ScoreConfig()).validate(default_score(mcfg.arch))
+                                score=ScoreConfig(bank_size=0)).validate(default_score(mcfg.arch))
                 with tempfile.TemporaryDirectory() as tmp:
                     tr = Trainer(ds, cfg, Path(tmp) / "r", progress=False)
                     tr.fit()

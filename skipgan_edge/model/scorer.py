@@ -109,12 +109,14 @@ class Scorer(nn.Module):
         self.bank_dim = int(bank.shape[1]) if bank is not None else 0  # C: a Python int, a constant of the graph's Reshape
         self.bank_t: torch.Tensor | None
         self.bank_sq: torch.Tensor | None
+        self.bank_center: torch.Tensor | None
         if bank is not None:
-            bank_t, bank_sq = bank_constants(bank)
+            bank_t, bank_sq, center = bank_constants(bank)
             self.register_buffer("bank_t", bank_t)  # (C, M): one constant MatMul in the graph
             self.register_buffer("bank_sq", bank_sq)  # (M,)
+            self.register_buffer("bank_center", center)  # (C,)
         else:
-            self.bank_t = self.bank_sq = None
+            self.bank_t = self.bank_sq = self.bank_center = None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = to_model_input(images)  # (B, C, H, W): the head's copy of the input, never quantized
@@ -129,7 +131,7 @@ class Scorer(nn.Module):
         rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
         bank = None
         if self.bank_t is not None and self.bank_sq is not None:
-            bank = bank_distance(as_patches(f_real, self.bank_dim, self.patches), self.bank_t, self.bank_sq)  # (B,)
+            bank = bank_distance(as_patches(f_real, self.bank_dim, self.patches), self.bank_t, self.bank_sq, self.bank_center)  # (B,)
         score = combine(rec, lat, self.mode, self.lam, self.term_stats, bank, self.bank_weight)  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)
         return score, amap, normalized

@@ -91,7 +91,7 @@ from skipgan_edge.data.synthval import SyntheticDefects, make_defects
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_at
 from skipgan_edge.model.bank import BANK_KEY, as_patches, bank_constants, bank_distance, bank_info, feature_patches, patch_features, subsample
-from skipgan_edge.model.networks import build_model, default_score, init_weights
+from skipgan_edge.model.networks import build_model, default_score, head_record, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 from skipgan_edge.thresholds import apply_policy, resolve
 
@@ -199,7 +199,7 @@ def build_bank(net: torch.nn.Module, images: np.ndarray, cfg: RunConfig, device:
     card's record of it."""
     sc = cfg.score
     feats = patch_features(net, images, device)
-    bank = subsample(feats, sc.bank_size, sc.bank_subsample, cfg.train.seed)
+    bank = subsample(feats, int(sc.bank_size or 0), sc.bank_subsample, cfg.train.seed)  # all of them when there are fewer
     return bank, {**bank_info(bank, feature_patches(net), sc.bank_subsample, len(feats)), "weight": float(sc.bank_weight)}
 
 
@@ -213,7 +213,7 @@ def validation_report(
     no labelled validation anomalies, for the threshold policy's recall and the synthetic-validation AUROC."""
     sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
-    bank, bank_rec = build_bank(net, data.train.images, cfg, device) if sc.bank_size > 0 else (None, None)
+    bank, bank_rec = build_bank(net, data.train.images, cfg, device) if (sc.bank_size or 0) > 0 else (None, None)
     if bank is not None and not bool(torch.isfinite(bank).all()):
         raise NonFinite("feature bank")
     w_bank = float(sc.bank_weight) if bank is not None else 0.0
@@ -696,7 +696,7 @@ class Trainer:
                        f"normal training features ({bank['subsample']})")
         score = ScoreSpec(lam=rep["lam"], lam_method=rep["lam_method"], mode=str(sc.mode), pool=int(sc.pool or 0),
                           term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
-                          map_scale=rep["map_scale"], bank=bank,
+                          map_scale=rep["map_scale"], bank=bank, head=head_record(self.cfg.model.arch, sc, rep["lam"]),
                           threshold=Threshold(**rep["threshold"]))
         selection = f"{signal_name} on validation ({'max' if signal_name == 'val_auroc' else 'min'})"
         if signal_name == "val_auroc":
