@@ -118,9 +118,12 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
         node name, unique with _N). An elementwise node's constant input becomes a constant layer named after the Constant's
         output (onnx2trt_utils.cpp convertToTensor registers it under the weights' name), and a lower-rank input gets an
         unnamed broadcast shuffle in front of the elementwise layer (elementwiseHelper → broadcastTensor: addShuffle, not
-        registered), reading that input."""
+        registered), reading that input. An initializer such a node or a MatMul reads becomes a constant layer named after
+        the initializer (ModelImporter.cpp names its weights so; convertToTensor), and MatMul's lower-rank input gets an
+        unnamed shuffle (its rank match, builtin_op_importers.cpp MatMul), as the feature bank's constants do."""
 
         ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow")
+        TAKES_CONSTANTS = (*ELEMENTWISE, "MatMul")
 
         def __init__(self, network: Network, logger: Logger) -> None:
             self.network = network
@@ -138,6 +141,9 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
                     t = next(a.t for a in n.attribute if a.name == "value")
                     consts[n.output[0]] = t
                     types_of[n.output[0]], rank_of[n.output[0]] = t.data_type, len(t.dims)
+            for init in m.graph.initializer:
+                consts[init.name] = init
+                types_of[init.name], rank_of[init.name] = init.data_type, len(init.dims)
             tensors: dict[str, Tensor] = {}
             seen: dict[str, int] = {}
             layers = self.network.layers
@@ -154,11 +160,11 @@ def fake_tensorrt(version: str, events: list[Any]) -> types.ModuleType:
                 ins: list[Tensor | None] = []
                 top = max((rank_of.get(t, 0) for t in n.input if t), default=0)
                 for t in (t for t in n.input if t):
-                    if n.op_type in self.ELEMENTWISE and t in consts and t not in tensors:
+                    if n.op_type in self.TAKES_CONSTANTS and t in consts and t not in tensors:
                         tensors[t] = Tensor(f"(Unnamed Layer* {len(layers)}) [Constant]_output", onnx_types[consts[t].data_type])
                         layers.append(Layer(t, [], [tensors[t]]))  # named after the weights
                     x = tensors.get(t)
-                    if n.op_type in self.ELEMENTWISE and x is not None and rank_of.get(t, top) < top:
+                    if n.op_type in self.TAKES_CONSTANTS and x is not None and rank_of.get(t, top) < top:
                         x = unnamed("Shuffle", [x], x.dtype)  # broadcast: in front of the elementwise layer
                     ins.append(x)
                 outs = [Tensor(t, onnx_types.get(types_of.get(t, 1), f32)) for t in n.output]
@@ -273,6 +279,14 @@ def test_trt86_parses_the_rewrite_and_pins_the_head_fp32_before_the_build(demo_o
     casts = [ly for ly in head if ly.name.endswith("_cast_to_fp16")]
     assert bool(casts) == (precision == "fp16") and all(ly.output_types[0].name == "float16" for ly in casts)
     assert any(ly.name.startswith("/Constant") and ly.precision_set is not None for ly in head)  # the head's constants
+    bank = {ly.name: ly for ly in network.layers if ly.name.startswith("bank_")}  # the feature bank's initializers
+    assert set(bank) == {"bank_t", "bank_sq", "bank_center"}
+    assert all(ly.precision_set is not None and ly.precision_set.name == "float32" for ly in bank.values())
+    bank_out = {ly.get_output(0).name for ly in bank.values()}
+    shuffles = [ly for ly in network.layers if ly.name.startswith("(Unnamed") and ly.get_input(0).name in bank_out]
+    assert shuffles and all(ly.precision_set is not None for ly in shuffles)  # the rank matches in front of MatMul, Sub, Add
+    conv_weights = [ly for ly in network.layers if ly.num_inputs == 0 and not is_head_node(ly.name) and ly.name not in bank]
+    assert all(ly.precision_set is None for ly in conv_weights)  # a network's constants are not the head's
     helpers = [ly for ly in network.layers if ly.name.startswith("(Unnamed") and ly.get_output(0).dtype.name == "float32"
                and ly.get_input(0).name in {ly2.get_output(0).name for ly2 in head}]
     assert helpers and all(ly.precision_set is not None for ly in helpers)  # the parser's helpers inside the head

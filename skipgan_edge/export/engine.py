@@ -160,15 +160,19 @@ class TrtCompat:
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
-    def hold_head_fp32(self, network: trt.INetworkDefinition, precision: str) -> list[str]:
+    def hold_head_fp32(self, network: trt.INetworkDefinition, precision: str, onnx_bytes: bytes | None = None) -> list[str]:
         """On a weakly typed (8.6) network, pin the score head to FP32: precision, and each float output's type.
 
         The parser names each layer after its ONNX node (onnx/onnx-tensorrt release/8.6-GA,
         ImporterContext.cpp ``registerLayer``: the node name, made unique with a ``_N`` suffix), and a
         constant layer after its weights, i.e. the ONNX Constant's output name (onnx2trt_utils.cpp
-        ``convertToTensor``), so head layers and head constants match ``is_head_node``; the unnamed
-        broadcast shuffles ``elementwiseHelper`` puts in front of an elementwise layer
-        (``broadcastTensor``) belong to the head when they read a head layer's output.
+        ``convertToTensor``), so head layers and head constants match ``is_head_node``. An initializer
+        (the feature bank's ``bank_t``, ``bank_sq``, ``bank_center``) becomes a constant layer named after
+        the initializer (ModelImporter.cpp gives its weights that name), which the regex cannot tell from a
+        network's weights: from ``onnx_bytes`` (the ONNX the parser got), the initializers that only head
+        nodes read are head constants too. The unnamed shuffles the parser puts in front of an
+        elementwise or MatMul layer (``broadcastTensor``; MatMul's rank match) belong to the head when
+        they read a head layer's output.
 
         Output types are pinned to the tensor's own (the ONNX's) type: FP32 for the head's own
         tensors, FP16 for its casts into an FP16 network (``/..._cast_to_fp16``). A layer's output
@@ -185,11 +189,12 @@ class TrtCompat:
         from skipgan_edge.export.onnx import is_head_node
 
         floats = (trt.float32, trt.float16)
+        head_consts = head_initializers(onnx_bytes) if onnx_bytes is not None else set()
         head_tensors: set[str] = set()
         pinned: list[str] = []
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            named_head = is_head_node(layer.name)
+            named_head = is_head_node(layer.name) or layer.name in head_consts
             registered = layer.name.startswith("/")
             reads_head = any(layer.get_input(j) is not None and layer.get_input(j).name in head_tensors
                              for j in range(layer.num_inputs))
@@ -205,6 +210,22 @@ class TrtCompat:
                 layer.set_output_type(j, outs[j].dtype)  # FP32, or the FP16 a cast into an FP16 network makes
             pinned.append(layer.name)
         return pinned
+
+
+def head_initializers(onnx_bytes: bytes) -> set[str]:
+    """The initializers of an ONNX graph that only score-head nodes (``is_head_node``) read: the head's constants
+    that are not Constant nodes (the feature bank's)."""
+    from skipgan_edge.errors import require
+    from skipgan_edge.export.onnx import is_head_node
+
+    onnx = require("onnx", "onnx", "building on TensorRT 8.6 (the score head's constants are pinned to FP32)")
+    graph = onnx.load_from_string(onnx_bytes).graph
+    readers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.name)
+    return {init.name for init in graph.initializer
+            if readers.get(init.name) and all(is_head_node(n) for n in readers[init.name])}
 
 
 def refuse_version(version: Version) -> None:
@@ -332,17 +353,19 @@ class _Built:
     pinned_fp32: list[str]
 
 
-def _parse(builder: trt.Builder, compat: TrtCompat, onnx_path: Path, logger: trt.ILogger) -> trt.INetworkDefinition:
-    """The network TensorRT's ONNX parser makes of the file (rewritten first for 8.6); one line naming what it refused."""
+def _parse(builder: trt.Builder, compat: TrtCompat, onnx_path: Path, logger: trt.ILogger) -> tuple[trt.INetworkDefinition, bytes]:
+    """The network TensorRT's ONNX parser makes of the file (rewritten first for 8.6), and the ONNX it parsed; one line
+    naming what it refused."""
     import tensorrt as trt
 
     network = builder.create_network(compat.network_flags())
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(compat.onnx_for_parser(Path(onnx_path).read_bytes())):
+    blob = compat.onnx_for_parser(Path(onnx_path).read_bytes())
+    if not parser.parse(blob):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT {compat.version} could not parse {onnx_path}: {errors} "
                           f"(skipgan-edge build --onnx {onnx_path} --dry-run names what it refuses)")
-    return network
+    return network, blob
 
 
 def _batch_profile(builder: trt.Builder, config: trt.IBuilderConfig, card: ModelCard, cfg: BuildConfig) -> None:
@@ -381,13 +404,13 @@ def _build_serialized(onnx_path: Path, card: ModelCard, precision: str, compat: 
     builder = trt.Builder(logger)
     if builder is None:
         raise EngineError("TensorRT could not create a builder (is the GPU driver loaded?)")
-    network = _parse(builder, compat, onnx_path, logger)
+    network, parsed = _parse(builder, compat, onnx_path, logger)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     config.builder_optimization_level = cfg.opt_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer names for the inspector
     compat.set_precision_flags(config, precision)
-    pinned_fp32 = compat.hold_head_fp32(network, precision)
+    pinned_fp32 = compat.hold_head_fp32(network, precision, parsed)
     _batch_profile(builder, config, card, cfg)
     cache = load_timing_cache(config, cfg.timing_cache)
     placement = _place_on_dla(builder, network, config, cfg)
