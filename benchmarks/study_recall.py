@@ -6,12 +6,12 @@ On the peers harness's splits (5 Fashion-MNIST leave-one-class-out, brick and gr
 * ``plain``: 2 × the usual budget (12 epochs); from the same run, the epoch-6 snapshot is the usual 6-epoch run (epoch
   e shuffles with rng([seed, e]): the first 6 epochs of a 12-epoch run are the 6-epoch run), so one run gives
   - ``default, final epoch 6``: the previous study's protocol (benchmarks/results/synthval_study.md: final-epoch weights);
-  - ``default, selected (6 ep)``: what ``train`` ships today (the lowest validation loss among epochs 1-6);
+  - ``default, selected (6 ep)``: the model ``train`` selects (the lowest validation loss among epochs 1-6);
   - ``longer, selected (12 ep)``: twice the epochs, the same selection rule;
 * ``ema``: the usual 6 epochs with ``train.ema_decay`` 0.999: ``EMA, selected (6 ep)``.
 
-Each selected model is then scored with each head, from the same weights: ``default`` (standardised rec + lat, as
-shipped), and the feature-bank heads (skipgan_edge/model/bank.py; the bank is built exactly as ``train`` builds it with
+Each selected model is then scored with each head, from the same weights: ``default`` (standardised rec + lat, the
+two-term score), and the feature-bank heads (skipgan_edge/model/bank.py; the bank is built exactly as ``train`` builds it with
 ``score.bank_size``, from the selected weights and the training images): ``+bank`` (bank_weight 0.5), ``rec+bank``
 (λ 1, bank_weight 0.5), ``bank only`` (bank_weight 1), with a 1,024-feature coreset bank, and ``+bank (random 1024)``.
 

@@ -3,8 +3,9 @@
 Mean ± std over seeds: for a group (Fashion-MNIST, textures), each seed's mean over the group's splits, then the mean
 and std of those over seeds (the seed spread); per split, mean ± std over its seeds. A configuration "beats the
 seed spread" when its mean minus its std is above the baseline's mean plus its std (as in synthval_study.md); a split
-"worse beyond its spread" is the reverse. The baseline is what ``train`` ships today: the default model selected
-among 6 epochs, default head.
+"worse beyond its spread" is the reverse. The baseline is the default model selected among 6 epochs, scored with the
+two-term head (``rec+lat``, ``--bank-size 0``); the default head, rec+bank, is one of the configurations measured
+against it. Rows store the two-term head under the key ``default``; the tables call it ``rec+lat``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ GROUPS = {"semantic (Fashion-MNIST)": "fmnist", "local defects (textures)": "tex
 METRICS = {"test_auroc": "AUROC", "recall_at_0.01": "recall @1 % FPR", "recall_at_0.05": "recall @5 % FPR", "test_fpr_at_0.05": "test FPR @5 %"}
 COMMAND = ("python benchmarks/peers/splits.py && OMP_NUM_THREADS=1 python benchmarks/study_recall.py && "
            "OMP_NUM_THREADS=1 python benchmarks/study_recall.py --cost && OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py && "
-           "OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py --cost && python benchmarks/study_recall_table.py")
+           "OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py --cost && OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && "
+           "python benchmarks/study_recall_table.py")
+
+
+def show(head: str) -> str:
+    """The head's name in the tables: rows store the two-term head as ``default``."""
+    return "rec+lat" if head == "default" else head
 
 
 def ms(v: list[float]) -> str:
@@ -56,6 +63,8 @@ def main() -> None:
     rows = json.loads((OUT / "study_recall.json").read_text())
     ens_path, ens_cost_path = OUT / "study_ensemble.json", OUT / "study_ensemble_cost.json"
     rows += json.loads(ens_path.read_text()) if ens_path.exists() else []  # benchmarks/study_ensemble.py
+    kind_path = OUT / "study_bank_kind.json"
+    rows += json.loads(kind_path.read_text()) if kind_path.exists() else []  # benchmarks/study_bank_kind.py
     cost_path = OUT / "study_recall_cost.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     ens_cost = json.loads(ens_cost_path.read_text()) if ens_cost_path.exists() else {}
@@ -66,27 +75,32 @@ def main() -> None:
     missing = [(d, s, run) for run in sorted({r["run"] for r in rows}) for d in splits for s in seeds if (d, s, run) not in complete]
     base = data[BASE]
     summary: dict[str, Any] = {}
-    lines = ["# Recall at a false-alarm rate: EMA, a feature-bank head, longer training, ensembles (issue 22)", ""]
+    lines = ["# Recall at a false-alarm rate: EMA, feature-bank heads, longer training, ensembles", ""]
     n_runs = {run: len({(r["data"], r["seed"]) for r in rows if r["run"] == run}) for run in sorted({r["run"] for r in rows})}
     lines += [f"{len(splits)} splits × {len(seeds)} seeds ({', '.join(map(str, seeds))}); per split and seed (split-seed pairs per "
               f"arm: {n_runs}): a 12-epoch run (plain; its epoch-6 snapshot is the usual 6-epoch run), a 6-epoch run with EMA "
               "0.999 (benchmarks/study_recall.py), and two ensembles at the FLOPs of one width-32 pair: 4 pairs of width 16 "
-              "and 2 of width 23, members trained with seeds 1000·k + s, 6 epochs each (benchmarks/study_ensemble.py). "
+              "and 2 of width 23, members trained with seeds 1000·k + s, 6 epochs each (benchmarks/study_ensemble.py); the "
+              "default 6-epoch run again for the bank arm (benchmarks/study_bank_kind.py: the same weights, its rec+bank "
+              "row reproduces the first's). "
               "isize 32, ngf = ndf 32 unless named, 1,500 normal training images (the peers harness's splits), batch 64, "
               "one CPU thread. "
               + (f"**Missing (split, seed): {missing}.**" if missing else "Every split has every seed."), "",
               f"Command: `{COMMAND}`", "",
-              "Heads (the same weights, scored 5 ways): **default** = standardised rec (max of the 3×3 box-smoothed map) + "
-              "lat, λ 0.5 (what ships); **+bank** = 0.5·default + 0.5·bank (bank_weight 0.5); **rec+bank** = 0.5·rec + 0.5·bank; "
+              "Heads (the same weights, scored several ways): **rec+lat** = standardised rec (max of the 3×3 box-smoothed map) + "
+              "lat, λ 0.5 (the two-term score, `--bank-size 0`: the baseline); **+bank** = 0.5·(rec+lat) + 0.5·bank "
+              "(bank_weight 0.5); **rec+bank** = 0.5·rec + 0.5·bank (the default head); "
               "**bank only**; bank = distance of the least normal of D's 16 penultimate-layer patches to the nearest of 1,024 "
               "coreset-selected training patch features (random 1,024 as a control), every term standardised with the normal "
               "validation statistics. Recall @q: the threshold set on the *normal validation* scores at false-alarm rate q "
               "(fpr:q; 64 normal validation images cannot promise 1 %: max-normal, as `train` does), recall on test. "
               "Mean ± std over the seeds of each seed's group mean (the seed spread). An ensemble's score is the mean of its "
-              "members' standardised scores; `single ngf N` is its member 0 alone.", ""]
+              "members' standardised scores; `single ngf N` is its member 0 alone. **gbank**: a bank of *image* features, "
+              "the mean of an image's 16 patch features, 1,024 of the training images' chosen by coreset, the distance "
+              "to the nearest; rec+gbank and rec+bank+gbank weigh their standardised terms equally.", ""]
     lines += ["## 1. Every configuration, by group", ""]
     for group, prefix in GROUPS.items():
-        lines += [f"**{group}**", "", "| model | head | " + " | ".join(METRICS.values()) + " | AUROC vs shipped default |",
+        lines += [f"**{group}**", "", "| model | head | " + " | ".join(METRICS.values()) + " | AUROC vs the baseline (rec+lat) |",
                   "|---|---|" + "---|" * (len(METRICS) + 1)]
         b = group_per_seed(base, prefix, "test_auroc", seeds)
         for (model, head), cfg in data.items():
@@ -97,7 +111,7 @@ def main() -> None:
                 d = np.mean(a) - np.mean(b)
                 beyond = (np.mean(a) - np.std(a) > np.mean(b) + np.std(b)) or (np.mean(a) + np.std(a) < np.mean(b) - np.std(b))
                 verdict = f"{d:+.3f}" + (" (beyond the spread)" if beyond else " (within)")
-            lines.append(f"| {model} | {head} | " + " | ".join(ms(v) for v in vals.values()) + f" | {verdict} |")
+            lines.append(f"| {model} | {show(head)} | " + " | ".join(ms(v) for v in vals.values()) + f" | {verdict} |")
             summary.setdefault(f"{model} / {head}", {})[group] = {m: {"mean": float(np.mean(v)) if v else None,
                                                                       "std": float(np.std(v)) if v else None, "per_seed": v}
                                                                   for m, v in vals.items()}
@@ -116,11 +130,11 @@ def main() -> None:
                 if v and bv and np.mean(v) + np.std(v) < np.mean(bv) - np.std(bv):
                     worse.append(s)
                 per_split.setdefault(f"{model} / {head}", {}).setdefault(s, {})[metric] = v
-            lines.append(f"| {model} | {head} | " + " | ".join(cells) + f" | {', '.join(worse) or 'none'} |")
+            lines.append(f"| {model} | {show(head)} | " + " | ".join(cells) + f" | {', '.join(worse) or 'none'} |")
         lines.append("")
-    lines += ["## 4. Targets (issue 22), per configuration", "",
+    lines += ["## 4. Targets, per configuration", "",
               "Fashion-MNIST mean AUROC ≥ 0.80 and recall @5 % ≥ 0.45; textures AUROC ≥ 0.99; no split worse beyond its "
-              "spread (AUROC or recall @5 %) than the shipped default.", "",
+              "spread (AUROC or recall @5 %) than the baseline.", "",
               "| model | head | FMNIST AUROC ≥ 0.80 | FMNIST recall@5% ≥ 0.45 | textures ≥ 0.99 | no split worse | all |",
               "|---|---|---|---|---|---|---|"]
     targets: dict[str, Any] = {}
@@ -137,7 +151,7 @@ def main() -> None:
                   f["recall_at_0.05"]["mean"] is not None and f["recall_at_0.05"]["mean"] >= 0.45,
                   t["test_auroc"]["mean"] is not None and t["test_auroc"]["mean"] >= 0.99, not worse]
         targets[f"{model} / {head}"] = {"checks": checks, "worse": worse}
-        lines.append(f"| {model} | {head} | " + " | ".join("yes" if c else "no" for c in checks) + f" | {'yes' if all(checks) else 'no'} |")
+        lines.append(f"| {model} | {show(head)} | " + " | ".join("yes" if c else "no" for c in checks) + f" | {'yes' if all(checks) else 'no'} |")
     passing = [k for k, v in targets.items() if all(v["checks"])]
     lines += ["", f"Configurations meeting every target: {', '.join(passing) if passing else 'none'}. {len(data)} configurations "
               "were compared on the test splits, so the best of them is an optimistic estimate of one chosen in advance.", ""]
@@ -149,14 +163,14 @@ def main() -> None:
                   "records marked graph_has_head; for the others, the graph up to the split of the 2B feature pass plus the bank's "
                   "FLOPs counted from its shape (2·P·C·M + 4·P·M), the head's few elementwise operations left out.", "",
                   "| head | FLOPs / image | of which the bank (MatMul + reductions) | ONNX file | ORT batch 1 | ORT batch 64 | OpenVINO batch 1 | "
-                  "OpenVINO batch 64 | ORT batch 1 vs default | build --dry-run (8.6, 10.3, 11) |",
+                  "OpenVINO batch 64 | ORT batch 1 vs rec+lat | build --dry-run (8.6, 10.3, 11) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         ref = cost.get("default", {}).get("ort", {}).get("batch1_ms")
         for head, c in cost.items():
             ov = c.get("openvino", {})
             trt = c.get("trt_dry_run") or {}
             total = c["flops"]["total"] + (0 if c.get("graph_has_head") else c["bank_flops"])
-            lines.append(f"| {head} | {total / 1e6:.1f} M | {c['bank_flops'] / 1e6:.1f} M | "
+            lines.append(f"| {show(head)} | {total / 1e6:.1f} M | {c['bank_flops'] / 1e6:.1f} M | "
                          f"{c['onnx_bytes'] / 1024:.0f} KiB | {c['ort']['batch1_ms']:.2f} ms | {c['ort']['batch64_ms']:.1f} ms | "
                          + (f"{ov['batch1_ms']:.2f} ms | {ov['batch64_ms']:.1f} ms | " if "batch1_ms" in ov else "n/a | n/a | ")
                          + (f"{c['ort']['batch1_ms'] / ref:.2f}× | " if ref else "| ")
@@ -193,7 +207,7 @@ def main() -> None:
                     better = np.mean(a) - np.std(a) > np.mean(b) + np.std(b)
                     cells.append(f"{METRICS[metric]} {ms(a)} against {ms(b)} "
                                  f"({'worse beyond' if worse else 'better beyond' if better else 'within'} the spread)")
-                lines.append(f"- {model}, {head} head: " + "; ".join(cells) + ".")
+                lines.append(f"- {model}, {show(head)} head: " + "; ".join(cells) + ".")
         lines.append("")
     (RESULTS / "study_recall.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "study_recall.json").write_text(json.dumps({

@@ -1,0 +1,107 @@
+"""The recall study's bank arm (issue 22, item 1): which discriminator features the feature bank should remember.
+
+The default head's bank (skipgan_edge/model/bank.py) keeps 1,024 of D's penultimate-layer *patch* features and scores
+an image by its least normal patch: built for local defects. A semantic anomaly (another garment) changes the whole
+image; this arm measures a bank of *image* features instead, the mean of the 16 patch features (``gbank``: 1,024 of
+the 1,500 training images' means, coreset-chosen, the image's distance to the nearest), alone and next to the patch
+bank, with the same protocol as benchmarks/study_recall.py: the default model, selected among 6 epochs (the same
+seeds, so the same weights as that study's ``default, selected (6 ep)``: its ``rec+bank`` row is reproduced here as
+a check), thresholds on the normal validation scores, every term standardised with the normal validation statistics.
+
+Rows go to ``benchmarks/peers/out/study_bank_kind.json`` (a rerun skips finished rows); ``benchmarks/study_recall_table.py``
+reads them.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && python benchmarks/study_recall_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+sys.path.append(str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from common import OUT, SEEDS, split_names  # peers/common.py
+from study_ensemble import head_row
+from study_recall import BANK, EPOCHS, POOL, config
+from synthval_study import load
+from torch import nn
+
+from skipgan_edge.model.bank import as_patches, bank_constants, bank_distance, feature_patches, subsample
+from skipgan_edge.model.folder import load_model
+from skipgan_edge.model.scorer import to_model_input
+from skipgan_edge.train.trainer import Trainer, score_split
+
+#: head: weights of (rec, patch bank, image bank); each term standardised
+HEADS = {"rec+bank": (0.5, 0.5, 0.0), "rec+gbank": (0.5, 0.0, 0.5), "gbank only": (0.0, 0.0, 1.0),
+         "rec+bank+gbank": (1 / 3, 1 / 3, 1 / 3)}
+MODEL = "default, selected (6 ep), bank arm"
+
+
+@torch.no_grad()
+def patch_feats(net: nn.Module, images: np.ndarray) -> torch.Tensor:
+    """(N, P, C) patch features of D's f(x) in eval mode."""
+    net.eval()
+    p = feature_patches(net)
+    out = []
+    for i in range(0, len(images), 256):
+        f = net.terms(to_model_input(torch.from_numpy(np.ascontiguousarray(images[i : i + 256]))))[1].float()  # type: ignore[operator]
+        out.append(as_patches(f, f.shape[1] // p, p))
+    return torch.cat(out)
+
+
+def evaluate(net: nn.Module, ds: Any, seed: int) -> dict[str, Any]:
+    y = ds.test.labels
+    tr, va, te = (patch_feats(net, x) for x in (ds.train.images, ds.val.images, ds.test.images))
+    c = tr.shape[2]
+    pbank = bank_constants(subsample(tr.reshape(-1, c), BANK, "coreset", seed))
+    gbank = bank_constants(subsample(tr.mean(1), BANK, "coreset", seed))
+    terms: dict[str, dict[str, np.ndarray]] = {}
+    for k, x, f in (("val", ds.val.images, va), ("test", ds.test.images, te)):
+        t = score_split(net, x, torch.device("cpu"), POOL)
+        terms[k] = {"rec": t["rec"], "bank": bank_distance(f, *pbank).numpy(),
+                    "gbank": bank_distance(f.mean(1, keepdim=True), *gbank).numpy()}
+
+    def std(k: str, name: str) -> np.ndarray:
+        v = terms["val"][name]
+        return (terms[k][name] - v.mean()) / max(float(v.std()), 1e-12)
+
+    out = {}
+    for head, (wr, wb, wg) in HEADS.items():
+        s = {k: wr * std(k, "rec") + wb * std(k, "bank") + wg * std(k, "gbank") for k in ("val", "test")}
+        out[head] = head_row(s["val"], s["test"], y)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    path = OUT / "study_bank_kind.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["data"], r["seed"]) for r in rows}
+    for seed in SEEDS:
+        for name in split_names():
+            if (name, seed) in done:
+                continue
+            ds = load(name, seed)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                card = Trainer(ds, config(seed, EPOCHS, 0.0), Path(tmp) / "r", progress=False).fit()
+                net = load_model(Path(tmp) / "r")[1]
+            train_s = round(time.perf_counter() - t0, 1)
+            r = {"data": name, "seed": seed, "run": "bank kind", "model": MODEL, "epoch": card.training.best_epoch,
+                 "heads": evaluate(net, ds, seed), "train_seconds": train_s}
+            rows.append(r)
+            print(json.dumps({"data": name, "seed": seed, "epoch": r["epoch"]}
+                             | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()}), flush=True)
+            path.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
