@@ -36,8 +36,8 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from common import BATCH, ISIZE, OUT, SEEDS, split_names  # peers/common.py
-from study_recall import BANK, EPOCHS, FPRS, HEADS, POOL, _latency_ort, _latency_ov, thresholded
+from common import BATCH, ISIZE, OUT  # peers/common.py
+from study_recall import BANK, EPOCHS, FPRS, HEADS, POOL, _latency_ort, _latency_ov, run_all, thresholded
 from synthval_study import load
 from torch import nn
 
@@ -181,22 +181,7 @@ def main() -> None:
     if args.cost:
         cost(OUT / "study_ensemble_cost.json")
         return
-    path = OUT / "study_ensemble.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["data"], r["seed"], r["run"]) for r in rows}
-    for seed in SEEDS:  # seed outermost: an interrupted study has whole seeds
-        for name in split_names():
-            for cfg_name in args.configs.split(","):
-                if (name, seed, cfg_name) in done:
-                    continue
-                new = run_one(name, seed, cfg_name)
-                rows.extend(new)
-                for r in new:
-                    print(json.dumps({k: r[k] for k in ("data", "seed", "model", "train_seconds")}
-                                     | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()}),
-                          flush=True)
-                path.write_text(json.dumps(rows, indent=1))
-
+    run_all(OUT / "study_ensemble.json", args.configs.split(","), run_one)
 
 if __name__ == "__main__":
     main()

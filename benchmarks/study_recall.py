@@ -245,12 +245,16 @@ def main() -> None:
     if args.cost:
         cost(OUT / "study_recall_cost.json")
         return
-    path = OUT / args.out
+    run_all(OUT / args.out, args.runs.split(","), run_one)
+
+
+def run_all(path: Path, runs: list[str], run_one: Any) -> None:
+    """Every (split, seed, run) not yet in ``path``: ``run_one(split, seed, run)`` gives its rows, written as they finish."""
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], r["seed"], r["run"]) for r in rows}
     for seed in SEEDS:  # seed outermost: an interrupted study has whole seeds
         for name in split_names():
-            for run in args.runs.split(","):
+            for run in runs:
                 if (name, seed, run) in done:
                     continue
                 new = run_one(name, seed, run)
