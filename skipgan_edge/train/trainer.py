@@ -306,6 +306,12 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[st
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def check_new_run(out: Path) -> None:
+    """One line if ``out`` already holds a run (a checkpoint, a model card or a diverged run's record)."""
+    if any((Path(out) / name).exists() for name in (STATE_NAME, CARD_NAME, DIVERGED_NAME)) or (Path(out) / "candidates").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
 class Trainer:
     """Trains one model into a run folder. ``fit()`` returns the model card.
 
@@ -441,8 +447,8 @@ class Trainer:
             start_epoch, start_step, history, best, partial = meta["epoch"], meta["step"], meta["history"], meta["best"], meta["partial"]
             self.recoveries = [Recovery(**r) for r in meta.get("recoveries", [])]
             log.info("resuming %s at epoch %d step %d", self.out, start_epoch + 1, start_step)
-        elif any((self.out / name).exists() for name in (STATE_NAME, CARD_NAME, DIVERGED_NAME)):
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        else:
+            check_new_run(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
         if not resume and metrics_path.exists():

@@ -1,0 +1,61 @@
+"""What a new user's first trial of the default (rec+bank) head found, each on the real CLI or a tiny real model.
+
+The bank weight's range and its refusals without a bank; one console line, once per run, for a validation set too
+small for the auto policy's false-alarm rate and for a bank smaller than asked; the trained threshold's id; an
+existing run folder refused before the data is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_cli
+
+from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig
+from skipgan_edge.model.networks import default_score
+
+
+def _refused(p: object, *words: str) -> str:
+    err = p.stderr.strip()  # type: ignore[attr-defined]
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err  # type: ignore[attr-defined]
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+def test_bank_weight_range_is_0_exclusive_to_1_in_help_and_errors(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    help_text = "".join(run_cli("train", "--help").stdout.split())
+    assert "in(0,1](1:thebanktermalone)" in help_text, help_text
+    err = _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-weight", "1.5", check=False), "(0, 1]")
+    assert "[0, 1]" not in err
+    # weight 0 keeps a bank that counts for nothing: refused, pointing at the option that turns the bank off
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-weight", "0", check=False), "(0, 1]", "--bank-size 0")
+    assert not out.exists()
+    # 1 (the bank term alone, a measured head) is allowed
+    cfg = RunConfig(model=ModelConfig(isize=32), score=ScoreConfig(bank_weight=1.0)).validate(default_score("skipganomaly"))
+    assert cfg.score.bank_weight == 1.0 and cfg.score.bank_size == 1024
+
+
+def test_a_bank_weight_without_a_bank_is_refused_naming_both_options(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "0", "--bank-weight", "0.3", check=False),
+             "--bank-weight 0.3", "--bank-size 0")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--paper", "--bank-weight", "0.3", check=False),
+             "--paper", "--bank-weight")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[score]\nbank_weight = 0.3\n")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--config", str(cfg), "--bank-size", "0", check=False),
+             f"score.bank_weight in {cfg}", "--bank-size 0")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--config", str(cfg), "--paper", check=False),
+             "score.bank_weight", "--paper")
+    assert not out.exists()
+
+
+def test_an_existing_run_folder_is_refused_before_the_data_is_read(tmp_path: Path) -> None:
+    run = tmp_path / "def"
+    run.mkdir()
+    (run / "model.json").write_text("{}")
+    # the data does not exist: the folder is what is refused, before any loading
+    _refused(run_cli("train", "--data", str(tmp_path / "no_such_data"), "--out", str(run), check=False), "already holds a run")
+    assert sorted(p.name for p in run.iterdir()) == ["model.json"]
