@@ -59,3 +59,24 @@ def test_an_existing_run_folder_is_refused_before_the_data_is_read(tmp_path: Pat
     # the data does not exist: the folder is what is refused, before any loading
     _refused(run_cli("train", "--data", str(tmp_path / "no_such_data"), "--out", str(run), check=False), "already holds a run")
     assert sorted(p.name for p in run.iterdir()) == ["model.json"]
+
+
+def test_a_handful_of_images_says_the_auto_rate_and_the_small_bank_once_per_run(synth_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "few" / "train" / "good"
+    data.mkdir(parents=True)
+    for f in sorted((synth_dir / "train" / "good").iterdir())[:12]:
+        shutil.copy(f, data / f.name)
+    p = run_cli("train", "--data", str(tmp_path / "few"), "--out", str(tmp_path / "m"), "--ngf", "8", "--ndf", "8",
+                "--epochs", "3", "--threads", "1")
+    rate = [x for x in p.stderr.splitlines() if "false-alarm rate" in x]
+    assert len(rate) == 1 and rate[0].startswith("WARNING "), p.stderr  # once per run, not once per epoch
+    assert "the auto policy's false-alarm rate of 0.05" in rate[0] and "need at least 19" in rate[0], rate[0]
+    bank = [x for x in p.stderr.splitlines() if "feature bank" in x]
+    assert len(bank) == 1 and "fewer than score.bank_size 1024" in bank[0], p.stderr
+    import json
+
+    card = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert f"all {card['score']['bank']['size']} are kept" in bank[0] and card["score"]["bank"]["size"] < 1024
+    assert p.stderr.count("epoch ") >= 3  # three epochs ran, each with its validation
