@@ -80,3 +80,18 @@ def test_a_handful_of_images_says_the_auto_rate_and_the_small_bank_once_per_run(
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert f"all {card['score']['bank']['size']} are kept" in bank[0] and card["score"]["bank"]["size"] < 1024
     assert p.stderr.count("epoch ") >= 3  # three epochs ran, each with its validation
+
+
+def test_the_f1_thresholds_expected_rate_is_inside_its_interval() -> None:
+    import numpy as np
+    import pytest
+
+    from skipgan_edge.thresholds import apply_policy
+
+    # the trial's card: f1 flagged no validation normal and said expected 0.0 beside the interval [0.0004, 0.056]
+    t = apply_policy("f1", np.arange(64.0), np.array([100.0, 200.0]), "labelled")
+    assert t.flagged_normal == 0 and t.expected_fpr == pytest.approx(1 / 65)
+    assert t.fpr_interval[0] < t.expected_fpr < t.fpr_interval[1] and t.fpr_interval[1] == pytest.approx(0.0552, abs=1e-3)
+    t = apply_policy("f1", np.arange(100.0), np.array([50.5, 97.5, 98.5, 200.0, 300.0]), "synthetic")
+    assert (t.raw, t.flagged_normal) == (97.0, 2) and t.expected_fpr == pytest.approx(3 / 101)  # 98 and 99 are flagged
+    assert t.fpr_interval[0] < t.expected_fpr < t.fpr_interval[1]

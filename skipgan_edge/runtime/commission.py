@@ -80,6 +80,7 @@ from skipgan_edge.card import (
     new_threshold_id,
     set_onnx_metadata,
     stage_bytes,
+    threshold_id,
     weights_with_card,
 )
 from skipgan_edge.contract import PRECISION_KEY
@@ -434,7 +435,7 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
         "flagged_in_sample": k, "anomalous_source": anomalous, "model_id": card.model_id,
         "anomalous_frames": None if site.anomalous is None else len(site.anomalous),
         "false_alarms_before": before, "false_alarms_after": after,
-        "previous": {"threshold_id": old.threshold.threshold_id, "threshold_normalized": old.threshold.normalized,
+        "previous": {"threshold_id": threshold_id(card), "threshold_normalized": old.threshold.normalized,
                      "threshold_raw": old.threshold.raw, "policy": old.threshold.policy or old.threshold.method,
                      "val_stats": [old.val_stats.min, old.val_stats.max]},
     }
@@ -445,7 +446,7 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
     )
     stats = ValStats(min=smin, max=smax, mean=float(scores.mean()), std=float(scores.std()), n=n)
     report: dict[str, Any] = {
-        "threshold_id": tid, "previous_threshold_id": old.threshold.threshold_id,
+        "threshold_id": tid, "previous_threshold_id": threshold_id(card),  # as eval and every record named it
         "frames": n, "unreadable": site.unreadable, "promised_fpr": q, "expected_fpr": expected,
         "fpr_interval_95": list(interval), "flagged_in_sample": k, "achieved_fpr_in_sample": k / n,
         "fps": site.fps, "fps_from": site.fps_from, "alarms_per_hour_target": per_hour,
