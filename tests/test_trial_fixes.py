@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig
@@ -95,3 +96,27 @@ def test_the_f1_thresholds_expected_rate_is_inside_its_interval() -> None:
     t = apply_policy("f1", np.arange(100.0), np.array([50.5, 97.5, 98.5, 200.0, 300.0]), "synthetic")
     assert (t.raw, t.flagged_normal) == (97.0, 2) and t.expected_fpr == pytest.approx(3 / 101)  # 98 and 99 are flagged
     assert t.fpr_interval[0] < t.expected_fpr < t.fpr_interval[1]
+
+
+def test_the_demos_commissioning_line_gives_the_raw_score_thresholds(demo_onnx: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Step 6 printed only normalized thresholds ("1.000 -> 0.868") beside fewer alarms after: each is on its own
+    normalization, so the line gives the raw score thresholds, which the alarms follow."""
+    import re
+    import shutil
+
+    from skipgan_edge.demo import DEFECT_FRAMES, _commission, write_demo_video
+    from skipgan_edge.runtime.backends.onnxrt import read_card
+
+    export = tmp_path / "export"
+    shutil.copytree(demo_onnx, export)
+    scorer = export / "scorer.int8.onnx"
+    before = read_card(scorer).score.threshold
+    write_demo_video(tmp_path / "line.mp4")
+    _commission(tmp_path, scorer, set(DEFECT_FRAMES))
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("[6/6]"))
+    after = read_card(scorer).score.threshold
+    m = re.search(r"raw score threshold (\S+) -> (\S+) \(normalized (\S+) -> (\S+),", line)
+    assert m is not None, line
+    assert float(m.group(1)) == pytest.approx(before.raw, rel=1e-3) and float(m.group(2)) == pytest.approx(after.raw, rel=1e-3)
+    assert float(m.group(3)) == pytest.approx(before.normalized, abs=1e-3) and float(m.group(4)) == pytest.approx(after.normalized, abs=1e-3)
+    assert after.commissioning["previous"]["threshold_raw"] == before.raw

@@ -456,7 +456,8 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
         "false_alarms_per_hour_before": alarms_per_hour(before / n, site.fps),
         "false_alarms_per_hour_after": alarms_per_hour(after / n, site.fps),
         "threshold_raw": raw, "threshold_normalized": threshold.normalized, "normalization": [smin, smax],
-        "previous_threshold_normalized": old.threshold.normalized, "scored_with": scored_with,
+        "previous_threshold_normalized": old.threshold.normalized, "previous_threshold_raw": old.threshold.raw,
+        "scored_with": scored_with,
         "recall_on_anomalous": recall, "anomalous_frames": commissioning["anomalous_frames"], "updated": [],
         "model_id": card.model_id,
     }
@@ -578,7 +579,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"commissioned on {r['frames']} normal frame(s) scored with {r['scored_with']}"
         + (f" ({r['unreadable']} unreadable)" if r["unreadable"] else ""),
-        f"threshold {r['threshold_normalized']:.4f} normalized (was {r['previous_threshold_normalized']:.4f}), raw {r['threshold_raw']:.6g}; "
+        f"threshold {r['threshold_normalized']:.4f} normalized (was {r['previous_threshold_normalized']:.4f}), raw {r['threshold_raw']:.6g}"
+        + (f" (was {r['previous_threshold_raw']:.6g})" if r.get("previous_threshold_raw") is not None else "") + "; "
         f"threshold_id {r['threshold_id']}",
         f"false alarms: promised {target}, expected {r['expected_fpr']:.4f} (95 % interval {lo:.4f}-{hi:.4f}), "
         f"{r['flagged_in_sample']} of {r['frames']} collected frames flagged",
