@@ -198,7 +198,8 @@ def train(
                                                      "graph and add their nearest distance to the score (0 = off: the two-term score, "
                                                      "λ 0.5 unless --lam; skipganomaly's default is 1024 with λ 1; measured cost and "
                                                      "gain: benchmarks/results/study_recall.md)." + _default("score", "bank_size"))] = None,
-    bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1) (with --bank-size)."
+    bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1] (1: the bank term alone); "
+                                                         "only with a bank (--bank-size 0 turns it off)."
                                                          + _default("score", "bank_weight"))] = None,
 ) -> None:
     """Train on normal images; writes RUN/model.json, RUN/model.safetensors, RUN/metrics.jsonl."""

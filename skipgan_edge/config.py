@@ -194,6 +194,8 @@ class ModelConfig:
 #: The feature bank's upper bound: 16,384 features of D's penultimate layer (128 channels at ndf 32) are 8 MiB of
 #: FP32 constants in the graph and 4.2 MFLOP per patch; past that the head costs more than the networks.
 MAX_BANK = 16384
+#: 1 is the bank term alone (a measured head); 0 would keep a bank in the graph that counts for nothing
+BANK_WEIGHT = Limit(0, 1, lo_open=True, text="a weight in (0, 1] (1: the bank term alone); to turn the bank off use --bank-size 0")
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ class ScoreConfig:
             raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
         if self.bank_size is not None:
             Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
-        Limit(0, 1).check("bank_weight", self.bank_weight)
+        BANK_WEIGHT.check("bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
         parse_policy(self.threshold)
@@ -354,7 +356,19 @@ def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str,
             if given is not None and given != value:
                 raise ConfigError(f"--paper fixes {table}.{key} = {value}; drop the option that sets it to {given}")
             out.setdefault(table, {})[key] = value
+    weight = out.get("score", {}).get("bank_weight")
+    if weight is not None:
+        raise ConfigError(f"--paper has no feature bank (score.bank_size = 0), so --bank-weight {weight} weighs nothing; drop --bank-weight")
     return out
+
+
+def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str) -> None:
+    """One line when a bank weight was set (``given``: the value from ``where``, the option or config key that set it;
+    None: not set) for a run without a bank (``bank_size`` 0, from ``--bank-size 0`` or ``--paper``): it would weigh
+    nothing, and the card would record a weight that was never used."""
+    if given is not None and bank_size == 0:
+        raise ConfigError(f"{where} {given} weighs the feature bank, but score.bank_size is 0 (--bank-size 0 or --paper): "
+                          "no bank; drop the bank weight, or give --bank-size above 0")
 
 
 #: The largest config file read: a cell of a thousand cameras is under 200 KiB; a path to /dev/zero or a video is refused.

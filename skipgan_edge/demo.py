@@ -154,8 +154,13 @@ def _commission(out: Path, scorer: Path, truth: set[int]) -> dict[str, Any]:
     # false alarms on these frames (it prints both)
     rep = commission({}, str(site), fpr=COMMISSION_FPR, backend="onnxruntime", export_dir=scorer.parent, score_with=scorer.name, yes=True)
     lo, hi = rep["fpr_interval_95"]
-    typer.echo(f"[6/6] commissioned {scorer.name} on {rep['frames']} normal frames of {site.name}: threshold "
-               f"{rep['previous_threshold_normalized']:.3f} -> {rep['threshold_normalized']:.3f}; promised false-alarm rate "
+    # the raw score thresholds, as `threshold` prints them: the normalized ones are each on their own normalization
+    # (commissioning resets it to the site's normal scores), so a lower normalized threshold can alarm less
+    prev_raw = rep["previous_threshold_raw"]
+    typer.echo(f"[6/6] commissioned {scorer.name} on {rep['frames']} normal frames of {site.name}: raw score threshold "
+               + (f"{prev_raw:.4g} -> " if prev_raw is not None else "") + f"{rep['threshold_raw']:.4g} (normalized "
+               f"{rep['previous_threshold_normalized']:.3f} -> {rep['threshold_normalized']:.3f}, each on its own normalization, "
+               f"now the site's normal frames); promised false-alarm rate "
                f"<= {COMMISSION_FPR:.0%} (expected {rep['expected_fpr']:.3f}, 95 % interval {lo:.3f}-{hi:.3f}), "
                f"{format_per_hour(rep['expected_alarms_per_hour'])} false alarms per hour at {rep['fps']:g} fps")
     typer.echo(f"      on those frames: {rep['false_alarms_before']} false alarm(s) before "

@@ -64,7 +64,7 @@ def format_per_hour(per_hour: float) -> str:
 class ThresholdChoice:
     raw: float  # flag when score > raw
     policy: str  # as given: "fpr:0.01", "f1", "max-normal"
-    expected_fpr: float  # on new normal images (fpr, max-normal: (k+1)/(n+1); f1: share of validation normals above)
+    expected_fpr: float  # on new normal images: (k+1)/(n+1), k = validation normals above (f1: an upper bound), inside fpr_interval
     fpr_interval: tuple[float, float]  # central 95 % interval of the FPR
     expected_recall: float | None  # on validation anomalies (labelled or synthetic), None without any
     recall_source: str | None  # "labelled" or "synthetic"
@@ -205,11 +205,9 @@ def apply_policy(policy: str, normal: np.ndarray, anomalous: np.ndarray | None, 
         raw = float(below.max()) if len(below) else float(np.nextafter(t_ge, -np.inf))
         k = int((normal > raw).sum())
     flagged = int((normal > raw).sum())
-    if kind == "f1":  # not an order-statistic rule: the validation share, with the same interval for that count
-        _, ci = order_statistic_fpr(flagged, n)
-        exp = flagged / n
-    else:
-        exp, ci = order_statistic_fpr(k, n)
+    # f1 flags `flagged` validation normals, so its threshold is at or above the (flagged+1)-th largest normal score: its
+    # rate on new normals is at most that order statistic's, whose expectation and interval it states (as fpr:Q does)
+    exp, ci = order_statistic_fpr(flagged if kind == "f1" else k, n)
     recall = None
     if anomalous is not None and len(anomalous):
         recall = float((np.asarray(anomalous) > raw).mean())

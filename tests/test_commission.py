@@ -249,7 +249,10 @@ def test_threshold_id_in_the_card_and_in_every_record(demo_model: Path, demo_onn
     r = json.loads(run_cli("threshold", "--model", str(model), "--onnx", str(onnx), "--normal", str(normal), "--fpr", "0.05",
                            "--backend", "onnxruntime", "--yes", "--json").stdout)
     tid = r["threshold_id"]
-    assert tid.startswith("c") and tid != f"trained-{model_id}" and r["previous_threshold_id"] is None
+    assert tid.startswith("c") and tid != f"trained-{model_id}"
+    # the setting it replaced is named as eval and every record named it, not null: trained-MODEL_ID
+    assert r["previous_threshold_id"] == f"trained-{model_id}"
+    assert load_card(model).score.threshold.commissioning["previous"]["threshold_id"] == f"trained-{model_id}"
     assert load_card(model).score.threshold.threshold_id == tid == read_card(onnx).score.threshold.threshold_id
     assert json.loads((model / "model.json").read_text())["score"]["threshold"]["threshold_id"] == tid
     assert load_card(model).score.threshold.commissioning["threshold_id"] == tid

@@ -80,6 +80,7 @@ from skipgan_edge.card import (
     new_threshold_id,
     set_onnx_metadata,
     stage_bytes,
+    threshold_id,
     weights_with_card,
 )
 from skipgan_edge.contract import PRECISION_KEY
@@ -434,7 +435,7 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
         "flagged_in_sample": k, "anomalous_source": anomalous, "model_id": card.model_id,
         "anomalous_frames": None if site.anomalous is None else len(site.anomalous),
         "false_alarms_before": before, "false_alarms_after": after,
-        "previous": {"threshold_id": old.threshold.threshold_id, "threshold_normalized": old.threshold.normalized,
+        "previous": {"threshold_id": threshold_id(card), "threshold_normalized": old.threshold.normalized,
                      "threshold_raw": old.threshold.raw, "policy": old.threshold.policy or old.threshold.method,
                      "val_stats": [old.val_stats.min, old.val_stats.max]},
     }
@@ -445,7 +446,7 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
     )
     stats = ValStats(min=smin, max=smax, mean=float(scores.mean()), std=float(scores.std()), n=n)
     report: dict[str, Any] = {
-        "threshold_id": tid, "previous_threshold_id": old.threshold.threshold_id,
+        "threshold_id": tid, "previous_threshold_id": threshold_id(card),  # as eval and every record named it
         "frames": n, "unreadable": site.unreadable, "promised_fpr": q, "expected_fpr": expected,
         "fpr_interval_95": list(interval), "flagged_in_sample": k, "achieved_fpr_in_sample": k / n,
         "fps": site.fps, "fps_from": site.fps_from, "alarms_per_hour_target": per_hour,
@@ -455,7 +456,8 @@ def set_threshold(site: SiteScores, q: float, normal: str, mode: str, scored_wit
         "false_alarms_per_hour_before": alarms_per_hour(before / n, site.fps),
         "false_alarms_per_hour_after": alarms_per_hour(after / n, site.fps),
         "threshold_raw": raw, "threshold_normalized": threshold.normalized, "normalization": [smin, smax],
-        "previous_threshold_normalized": old.threshold.normalized, "scored_with": scored_with,
+        "previous_threshold_normalized": old.threshold.normalized, "previous_threshold_raw": old.threshold.raw,
+        "scored_with": scored_with,
         "recall_on_anomalous": recall, "anomalous_frames": commissioning["anomalous_frames"], "updated": [],
         "model_id": card.model_id,
     }
@@ -577,7 +579,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"commissioned on {r['frames']} normal frame(s) scored with {r['scored_with']}"
         + (f" ({r['unreadable']} unreadable)" if r["unreadable"] else ""),
-        f"threshold {r['threshold_normalized']:.4f} normalized (was {r['previous_threshold_normalized']:.4f}), raw {r['threshold_raw']:.6g}; "
+        f"threshold {r['threshold_normalized']:.4f} normalized (was {r['previous_threshold_normalized']:.4f}), raw {r['threshold_raw']:.6g}"
+        + (f" (was {r['previous_threshold_raw']:.6g})" if r.get("previous_threshold_raw") is not None else "") + "; "
         f"threshold_id {r['threshold_id']}",
         f"false alarms: promised {target}, expected {r['expected_fpr']:.4f} (95 % interval {lo:.4f}-{hi:.4f}), "
         f"{r['flagged_in_sample']} of {r['frames']} collected frames flagged",

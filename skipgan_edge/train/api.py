@@ -40,8 +40,9 @@ def train_from_cli(
 ) -> tuple[ModelCard, Path]:
     """Resolve file config + CLI overrides, load the data, train; return the card and the run folder."""
     require("torch", "train", "skipgan-edge train")
+    from skipgan_edge.config import refuse_idle_bank_weight
     from skipgan_edge.model.networks import default_score
-    from skipgan_edge.train.trainer import train
+    from skipgan_edge.train.trainer import check_new_run, train
 
     if resume is not None:
         meta = _resume_meta(resume)
@@ -66,9 +67,17 @@ def train_from_cli(
         cfg_dict = merge(file_cfg, overrides)
         batch_from = ("--batch" if overrides.get("train", {}).get("batch") is not None
                       else f"train.batch in {config}" if file_cfg.get("train", {}).get("batch") is not None else None)
+        weight_from = ("--bank-weight" if overrides.get("score", {}).get("bank_weight") is not None
+                       else f"score.bank_weight in {config}")
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
+    if resume is None:  # a weight set for a run without a bank: one line, before the weight's range is checked
+        bank_size = cfg.score.bank_size
+        if bank_size is None and cfg.model.arch != AUTO:
+            bank_size = int(default_score(cfg.model.arch).get("bank_size", 0))
+        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_weight"), bank_size, weight_from)
+        check_new_run(Path(out))  # one line now, not after the data is read
     if cfg.model.arch == AUTO:
         if resume is not None:
             raise ConfigError(f"--resume of an --arch auto run: resume its candidate instead (--resume {out}/candidates/ARCH), "

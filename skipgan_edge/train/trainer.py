@@ -93,7 +93,7 @@ from skipgan_edge.metrics import auroc, f1_at
 from skipgan_edge.model.bank import BANK_KEY, as_patches, bank_constants, bank_distance, bank_info, feature_patches, patch_features, subsample
 from skipgan_edge.model.networks import build_model, default_score, head_record, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
-from skipgan_edge.thresholds import apply_policy, resolve
+from skipgan_edge.thresholds import apply_policy, min_normal_images, parse_policy, resolve
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +194,32 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
     return out
 
 
-def build_bank(net: torch.nn.Module, images: np.ndarray, cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+def build_bank(net: torch.nn.Module, images: np.ndarray, cfg: RunConfig, device: torch.device,
+               said: set[str] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """The feature bank of ``net`` on the training ``images`` (score.bank_size features, score.bank_subsample) and the
-    card's record of it."""
+    card's record of it. Fewer patch features than the size asked are all kept, said in one console line (once per
+    run: ``said`` holds the lines already said)."""
     sc = cfg.score
     feats = patch_features(net, images, device)
+    if len(feats) < int(sc.bank_size or 0):
+        _say_once(said, logging.WARNING, f"feature bank: the {len(images)} training images give {len(feats)} patch features, "
+                  f"fewer than score.bank_size {sc.bank_size}: all {len(feats)} are kept (add images for a larger bank)")
     bank = subsample(feats, int(sc.bank_size or 0), sc.bank_subsample, cfg.train.seed)  # all of them when there are fewer
     return bank, {**bank_info(bank, feature_patches(net), sc.bank_subsample, len(feats)), "weight": float(sc.bank_weight)}
 
 
+def _say_once(said: set[str] | None, level: int, line: str) -> None:
+    """Log ``line`` unless ``said`` (the lines a run has said; None: no memory) already holds it."""
+    if said is not None:
+        if line in said:
+            return
+        said.add(line)
+    log.log(level, "%s", line)
+
+
 def validation_report(
     net: torch.nn.Module, data: Dataset, cfg: RunConfig, device: torch.device, synthetic: SyntheticDefects | None = None,
+    said: set[str] | None = None,
 ) -> dict[str, Any]:
     """Scores of the validation split, their statistics, the threshold and the selection signal.
 
@@ -213,7 +228,7 @@ def validation_report(
     no labelled validation anomalies, for the threshold policy's recall and the synthetic-validation AUROC."""
     sc = cfg.score
     mode, pool = str(sc.mode), int(sc.pool or 0)
-    bank, bank_rec = build_bank(net, data.train.images, cfg, device) if (sc.bank_size or 0) > 0 else (None, None)
+    bank, bank_rec = build_bank(net, data.train.images, cfg, device, said) if (sc.bank_size or 0) > 0 else (None, None)
     if bank is not None and not bool(torch.isfinite(bank).all()):
         raise NonFinite("feature bank")
     w_bank = float(sc.bank_weight) if bank is not None else 0.0
@@ -267,12 +282,20 @@ def validation_report(
         rep["signal"] = ("val_loss", rep["val_loss"], "min")
     policy = resolve(sc.threshold, data.val.has_anomalies)
     if policy == "f1" and anomalous is None:
-        log.warning("--threshold f1 needs validation anomalies and there are none (synthetic validation is off): using max-normal")
+        _say_once(said, logging.WARNING,
+                  "--threshold f1 needs validation anomalies and there are none (synthetic validation is off): using max-normal")
         policy = "max-normal"
     try:
         choice = apply_policy(policy, normal, anomalous, source)
     except ConfigError as exc:  # too few validation images for the promised rate: say so, fall back to the strictest
-        log.warning("%s; the threshold falls back to max-normal", exc)
+        _, q = parse_policy(policy)
+        if sc.threshold.strip().lower() == "auto" and q is not None:  # a rate the user never gave: say who chose it
+            line = (f"{len(normal)} normal validation image(s) cannot set the auto policy's false-alarm rate of {q:g} (its "
+                    f"choice without labelled validation anomalies): need at least {min_normal_images(q)}; the threshold "
+                    "falls back to max-normal (add normal images, or choose a policy with --threshold)")
+        else:
+            line = f"{exc}; the threshold falls back to max-normal"
+        _say_once(said, logging.WARNING, line)
         choice = apply_policy("max-normal", normal, anomalous, source)
     rep["threshold"] = {
         "normalized": (choice.raw - smin) / span, "raw": choice.raw,
@@ -306,6 +329,12 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[st
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def check_new_run(out: Path) -> None:
+    """One line if ``out`` already holds a run (a checkpoint, a model card or a diverged run's record)."""
+    if any((Path(out) / name).exists() for name in (STATE_NAME, CARD_NAME, DIVERGED_NAME)) or (Path(out) / "candidates").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+
 class Trainer:
     """Trains one model into a run folder. ``fit()`` returns the model card.
 
@@ -331,6 +360,7 @@ class Trainer:
         self.recoveries: list[Recovery] = []
         self.ema: Any = None  # the generator's exponential moving average (train.ema_decay > 0), what is validated and shipped
         self.ema_updates = 0
+        self.said: set[str] = set()  # the console lines said once per run (validation_report), not once per epoch
         if len(data.train) < cfg.train.batch:
             raise ConfigError(
                 f"{len(data.train)} training images is fewer than one batch ({cfg.train.batch}); lower --batch or add images"
@@ -441,8 +471,8 @@ class Trainer:
             start_epoch, start_step, history, best, partial = meta["epoch"], meta["step"], meta["history"], meta["best"], meta["partial"]
             self.recoveries = [Recovery(**r) for r in meta.get("recoveries", [])]
             log.info("resuming %s at epoch %d step %d", self.out, start_epoch + 1, start_step)
-        elif any((self.out / name).exists() for name in (STATE_NAME, CARD_NAME, DIVERGED_NAME)):
-            raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        else:
+            check_new_run(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         metrics_path = self.out / "metrics.jsonl"
         if not resume and metrics_path.exists():
@@ -648,7 +678,7 @@ class Trainer:
         if not _finite(self.net.state_dict().values()):  # e.g. D's classifier, which the score does not read
             raise NonFinite("weights")
         with self.shipped() as net:
-            rep = validation_report(net, self.data, self.cfg, self.device, self.synthetic)
+            rep = validation_report(net, self.data, self.cfg, self.device, self.synthetic, self.said)
         bank = rep.pop("bank", None)
         name, value, mode = rep.pop("signal")
         if not (math.isfinite(value) and math.isfinite(rep["val_loss"])):
