@@ -219,7 +219,9 @@ class ScoreConfig:
             raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
         if self.bank_size is not None:
             Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
-        BANK_WEIGHT.check("bank_weight", self.bank_weight)
+        # what a card may hold: [0, 1] (a card written before weight 0 was refused still loads); training asks for
+        # (0, 1] with a bank (RunConfig.validate)
+        Limit(0, 1).check("bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
         parse_policy(self.threshold)
@@ -290,11 +292,13 @@ class RunConfig:
         ``bank_size``: ``skipgan_edge.model.networks.default_score(arch)``, passed in so that config imports no model)
         filled in. λ not given takes the default's ``lam`` with a bank and ``lam_without_bank`` without one: a
         bank turned off (``bank_size = 0``) leaves the measured two-term score, not the reconstruction term alone."""
+        arch_default = score_defaults
+        bank_size = self.score.bank_size if self.score.bank_size is not None else int(arch_default.get("bank_size", 0))
+        if isinstance(bank_size, int) and bank_size > 0:  # a weight of 0 would keep a bank that counts for nothing
+            BANK_WEIGHT.check("bank_weight", self.score.bank_weight)
         self.model.validate()
         self.train.validate()
         self.score.validate()
-        arch_default = score_defaults
-        bank_size = self.score.bank_size if self.score.bank_size is not None else int(arch_default.get("bank_size", 0))
         if self.score.lam is not None:
             lam = self.score.lam
         else:

@@ -36,6 +36,12 @@ def test_bank_weight_range_is_0_exclusive_to_1_in_help_and_errors(synth_dir: Pat
     # 1 (the bank term alone, a measured head) is allowed
     cfg = RunConfig(model=ModelConfig(isize=32), score=ScoreConfig(bank_weight=1.0)).validate(default_score("skipganomaly"))
     assert cfg.score.bank_weight == 1.0 and cfg.score.bank_size == 1024
+    # a card may hold weight 0 (allowed before training refused it): it still loads
+    from skipgan_edge.card import typed_from_dict
+
+    held = RunConfig(model=ModelConfig(isize=32)).validate(default_score("skipganomaly")).to_dict()
+    held["score"]["bank_weight"] = 0.0
+    assert typed_from_dict(RunConfig, held, "config").score.bank_weight == 0.0
 
 
 def test_a_bank_weight_without_a_bank_is_refused_naming_both_options(synth_dir: Path, tmp_path: Path) -> None:
