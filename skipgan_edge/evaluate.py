@@ -91,6 +91,8 @@ def evaluate_split(
         "f1_optimal_threshold": thr_best,
         "f1_optimal": f1_best,
         "model_id": card.model_id,
+        # the score head the numbers above measure (model/networks.py head_record); None in a card from before it
+        "score_head": (card.score.head or {}).get("name"),
     }
     if split.masks is not None:
         ok = split.mask_valid if split.mask_valid is not None else np.ones(len(split), bool)

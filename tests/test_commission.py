@@ -329,3 +329,6 @@ def test_eval_names_the_threshold_in_force_and_where_it_was_set(demo_onnx: Path,
     report = json.loads(run_cli(*eval_args, "--json").stdout)
     assert report["model_threshold_id"] == r["threshold_id"] and report["model_threshold"] == pytest.approx(r["threshold_normalized"])
     assert report["model_threshold_set"] == f"commissioned {date}: fpr:0.05 on {r['frames']} normal frames of {normal}"
+    # and which score head the numbers measure: the default's, as the card says
+    assert report["score_head"] == read_card(onnx).score.head["name"] == "rec+bank"
+    assert run_cli(*eval_args).stdout.splitlines()[0].endswith("(score head rec+bank)")
