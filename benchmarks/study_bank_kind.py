@@ -11,7 +11,11 @@ a check), thresholds on the normal validation scores, every term standardised wi
 Rows go to ``benchmarks/peers/out/study_bank_kind.json`` (a rerun skips finished rows); ``benchmarks/study_recall_table.py``
 reads them.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && python benchmarks/study_recall_table.py
+``--arm size`` instead measures the patch bank's size (1,024 against 4,096 features) and neighbours (the mean distance
+to the 1 or 3 nearest), beside rec, into ``study_bank_size.json``.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py
+       --arm size && python benchmarks/study_recall_table.py
 """
 
 from __future__ import annotations
@@ -80,9 +84,46 @@ def evaluate(net: nn.Module, ds: Any, seed: int) -> dict[str, Any]:
     return out
 
 
+def knn_distance(patches: torch.Tensor, bank: torch.Tensor, k: int) -> np.ndarray:
+    """(N, P, C) patches, a bank (M, C) → (N,): the least normal patch's mean distance to its k nearest bank features."""
+    d = torch.cdist(patches.reshape(-1, patches.shape[2]), bank).reshape(patches.shape[0], patches.shape[1], -1)
+    return d.topk(k, dim=2, largest=False).values.mean(2).amax(1).numpy()
+
+
+def evaluate_size(net: nn.Module, ds: Any, seed: int) -> dict[str, Any]:
+    """The patch bank's size (1,024 against 4,096 features) and its neighbours (1 against 3), beside rec."""
+    y = ds.test.labels
+    tr, va, te = (patch_feats(net, x) for x in (ds.train.images, ds.val.images, ds.test.images))
+    c = tr.shape[2]
+    banks = {m: subsample(tr.reshape(-1, c), m, "coreset", seed) for m in (BANK, 4 * BANK)}
+    terms: dict[str, dict[str, np.ndarray]] = {}
+    for k, x, f in (("val", ds.val.images, va), ("test", ds.test.images, te)):
+        terms[k] = {"rec": score_split(net, x, torch.device("cpu"), POOL)["rec"],
+                    "bank 1024": knn_distance(f, banks[BANK], 1), "bank 4096": knn_distance(f, banks[4 * BANK], 1),
+                    "bank 1024 k=3": knn_distance(f, banks[BANK], 3)}
+
+    def std(k: str, name: str) -> np.ndarray:
+        v = terms["val"][name]
+        return (terms[k][name] - v.mean()) / max(float(v.std()), 1e-12)
+
+    out = {}
+    for name in ("bank 1024", "bank 4096", "bank 1024 k=3"):
+        head = "rec+bank" if name == "bank 1024" else f"rec+{name.replace(' ', ' (', 1)})"
+        s = {k: 0.5 * std(k, "rec") + 0.5 * std(k, name) for k in ("val", "test")}
+        out[head] = head_row(s["val"], s["test"], y)
+    return out
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arm", choices=("kind", "size"), default="kind",
+                    help="kind: image against patch features (study_bank_kind.json); size: 1,024 against 4,096 features "
+                         "and 1 against 3 neighbours (study_bank_size.json)")
+    args = ap.parse_args()
     torch.set_num_threads(1)
-    path = OUT / "study_bank_kind.json"
+    path = OUT / ("study_bank_kind.json" if args.arm == "kind" else "study_bank_size.json")
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {(r["data"], r["seed"]) for r in rows}
     for seed in SEEDS:
@@ -95,8 +136,9 @@ def main() -> None:
                 card = Trainer(ds, config(seed, EPOCHS, 0.0), Path(tmp) / "r", progress=False).fit()
                 net = load_model(Path(tmp) / "r")[1]
             train_s = round(time.perf_counter() - t0, 1)
-            r = {"data": name, "seed": seed, "run": "bank kind", "model": MODEL, "epoch": card.training.best_epoch,
-                 "heads": evaluate(net, ds, seed), "train_seconds": train_s}
+            kind = args.arm == "kind"
+            r = {"data": name, "seed": seed, "run": f"bank {args.arm}", "model": MODEL if kind else MODEL.replace("bank arm", "bank size arm"),
+                 "epoch": card.training.best_epoch, "heads": (evaluate if kind else evaluate_size)(net, ds, seed), "train_seconds": train_s}
             rows.append(r)
             print(json.dumps({"data": name, "seed": seed, "epoch": r["epoch"]}
                              | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()}), flush=True)

@@ -28,7 +28,7 @@ METRICS = {"test_auroc": "AUROC", "recall_at_0.01": "recall @1 % FPR", "recall_a
 COMMAND = ("python benchmarks/peers/splits.py && OMP_NUM_THREADS=1 python benchmarks/study_recall.py && "
            "OMP_NUM_THREADS=1 python benchmarks/study_recall.py --cost && OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py && "
            "OMP_NUM_THREADS=1 python benchmarks/study_ensemble.py --cost && OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && "
-           "python benchmarks/study_recall_table.py")
+           "OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py --arm size && python benchmarks/study_recall_table.py")
 
 
 def show(head: str) -> str:
@@ -65,6 +65,8 @@ def main() -> None:
     rows += json.loads(ens_path.read_text()) if ens_path.exists() else []  # benchmarks/study_ensemble.py
     kind_path = OUT / "study_bank_kind.json"
     rows += json.loads(kind_path.read_text()) if kind_path.exists() else []  # benchmarks/study_bank_kind.py
+    size_path = OUT / "study_bank_size.json"
+    rows += json.loads(size_path.read_text()) if size_path.exists() else []  # benchmarks/study_bank_kind.py --arm size
     cost_path = OUT / "study_recall_cost.json"
     cost = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     ens_cost = json.loads(ens_cost_path.read_text()) if ens_cost_path.exists() else {}
@@ -97,7 +99,9 @@ def main() -> None:
               "Mean ± std over the seeds of each seed's group mean (the seed spread). An ensemble's score is the mean of its "
               "members' standardised scores; `single ngf N` is its member 0 alone. **gbank**: a bank of *image* features, "
               "the mean of an image's 16 patch features, 1,024 of the training images' chosen by coreset, the distance "
-              "to the nearest; rec+gbank and rec+bank+gbank weigh their standardised terms equally.", ""]
+              "to the nearest; rec+gbank and rec+bank+gbank weigh their standardised terms equally. **rec+bank (4096)**: a "
+              "4,096-feature bank; **rec+bank (1024 k=3)**: the mean distance to the 3 nearest (the bank size arm, "
+              "`--arm size`, again the same weights).", ""]
     lines += ["## 1. Every configuration, by group", ""]
     for group, prefix in GROUPS.items():
         lines += [f"**{group}**", "", "| model | head | " + " | ".join(METRICS.values()) + " | AUROC vs the baseline (rec+lat) |",
