@@ -4,8 +4,9 @@ Mean ± std over seeds: for a group (Fashion-MNIST, textures), each seed's mean 
 and std of those over seeds (the seed spread); per split, mean ± std over its seeds. A configuration "beats the
 seed spread" when its mean minus its std is above the baseline's mean plus its std (as in synthval_study.md); a split
 "worse beyond its spread" is the reverse. The baseline is the default model selected among 6 epochs, scored with the
-two-term head (``rec+lat``, ``--bank-size 0``); the default head, rec+bank, is one of the configurations measured
-against it. Rows store the two-term head under the key ``default``; the tables call it ``rec+lat``.
+two-term head (``rec+lat``, ``--bank-size 0``); rec+bank (D's bank; the default head banks the generator encoder's
+features: study_bank_source.py) is one of the configurations measured against it. Rows store the two-term head under
+the key ``default``; the tables call it ``rec+lat``.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def main() -> None:
               f"Command: `{COMMAND}`", "",
               "Heads (the same weights, scored several ways): **rec+lat** = standardised rec (max of the 3×3 box-smoothed map) + "
               "lat, λ 0.5 (the two-term score, `--bank-size 0`: the baseline); **+bank** = 0.5·(rec+lat) + 0.5·bank "
-              "(bank_weight 0.5); **rec+bank** = 0.5·rec + 0.5·bank (the default head); "
+              "(bank_weight 0.5); **rec+bank** = 0.5·rec + 0.5·bank (D's bank; the default head banks the generator "
+              "encoder's features: study_bank_source.md); "
               "**bank only**; bank = distance of the least normal of D's 16 penultimate-layer patches to the nearest of 1,024 "
               "coreset-selected training patch features (random 1,024 as a control), every term standardised with the normal "
               "validation statistics. Recall @q: the threshold set on the *normal validation* scores at false-alarm rate q "

@@ -194,10 +194,13 @@ def train(
     ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the generator's weights with this "
                                                        "decay (0 = off, e.g. 0.999); the average is what is selected and written."
                                                        + _default("train", "ema_decay"))] = None,
-    bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head: keep this many normal patch features of D in the exported "
+    bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head: keep this many normal patch features in the exported "
                                                      "graph and add their nearest distance to the score (0 = off: the two-term score, "
-                                                     "λ 0.5 unless --lam; skipganomaly's default is 1024 with λ 1; measured cost and "
-                                                     "gain: benchmarks/results/study_recall.md)." + _default("score", "bank_size"))] = None,
+                                                     "λ 0.5 unless --lam; skipganomaly's default is 4096 with λ 1; measured cost and "
+                                                     "gain: benchmarks/results/study_bank_source.md)." + _default("score", "bank_size"))] = None,
+    bank_source: Annotated[Optional[str], typer.Option(help="Whose patch features the bank keeps: encoder (the generator encoder's 4x4 "
+                                                       "map: skipganomaly's default) or discriminator (D's features; ganomaly has only "
+                                                       "this)." + _default("score", "bank_source"))] = None,
     bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1] (1: the bank term alone); "
                                                          "only with a bank (--bank-size 0 turns it off)."
                                                          + _default("score", "bank_weight"))] = None,
@@ -212,7 +215,8 @@ def train(
                   "val_fraction": val_fraction, "threads": threads, "input_noise": input_noise, "max_recoveries": max_recoveries,
                   "recover_lr_factor": recover_lr_factor, "ema_decay": ema_decay},
         "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam, "threshold": threshold,
-                  "synthetic_val": synthetic_val, "bank_size": bank_size, "bank_weight": bank_weight},
+                  "synthetic_val": synthetic_val, "bank_size": bank_size, "bank_weight": bank_weight,
+                  "bank_source": bank_source},
     }
     if paper:
         from skipgan_edge.config import paper_overrides

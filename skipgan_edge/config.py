@@ -191,6 +191,8 @@ class ModelConfig:
         return int(math.log2(self.isize))
 
 
+#: whose patch features a feature bank keeps (model/bank.py): the generator encoder's 4×4 map, or D's f(x)
+BANK_SOURCES = ("encoder", "discriminator")
 #: The feature bank's upper bound: 16,384 features of D's penultimate layer (128 channels at ndf 32) are 8 MiB of
 #: FP32 constants in the graph and 4.2 MFLOP per patch; past that the head costs more than the networks.
 MAX_BANK = 16384
@@ -208,8 +210,9 @@ class ScoreConfig:
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
     threshold: str = "auto"  # alarm policy (thresholds.py): auto, fpr:Q, f1, max-normal; auto = f1 on labelled anomalies, else the study's winner
     synthetic_val: bool = True  # without labelled validation anomalies, make synthetic ones from the normal validation images
-    bank_size: int | None = None  # feature-bank head: D's normal patch features kept in the graph (0 = off; None = the arch's: 1024 skipganomaly)
-    bank_weight: float = 0.5  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
+    bank_size: int | None = None  # feature-bank head: normal patch features kept in the graph (0 = off; None = the arch's: 4096 skipganomaly)
+    bank_weight: float = 0.75  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
+    bank_source: str | None = None  # whose patch features the bank keeps: encoder (G's 4×4 map) or discriminator (D's f(x)); None = the arch's
     bank_subsample: str = "coreset"  # how the bank is chosen from the training images' patch features: coreset or random
 
     def validate(self) -> None:
@@ -217,6 +220,8 @@ class ScoreConfig:
             raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
         if self.bank_subsample not in ("coreset", "random"):
             raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
+        if self.bank_source not in (None, *BANK_SOURCES):
+            raise ConfigError(f"bank_source must be one of {', '.join(BANK_SOURCES)}, got {self.bank_source!r}")
         if self.bank_size is not None:
             Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
         # what a card may hold: [0, 1] (a card written before weight 0 was refused still loads); training asks for
@@ -307,7 +312,12 @@ class RunConfig:
             raise ConfigError(f"lam must be in [0, 1], got {lam}")
         mode = self.score.mode if self.score.mode is not None else arch_default["mode"]
         pool = self.score.pool if self.score.pool is not None else arch_default["pool"]
-        score = dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool), bank_size=int(bank_size))
+        source = self.score.bank_source if self.score.bank_source is not None else str(arch_default.get("bank_source", "discriminator"))
+        sources = tuple(arch_default.get("bank_sources", BANK_SOURCES))
+        if bank_size > 0 and source not in sources:
+            raise ConfigError(f"bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}")
+        score = dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool), bank_size=int(bank_size),
+                                    bank_source=source)
         return dataclasses.replace(self, score=score)
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,9 +370,10 @@ def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str,
             if given is not None and given != value:
                 raise ConfigError(f"--paper fixes {table}.{key} = {value}; drop the option that sets it to {given}")
             out.setdefault(table, {})[key] = value
-    weight = out.get("score", {}).get("bank_weight")
-    if weight is not None:
-        raise ConfigError(f"--paper has no feature bank (score.bank_size = 0), so --bank-weight {weight} weighs nothing; drop --bank-weight")
+    for key, option in (("bank_weight", "--bank-weight"), ("bank_source", "--bank-source")):
+        given = out.get("score", {}).get(key)
+        if given is not None:
+            raise ConfigError(f"--paper has no feature bank (score.bank_size = 0), so {option} {given} does nothing; drop {option}")
     return out
 
 
@@ -371,8 +382,9 @@ def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str) -> No
     None: not set) for a run without a bank (``bank_size`` 0, from ``--bank-size 0`` or ``--paper``): it would weigh
     nothing, and the card would record a weight that was never used."""
     if given is not None and bank_size == 0:
-        raise ConfigError(f"{where} {given} weighs the feature bank, but score.bank_size is 0 (--bank-size 0 or --paper): "
-                          "no bank; drop the bank weight, or give --bank-size above 0")
+        what = "chooses the feature bank's source" if "source" in where else "weighs the feature bank"
+        raise ConfigError(f"{where} {given} {what}, but score.bank_size is 0 (--bank-size 0 or --paper): "
+                          f"no bank; drop {'the bank source' if 'source' in where else 'the bank weight'}, or give --bank-size above 0")
 
 
 #: The largest config file read: a cell of a thousand cameras is under 200 KiB; a path to /dev/zero or a video is refused.

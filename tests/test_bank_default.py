@@ -1,5 +1,6 @@
-"""The feature-bank head is Skip-GANomaly's default (issue 22, benchmarks/results/study_recall.md): s = 0.5·rec + 0.5·bank,
-standardised, rec the max of the 3×3 smoothed map, a bank of 1,024 coreset-selected patch features of D.
+"""The feature-bank head is Skip-GANomaly's default (issue 22, benchmarks/results/study_bank_source.md): s = 0.25·rec +
+0.75·bank, standardised, rec the max of the 3×3 smoothed map, a bank of 4,096 coreset-selected patch features of the
+generator encoder's 4×4 map.
 
 The session fixtures (tiny_model, demo_model, demo_onnx) are trained with the default, so every test on them (the export
 gate in test_export.py, build --dry-run in test_trtcheck.py, commissioning in test_commission.py, the runtime venvs in
@@ -24,7 +25,7 @@ from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
 from skipgan_edge.model.bank import BANK_KEY, patch_features, subsample
 from skipgan_edge.model.networks import default_score, head_record
 
-DEFAULT_HEAD = {"name": "rec+bank", "default": True, "measured_in": "benchmarks/results/study_recall.md"}
+DEFAULT_HEAD = {"name": "rec+bank", "default": True, "measured_in": "benchmarks/results/study_bank_source.md"}
 TINY = ["--ngf", "8", "--ndf", "8", "--epochs", "1", "--batch", "32", "--threads", "1"]
 
 
@@ -37,13 +38,14 @@ def _bank_matmuls(path: Path, dim: int, size: int) -> list[onnx.NodeProto]:
 
 def test_the_default_is_rec_plus_bank_and_the_paper_and_other_architectures_keep_theirs() -> None:
     d = RunConfig().validate(default_score("skipganomaly")).score
-    assert (d.mode, d.lam, d.pool, d.bank_size, d.bank_weight, d.bank_subsample) == ("standardized", 1.0, 3, 1024, 0.5, "coreset")
+    assert (d.mode, d.lam, d.pool, d.bank_size, d.bank_weight, d.bank_subsample, d.bank_source) == (
+        "standardized", 1.0, 3, 4096, 0.75, "coreset", "encoder")
     assert head_record("skipganomaly", d, d.lam) == DEFAULT_HEAD and (ROOT / DEFAULT_HEAD["measured_in"]).is_file()
     p = RunConfig.from_dict(paper_overrides({})).validate(default_score("skipganomaly")).score
     assert (p.mode, p.lam, p.pool, p.bank_size) == ("paper", 0.9, 0, 0)
     assert head_record("skipganomaly", p, p.lam)["name"] == "paper" and not head_record("skipganomaly", p, p.lam)["default"]
     g = RunConfig(model=ModelConfig(arch="ganomaly")).validate(default_score("ganomaly")).score
-    assert (g.mode, g.lam, g.pool, g.bank_size) == ("standardized", 0.5, 3, 0)
+    assert (g.mode, g.lam, g.pool, g.bank_size, g.bank_source) == ("standardized", 0.5, 3, 0, "discriminator")
     assert head_record("ganomaly", g, g.lam) == {"name": "rec+lat", "default": True, "measured_in": "benchmarks/results/peers.md"}
 
 
@@ -58,7 +60,7 @@ def test_bank_size_0_without_a_lam_is_the_two_term_score() -> None:
     rec = head_record("skipganomaly", off, off.lam)
     assert rec["name"] == "rec+lat" and rec["default"] is False and rec["default_name"] == "rec+bank"
     assert rec["differs"] == ["bank_size", "lam"] and rec["measured_in"] == DEFAULT_HEAD["measured_in"]
-    assert score(bank_size=0, lam=0.8).lam == 0.8 and score(bank_size=4096).lam == 1.0 and score(lam=0.3).bank_size == 1024
+    assert score(bank_size=0, lam=0.8).lam == 0.8 and score(bank_size=1024).lam == 1.0 and score(lam=0.3).bank_size == 4096
     assert head_record("skipganomaly", score(lam=0.3), 0.3)["name"] == "rec+lat+bank"
 
 
@@ -78,22 +80,24 @@ def test_train_bank_size_0_from_the_cli_and_the_config_file(synth_dir: Path, tmp
 
 def test_the_session_fixtures_carry_the_default_bank_head(tiny_model: Path, demo_model: Path, demo_onnx: Path) -> None:
     """What makes the export, TensorRT, commissioning, lean-runtime and Triton tests on these fixtures tests of the bank
-    head: the cards say the default, the bank is 1,024 features, and every exported variant has it as a constant
-    FP32 MatMul inside the score head."""
+    head: the cards say the default, the bank is the encoder's (4·ngf channels) and holds 4,096 features (the fixtures'
+    256 training images give exactly that many), and every exported variant has it as a constant FP32 MatMul inside
+    the score head."""
     from skipgan_edge.export.precision import head_nodes, head_violations
     from skipgan_edge.runtime.backends.onnxrt import read_card
 
-    for folder, ndf in ((tiny_model, 8), (demo_model, 16)):
+    for folder, ngf in ((tiny_model, 8), (demo_model, 16)):
         card = load_card(folder)
         bank = card.score.bank
         assert card.score.head == DEFAULT_HEAD and (card.score.lam, card.score.mode, card.score.pool) == (1.0, "standardized", 3)
-        assert bank is not None and bank["size"] == 1024 and bank["dim"] == 4 * ndf and bank["weight"] == 0.5
-        assert bank["subsample"] == "coreset" and bank["from_features"] > 1024
-        assert card.score.formula.startswith("(1-0.5)*[lam*(rec-rec_mean)/rec_std") and "nearest of 1024" in card.score.formula
+        assert bank is not None and bank["source"] == "encoder" and bank["size"] == 4096 and bank["dim"] == 4 * ngf
+        assert bank["weight"] == 0.75 and bank["subsample"] == "coreset" and bank["from_features"] == 256 * 16
+        assert card.score.formula.startswith("(1-0.75)*[lam*(rec-rec_mean)/rec_std") and "nearest of 4096" in card.score.formula
+        assert "generator encoder's 4x4 map" in card.score.formula
     dim = 4 * 16
     for name in ("scorer.onnx", "scorer.fp16.onnx", "scorer.int8.onnx"):
         path = demo_onnx / name
-        mm = _bank_matmuls(path, dim, 1024)
+        mm = _bank_matmuls(path, dim, 4096)
         m = onnx.load(str(path))
         assert len(mm) == 1 and mm[0].name in head_nodes(m) and head_violations(m) == [], name
         assert read_card(path).score.head == DEFAULT_HEAD, name
@@ -108,7 +112,7 @@ def test_subsample_keeps_every_feature_when_there_are_no_more_than_the_bank() ->
 
 
 def test_a_training_set_smaller_than_the_bank_gives_a_bank_of_all_its_features(tmp_path: Path) -> None:
-    """24 training images × 16 patches = 384 features < 1,024: the bank is every one of them, the card says so, and the
+    """24 training images × 16 patches = 384 features < 4,096: the bank is every one of them, the card says so, and the
     export carries a (C, 384) constant that ONNX Runtime scores with as torch does, within export's parity tolerance
     (1e-4 of the normal score spread): after one epoch D's features are nearly alike, and only the centred bank
     (model/bank.py) keeps float32 rounding below it (8e-4 of a spread of 2.4 uncentred, 8e-6 centred)."""
@@ -126,10 +130,10 @@ def test_a_training_set_smaller_than_the_bank_gives_a_bank_of_all_its_features(t
     cfg = RunConfig(model=ModelConfig(isize=32, channels=3, ngf=8, ndf=8), train=TrainConfig(epochs=1, batch=8, threads=1))
     card = train(ds, cfg, tmp_path / "m", progress=False)
     bank = card.score.bank
-    assert bank is not None and bank["size"] == bank["from_features"] == 24 * 16 and card.config.score.bank_size == 1024
+    assert bank is not None and bank["size"] == bank["from_features"] == 24 * 16 and card.config.score.bank_size == 4096
     _, net, tensor = load_model_and_bank(tmp_path / "m")
     assert tensor is not None and tuple(tensor.shape) == (384, 32)
-    feats = patch_features(net, ds.train.images, torch.device("cpu"))
+    feats = patch_features(net, ds.train.images, torch.device("cpu"), "encoder")
     assert torch.allclose(tensor, feats, atol=1e-5)  # all of them, in order
     export_onnx(tmp_path / "m", tmp_path / "scorer.onnx")
     assert len(_bank_matmuls(tmp_path / "scorer.onnx", 32, 384)) == 1

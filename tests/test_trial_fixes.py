@@ -35,7 +35,7 @@ def test_bank_weight_range_is_0_exclusive_to_1_in_help_and_errors(synth_dir: Pat
     assert not out.exists()
     # 1 (the bank term alone, a measured head) is allowed
     cfg = RunConfig(model=ModelConfig(isize=32), score=ScoreConfig(bank_weight=1.0)).validate(default_score("skipganomaly"))
-    assert cfg.score.bank_weight == 1.0 and cfg.score.bank_size == 1024
+    assert cfg.score.bank_weight == 1.0 and cfg.score.bank_size == 4096
     # a card may hold weight 0 (allowed before training refused it): it still loads
     from skipgan_edge.card import typed_from_dict
 
@@ -81,11 +81,11 @@ def test_a_handful_of_images_says_the_auto_rate_and_the_small_bank_once_per_run(
     assert len(rate) == 1 and rate[0].startswith("WARNING "), p.stderr  # once per run, not once per epoch
     assert "the auto policy's false-alarm rate of 0.05" in rate[0] and "need at least 19" in rate[0], rate[0]
     bank = [x for x in p.stderr.splitlines() if "feature bank" in x]
-    assert len(bank) == 1 and "fewer than score.bank_size 1024" in bank[0], p.stderr
+    assert len(bank) == 1 and "fewer than score.bank_size 4096" in bank[0], p.stderr
     import json
 
     card = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert f"all {card['score']['bank']['size']} are kept" in bank[0] and card["score"]["bank"]["size"] < 1024
+    assert f"all {card['score']['bank']['size']} are kept" in bank[0] and card["score"]["bank"]["size"] < 4096
     assert p.stderr.count("epoch ") >= 3  # three epochs ran, each with its validation
 
 

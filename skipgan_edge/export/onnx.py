@@ -2,7 +2,8 @@
 
 * input ``images``: uint8 [B, H, W, C] (dynamic B), channel order of the model card;
 * outputs ``score`` [B], ``anomaly_map`` [B, 1, H, W], ``normalized_score`` [B], all float32;
-* BatchNorm folded into the convolutions before export (eval-mode statistics), opset 17;
+* BatchNorm folded into the convolutions before export (eval-mode statistics; not the encoder tap's, which the
+  encoder bank reads before its BatchNorm), opset 17;
 * only what the outputs need: the discriminator's classifier head is not in the graph, and
   the two feature passes f(x), f(G(x)) run as one batch of 2B (exact in eval mode);
 * the model card as JSON in ``metadata_props`` (key ``skipgan_edge.card``).
@@ -47,15 +48,19 @@ PARITY_RTOL = 1e-4
 
 
 def fold_batchnorm(module: Any) -> Any:
-    """A copy of ``module`` with every Conv/ConvTranspose → BatchNorm pair folded into the conv."""
+    """A copy of ``module`` with every Conv/ConvTranspose → BatchNorm pair folded into the conv, except the generator
+    encoder's tap (``TapConv2d``): the encoder bank reads that conv's own output (model/bank.py), which folding would
+    turn into the BatchNorm's."""
     import torch
     from torch import nn
+
+    from skipgan_edge.model.networks import TapConv2d
 
     module = copy.deepcopy(module).eval()
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         children = list(seq._modules.items())
         for (_, conv), (bn_name, bn) in itertools.pairwise(children):
-            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
+            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or isinstance(conv, TapConv2d):
                 continue
             mean, var = bn.running_mean, bn.running_var
             if mean is None or var is None:

@@ -56,6 +56,7 @@ def build_scorer(folder: Path, device: str = "cpu") -> tuple[ModelCard, Any]:
     card, net, bank = load_model_and_bank(folder, device)
     sc = card.score
     weight = float(sc.bank["weight"]) if sc.bank is not None else 0.0
+    source = str(sc.bank.get("source", "discriminator")) if sc.bank is not None else "discriminator"  # older cards: D's
     scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool,
-                    term_stats=sc.term_stats, bank=bank, bank_weight=weight).to(device).eval()
+                    term_stats=sc.term_stats, bank=bank, bank_weight=weight, bank_source=source).to(device).eval()
     return card, scorer

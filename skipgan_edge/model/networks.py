@@ -24,6 +24,19 @@ from torch import nn
 from skipgan_edge.config import ModelConfig
 
 
+class TapConv2d(nn.Conv2d):
+    """A Conv2d that keeps its last eval-mode output (``last``): the feature bank reads the generator's encoder
+    at this point without running the encoder twice (model/bank.py). The same weights and names as ``nn.Conv2d``,
+    so model folders written before load unchanged. In training mode it keeps nothing."""
+
+    last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        self.last = None if self.training else y
+        return y
+
+
 class UnetBlock(nn.Module):
     """One level of the UNet: down, the inner levels, up, then concatenation with the input."""
 
@@ -37,6 +50,7 @@ class UnetBlock(nn.Module):
         outermost: bool = False,
         skip_dropout: float = 0.0,
         skip: bool = True,
+        tap: bool = False,
     ) -> None:
         super().__init__()
         self.skip_drop = nn.Dropout2d(skip_dropout) if skip_dropout > 0 and not outermost else nn.Identity()
@@ -45,7 +59,7 @@ class UnetBlock(nn.Module):
         self.skip = skip and not outermost  # concatenate the input to the output (the UNet skip at this level)
         self.out_channels = outer * 2 if self.skip else outer
         sub_out = sub.out_channels if isinstance(sub, UnetBlock) else inner  # what the level below hands up
-        down_conv = nn.Conv2d(in_ch, inner, 4, 2, 1, bias=False)
+        down_conv = (TapConv2d if tap else nn.Conv2d)(in_ch, inner, 4, 2, 1, bias=False)
         if outermost:
             up_conv = nn.ConvTranspose2d(sub_out, outer, 4, 2, 1)  # bias: nothing normalises it
             layers: list[nn.Module] = [down_conv, sub, nn.ReLU(), up_conv, nn.Tanh()]  # type: ignore[list-item]
@@ -85,14 +99,33 @@ class UnetGenerator(nn.Module):
         ngf, p = cfg.ngf, cfg.skip_dropout
         keep = cfg.skip_level_set
         level = cfg.depth - 1  # the innermost block's level
+        # blocks are built from the innermost (index 0, input 2×2) outward, block i taking a 2^(i+1) input; block 2
+        # (input 8×8) ends the encoder's 4×4 map: its down-convolution is the tap the encoder bank reads
         block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None, skip_dropout=p, skip=level in keep)  # innermost, 2×2 → 1×1
+        index = 0
         for _ in range(cfg.depth - 5):
-            level -= 1
-            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p, skip=level in keep)
-        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p, skip=level - 1 in keep)
-        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p, skip=level - 2 in keep)
+            level, index = level - 1, index + 1
+            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p, skip=level in keep, tap=index == 2)
+        index += 1
+        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p, skip=level - 1 in keep, tap=index == 2)
+        index += 1
+        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p, skip=level - 2 in keep, tap=index == 2)
         block = UnetBlock(ngf, ngf * 2, block, skip_dropout=p, skip=level - 3 in keep)
         self.model = UnetBlock(cfg.channels, ngf, block, in_ch=cfg.channels, outermost=True)
+        # the encoder's 4×4 down-convolution, held in a tuple so that it is not registered (and saved) a second time
+        self._tap: tuple[TapConv2d, ...] = tuple(m for m in self.modules() if isinstance(m, TapConv2d))
+
+    @property
+    def tap(self) -> TapConv2d:
+        """The encoder's 4×4 down-convolution: its output is the encoder bank's feature map (4·ngf channels at
+        isize 32, 8·ngf above)."""
+        return self._tap[0]
+
+    def encoder_map(self) -> torch.Tensor:
+        """The encoder's 4×4 map (B, C, 4, 4) of the last eval-mode forward pass."""
+        if self.tap.last is None:
+            raise RuntimeError("the encoder map is kept by an eval-mode forward pass of the generator; run one first")
+        return self.tap.last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, C, H, W)
@@ -159,19 +192,18 @@ class SkipGANomaly(nn.Module):
       config does not choose one (mode, λ, pool).
     """
 
-    #: The score used when the config does not say, "rec+bank": s = 0.5·rec + 0.5·bank, both terms
-    #: standardised with the normal validation statistics, rec the maximum of the 3×3 box-smoothed map
-    #: (λ 1: no latent term), bank the feature-bank head (model/bank.py) on 1,024 coreset-selected patch
-    #: features of D's penultimate layer. Measured against the two-term score in
-    #: benchmarks/results/study_recall.md (7 splits, 3 seeds): Fashion-MNIST AUROC 0.733 vs 0.706 and
-    #: recall at 5 % false alarms 0.255 vs 0.198, both beyond the seed spread; textures 0.999 either way;
-    #: 1.09× ONNX Runtime latency at batch 1, +0.5 MiB. A config that turns the bank off (``bank_size = 0``)
-    #: without a λ gets ``lam_without_bank``: the two-term score (rec and lat standardised, equal weights),
-    #: the previous default (benchmarks/results/peers.md). ``--paper`` restores the paper's.
-    default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 1.0, "pool": 3, "bank_size": 1024,
-                                               "bank_weight": 0.5, "bank_subsample": "coreset", "lam_without_bank": 0.5}
+    #: The score used when the config does not say, "rec+bank": s = 0.25·rec + 0.75·bank, both terms standardised
+    #: with the normal validation statistics, rec the maximum of the 3×3 box-smoothed map (λ 1: no latent term),
+    #: bank the feature-bank head (model/bank.py) on 4,096 coreset-selected patch features of the generator
+    #: encoder's 4×4 map. Measured in benchmarks/results/study_bank_source.md (7 splits, 3 seeds) against the
+    #: discriminator's bank (the head of benchmarks/results/study_recall.md) and the two-term score. A config that
+    #: turns the bank off (``bank_size = 0``) without a λ gets ``lam_without_bank``: the two-term score (rec and lat
+    #: standardised, equal weights, benchmarks/results/peers.md). ``--paper`` restores the paper's.
+    default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 1.0, "pool": 3, "bank_size": 4096,
+                                               "bank_weight": 0.75, "bank_source": "encoder", "bank_subsample": "coreset",
+                                               "lam_without_bank": 0.5}
     #: where the default score was measured (the card's ``score.head`` names it)
-    default_score_measured: ClassVar[str] = "benchmarks/results/study_recall.md"
+    default_score_measured: ClassVar[str] = "benchmarks/results/study_bank_source.md"
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -299,7 +331,8 @@ class Ganomaly(nn.Module):
 
     #: Measured best for GANomaly in the peers harness: both terms standardised with the normal
     #: validation statistics, equal weights, reconstruction as the max of the 3×3 smoothed map; no feature bank.
-    default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 0.5, "pool": 3, "bank_size": 0}
+    default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 0.5, "pool": 3, "bank_size": 0,
+                                               "bank_source": "discriminator", "bank_sources": ("discriminator",)}
     default_score_measured: ClassVar[str] = "benchmarks/results/peers.md"
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -360,11 +393,12 @@ def head_record(arch: str, score: Any, lam: float) -> dict[str, Any]:
     from skipgan_edge.config import ScoreConfig
 
     cls: Any = ARCHITECTURES.get(arch, SkipGANomaly)
-    d = {**{k: getattr(ScoreConfig(), k) for k in ("bank_weight", "bank_subsample")}, **cls.default_score}
+    d = {**{k: getattr(ScoreConfig(), k) for k in ("bank_weight", "bank_subsample")}, "bank_source": "discriminator", **cls.default_score}
     bank = int(score.bank_size or 0)
     used = {"mode": score.mode, "lam": float(lam), "pool": int(score.pool or 0), "bank_size": bank}
     if bank > 0:  # the bank's weight and subsampling only matter with a bank
-        used.update(bank_weight=float(score.bank_weight), bank_subsample=score.bank_subsample)
+        used.update(bank_weight=float(score.bank_weight), bank_subsample=score.bank_subsample,
+                    bank_source=score.bank_source or d["bank_source"])
     differs = sorted(k for k, v in used.items() if v != d.get(k))
     default_name = head_name(float(d["lam"]), int(d.get("bank_size", 0)), float(d["bank_weight"]), d["mode"], int(d["pool"]))
     out: dict[str, Any] = {"name": head_name(float(lam), bank, float(score.bank_weight), str(score.mode), int(score.pool or 0)),

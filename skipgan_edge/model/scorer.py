@@ -15,8 +15,9 @@ Outputs (a :class:`ScoreBatch`, whose field names are the ONNX output names):
   validation images, so a threshold is a fixed number (1.0 = the most anomalous-looking normal
   validation image).
 
-With a feature bank (``score.bank_size`` > 0, model/bank.py) the score gains a third term, the distance of
-f(x)'s least normal patch to the nearest of the bank's normal features (one MatMul against constants).
+With a feature bank (``score.bank_size`` > 0, model/bank.py) the score gains a third term, the distance of the
+image's least normal patch (of the generator encoder's 4×4 map, or of D's f(x): ``score.bank_source``) to the
+nearest of the bank's normal features (one MatMul against constants).
 
 The head (subtractions, squares, reductions, normalisation, the bank's MatMul) is plain float32 arithmetic;
 the export keeps it in FP32 in every precision variant.
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch  # the torch-free contract, re-exported
-from skipgan_edge.model.bank import as_patches, bank_constants, bank_distance, feature_patches
+from skipgan_edge.model.bank import bank_constants, bank_distance, source_patches
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "SCORE_MODES", "ScoreBatch", "Scorer", "combine", "score_terms", "to_model_input"]
 
@@ -91,10 +92,11 @@ class Scorer(nn.Module):
     def __init__(
         self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0, *,
         mode: str = "paper", pool: int = 0, term_stats: dict[str, float] | None = None,
-        bank: torch.Tensor | None = None, bank_weight: float = 0.0,
+        bank: torch.Tensor | None = None, bank_weight: float = 0.0, bank_source: str = "discriminator",
     ) -> None:
-        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`); ``bank`` (M, C)
-        and ``bank_weight`` from the model folder's feature bank (model/bank.py), kept as FP32 constants of the head."""
+        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`); ``bank`` (M, C),
+        ``bank_weight`` and ``bank_source`` from the model folder's feature bank (model/bank.py), the bank kept as FP32
+        constants of the head."""
         super().__init__()
         if mode not in SCORE_MODES:
             raise ValueError(f"unknown score mode {mode!r}")
@@ -105,7 +107,7 @@ class Scorer(nn.Module):
         self.score_min = float(score_min)
         self.inv_span = 1.0 / span if span > 0 else 1.0
         self.bank_weight = float(bank_weight)
-        self.patches = feature_patches(model)
+        self.bank_source = str(bank_source)
         self.bank_dim = int(bank.shape[1]) if bank is not None else 0  # C: a Python int, a constant of the graph's Reshape
         self.bank_t: torch.Tensor | None
         self.bank_sq: torch.Tensor | None
@@ -131,7 +133,8 @@ class Scorer(nn.Module):
         rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
         bank = None
         if self.bank_t is not None and self.bank_sq is not None:
-            bank = bank_distance(as_patches(f_real, self.bank_dim, self.patches), self.bank_t, self.bank_sq, self.bank_center)  # (B,)
+            patches = source_patches(self.model, f_real, self.bank_source, self.bank_dim)  # (B, P, C)
+            bank = bank_distance(patches, self.bank_t, self.bank_sq, self.bank_center)  # (B,)
         score = combine(rec, lat, self.mode, self.lam, self.term_stats, bank, self.bank_weight)  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)
         return score, amap, normalized

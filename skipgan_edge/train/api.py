@@ -69,6 +69,8 @@ def train_from_cli(
                       else f"train.batch in {config}" if file_cfg.get("train", {}).get("batch") is not None else None)
         weight_from = ("--bank-weight" if overrides.get("score", {}).get("bank_weight") is not None
                        else f"score.bank_weight in {config}")
+        source_from = ("--bank-source" if overrides.get("score", {}).get("bank_source") is not None
+                       else f"score.bank_source in {config}")
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
@@ -77,6 +79,7 @@ def train_from_cli(
         if bank_size is None and cfg.model.arch != AUTO:
             bank_size = int(default_score(cfg.model.arch).get("bank_size", 0))
         refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_weight"), bank_size, weight_from)
+        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_source"), bank_size, source_from)
         check_new_run(Path(out))  # one line now, not after the data is read
     if cfg.model.arch == AUTO:
         if resume is not None:

@@ -1,0 +1,118 @@
+"""The feature bank's source (issue 22, benchmarks/results/study_bank_source.md): the generator encoder's 4×4 map (the
+default) or D's f(x), on real tiny models through the real CLI.
+
+The encoder tap is the 4×4 map at every image size and adds no weights (model folders written before load); a card
+whose bank names no source (written before the choice existed) scores with D's features, as it was built; the options
+that cannot hold are refused in one line before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import model_with_card, run_cli
+
+from skipgan_edge.card import load_card
+from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig
+from skipgan_edge.errors import ConfigError
+from skipgan_edge.model.bank import patch_features, source_patches
+from skipgan_edge.model.networks import SkipGANomaly, default_score
+
+TINY = ["--ngf", "8", "--ndf", "16", "--epochs", "1", "--batch", "32", "--threads", "1"]
+
+
+def _refused(p: object, *words: str) -> None:
+    err = p.stderr.strip()  # type: ignore[attr-defined]
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err  # type: ignore[attr-defined]
+    for w in words:
+        assert w in err, (w, err)
+
+
+@pytest.mark.parametrize(("isize", "channels"), [(32, 4 * 8), (64, 8 * 8), (128, 8 * 8)])
+def test_the_encoder_tap_is_the_4x4_map_and_adds_no_weights(isize: int, channels: int) -> None:
+    net = SkipGANomaly(ModelConfig(isize=isize, channels=3, ngf=8, ndf=8)).eval()
+    x = torch.randn(2, 3, isize, isize)
+    with torch.no_grad():
+        _, f_real, _ = net.terms(x)
+        enc = source_patches(net, f_real, "encoder")
+    assert tuple(enc.shape) == (2, 16, channels)
+    # the tap is a plain Conv2d's weight under its old name: no key for it twice, none added
+    keys = list(net.state_dict())
+    assert not any("tap" in k for k in keys) and len(keys) == len(set(keys))
+    # what the tap keeps is that conv's own output in this pass (the BatchNorm after it not applied)
+    conv = net.generator.tap
+    assert conv.last is not None and enc.data_ptr() == conv.last.data_ptr()
+    # a training-mode pass keeps nothing (no activation held between steps)
+    net.train()
+    net.generator(x)
+    assert conv.last is None
+
+
+def test_bank_sources_differ_in_dim_and_a_card_without_a_source_scores_with_ds(synth_dir: Path, tmp_path: Path) -> None:
+    """ngf 8, ndf 16: the encoder's patches have 32 channels, D's 64. A card whose bank names no source (the format
+    before the choice) is D's bank: it loads and ``eval`` gives the same AUROC as with the source named."""
+    for src in ("encoder", "discriminator"):
+        run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / src), *TINY, "--bank-size", "256", "--bank-source", src)
+        bank = load_card(tmp_path / src).score.bank
+        assert bank is not None and bank["source"] == src and bank["dim"] == (32 if src == "encoder" else 64), bank
+        assert bank["size"] == 256 and bank["patches"] == 16
+    card = load_card(tmp_path / "encoder")
+    assert "generator encoder's 4x4 map" in card.score.formula and card.score.head is not None
+    assert card.score.head["differs"] == ["bank_size"]  # the encoder is the default's source
+    assert load_card(tmp_path / "discriminator").score.head["differs"] == ["bank_size", "bank_source"]  # type: ignore[index]
+
+    def no_source(c: dict) -> None:  # type: ignore[type-arg]
+        c["score"]["bank"].pop("source")
+
+    old, _ = model_with_card(tmp_path / "discriminator", tmp_path / "old", no_source)
+    aucs = [json.loads(run_cli("eval", "--model", str(f), "--data", str(synth_dir), "--json", "--out", str(tmp_path / f"e{i}")).stdout)["auroc"]
+            for i, f in enumerate((tmp_path / "discriminator", old))]
+    assert aucs[0] == aucs[1]
+    # and the encoder bank's features are what the trainer stored: the bank is a subset of them
+    from skipgan_edge.data.datasets import load_folder
+    from skipgan_edge.model.folder import load_model_and_bank
+
+    _, net, tensor = load_model_and_bank(tmp_path / "encoder")
+    feats = patch_features(net, load_folder(synth_dir, 32, 3, seed=0).train.images, torch.device("cpu"), "encoder")
+    assert tensor is not None and feats.shape[1] == 32
+    d = torch.cdist(tensor, feats).amin(1)
+    assert float(d.max()) < 1e-4  # every bank feature is a training patch feature of the encoder
+
+
+def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-source", "pixels", check=False),
+             "bank_source must be one of encoder, discriminator", "pixels")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "0", "--bank-source", "encoder", check=False),
+             "--bank-source encoder", "--bank-size 0")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--paper", "--bank-source", "encoder", check=False),
+             "--paper", "--bank-source")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
+                     "--bank-source", "encoder", check=False), "bank_source encoder", "ganomaly", "discriminator")
+    assert not out.exists()
+    # GANomaly's bank is D's, its default when no source is given
+    g = RunConfig(model=ModelConfig(arch="ganomaly"), score=ScoreConfig(bank_size=64)).validate(default_score("ganomaly"))
+    assert g.score.bank_source == "discriminator"
+    with pytest.raises(ConfigError, match="not available for arch ganomaly"):
+        RunConfig(model=ModelConfig(arch="ganomaly"), score=ScoreConfig(bank_size=64, bank_source="encoder")).validate(default_score("ganomaly"))
+
+
+def test_the_encoder_bank_exports_and_onnx_runtime_scores_as_torch(tmp_path: Path, synth_dir: Path) -> None:
+    """The default's head on a real export: ONNX Runtime equals the torch scorer on fresh images."""
+    from skipgan_edge.export.onnx import export_onnx
+    from skipgan_edge.model.folder import build_scorer
+    from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "m"), *TINY, "--bank-size", "512")
+    export_onnx(tmp_path / "m", tmp_path / "s.onnx")
+    imgs = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    card, scorer = build_scorer(tmp_path / "m")
+    assert card.score.bank is not None and card.score.bank["source"] == "encoder"
+    with OnnxRuntimeBackend(tmp_path / "s.onnx") as be:
+        got = be.infer(imgs)
+    spread = card.score.val_stats.max - card.score.val_stats.min
+    np.testing.assert_allclose(got.score, scorer.score_numpy(imgs).score, rtol=0, atol=1e-4 * spread + 1e-6)
