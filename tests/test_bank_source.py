@@ -116,3 +116,36 @@ def test_the_encoder_bank_exports_and_onnx_runtime_scores_as_torch(tmp_path: Pat
         got = be.infer(imgs)
     spread = card.score.val_stats.max - card.score.val_stats.min
     np.testing.assert_allclose(got.score, scorer.score_numpy(imgs).score, rtol=0, atol=1e-4 * spread + 1e-6)
+
+
+def test_two_threads_scoring_with_one_model_each_read_their_own_encoder_map() -> None:
+    """The tap keeps its output per thread: two threads scoring different images with one scorer, side by side, get
+    what each gets alone (a shared slot would hand one thread the other's encoder map between its two reads)."""
+    import threading
+
+    from skipgan_edge.model.scorer import Scorer
+
+    torch.manual_seed(0)
+    net = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=8, ndf=8)).eval()
+    stats = {"rec_mean": 0.0, "rec_std": 1.0, "lat_mean": 0.0, "lat_std": 1.0, "bank_mean": 0.0, "bank_std": 1.0}
+    scorer = Scorer(net, 1.0, mode="standardized", pool=3, term_stats=stats, bank=torch.randn(64, 32), bank_weight=0.75,
+                    bank_source="encoder").eval()
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)]
+    alone = [scorer.score_numpy(b).score for b in batches]
+    assert not np.allclose(alone[0], alone[1])
+    got: list[list[np.ndarray]] = [[], []]
+    start = threading.Barrier(2)
+
+    def work(i: int) -> None:
+        start.wait()
+        for _ in range(40):
+            got[i].append(scorer.score_numpy(batches[i]).score)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert len(got[i]) == 40 and all(np.array_equal(g, alone[i]) for g in got[i]), i

@@ -16,6 +16,8 @@ generator input during training (its values are whatever memory held); we add no
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -23,18 +25,30 @@ from torch import nn
 
 from skipgan_edge.config import ModelConfig
 
+#: each TapConv2d's last eval-mode output, per thread (outside the module: a copy of the module copies none of it)
+_TAPPED: weakref.WeakKeyDictionary[nn.Module, dict[int, torch.Tensor]] = weakref.WeakKeyDictionary()
+
 
 class TapConv2d(nn.Conv2d):
     """A Conv2d that keeps its last eval-mode output (``last``): the feature bank reads the generator's encoder
     at this point without running the encoder twice (model/bank.py). The same weights and names as ``nn.Conv2d``,
-    so model folders written before load unchanged. In training mode it keeps nothing."""
-
-    last: torch.Tensor | None = None
+    so model folders written before load unchanged. What it keeps is per thread (two threads scoring with one
+    model each read their own pass) and held outside the module (a deep copy of the model copies no activation);
+    in training mode it keeps nothing."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
-        self.last = None if self.training else y
+        kept = _TAPPED.setdefault(self, {})
+        if self.training:
+            kept.pop(threading.get_ident(), None)
+        else:
+            kept[threading.get_ident()] = y
         return y
+
+    @property
+    def last(self) -> torch.Tensor | None:
+        """This thread's last eval-mode output, or None."""
+        return _TAPPED.get(self, {}).get(threading.get_ident())
 
 
 class UnetBlock(nn.Module):
