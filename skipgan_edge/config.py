@@ -193,8 +193,9 @@ class ModelConfig:
 
 #: whose patch features a feature bank keeps (model/bank.py): the generator encoder's 4×4 map, or D's f(x)
 BANK_SOURCES = ("encoder", "discriminator")
-#: The feature bank's upper bound: 16,384 features of D's penultimate layer (128 channels at ndf 32) are 8 MiB of
-#: FP32 constants in the graph and 4.2 MFLOP per patch; past that the head costs more than the networks.
+#: The feature bank's upper bound: 16,384 features of a 128-channel map (the encoder's or D's at width 32, isize 32)
+#: are 8 MiB of FP32 constants in the graph and 67 MFLOP per image, more than those networks' 54; the bank's channels,
+#: bytes and FLOPs double at width 64 and again at isize 64 and above (the encoder's 4×4 map has 8·ngf channels there).
 MAX_BANK = 16384
 #: 1 is the bank term alone (a measured head); 0 would keep a bank in the graph that counts for nothing
 BANK_WEIGHT = Limit(0, 1, lo_open=True, text="a weight in (0, 1] (1: the bank term alone); to turn the bank off use --bank-size 0")
