@@ -149,3 +149,26 @@ def test_two_threads_scoring_with_one_model_each_read_their_own_encoder_map() ->
         t.join()
     for i in (0, 1):
         assert len(got[i]) == 40 and all(np.array_equal(g, alone[i]) for g in got[i]), i
+
+
+def test_int8_keeps_the_encoder_bank_path_fp32(demo_onnx: Path, tmp_path: Path, synth_dir: Path) -> None:
+    """The tapped convolution and the generator convolutions before it take no Q/DQ in the INT8 file (quantized, they
+    moved the demo model's normalized scores by 1.4 of the normal range; test_runtime's parity contract holds INT8 to
+    0.5), the card lists them, and the rest of the networks is quantized. A model banking D's features has no such path."""
+    import onnx
+
+    from skipgan_edge.export.onnx import card_from_onnx, export_onnx
+    from skipgan_edge.export.precision import bank_path_convs
+
+    path = bank_path_convs(onnx.load(str(demo_onnx / "scorer.onnx")))
+    assert len(path) == 3 and all(n.startswith("/generator/") for n in path), path
+    m = onnx.load(str(demo_onnx / "scorer.int8.onnx"))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    convs = {n.name: n for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    dq_fed = {name for name, n in convs.items() if any(producers.get(t) is not None and producers[t].op_type == "DequantizeLinear" for t in n.input)}
+    assert set(path) <= set(convs) and not set(path) & dq_fed
+    assert len(dq_fed) >= len(convs) - len(path) - 2  # everything else but the image-facing convs is quantized
+    assert set(path) <= set(card_from_onnx(m).export.extra["fp32_convs"])
+    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "d"), *TINY, "--bank-size", "128", "--bank-source", "discriminator")
+    export_onnx(tmp_path / "d", tmp_path / "d.onnx")
+    assert bank_path_convs(onnx.load(str(tmp_path / "d.onnx"))) == []

@@ -162,7 +162,8 @@ def test_rates_in_the_operators_units_and_a_raising_threshold_needs_yes(demo_onn
     onnx = tmp_path / "scorer.onnx"
     shutil.copy(demo_onnx / "scorer.onnx", onnx)
     normal = write_defect_video(tmp_path / "site.avi", 120, set(), "MJPG", seed=11)  # OpenCV writes it at 25 fps
-    base = ["threshold", "--onnx", str(onnx), "--normal", str(normal), "--fpr", "0.05", "--backend", "onnxruntime"]
+    # 10 % false alarms: k = floor(0.1 * 121) - 1 = 11 of the 120 frames flagged, more than the trained threshold flags
+    base = ["threshold", "--onnx", str(onnx), "--normal", str(normal), "--fpr", "0.1", "--backend", "onnxruntime"]
     before = onnx.read_bytes()
 
     # --dry-run: the per-hour numbers at the video's own 25 fps, before/after on the 120 frames; nothing written
@@ -170,21 +171,21 @@ def test_rates_in_the_operators_units_and_a_raising_threshold_needs_yes(demo_onn
     assert r["fps"] == 25 and r["fps_from"] == "the source"
     assert r["expected_alarms_per_hour"] == pytest.approx(r["expected_fpr"] * 25 * 3600)
     assert r["false_alarms_per_hour_after"] == pytest.approx(r["false_alarms_after"] / 120 * 25 * 3600)
-    assert r["false_alarms_after"] == r["flagged_in_sample"] == 5 and r["false_alarms_before"] < 5 and r["raises_false_alarms"]
+    assert r["false_alarms_after"] == r["flagged_in_sample"] == 11 and r["false_alarms_before"] < 11 and r["raises_false_alarms"]
     assert r["updated"] == [] and onnx.read_bytes() == before
 
     # without --yes or --dry-run: the report on stdout, one line on stderr saying what to pass, nothing written
     p = run_cli(*base, check=False)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert f"from {r['false_alarms_before']} to 5" in lines[0] and "pass --yes to apply it or --dry-run" in lines[0]
+    assert f"from {r['false_alarms_before']} to 11" in lines[0] and "pass --yes to apply it or --dry-run" in lines[0]
     assert "per hour at 25 fps" in lines[0] and onnx.read_bytes() == before
     assert f"on these 120 frames: {r['false_alarms_before']} false alarm(s) with the old threshold" in p.stdout
-    assert "5 with the new (3750 per hour)" in p.stdout and "updated: nothing (refused: pass --yes to apply)" in p.stdout
+    assert "11 with the new (8250 per hour)" in p.stdout and "updated: nothing (refused: pass --yes to apply)" in p.stdout
 
     # --yes applies it; --fps says the line's rate
     out = run_cli(*base, "--yes", "--fps", "10").stdout
-    assert "false alarms per hour at 10 fps: expected" in out and "5 with the new (1500 per hour)" in out
+    assert "false alarms per hour at 10 fps: expected" in out and "11 with the new (3300 per hour)" in out
     assert f"updated: {onnx}" in out and onnx.read_bytes() != before
     # a second commissioning on the same frames does not raise them: no --yes needed
     assert "updated:" in run_cli(*base).stdout

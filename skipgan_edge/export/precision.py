@@ -113,7 +113,7 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
     src, out = Path(src).resolve(), Path(out).resolve()  # Model Optimizer runs in a temporary working directory
     src_model = onnx.load(str(src))
     card = card_from_onnx(src_model)
-    fp32_convs = image_facing_convs(src_model)
+    fp32_convs = image_facing_convs(src_model) + [n for n in bank_path_convs(src_model) if n not in image_facing_convs(src_model)]
     keep_fp32 = [HEAD_NODE_REGEX] + [re.escape(n) + "$" for n in fp32_convs]
     calib = np.ascontiguousarray(calib, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +163,7 @@ def write_percentile_cache(src: Path, calib: np.ndarray, out: Path, percentile: 
     import onnxruntime as ort
 
     model = onnx.load(str(src))
-    fp32_convs = set(image_facing_convs(model))
+    fp32_convs = set(image_facing_convs(model)) | set(bank_path_convs(model))
     names = sorted({n.input[0] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose") and not is_head_node(n.name)
                     and n.name not in fp32_convs})
     known = {o.name for o in model.graph.output}
@@ -185,6 +185,28 @@ def write_percentile_cache(src: Path, calib: np.ndarray, out: Path, percentile: 
         lines.append(f"{n}: {struct.pack('!f', scale).hex()}")
     out.write_text("\n".join(lines) + "\n")
     return scales
+
+
+def bank_path_convs(model: Any) -> list[str]:
+    """The generator's convolutions on the encoder bank's path: the tapped convolution whose own output the score
+    head reads (model/bank.py) and every generator convolution before it. INT8 keeps them FP32: quantized, they moved
+    the demo model's normalized scores by 1.43 of the normal range (the bank's nearest distances are small, so
+    quantization noise in the features adds to every one); kept FP32, by 0.0025. Empty without an encoder bank."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    read_by_head = {t for n in model.graph.node if is_head_node(n.name) for t in n.input}
+    start = [n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/generator/") and n.output[0] in read_by_head]
+    seen: set[str] = set()
+    out: list[str] = []
+    stack = list(start)
+    while stack:
+        n = stack.pop()
+        if n.name in seen or not n.name.startswith("/generator/"):
+            continue
+        seen.add(n.name)
+        if n.op_type in ("Conv", "ConvTranspose"):
+            out.append(n.name)
+        stack += [producers[t] for t in n.input if t in producers]
+    return sorted(out)
 
 
 def image_facing_convs(model: Any) -> list[str]:
