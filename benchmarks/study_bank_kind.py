@@ -20,10 +20,7 @@ Usage: OMP_NUM_THREADS=1 python benchmarks/study_bank_kind.py && OMP_NUM_THREADS
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +29,14 @@ sys.path.append(str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from common import OUT, SEEDS, split_names  # peers/common.py
+from common import OUT  # peers/common.py
 from study_ensemble import head_row
-from study_recall import BANK, EPOCHS, POOL, config
-from synthval_study import load
+from study_recall import BANK, EPOCHS, POOL, config, each_default_model
 from torch import nn
 
 from skipgan_edge.model.bank import as_patches, bank_constants, bank_distance, feature_patches, subsample
-from skipgan_edge.model.folder import load_model
 from skipgan_edge.model.scorer import to_model_input
-from skipgan_edge.train.trainer import Trainer, score_split
+from skipgan_edge.train.trainer import score_split
 
 #: head: weights of (rec, patch bank, image bank); each term standardised
 HEADS = {"rec+bank": (0.5, 0.5, 0.0), "rec+gbank": (0.5, 0.0, 0.5), "gbank only": (0.0, 0.0, 1.0),
@@ -124,25 +119,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = OUT / ("study_bank_kind.json" if args.arm == "kind" else "study_bank_size.json")
-    rows = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["data"], r["seed"]) for r in rows}
-    for seed in SEEDS:
-        for name in split_names():
-            if (name, seed) in done:
-                continue
-            ds = load(name, seed)
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                card = Trainer(ds, config(seed, EPOCHS, 0.0), Path(tmp) / "r", progress=False).fit()
-                net = load_model(Path(tmp) / "r")[1]
-            train_s = round(time.perf_counter() - t0, 1)
-            kind = args.arm == "kind"
-            r = {"data": name, "seed": seed, "run": f"bank {args.arm}", "model": MODEL if kind else MODEL.replace("bank arm", "bank size arm"),
-                 "epoch": card.training.best_epoch, "heads": (evaluate if kind else evaluate_size)(net, ds, seed), "train_seconds": train_s}
-            rows.append(r)
-            print(json.dumps({"data": name, "seed": seed, "epoch": r["epoch"]}
-                             | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()}), flush=True)
-            path.write_text(json.dumps(rows, indent=1))
+    kind = args.arm == "kind"
+
+    def row(name: str, seed: int, ds: Any, card: Any, net: nn.Module, train_s: float) -> dict[str, Any]:
+        return {"data": name, "seed": seed, "run": f"bank {args.arm}", "model": MODEL if kind else MODEL.replace("bank arm", "bank size arm"),
+                "epoch": card.training.best_epoch, "heads": (evaluate if kind else evaluate_size)(net, ds, seed), "train_seconds": train_s}
+
+    each_default_model(path, lambda seed: config(seed, EPOCHS, 0.0), row)
 
 
 if __name__ == "__main__":

@@ -45,12 +45,11 @@ import numpy as np
 import torch
 from common import OUT, RESULTS, SEEDS, split_names  # peers/common.py
 from study_ensemble import head_row
-from study_recall import EPOCHS, POOL, _latency_ort, _latency_ov
+from study_recall import EPOCHS, POOL, cost_row, each_default_model
 from synthval_study import load
 
 from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
 from skipgan_edge.model.bank import patch_features, subsample
-from skipgan_edge.model.folder import load_model
 from skipgan_edge.model.networks import default_score
 from skipgan_edge.train.trainer import Trainer, score_split
 
@@ -112,38 +111,20 @@ def evaluate(net: torch.nn.Module, ds: Any, seed: int) -> dict[str, Any]:
 def run() -> None:
     only = os.environ.get("PEERS_ONLY")  # two processes, one per core, take disjoint splits
     path = OUT / f"study_bank_source_s{'-'.join(map(str, SEEDS))}{'_' + only.replace(',', '+') if only else ''}.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
-    done = {(r["data"], r["seed"]) for r in rows}
-    for seed in SEEDS:
-        for name in split_names():
-            if (name, seed) in done:
-                continue
-            ds = load(name, seed)
-            t0 = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                card = Trainer(ds, config(seed), Path(tmp) / "r", progress=False).fit()
-                net = load_model(Path(tmp) / "r")[1]
-            train_s = round(time.perf_counter() - t0, 1)
-            t1 = time.perf_counter()
-            r = {"data": name, "seed": seed, "model": MODEL, "epoch": card.training.best_epoch, "heads": evaluate(net, ds, seed),
-                 "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t1, 1)}
-            rows.append(r)
-            print(json.dumps({"data": name, "seed": seed, "epoch": r["epoch"]}
-                             | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()
-                                if h in (BASE, DEFAULT, "rec+D bank 1024 (previous default)")}), flush=True)
-            path.write_text(json.dumps(rows, indent=1))
+
+    def row(name: str, seed: int, ds: Any, card: Any, net: torch.nn.Module, train_s: float) -> dict[str, Any]:
+        t1 = time.perf_counter()
+        return {"data": name, "seed": seed, "model": MODEL, "epoch": card.training.best_epoch, "heads": evaluate(net, ds, seed),
+                "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t1, 1)}
+
+    each_default_model(path, config, row, show=(BASE, DEFAULT, "rec+D bank 1024 (previous default)"))
 
 
 def cost() -> None:
     """Edge cost per head on real exports of a model trained by ``train`` (fmnist5, seed 0, 1 epoch: the cost depends
     on shapes only), one thread: FLOPs of the whole graph, ONNX Runtime and OpenVINO latency at batch 1 and 64
     (medians), the ONNX file's size, export's parity and the static TensorRT check."""
-    import onnx
-
-    from skipgan_edge.bench.flops import count_flops
-    from skipgan_edge.card import load_card
     from skipgan_edge.export.onnx import export_onnx
-    from skipgan_edge.export.trtcheck import verdict
 
     ds = load("fmnist5", 0)
     x1 = ds.test.images[:1]
@@ -157,14 +138,7 @@ def cost() -> None:
             Trainer(ds, config(0, 1, bank, source, weight), folder, progress=False).fit()
             onnx_path = folder / "scorer.onnx"
             parity = export_onnx(folder, onnx_path, ds.val.images[:64])["parity"]
-            bank_rec = load_card(folder).score.bank
-            row: dict[str, Any] = {"flops": count_flops(onnx.load(str(onnx_path))), "bank_flops": bank_rec["flops_per_image"] if bank_rec else 0,
-                                   "bank_bytes": bank_rec["bytes"] if bank_rec else 0, "onnx_bytes": onnx_path.stat().st_size,
-                                   "parity": parity, "trt_dry_run": verdict(onnx_path), "ort": _latency_ort(onnx_path, x1, x64)}
-            try:
-                row["openvino"] = _latency_ov(onnx_path, x1, x64)
-            except Exception as exc:  # noqa: BLE001 - OpenVINO optional: record why
-                row["openvino"] = {"error": str(exc)[:200]}
+            row = cost_row(folder, onnx_path, parity, x1, x64)
             res[head] = row
             print(json.dumps({head: {k: v for k, v in row.items() if k != "trt_dry_run"}}, default=str), flush=True)
     (OUT / "study_bank_source_cost.json").write_text(json.dumps(res, indent=1, default=str))

@@ -76,9 +76,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def config(seed: int, epochs: int, ema: float, bank: int = 0) -> RunConfig:
+    """This study's runs; its banks are D's at weight 0.5 (the heads it measured), whatever the default is now."""
     return RunConfig(model=ModelConfig(isize=ISIZE, channels=3, ngf=32, ndf=32),
                      train=TrainConfig(epochs=epochs, batch=BATCH, seed=seed, threads=1, ema_decay=ema),
-                     score=ScoreConfig(bank_size=bank)).validate(default_score("skipganomaly"))
+                     score=ScoreConfig(bank_size=bank, bank_source="discriminator", bank_weight=0.5)).validate(default_score("skipganomaly"))
 
 
 def thresholded(val: np.ndarray, test: np.ndarray, y: np.ndarray, q: float) -> dict[str, Any]:
@@ -168,12 +169,7 @@ def run_one(name: str, seed: int, run: str) -> list[dict[str, Any]]:
 
 def cost(out: Path) -> None:
     """Edge cost per head on real exports of one trained model (fmnist5, seed 0, 1 epoch: cost depends on shapes only)."""
-    import onnx
-
-    from skipgan_edge.bench.flops import count_flops
-    from skipgan_edge.card import load_card
     from skipgan_edge.export.onnx import export_onnx
-    from skipgan_edge.export.trtcheck import verdict
 
     ds = load("fmnist5", 0)
     res: dict[str, Any] = {}
@@ -185,23 +181,55 @@ def cost(out: Path) -> None:
             Trainer(ds, config(0, 1, 0.0, bank), folder, progress=False).fit()
             onnx_path = folder / "scorer.onnx"
             parity = export_onnx(folder, onnx_path, ds.val.images[:64])["parity"]
-            m = onnx.load(str(onnx_path))
-            bank_rec = load_card(folder).score.bank
-            # count_flops covers the whole graph, the head and the bank's MatMul included ("graph_has_head": the table does
-            # not add the bank's FLOPs, counted from its shape in model/bank.py, a second time)
-            row: dict[str, Any] = {"flops": count_flops(m), "bank_flops": bank_rec["flops_per_image"] if bank_rec else 0,
-                                   "graph_has_head": True,
-                                   "bank_bytes": bank_rec["bytes"] if bank_rec else 0,
-                                   "onnx_bytes": onnx_path.stat().st_size, "parity": parity,
-                                   "trt_dry_run": verdict(onnx_path)}
-            row["ort"] = _latency_ort(onnx_path, x1, x64)
-            try:
-                row["openvino"] = _latency_ov(onnx_path, x1, x64)
-            except Exception as exc:  # noqa: BLE001 - OpenVINO optional: record why
-                row["openvino"] = {"error": str(exc)[:200]}
+            row = cost_row(folder, onnx_path, parity, x1, x64)
             res[head] = row
             print(json.dumps({head: {k: v for k, v in row.items() if k != "trt_dry_run"}}, default=str), flush=True)
     out.write_text(json.dumps(res, indent=1, default=str))
+
+
+def cost_row(folder: Path, onnx_path: Path, parity: Any, x1: np.ndarray, x64: np.ndarray) -> dict[str, Any]:
+    """One exported head's edge cost: FLOPs of the whole graph (count_flops covers the head and the bank's MatMul:
+    ``graph_has_head``, so a table does not add the bank's FLOPs a second time), the bank's FLOPs and bytes from the
+    card, the file's size, export's parity, the static TensorRT check, ONNX Runtime and OpenVINO latency (one thread)."""
+    import onnx
+
+    from skipgan_edge.bench.flops import count_flops
+    from skipgan_edge.card import load_card
+    from skipgan_edge.export.trtcheck import verdict
+
+    bank_rec = load_card(folder).score.bank
+    row: dict[str, Any] = {"flops": count_flops(onnx.load(str(onnx_path))), "bank_flops": bank_rec["flops_per_image"] if bank_rec else 0,
+                           "graph_has_head": True, "bank_bytes": bank_rec["bytes"] if bank_rec else 0,
+                           "onnx_bytes": onnx_path.stat().st_size, "parity": parity, "trt_dry_run": verdict(onnx_path),
+                           "ort": _latency_ort(onnx_path, x1, x64)}
+    try:
+        row["openvino"] = _latency_ov(onnx_path, x1, x64)
+    except Exception as exc:  # noqa: BLE001 - OpenVINO optional: record why
+        row["openvino"] = {"error": str(exc)[:200]}
+    return row
+
+
+def each_default_model(path: Path, cfg: Any, make_row: Any, show: tuple[str, ...] | None = None) -> None:
+    """For every (split, seed) not yet in ``path``: train ``cfg(seed)`` on the split, then ``make_row(name, seed, ds,
+    card, net, train_seconds)`` gives its row (with ``heads``), printed (the heads in ``show``; None: all) and written
+    at once, so that an interrupted study resumes."""
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {(r["data"], r["seed"]) for r in rows}
+    for seed in SEEDS:
+        for name in split_names():
+            if (name, seed) in done:
+                continue
+            ds = load(name, seed)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                card = Trainer(ds, cfg(seed), Path(tmp) / "r", progress=False).fit()
+                net = load_model(Path(tmp) / "r")[1]
+            r = make_row(name, seed, ds, card, net, round(time.perf_counter() - t0, 1))
+            rows.append(r)
+            print(json.dumps({"data": name, "seed": seed, "epoch": r["epoch"]}
+                             | {h: [round(v["test_auroc"], 3), round(v["recall_at_0.05"], 3)] for h, v in r["heads"].items()
+                                if show is None or h in show}), flush=True)
+            path.write_text(json.dumps(rows, indent=1))
 
 
 def _time(fn: Any, n: int) -> float:
