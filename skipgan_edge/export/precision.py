@@ -113,7 +113,8 @@ def to_int8(src: Path, out: Path, calib: np.ndarray, method: str = DEFAULT_CALIB
     src, out = Path(src).resolve(), Path(out).resolve()  # Model Optimizer runs in a temporary working directory
     src_model = onnx.load(str(src))
     card = card_from_onnx(src_model)
-    fp32_convs = image_facing_convs(src_model) + [n for n in bank_path_convs(src_model) if n not in image_facing_convs(src_model)]
+    fp32_convs = image_facing_convs(src_model)
+    fp32_convs += [n for n in bank_path_convs(src_model) if n not in fp32_convs]
     keep_fp32 = [HEAD_NODE_REGEX] + [re.escape(n) + "$" for n in fp32_convs]
     calib = np.ascontiguousarray(calib, dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:

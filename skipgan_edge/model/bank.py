@@ -33,12 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from skipgan_edge.config import BANK_SOURCES as _SOURCES
+from skipgan_edge.config import BANK_SOURCES
 
 #: tensor names of the bank inside ``model.safetensors`` (next to the network's weights, covered by the model id)
 BANK_KEY = "score_bank.features"
-#: where the bank's patch features come from (``score.bank_source``); a card without one has D's
-BANK_SOURCES = _SOURCES
 
 
 def source_patches(model: Any, f_real: torch.Tensor, source: str, dim: int | None = None) -> torch.Tensor:
