@@ -289,7 +289,8 @@ class ScoreSpec:
     #: [min, max] the artifact's graph computes normalized_score with, when that differs from val_stats: an engine
     #: commissioned after it was built (its constants cannot change without a rebuild); the runtime re-normalizes
     graph_norm: list[float] | None = None
-    #: the feature-bank head (model/bank.py), None without one: size, dim, patches, subsample, weight, bytes, FLOPs
+    #: the feature-bank head (model/bank.py), None without one: kind, source, size, dim, patches, subsample, weight, bytes,
+    #: FLOPs (and a gaussian bank's ridge, ``shrink``; cards without a kind hold a nearest bank)
     bank: dict[str, Any] | None = None
     #: which head this is (``model.networks.head_record``): its name (``rec+bank``), whether it is the architecture's
     #: default, ``measured_in`` (the study that chose that default, e.g. benchmarks/results/study_recall.md) and, for

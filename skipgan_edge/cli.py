@@ -194,13 +194,19 @@ def train(
     ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the generator's weights with this "
                                                        "decay (0 = off, e.g. 0.999); the average is what is selected and written."
                                                        + _default("train", "ema_decay"))] = None,
-    bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head: keep this many normal patch features in the exported "
-                                                     "graph and add their nearest distance to the score (0 = off: the two-term score, "
-                                                     "λ 0.5 unless --lam; skipganomaly's default is 4096 with λ 1; measured cost and "
-                                                     "gain: benchmarks/results/study_bank_source.md)." + _default("score", "bank_size"))] = None,
-    bank_source: Annotated[Optional[str], typer.Option(help="Whose patch features the bank keeps: encoder (the generator encoder's 4x4 "
-                                                       "map: skipganomaly's default) or discriminator (D's features; ganomaly has only "
-                                                       "this)." + _default("score", "bank_source"))] = None,
+    bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head, added to the score from constants in the exported graph: "
+                                                     "the gaussian bank is fitted on at most this many training images, the nearest "
+                                                     "bank keeps this many normal patch features (0 = off: the two-term score, λ 0.5 "
+                                                     "unless --lam; skipganomaly's default is 4096 with λ 1; measured cost and gain: "
+                                                     "benchmarks/results/study_bank_gauss.md)." + _default("score", "bank_size"))] = None,
+    bank_kind: Annotated[Optional[str], typer.Option(help="What the bank keeps: gaussian (a Gaussian of the generator encoder's 2x2 map; "
+                                                     "the term is the Mahalanobis distance: skipganomaly's default) or nearest (normal "
+                                                     "patch features; the term is the distance to the nearest; ganomaly has only this)."
+                                                     + _default("score", "bank_kind"))] = None,
+    bank_source: Annotated[Optional[str], typer.Option(help="Whose patch features a nearest bank keeps: encoder (the generator encoder's "
+                                                       "4x4 map: skipganomaly's) or discriminator (D's features; ganomaly has only this). "
+                                                       "Naming a source chooses a nearest bank unless --bank-kind says otherwise."
+                                                       + _default("score", "bank_source"))] = None,
     bank_weight: Annotated[Optional[float], typer.Option(help="Weight of the bank term in the score, in (0, 1] (1: the bank term alone); "
                                                          "only with a bank (--bank-size 0 turns it off)."
                                                          + _default("score", "bank_weight"))] = None,
@@ -216,7 +222,7 @@ def train(
                   "recover_lr_factor": recover_lr_factor, "ema_decay": ema_decay},
         "score": {"lam": lam, "mode": score_mode, "pool": pool, "select_lam": select_lam, "threshold": threshold,
                   "synthetic_val": synthetic_val, "bank_size": bank_size, "bank_weight": bank_weight,
-                  "bank_source": bank_source},
+                  "bank_source": bank_source, "bank_kind": bank_kind},
     }
     if paper:
         from skipgan_edge.config import paper_overrides
@@ -396,7 +402,8 @@ def build(
     trt: Annotated[Optional[str], typer.Option("--trt", help="TensorRT version the dry run checks against: 8.6 (JetPack 6.0), "
                                                "10.3 (JetPack 6.1/6.2) or 11; default all three.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Run the engine on held-out frames against ONNX Runtime "
-                                        "and refuse it beyond the export gate's AUROC drop (default on).")] = True,
+                                        "and refuse it beyond the export gate's AUROC drop or when its alarms differ from ONNX "
+                                        "Runtime's on more than 5 % of them (default on).")] = True,
     check_frames: Annotated[Optional[Path], typer.Option(help="Held-out frames for the check (export's heldout.npz; default: "
                                                          "heldout.npz beside the ONNX).")] = None,
     sm: Annotated[Optional[int], typer.Option("--sm", help="GPU compute capability the dry run checks for, e.g. 87 (Jetson "

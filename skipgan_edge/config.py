@@ -193,6 +193,10 @@ class ModelConfig:
 
 #: whose patch features a feature bank keeps (model/bank.py): the generator encoder's 4×4 map, or D's f(x)
 BANK_SOURCES = ("encoder", "discriminator")
+#: what the bank head keeps (model/bank.py): ``gaussian``, one Gaussian of the generator encoder's 2×2 map (its mean and
+#: whitening matrix; the term is the Mahalanobis distance), or ``nearest``, normal patch features (the term is the
+#: distance of the least normal patch to its nearest normal feature)
+BANK_KINDS = ("gaussian", "nearest")
 #: The feature bank's upper bound: 16,384 features of a 128-channel map (the encoder's or D's at width 32, isize 32)
 #: are 8 MiB of FP32 constants in the graph and 67 MFLOP per image, more than those networks' 54; the bank's channels,
 #: bytes and FLOPs double at width 64 and again at isize 64 and above (the encoder's 4×4 map has 8·ngf channels there).
@@ -211,10 +215,12 @@ class ScoreConfig:
     select_lam: bool = False  # choose λ in {0, 0.1, ..., 1} by validation AUROC when the data has labelled validation anomalies
     threshold: str = "auto"  # alarm policy (thresholds.py): auto, fpr:Q, f1, max-normal; auto = f1 on labelled anomalies, else the study's winner
     synthetic_val: bool = True  # without labelled validation anomalies, make synthetic ones from the normal validation images
-    bank_size: int | None = None  # feature-bank head: normal patch features kept in the graph (0 = off; None = the arch's: 4096 skipganomaly)
+    bank_size: int | None = None  # feature-bank head (0 = off; None = the arch's: 4096 skipganomaly): nearest keeps this many normal
+    # patch features in the graph; gaussian fits its Gaussian on at most this many training images' maps
     bank_weight: float = 0.75  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
-    bank_source: str | None = None  # whose patch features the bank keeps: encoder (G's 4×4 map) or discriminator (D's f(x)); None = the arch's
+    bank_source: str | None = None  # whose patch features a nearest bank keeps: encoder (G's 4×4 map) or discriminator (D's f(x)); None = the arch's
     bank_subsample: str = "coreset"  # how the bank is chosen from the training images' patch features: coreset or random
+    bank_kind: str | None = None  # gaussian (a Gaussian of G's 2×2 map) or nearest (patch features); None = the arch's (nearest with a bank_source)
 
     def validate(self) -> None:
         if self.mode not in (None, "paper", "standardized"):
@@ -223,8 +229,11 @@ class ScoreConfig:
             raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
         if self.bank_source not in (None, *BANK_SOURCES):
             raise ConfigError(f"bank_source must be one of {', '.join(BANK_SOURCES)}, got {self.bank_source!r}")
+        if self.bank_kind not in (None, *BANK_KINDS):
+            raise ConfigError(f"bank_kind must be one of {', '.join(BANK_KINDS)}, got {self.bank_kind!r}")
         if self.bank_size is not None:
-            Limit(0, MAX_BANK, integer=True, text=f"0 (off) or a bank of at most {MAX_BANK} features").check("bank_size", self.bank_size)
+            Limit(0, MAX_BANK, integer=True, text=f"0 (off) or at most {MAX_BANK} (features of a nearest bank, images a gaussian "
+                  "bank is fitted on)").check("bank_size", self.bank_size)
         # what a card may hold: [0, 1] (a card written before weight 0 was refused still loads); training asks for
         # (0, 1] with a bank (RunConfig.validate)
         Limit(0, 1).check("bank_weight", self.bank_weight)
@@ -313,12 +322,24 @@ class RunConfig:
             raise ConfigError(f"lam must be in [0, 1], got {lam}")
         mode = self.score.mode if self.score.mode is not None else arch_default["mode"]
         pool = self.score.pool if self.score.pool is not None else arch_default["pool"]
-        source = self.score.bank_source if self.score.bank_source is not None else str(arch_default.get("bank_source", "discriminator"))
+        # a source names whose patch features to keep: a nearest bank's (the gaussian bank reads its own map)
+        kind_default = "nearest" if self.score.bank_source is not None else str(arch_default.get("bank_kind", "nearest"))
+        kind = self.score.bank_kind if self.score.bank_kind is not None else kind_default
+        kinds = tuple(arch_default.get("bank_kinds", BANK_KINDS))
+        if bank_size > 0 and kind not in kinds:
+            raise ConfigError(f"bank_kind {kind} is not available for arch {self.model.arch}: use {' or '.join(kinds)}")
+        source_default = "encoder" if kind == "gaussian" else str(arch_default.get("bank_source", "discriminator"))
+        source = self.score.bank_source if self.score.bank_source is not None else source_default
         sources = tuple(arch_default.get("bank_sources", BANK_SOURCES))
         if bank_size > 0 and source not in sources:
             raise ConfigError(f"bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}")
+        if kind == "gaussian" and bank_size == 1:
+            raise ConfigError("a gaussian bank is fitted on at least 2 training images: give --bank-size 2 or more, or 0 (off)")
+        if bank_size > 0 and kind == "gaussian" and source != "encoder":
+            raise ConfigError(f"the gaussian bank fits the generator encoder's 2x2 map; --bank-source {source} chooses a nearest "
+                              "bank's patch features: drop --bank-source, or give --bank-kind nearest")
         score = dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool), bank_size=int(bank_size),
-                                    bank_source=source)
+                                    bank_source=source, bank_kind=kind)
         return dataclasses.replace(self, score=score)
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,21 +392,21 @@ def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str,
             if given is not None and given != value:
                 raise ConfigError(f"--paper fixes {table}.{key} = {value}; drop the option that sets it to {given}")
             out.setdefault(table, {})[key] = value
-    for key, option in (("bank_weight", "--bank-weight"), ("bank_source", "--bank-source")):
+    for key, option in (("bank_weight", "--bank-weight"), ("bank_source", "--bank-source"), ("bank_kind", "--bank-kind")):
         given = out.get("score", {}).get(key)
         if given is not None:
             raise ConfigError(f"--paper has no feature bank (score.bank_size = 0), so {option} {given} does nothing; drop {option}")
     return out
 
 
-def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str) -> None:
+def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str, key: str = "weight") -> None:
     """One line when a bank weight was set (``given``: the value from ``where``, the option or config key that set it;
     None: not set) for a run without a bank (``bank_size`` 0, from ``--bank-size 0`` or ``--paper``): it would weigh
-    nothing, and the card would record a weight that was never used."""
+    nothing, and the card would record a weight that was never used. ``key``: what was set (weight, source or kind)."""
     if given is not None and bank_size == 0:
-        what = "chooses the feature bank's source" if "source" in where else "weighs the feature bank"
+        what = {"source": "chooses the feature bank's source", "kind": "chooses the feature bank's kind"}.get(key, "weighs the feature bank")
         raise ConfigError(f"{where} {given} {what}, but score.bank_size is 0 (--bank-size 0 or --paper): "
-                          f"no bank; drop {'the bank source' if 'source' in where else 'the bank weight'}, or give --bank-size above 0")
+                          f"no bank; drop the bank {key}, or give --bank-size above 0")
 
 
 #: The largest config file read: a cell of a thousand cameras is under 200 KiB; a path to /dev/zero or a video is refused.

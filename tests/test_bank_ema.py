@@ -26,7 +26,7 @@ from skipgan_edge.model.networks import default_score
 
 def _cfg(epochs: int = 2, ema: float = 0.0, bank: int = 0, weight: float = 0.5) -> RunConfig:
     return RunConfig(model=ModelConfig(isize=32, channels=3, ngf=8, ndf=8), train=TrainConfig(epochs=epochs, batch=32, threads=1,
-                     ema_decay=ema), score=ScoreConfig(bank_size=bank, bank_weight=weight))
+                     ema_decay=ema), score=ScoreConfig(bank_size=bank, bank_weight=weight, bank_kind="nearest" if bank else None))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_bank_head_exports_runs_in_onnxruntime_equal_to_torch_and_stays_fp32(ban
 def test_train_config_file_keys_turn_both_on(synth_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[model]\nngf = 8\nndf = 8\n[train]\nepochs = 1\nbatch = 32\nema_decay = 0.99\nthreads = 1\n"
-                   "[score]\nbank_size = 32\nbank_subsample = \"random\"\nbank_weight = 0.3\n")
+                   "[score]\nbank_size = 32\nbank_kind = \"nearest\"\nbank_subsample = \"random\"\nbank_weight = 0.3\n")
     run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "m"), "--config", str(cfg))
     card = json.loads((tmp_path / "m" / "model.json").read_text())
     assert card["score"]["bank"]["size"] == 32 and card["score"]["bank"]["subsample"] == "random"

@@ -26,10 +26,15 @@ TINY = ["--ngf", "8", "--ndf", "16", "--epochs", "1", "--batch", "32", "--thread
 
 
 def _refused(p: object, *words: str) -> None:
-    err = p.stderr.strip()  # type: ignore[attr-defined]
-    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err  # type: ignore[attr-defined]
+    err = _refused_text(p)
     for w in words:
         assert w in err, (w, err)
+
+
+def _refused_text(p: object) -> str:
+    err = p.stderr.strip()  # type: ignore[attr-defined]
+    assert p.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err  # type: ignore[attr-defined]
+    return str(err)
 
 
 @pytest.mark.parametrize(("isize", "channels"), [(32, 4 * 8), (64, 8 * 8), (128, 8 * 8)])
@@ -62,11 +67,12 @@ def test_bank_sources_differ_in_dim_and_a_card_without_a_source_scores_with_ds(s
         assert bank["size"] == 256 and bank["patches"] == 16
     card = load_card(tmp_path / "encoder")
     assert "generator encoder's 4x4 map" in card.score.formula and card.score.head is not None
-    assert card.score.head["differs"] == ["bank_size"]  # the encoder is the default's source
-    assert load_card(tmp_path / "discriminator").score.head["differs"] == ["bank_size", "bank_source"]  # type: ignore[index]
+    assert card.score.head["differs"] == ["bank_kind", "bank_size"]  # a source chooses a nearest bank; the encoder is the default's
+    assert load_card(tmp_path / "discriminator").score.head["differs"] == ["bank_kind", "bank_size", "bank_source"]  # type: ignore[index]
 
     def no_source(c: dict) -> None:  # type: ignore[type-arg]
         c["score"]["bank"].pop("source")
+        c["score"]["bank"].pop("kind")  # written before either choice: a nearest bank of D's features
 
     old, _ = model_with_card(tmp_path / "discriminator", tmp_path / "old", no_source)
     aucs = [json.loads(run_cli("eval", "--model", str(f), "--data", str(synth_dir), "--json", "--out", str(tmp_path / f"e{i}")).stdout)["auroc"]
@@ -93,10 +99,37 @@ def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Pa
              "--paper", "--bank-source")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
                      "--bank-source", "encoder", check=False), "bank_source encoder", "ganomaly", "discriminator")
+    # the kind: one of two; the gaussian reads its own map (no source); GANomaly has only the nearest bank
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-kind", "knn", check=False),
+             "bank_kind must be one of gaussian, nearest", "knn")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-kind", "gaussian", "--bank-source", "discriminator",
+                     check=False), "gaussian bank", "drop --bank-source", "--bank-kind nearest")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "0", "--bank-kind", "gaussian", check=False),
+             "--bank-kind gaussian", "--bank-size 0")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--paper", "--bank-kind", "nearest", check=False),
+             "--paper", "--bank-kind")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
+                     "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly", "nearest")
+    # --arch auto trains both: a kind one of them cannot have is refused before the first trains
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "auto", "--bank-size", "64",
+                     "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "1", check=False),
+             "at least 2 training images", "--bank-size 2")
+    # the refusal names what was set, whatever the config file's path says ("source" in a folder name)
+    cfg = tmp_path / "source_configs" / "c.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('[score]\nbank_kind = "nearest"\n')
+    err = _refused_text(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--config", str(cfg), "--bank-size", "0",
+                                check=False))
+    assert "chooses the feature bank's kind" in err and "drop the bank kind" in err, err
     assert not out.exists()
     # GANomaly's bank is D's, its default when no source is given
     g = RunConfig(model=ModelConfig(arch="ganomaly"), score=ScoreConfig(bank_size=64)).validate(default_score("ganomaly"))
-    assert g.score.bank_source == "discriminator"
+    assert g.score.bank_source == "discriminator" and g.score.bank_kind == "nearest"
+    # Skip-GANomaly: the gaussian by default, a nearest bank once a source is named
+    s = RunConfig(score=ScoreConfig(bank_source="discriminator")).validate(default_score("skipganomaly")).score
+    assert (s.bank_kind, s.bank_source) == ("nearest", "discriminator")
+    assert RunConfig().validate(default_score("skipganomaly")).score.bank_kind == "gaussian"
     with pytest.raises(ConfigError, match="not available for arch ganomaly"):
         RunConfig(model=ModelConfig(arch="ganomaly"), score=ScoreConfig(bank_size=64, bank_source="encoder")).validate(default_score("ganomaly"))
 
@@ -107,11 +140,11 @@ def test_the_encoder_bank_exports_and_onnx_runtime_scores_as_torch(tmp_path: Pat
     from skipgan_edge.model.folder import build_scorer
     from skipgan_edge.runtime.backends.onnxrt import OnnxRuntimeBackend
 
-    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "m"), *TINY, "--bank-size", "512")
+    run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "m"), *TINY, "--bank-size", "512", "--bank-kind", "nearest")
     export_onnx(tmp_path / "m", tmp_path / "s.onnx")
     imgs = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     card, scorer = build_scorer(tmp_path / "m")
-    assert card.score.bank is not None and card.score.bank["source"] == "encoder"
+    assert card.score.bank is not None and card.score.bank["source"] == "encoder" and card.score.bank["kind"] == "nearest"
     with OnnxRuntimeBackend(tmp_path / "s.onnx") as be:
         got = be.infer(imgs)
     spread = card.score.val_stats.max - card.score.val_stats.min
@@ -129,7 +162,7 @@ def test_two_threads_scoring_with_one_model_each_read_their_own_encoder_map() ->
     net = SkipGANomaly(ModelConfig(isize=32, channels=3, ngf=8, ndf=8)).eval()
     stats = {"rec_mean": 0.0, "rec_std": 1.0, "lat_mean": 0.0, "lat_std": 1.0, "bank_mean": 0.0, "bank_std": 1.0}
     scorer = Scorer(net, 1.0, mode="standardized", pool=3, term_stats=stats, bank=torch.randn(64, 32), bank_weight=0.75,
-                    bank_source="encoder").eval()
+                    bank_source="encoder", bank_kind="nearest").eval()
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)]
     alone = [scorer.score_numpy(b).score for b in batches]
@@ -152,16 +185,17 @@ def test_two_threads_scoring_with_one_model_each_read_their_own_encoder_map() ->
 
 
 def test_int8_keeps_the_encoder_bank_path_fp32(demo_onnx: Path, tmp_path: Path, synth_dir: Path) -> None:
-    """The tapped convolution and the generator convolutions before it take no Q/DQ in the INT8 file (quantized, they
-    moved the demo model's normalized scores by 1.4 of the normal range; test_runtime's parity contract holds INT8 to
-    0.5), the card lists them, and the rest of the networks is quantized. A model banking D's features has no such path."""
+    """The tapped convolution and the generator convolutions before it take no Q/DQ in the INT8 file (quantized, the
+    nearest bank's path moved the demo model's normalized scores by 1.4 of the normal range; test_runtime's parity
+    contract holds INT8 to 0.5), the card lists them, and the rest of the networks is quantized. A model banking D's
+    features has no such path."""
     import onnx
 
     from skipgan_edge.export.onnx import card_from_onnx, export_onnx
     from skipgan_edge.export.precision import bank_path_convs
 
-    path = bank_path_convs(onnx.load(str(demo_onnx / "scorer.onnx")))
-    assert len(path) == 3 and all(n.startswith("/generator/") for n in path), path
+    path = bank_path_convs(onnx.load(str(demo_onnx / "scorer.onnx")))  # the default's gaussian bank reads the 2×2 map's conv
+    assert len(path) == 4 and all(n.startswith("/generator/") for n in path), path
     m = onnx.load(str(demo_onnx / "scorer.int8.onnx"))
     producers = {o: n for n in m.graph.node for o in n.output}
     convs = {n.name: n for n in m.graph.node if n.op_type in ("Conv", "ConvTranspose")}

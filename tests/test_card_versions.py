@@ -81,7 +81,8 @@ def test_random_models_get_the_trainers_card(tmp_path: Path) -> None:
     want = default_score("skipganomaly")
     assert (card.score.mode, card.score.pool, card.score.lam) == (want["mode"], want["pool"], want["lam"])
     # and the default's feature bank (random features), so that a benchmark times the graph the default ships
-    assert card.score.bank is not None and card.score.bank["size"] == want["bank_size"] and card.score.head is not None
+    assert card.score.bank is not None and card.score.bank["kind"] == want["bank_kind"] and card.score.head is not None
+    assert card.score.bank["dim"] == 32 * 8  # the gaussian bank's (D, D) matrix of the encoder's 2×2 map: the default's shapes
     assert card.score.head["default"] and {"bank_mean", "bank_std"} <= set(card.score.term_stats)
     assert card.score.term_stats is not None and card.weights == "random (benchmark only)"
 

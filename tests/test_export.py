@@ -43,8 +43,8 @@ def test_onnx_matches_torch(exported: tuple[Path, dict], tiny_model: Path, synth
     assert [i.name for i in m.graph.input] == ["images"]
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert [o.name for o in m.graph.output] == ["score", "anomaly_map", "normalized_score"]
-    # every BatchNorm is folded but the one after the generator encoder's tap: the default's encoder bank reads that
-    # conv's own output (model/bank.py), which also feeds the bank's head
+    # every BatchNorm is folded but the one after the generator encoder's tap the bank reads (the default's gaussian
+    # bank: the 2×2 map's): the bank reads that conv's own output (model/bank.py), which also feeds the head
     bns = [n for n in m.graph.node if n.op_type == "BatchNormalization"]
     assert len(bns) == 1 and bns[0].name.startswith("/generator/"), [n.name for n in bns]
     tap = next(n for n in m.graph.node if bns[0].input[0] in n.output)

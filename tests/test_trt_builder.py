@@ -279,8 +279,8 @@ def test_trt86_parses_the_rewrite_and_pins_the_head_fp32_before_the_build(demo_o
     casts = [ly for ly in head if ly.name.endswith("_cast_to_fp16")]
     assert bool(casts) == (precision == "fp16") and all(ly.output_types[0].name == "float16" for ly in casts)
     assert any(ly.name.startswith("/Constant") and ly.precision_set is not None for ly in head)  # the head's constants
-    bank = {ly.name: ly for ly in network.layers if ly.name.startswith("bank_")}  # the feature bank's initializers
-    assert set(bank) == {"bank_t", "bank_sq", "bank_center"}
+    bank = {ly.name: ly for ly in network.layers if ly.name.startswith(("bank_", "gauss_"))}  # the feature bank's initializers
+    assert set(bank) == {"gauss_whiten", "gauss_mean"}  # the default's gaussian bank
     assert all(ly.precision_set is not None and ly.precision_set.name == "float32" for ly in bank.values())
     bank_out = {ly.get_output(0).name for ly in bank.values()}
     shuffles = [ly for ly in network.layers if ly.name.startswith("(Unnamed") and ly.get_input(0).name in bank_out]
@@ -337,6 +337,7 @@ def test_engine_check_passes_a_faithful_engine_and_refuses_what_trt86_would_buil
     int8 = onnx.load(str(demo_onnx / "scorer.int8.onnx"))
     ok = check_engine_outputs(_ort_runner(int8), demo_onnx / "scorer.int8.onnx", held)
     assert ok["ok"] and ok["outputs"]["score"]["max_abs"] < 1e-4 and abs(ok["auroc_drop"]) <= 0.01, ok
+    assert ok["alarms"]["disagree"] == 0 and 0 < ok["alarms"]["engine"] < len(held["labels"]), ok["alarms"]
     # TensorRT 8.6's importer ignores the axes input of ReduceMean/ReduceMax: every axis is reduced, the batch axis
     # too (the reductions that make the scores from the map and the features; the map's own one would stop ORT)
     collapsed = onnx.ModelProto()
@@ -348,4 +349,25 @@ def test_engine_check_passes_a_faithful_engine_and_refuses_what_trt86_would_buil
     for n in cut:
         del n.input[1:]
     bad = check_engine_outputs(_ort_runner(collapsed), demo_onnx / "scorer.int8.onnx", held)
-    assert not bad["ok"] and (bad["auroc_drop"] > 0.01 or not all(o["ok"] for o in bad["outputs"].values())), bad
+    # the default's bank term still ranks the frames, so the AUROC may hold: the alarms at the card's threshold do not
+    assert not bad["ok"] and (bad["auroc_drop"] > 0.01 or not all(o["ok"] for o in bad["outputs"].values())
+                              or not bad["alarms"]["ok"]), bad
+
+
+def test_engine_check_refuses_an_engine_that_ranks_as_onnxruntime_but_shifts_the_alarms(demo_onnx: Path) -> None:
+    """Every score moved by the same amount keeps the AUROC exactly, but the line sees the alarms: at the card's
+    threshold they differ from ONNX Runtime's, and the check says so."""
+    from skipgan_edge.contract import ScoreBatch
+    from skipgan_edge.export.engine import check_engine_outputs, load_heldout
+
+    held = load_heldout(demo_onnx / "heldout.npz")
+    ort_run = _ort_runner(onnx.load(str(demo_onnx / "scorer.fp16.onnx")))
+
+    def shifted(x: np.ndarray) -> Any:
+        b = ort_run(x)
+        return ScoreBatch(b.score + 1.0, b.anomaly_map, b.normalized_score + 0.5)
+
+    got = check_engine_outputs(shifted, demo_onnx / "scorer.fp16.onnx", held)
+    assert abs(got["auroc_drop"]) <= 1e-9 and all(o["ok"] for o in got["outputs"].values())  # ranks as ORT does
+    assert not got["ok"] and not got["alarms"]["ok"] and got["alarms"]["engine"] > got["alarms"]["onnxruntime"], got["alarms"]
+    assert got["alarms"]["disagree"] > got["alarms"]["max_disagree"] >= 1

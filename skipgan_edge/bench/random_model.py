@@ -33,14 +33,19 @@ def random_model_folder(out: Path, model: ModelConfig, seed: int = 0) -> Path:
     bank = None
     size = int(cfg.score.bank_size or 0)
     if size > 0:
-        from skipgan_edge.model.bank import BANK_KEY, bank_info, source_patches
+        from skipgan_edge.model.bank import BANK_KEY, bank_info, fit_gaussian, gaussian_features, gaussian_info, source_patches
 
         source = str(cfg.score.bank_source)
         with torch.no_grad():
             f_real = net.terms(torch.zeros(1, model.channels, model.isize, model.isize))[1]  # type: ignore[operator]
             _, patches, dim = source_patches(net, f_real, source).shape
-        state[BANK_KEY] = torch.randn(size, dim)
-        bank = {**bank_info(state[BANK_KEY], patches, "random (benchmark only)", size, source), "weight": float(cfg.score.bank_weight)}
+            gdim = int(gaussian_features(net).shape[1])
+        if cfg.score.bank_kind == "gaussian":  # the Gaussian of random features: the default's shapes and cost
+            state[BANK_KEY] = fit_gaussian(torch.randn(64, gdim))
+            bank = {**gaussian_info(state[BANK_KEY], "random (benchmark only)", 64), "weight": float(cfg.score.bank_weight)}
+        else:
+            state[BANK_KEY] = torch.randn(size, dim)
+            bank = {**bank_info(state[BANK_KEY], patches, "random (benchmark only)", size, source), "weight": float(cfg.score.bank_weight)}
         stats.update(bank_mean=0.0, bank_std=1.0)
     score = ScoreSpec(lam=float(cfg.score.lam if cfg.score.lam is not None else 0.5), mode=str(cfg.score.mode), pool=int(cfg.score.pool or 0),
                       term_stats=stats, val_stats=ValStats(min=0.0, max=1.0, mean=0.5, std=0.1, n=0),

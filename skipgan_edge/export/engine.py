@@ -166,9 +166,10 @@ class TrtCompat:
         The parser names each layer after its ONNX node (onnx/onnx-tensorrt release/8.6-GA,
         ImporterContext.cpp ``registerLayer``: the node name, made unique with a ``_N`` suffix), and a
         constant layer after its weights, i.e. the ONNX Constant's output name (onnx2trt_utils.cpp
-        ``convertToTensor``), so head layers and head constants match ``is_head_node``. An initializer
-        (the feature bank's ``bank_t``, ``bank_sq``, ``bank_center``) becomes a constant layer named after
-        the initializer (ModelImporter.cpp gives its weights that name), which the regex cannot tell from a
+        ``convertToTensor``), so head layers and head constants match ``is_head_node``. An initializer (the
+        feature bank's: ``gauss_whiten`` and ``gauss_mean``, or ``bank_t``, ``bank_sq``, ``bank_center``)
+        becomes a constant layer named after the initializer (ModelImporter.cpp gives its weights that
+        name), which the regex cannot tell from a
         network's weights: from ``onnx_bytes`` (the ONNX the parser got), the initializers that only head
         nodes read are head constants too. The unnamed shuffles the parser puts in front of an
         elementwise or MatMul layer (``broadcastTensor``; MatMul's rank match) belong to the head when
@@ -523,14 +524,24 @@ def compare_outputs(ref: Any, got: Any) -> dict[str, Any]:
     return out
 
 
+#: the share of held-out frames on which an engine's alarms may differ from ONNX Runtime's on the same ONNX file
+MAX_ALARM_FLIPS = 0.05
+
+
 def check_engine_outputs(run_engine: Any, onnx_path: Path, heldout: dict[str, Any]) -> dict[str, Any]:
     """Run ``run_engine`` (images → ``ScoreBatch``) and ONNX Runtime on ``onnx_path`` over the held-out frames.
 
-    ``ok`` is False when an output has the wrong shape or a non-finite value, or when the engine's AUROC is more
-    than the export gate's ``max_drop`` below the FP32 scorer's on the same frames.
+    ``ok`` is False when an output has the wrong shape or a non-finite value, when the engine's AUROC is more than
+    the export gate's ``max_drop`` below the FP32 scorer's on the same frames, or when its alarms at the card's
+    threshold (normalized score above it) differ from ONNX Runtime's on more than :data:`MAX_ALARM_FLIPS` of the
+    frames (at least one is allowed): an engine can rank frames as well as ONNX Runtime and still shift every score,
+    and the line sees the alarms.
     """
+    import numpy as np
+
     from skipgan_edge.metrics import auroc, spearman
     from skipgan_edge.runtime.backends import CPU_ONLY, open_backend
+    from skipgan_edge.runtime.backends.onnxrt import read_card
 
     images, labels = heldout["images"], heldout["labels"]
     with open_backend("onnx", Path(onnx_path), "onnxruntime", CPU_ONLY) as be:
@@ -542,9 +553,16 @@ def check_engine_outputs(run_engine: Any, onnx_path: Path, heldout: dict[str, An
     engine_auroc = auroc(labels, got.score) if shapes_ok else float("nan")
     drop = fp32_auroc - engine_auroc
     max_drop = float(heldout["max_drop"])
-    ok = shapes_ok and drop <= max_drop
+    alarms: dict[str, Any] = {"ok": False}
+    if shapes_ok:
+        thr = float(read_card(Path(onnx_path)).score.threshold.normalized)
+        want, have = np.asarray(ref.normalized_score) > thr, np.asarray(got.normalized_score) > thr
+        flips, allowed = int((want != have).sum()), max(1, int(MAX_ALARM_FLIPS * len(images)))
+        alarms = {"threshold": thr, "onnxruntime": int(want.sum()), "engine": int(have.sum()), "disagree": flips,
+                  "max_disagree": allowed, "ok": flips <= allowed}
+    ok = shapes_ok and drop <= max_drop and bool(alarms["ok"])
     return {"frames": len(images), "anomalous": int(labels.sum()), "against": "onnxruntime (CPU), same ONNX file",
-            "outputs": outputs, "fp32_auroc": fp32_auroc, "engine_auroc": engine_auroc,
+            "outputs": outputs, "alarms": alarms, "fp32_auroc": fp32_auroc, "engine_auroc": engine_auroc,
             "onnxruntime_auroc": auroc(labels, ref.score), "auroc_drop": drop, "max_auroc_drop": max_drop,
             "spearman_vs_onnxruntime": spearman(got.score, ref.score) if shapes_ok else float("nan"), "ok": ok}
 
@@ -560,9 +578,12 @@ def check_built_engine(out: Path, onnx_path: Path, heldout: Path, blob: bytes, m
     if not rec["ok"]:
         Path(out).unlink(missing_ok=True)
         bad = [n for n, o in rec["outputs"].items() if not o["ok"]]
+        al = rec["alarms"]
         why = (f"output(s) {', '.join(bad)} differ in shape or are not finite" if bad else
                f"its AUROC {rec['engine_auroc']:.4f} is {rec['auroc_drop']:.4f} below FP32's {rec['fp32_auroc']:.4f} "
-               f"(the export gate allows {rec['max_auroc_drop']})")
+               f"(the export gate allows {rec['max_auroc_drop']})" if rec["auroc_drop"] > rec["max_auroc_drop"] else
+               f"its alarms at the card's threshold differ from ONNX Runtime's on {al['disagree']} frames "
+               f"(at most {al['max_disagree']} allowed)")
         raise EngineError(f"engine refused and deleted: on {rec['frames']} held-out frames {why}; TensorRT "
                           f"{meta.tensorrt} on {meta.gpu}: try the FP32 or FP16 ONNX, or --no-check to keep it")
     log.info("engine vs ONNX Runtime on %d held-out frames: AUROC %.4f (FP32 %.4f), max |Δscore| %.3g",

@@ -49,18 +49,19 @@ PARITY_RTOL = 1e-4
 
 def fold_batchnorm(module: Any) -> Any:
     """A copy of ``module`` with every Conv/ConvTranspose → BatchNorm pair folded into the conv, except the generator
-    encoder's tap (``TapConv2d``): the encoder bank reads that conv's own output (model/bank.py), which folding would
-    turn into the BatchNorm's."""
+    encoder's tap that a scorer's bank reads (``TapConv2d``: the 2×2 map's for a gaussian bank, the 4×4 map's for a
+    nearest bank of encoder features): the bank reads that conv's own output (model/bank.py), which folding would turn
+    into the BatchNorm's. A module that is not a scorer keeps every tap unfolded."""
     import torch
     from torch import nn
 
-    from skipgan_edge.model.networks import TapConv2d
 
     module = copy.deepcopy(module).eval()
+    read = _read_taps(module)
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         children = list(seq._modules.items())
         for (_, conv), (bn_name, bn) in itertools.pairwise(children):
-            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or isinstance(conv, TapConv2d):
+            if not isinstance(bn, nn.BatchNorm2d) or not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or any(conv is t for t in read):
                 continue
             mean, var = bn.running_mean, bn.running_var
             if mean is None or var is None:
@@ -76,6 +77,21 @@ def fold_batchnorm(module: Any) -> Any:
                 conv.bias = nn.Parameter(new_bias)
             seq._modules[bn_name] = nn.Identity()
     return module
+
+
+def _read_taps(module: Any) -> list[Any]:
+    """The encoder taps whose own output ``module`` (a Scorer) reads: none without a bank or with D's features."""
+    from skipgan_edge.model.networks import TapConv2d
+
+    taps = [m for m in module.modules() if isinstance(m, TapConv2d)]
+    if not hasattr(module, "bank_names"):
+        return taps
+    if not module.bank_names:
+        return []
+    gen = module.model.generator
+    if module.bank_kind == "gaussian":
+        return [gen.tap2]
+    return [gen.tap] if module.bank_source == "encoder" else []
 
 
 def card_from_onnx(model: Any) -> ModelCard:

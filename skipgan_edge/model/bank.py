@@ -1,8 +1,9 @@
-"""The feature-bank head (PatchCore-style): a memory of normal patch features of the image.
+"""The feature-bank head: what the features of normal training images look like, kept as constants of the graph.
 
-Two sources of patch features (``score.bank_source``), each a map of P = 16 spatial positions ("patches") per image:
+The ``nearest`` bank (PatchCore-style) keeps normal patch features. Two sources of patch features
+(``score.bank_source``), each a map of P = 16 spatial positions ("patches") per image:
 
-* ``encoder`` (Skip-GANomaly's default): the generator encoder's 4×4 map, the output of its down-convolution that
+* ``encoder``: the generator encoder's 4×4 map, the output of its down-convolution that
   takes the 8×8 map (C = 4·ngf channels at isize 32, 8·ngf above; ``UnetGenerator.tap``). The encoder is trained to
   describe the image well enough to rebuild it, so its features keep what an image *is*; they raised Fashion-MNIST
   AUROC from 0.733 (the discriminator's) to about 0.80 (benchmarks/results/study_bank_source.md).
@@ -17,13 +18,27 @@ random. The bank term of an image is the distance of its least normal patch to i
 
 computed with one MatMul against the constant centred bank (C × M) and the constant ||b_m - μ||² (M), μ the
 bank's mean feature, all inside the exported graph, at the top level (the FP32 score head, which no precision
-pass converts). Cost per image: 2·P·C·M FLOPs (16·128·4096·2 = 16.8 MFLOP for the default bank at ngf 32) and
+pass converts). Cost per image: 2·P·C·M FLOPs (16·128·4096·2 = 16.8 MFLOP for 4,096 features at ngf 32) and
 4·C·M bytes of constants (2 MiB). Centring on μ changes no distance; it keeps the expansion's terms near the
 distances themselves, so that float32 rounding (which differs between torch and each backend) does not swamp
 them where features share a large common part, as an undertrained discriminator's do (ONNX Runtime against
 torch on a 1-epoch model: 8e-4 of a score spread of 2.4 uncentred, beyond export's parity tolerance; 8e-6
 centred). The term is standardised with the normal validation statistics and added to the two-term score
 with weight ``bank_weight`` (``skipgan_edge.model.scorer.combine``).
+
+Two kinds of bank (``score.bank_kind``):
+
+* ``gaussian`` (Skip-GANomaly's default): one Gaussian of the generator encoder's 2×2 map, flattened (D = 4·8·ngf =
+  1,024 values at ngf 32; the output of the down-convolution that takes the 4×4 map, ``UnetGenerator.tap2``), fitted
+  on the training images: its mean μ and a whitening matrix W (D × D) with W·Wᵀ = (Σ + ε·I)⁻¹, ε = ``GAUSS_SHRINK``
+  times the mean eigenvalue of the covariance Σ (a ridge that keeps the inverse finite where there are fewer images
+  than dimensions). The term is the Mahalanobis distance ``||(f(x) − μ)·W||``: one MatMul against a constant, 2·D²
+  FLOPs per image (2.1 MFLOP at ngf 32) and 4·D² bytes (4 MiB). The 2×2 map describes the whole image, and the
+  covariance weighs each direction by how much normal images vary along it: on Fashion-MNIST it raised recall at 5 %
+  false alarms from 0.30 (the nearest bank below) to 0.36 and AUROC from 0.80 to 0.82, textures unchanged
+  (benchmarks/results/study_bank_gauss.md). Stored as one (D + 1, D) tensor: μ, then W's rows.
+* ``nearest``: the patch features described above, the distance of the least normal patch to its nearest normal
+  feature.
 """
 
 from __future__ import annotations
@@ -37,6 +52,9 @@ from skipgan_edge.config import BANK_SOURCES
 
 #: tensor names of the bank inside ``model.safetensors`` (next to the network's weights, covered by the model id)
 BANK_KEY = "score_bank.features"
+#: the gaussian bank's ridge, in units of the covariance's mean eigenvalue: 0.01, 0.03 and 0.1 measured (benchmarks/
+#: results/study_bank_gauss.md; 0.3 lost recall on seed 0 before it); 0.03 had the highest recall at rec weight 0.25
+GAUSS_SHRINK = 0.03
 
 
 def source_patches(model: Any, f_real: torch.Tensor, source: str, dim: int | None = None) -> torch.Tensor:
@@ -128,6 +146,85 @@ def bank_info(bank: torch.Tensor, patches: int, method: str, n_features: int, so
     """What the card records about a bank: its source, shape, how it was chosen, its size in bytes (the graph's FP32
     constants: the centred bank, its squared norms, the centre) and FLOPs per image."""
     m, c = bank.shape
-    return {"source": source, "size": int(m), "dim": int(c), "patches": int(patches), "subsample": method, "from_features": int(n_features),
+    return {"kind": "nearest", "source": source, "size": int(m), "dim": int(c), "patches": int(patches), "subsample": method,
+            "from_features": int(n_features),
             "bytes": int(4 * m * c + 4 * m + 4 * c), "flops_per_image": int(2 * patches * c * m + 4 * patches * m),
             "term": "max over patches of the distance to the nearest bank feature"}
+
+
+def gaussian_features(model: Any, dim: int | None = None) -> torch.Tensor:
+    """The gaussian bank's (B, D) feature, right after ``model.terms(x)`` in eval mode: the generator encoder's 2×2
+    map flattened channel-major. ``dim``: D as a Python int, so that an exported graph reshapes by a constant."""
+    m = model.generator.encoder_map(2)  # (B, C, 2, 2)
+    return m.reshape(-1, int(m.shape[1]) * 4 if dim is None else dim)
+
+
+@torch.no_grad()
+def gaussian_image_features(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
+    """:func:`gaussian_features` of uint8 NHWC ``images`` in eval mode: (N, D) float32 on the CPU."""
+    from skipgan_edge.model.scorer import to_model_input
+
+    was = net.training
+    net.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device))
+        net.terms(x)  # type: ignore[operator]
+        out.append(gaussian_features(net).float().cpu())
+    net.train(was)
+    return torch.cat(out)
+
+
+def fit_gaussian(feats: torch.Tensor, shrink: float = GAUSS_SHRINK) -> torch.Tensor:
+    """(N, D) features of normal images → the (D + 1, D) gaussian bank: the mean, then W with W·Wᵀ = (Σ + ε·I)⁻¹,
+    ε = ``shrink`` × the mean eigenvalue of Σ (float64 while fitting). Needs two images; features all equal give
+    ε = 1 (the term is then the Euclidean distance to the mean)."""
+    if len(feats) < 2:
+        raise ValueError(f"the gaussian bank needs at least 2 training images, got {len(feats)}")
+    x = feats.double()
+    mean = x.mean(0)
+    xc = x - mean
+    cov = xc.t() @ xc / (len(x) - 1)
+    avg = float(torch.trace(cov)) / cov.shape[0]
+    ridge = shrink * avg if avg > 0 else 1.0
+    cov += ridge * torch.eye(cov.shape[0], dtype=torch.float64)
+    eig, vec = torch.linalg.eigh(cov)
+    whiten = vec / eig.clamp_min(ridge).sqrt()  # (D, D): column j scales the j-th principal direction
+    return torch.cat([mean[None], whiten]).float().contiguous()
+
+
+def gaussian_distance(f: torch.Tensor, mean: torch.Tensor, whiten: torch.Tensor) -> torch.Tensor:
+    """(B, D) features, the bank's mean (D,) and whitening matrix (D, D) → (B,) Mahalanobis distances. Plain FP32 ops
+    (Sub, MatMul, Mul, ReduceSum, Sqrt) for export."""
+    z = torch.matmul(f - mean, whiten)  # (B, D)
+    return (z * z).sum(dim=1).clamp_min(0.0).sqrt()
+
+
+def gaussian_info(bank: torch.Tensor, subsample: str, n_features: int, available: int | None = None,
+                  shrink: float = GAUSS_SHRINK) -> dict[str, Any]:
+    """What the card records about a gaussian bank (its (D + 1, D) tensor): kind, source, dimension, the images it was
+    fitted on (``size``) out of those there were (``from_features``), the ridge, bytes and FLOPs per image."""
+    d = int(bank.shape[1])
+    return {"kind": "gaussian", "source": "encoder", "size": int(n_features), "dim": d, "patches": 1, "subsample": subsample,
+            "from_features": int(n_features if available is None else available), "shrink": float(shrink), "bytes": int(4 * (d + 1) * d),
+            "flops_per_image": int(2 * d * d + 3 * d),
+            "term": "Mahalanobis distance of the generator encoder's 2x2 map to the normal training images' Gaussian"}
+
+
+def head_constants(bank: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
+    """The graph's constants of a bank tensor: ``nearest``: :func:`bank_constants`; ``gaussian``: (W, μ)."""
+    if kind == "gaussian":
+        b = bank.float()
+        return b[1:].contiguous(), b[0].contiguous()
+    if kind != "nearest":
+        raise ValueError(f"unknown bank kind {kind!r}")
+    return bank_constants(bank)
+
+
+def bank_term(model: Any, f_real: torch.Tensor, kind: str, source: str, consts: tuple[torch.Tensor, ...],
+              dim: int | None = None) -> torch.Tensor:
+    """(B,) bank term right after ``model.terms(x)`` in eval mode, from :func:`head_constants`' ``consts``."""
+    if kind == "gaussian":
+        whiten, mean = consts
+        return gaussian_distance(gaussian_features(model, dim), mean, whiten)
+    return bank_distance(source_patches(model, f_real, source, dim), *consts)

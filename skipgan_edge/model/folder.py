@@ -19,7 +19,8 @@ def load_model(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module]
 
 
 def load_model_and_bank(folder: Path, device: str = "cpu") -> tuple[ModelCard, nn.Module, Any]:
-    """Card, network (eval mode) and the feature bank (M, C) tensor, or None for a model without one (model/bank.py)."""
+    """Card, network (eval mode) and the feature bank tensor (a nearest bank's (M, C), a gaussian bank's (D + 1, D)), or
+    None for a model without one (model/bank.py)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -57,6 +58,7 @@ def build_scorer(folder: Path, device: str = "cpu") -> tuple[ModelCard, Any]:
     sc = card.score
     weight = float(sc.bank["weight"]) if sc.bank is not None else 0.0
     source = str(sc.bank.get("source", "discriminator")) if sc.bank is not None else "discriminator"  # older cards: D's
-    scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool,
-                    term_stats=sc.term_stats, bank=bank, bank_weight=weight, bank_source=source).to(device).eval()
+    kind = str(sc.bank.get("kind", "nearest")) if sc.bank is not None else "nearest"  # cards without a kind: nearest
+    scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool, term_stats=sc.term_stats,
+                    bank=bank, bank_weight=weight, bank_source=source, bank_kind=kind).to(device).eval()
     return card, scorer

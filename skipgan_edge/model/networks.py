@@ -113,33 +113,42 @@ class UnetGenerator(nn.Module):
         ngf, p = cfg.ngf, cfg.skip_dropout
         keep = cfg.skip_level_set
         level = cfg.depth - 1  # the innermost block's level
-        # blocks are built from the innermost (index 0, input 2×2) outward, block i taking a 2^(i+1) input; block 2
-        # (input 8×8) ends the encoder's 4×4 map: its down-convolution is the tap the encoder bank reads
+        # blocks are built from the innermost (index 0, input 2×2) outward, block i taking a 2^(i+1) input; the
+        # down-convolutions of block 1 (input 4×4, output 2×2: the gaussian bank's map) and block 2 (input 8×8, output
+        # 4×4: the nearest bank's) are taps the score head reads
         block: nn.Module = UnetBlock(ngf * 8, ngf * 8, None, skip_dropout=p, skip=level in keep)  # innermost, 2×2 → 1×1
         index = 0
         for _ in range(cfg.depth - 5):
             level, index = level - 1, index + 1
-            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p, skip=level in keep, tap=index == 2)
+            block = UnetBlock(ngf * 8, ngf * 8, block, skip_dropout=p, skip=level in keep, tap=index in (1, 2))
         index += 1
-        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p, skip=level - 1 in keep, tap=index == 2)
+        block = UnetBlock(ngf * 4, ngf * 8, block, skip_dropout=p, skip=level - 1 in keep, tap=index in (1, 2))
         index += 1
-        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p, skip=level - 2 in keep, tap=index == 2)
+        block = UnetBlock(ngf * 2, ngf * 4, block, skip_dropout=p, skip=level - 2 in keep, tap=index in (1, 2))
         block = UnetBlock(ngf, ngf * 2, block, skip_dropout=p, skip=level - 3 in keep)
         self.model = UnetBlock(cfg.channels, ngf, block, in_ch=cfg.channels, outermost=True)
-        # the encoder's 4×4 down-convolution, held in a tuple so that it is not registered (and saved) a second time
+        # the encoder's taps, outermost first (the 4×4 map's, then the 2×2 map's), held in a tuple so that they are not
+        # registered (and saved) a second time
         self._tap: tuple[TapConv2d, ...] = tuple(m for m in self.modules() if isinstance(m, TapConv2d))
 
     @property
     def tap(self) -> TapConv2d:
-        """The encoder's 4×4 down-convolution: its output is the encoder bank's feature map (4·ngf channels at
+        """The encoder's 4×4 down-convolution: its output is the nearest bank's feature map (4·ngf channels at
         isize 32, 8·ngf above)."""
         return self._tap[0]
 
-    def encoder_map(self) -> torch.Tensor:
-        """The encoder's 4×4 map (B, C, 4, 4) of the last eval-mode forward pass."""
-        if self.tap.last is None:
+    @property
+    def tap2(self) -> TapConv2d:
+        """The encoder's 2×2 down-convolution (the one that takes the 4×4 map): its output is the gaussian bank's
+        feature map (8·ngf channels)."""
+        return self._tap[1]
+
+    def encoder_map(self, side: int = 4) -> torch.Tensor:
+        """The encoder's ``side``×``side`` map (4: (B, C, 4, 4); 2: (B, C', 2, 2)) of the last eval-mode forward pass."""
+        conv = self.tap if side == 4 else self.tap2
+        if conv.last is None:
             raise RuntimeError("the encoder map is kept by an eval-mode forward pass of the generator; run one first")
-        return self.tap.last
+        return conv.last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, C, H, W)
@@ -208,16 +217,17 @@ class SkipGANomaly(nn.Module):
 
     #: The score used when the config does not say, "rec+bank": s = 0.25·rec + 0.75·bank, both terms standardised
     #: with the normal validation statistics, rec the maximum of the 3×3 box-smoothed map (λ 1: no latent term),
-    #: bank the feature-bank head (model/bank.py) on 4,096 coreset-selected patch features of the generator
-    #: encoder's 4×4 map. Measured in benchmarks/results/study_bank_source.md (7 splits, 3 seeds) against the
-    #: discriminator's bank (the head of benchmarks/results/study_recall.md) and the two-term score. A config that
-    #: turns the bank off (``bank_size = 0``) without a λ gets ``lam_without_bank``: the two-term score (rec and lat
+    #: bank the gaussian bank (model/bank.py): the Mahalanobis distance of the generator encoder's 2×2 map to the
+    #: Gaussian of the training images' maps (at most 4,096 images). Measured in benchmarks/results/study_bank_gauss.md
+    #: (7 splits, 3 seeds) against the nearest bank of the encoder's 4×4 patch features (the head of
+    #: benchmarks/results/study_bank_source.md, where it beat the discriminator's) and the two-term score. A config that turns the
+    #: bank off (``bank_size = 0``) without a λ gets ``lam_without_bank``: the two-term score (rec and lat
     #: standardised, equal weights, benchmarks/results/peers.md). ``--paper`` restores the paper's.
     default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 1.0, "pool": 3, "bank_size": 4096,
-                                               "bank_weight": 0.75, "bank_source": "encoder", "bank_subsample": "coreset",
-                                               "lam_without_bank": 0.5}
+                                               "bank_weight": 0.75, "bank_kind": "gaussian", "bank_source": "encoder",
+                                               "bank_subsample": "coreset", "lam_without_bank": 0.5}
     #: where the default score was measured (the card's ``score.head`` names it)
-    default_score_measured: ClassVar[str] = "benchmarks/results/study_bank_source.md"
+    default_score_measured: ClassVar[str] = "benchmarks/results/study_bank_gauss.md"
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         cfg.validate()
@@ -346,7 +356,8 @@ class Ganomaly(nn.Module):
     #: Measured best for GANomaly in the peers harness: both terms standardised with the normal
     #: validation statistics, equal weights, reconstruction as the max of the 3×3 smoothed map; no feature bank.
     default_score: ClassVar[dict[str, Any]] = {"mode": "standardized", "lam": 0.5, "pool": 3, "bank_size": 0,
-                                               "bank_source": "discriminator", "bank_sources": ("discriminator",)}
+                                               "bank_source": "discriminator", "bank_sources": ("discriminator",),
+                                               "bank_kind": "nearest", "bank_kinds": ("nearest",)}
     default_score_measured: ClassVar[str] = "benchmarks/results/peers.md"
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -407,12 +418,15 @@ def head_record(arch: str, score: Any, lam: float) -> dict[str, Any]:
     from skipgan_edge.config import ScoreConfig
 
     cls: Any = ARCHITECTURES.get(arch, SkipGANomaly)
-    d = {**{k: getattr(ScoreConfig(), k) for k in ("bank_weight", "bank_subsample")}, "bank_source": "discriminator", **cls.default_score}
+    d = {**{k: getattr(ScoreConfig(), k) for k in ("bank_weight", "bank_subsample")}, "bank_source": "discriminator",
+         "bank_kind": "nearest", **cls.default_score}
     bank = int(score.bank_size or 0)
     used = {"mode": score.mode, "lam": float(lam), "pool": int(score.pool or 0), "bank_size": bank}
     if bank > 0:  # the bank's weight and subsampling only matter with a bank
         used.update(bank_weight=float(score.bank_weight), bank_subsample=score.bank_subsample,
-                    bank_source=score.bank_source or d["bank_source"])
+                    bank_source=score.bank_source or d["bank_source"], bank_kind=score.bank_kind or d["bank_kind"])
+        if used["bank_kind"] == "gaussian":  # a gaussian bank is not subsampled by coreset: the setting does not apply
+            used["bank_subsample"] = d.get("bank_subsample")
     differs = sorted(k for k, v in used.items() if v != d.get(k))
     default_name = head_name(float(d["lam"]), int(d.get("bank_size", 0)), float(d["bank_weight"]), d["mode"], int(d["pool"]))
     out: dict[str, Any] = {"name": head_name(float(lam), bank, float(score.bank_weight), str(score.mode), int(score.pool or 0)),

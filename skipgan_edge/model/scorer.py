@@ -15,9 +15,10 @@ Outputs (a :class:`ScoreBatch`, whose field names are the ONNX output names):
   validation images, so a threshold is a fixed number (1.0 = the most anomalous-looking normal
   validation image).
 
-With a feature bank (``score.bank_size`` > 0, model/bank.py) the score gains a third term, the distance of the
-image's least normal patch (of the generator encoder's 4×4 map, or of D's f(x): ``score.bank_source``) to the
-nearest of the bank's normal features (one MatMul against constants).
+With a feature bank (``score.bank_size`` > 0, model/bank.py) the score gains a third term: the Mahalanobis distance
+of the generator encoder's 2×2 map to the normal images' Gaussian (``gaussian``), or the distance of the image's
+least normal patch (of the encoder's 4×4 map, or of D's f(x): ``score.bank_source``) to the nearest of the bank's
+normal features (``nearest``); either is one MatMul against constants.
 
 The head (subtractions, squares, reductions, normalisation, the bank's MatMul) is plain float32 arithmetic;
 the export keeps it in FP32 in every precision variant.
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from skipgan_edge.contract import INPUT_NAME, OUTPUT_NAMES, ScoreBatch  # the torch-free contract, re-exported
-from skipgan_edge.model.bank import bank_constants, bank_distance, source_patches
+from skipgan_edge.model.bank import bank_term, head_constants
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "SCORE_MODES", "ScoreBatch", "Scorer", "combine", "score_terms", "to_model_input"]
 
@@ -92,11 +93,11 @@ class Scorer(nn.Module):
     def __init__(
         self, model: nn.Module, lam: float = 0.9, score_min: float = 0.0, score_max: float = 1.0, *,
         mode: str = "paper", pool: int = 0, term_stats: dict[str, float] | None = None,
-        bank: torch.Tensor | None = None, bank_weight: float = 0.0, bank_source: str = "discriminator",
+        bank: torch.Tensor | None = None, bank_weight: float = 0.0, bank_source: str = "discriminator", bank_kind: str = "nearest",
     ) -> None:
-        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`); ``bank`` (M, C),
-        ``bank_weight`` and ``bank_source`` from the model folder's feature bank (model/bank.py), the bank kept as FP32
-        constants of the head."""
+        """``lam``, ``mode``, ``pool`` and ``term_stats`` come from the model card (see :func:`combine`); ``bank``,
+        ``bank_weight``, ``bank_source`` and ``bank_kind`` from the model folder's feature bank (model/bank.py: a
+        ``nearest`` bank (M, C), a ``gaussian`` one (D + 1, D)), the bank kept as FP32 constants of the head."""
         super().__init__()
         if mode not in SCORE_MODES:
             raise ValueError(f"unknown score mode {mode!r}")
@@ -108,17 +109,16 @@ class Scorer(nn.Module):
         self.inv_span = 1.0 / span if span > 0 else 1.0
         self.bank_weight = float(bank_weight)
         self.bank_source = str(bank_source)
-        self.bank_dim = int(bank.shape[1]) if bank is not None else 0  # C: a Python int, a constant of the graph's Reshape
-        self.bank_t: torch.Tensor | None
-        self.bank_sq: torch.Tensor | None
-        self.bank_center: torch.Tensor | None
+        self.bank_kind = str(bank_kind)
+        self.bank_dim = int(bank.shape[1]) if bank is not None else 0  # C (D): a Python int, a constant of the graph's Reshape
+        self.bank_names: tuple[str, ...] = ()
         if bank is not None:
-            bank_t, bank_sq, center = bank_constants(bank)
-            self.register_buffer("bank_t", bank_t)  # (C, M): one constant MatMul in the graph
-            self.register_buffer("bank_sq", bank_sq)  # (M,)
-            self.register_buffer("bank_center", center)  # (C,)
-        else:
-            self.bank_t = self.bank_sq = self.bank_center = None
+            consts = head_constants(bank, self.bank_kind)
+            # nearest: the centred bank (C, M), its squared norms (M,), its centre (C,); gaussian: W (D, D), μ (D,)
+            names = ("gauss_whiten", "gauss_mean") if self.bank_kind == "gaussian" else ("bank_t", "bank_sq", "bank_center")
+            for name, t in zip(names, consts, strict=True):
+                self.register_buffer(name, t)  # one constant MatMul (and its vectors) in the graph
+            self.bank_names = names
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = to_model_input(images)  # (B, C, H, W): the head's copy of the input, never quantized
@@ -132,9 +132,9 @@ class Scorer(nn.Module):
         fake, f_real, f_fake = self.model.terms(x_net)  # type: ignore[operator]
         rec, lat, amap = score_terms(x, fake, f_real, f_fake, self.pool)
         bank = None
-        if self.bank_t is not None and self.bank_sq is not None:
-            patches = source_patches(self.model, f_real, self.bank_source, self.bank_dim)  # (B, P, C)
-            bank = bank_distance(patches, self.bank_t, self.bank_sq, self.bank_center)  # (B,)
+        if self.bank_names:
+            consts = tuple(getattr(self, n) for n in self.bank_names)
+            bank = bank_term(self.model, f_real, self.bank_kind, self.bank_source, consts, self.bank_dim)  # (B,)
         score = combine(rec, lat, self.mode, self.lam, self.term_stats, bank, self.bank_weight)  # (B,)
         normalized = (score - self.score_min) * self.inv_span  # (B,)
         return score, amap, normalized

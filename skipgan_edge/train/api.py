@@ -71,6 +71,8 @@ def train_from_cli(
                        else f"score.bank_weight in {config}")
         source_from = ("--bank-source" if overrides.get("score", {}).get("bank_source") is not None
                        else f"score.bank_source in {config}")
+        kind_from = ("--bank-kind" if overrides.get("score", {}).get("bank_kind") is not None
+                     else f"score.bank_kind in {config}")
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
@@ -79,13 +81,17 @@ def train_from_cli(
         if bank_size is None and cfg.model.arch != AUTO:
             bank_size = int(default_score(cfg.model.arch).get("bank_size", 0))
         refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_weight"), bank_size, weight_from)
-        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_source"), bank_size, source_from)
+        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_source"), bank_size, source_from, "source")
+        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_kind"), bank_size, kind_from, "kind")
         check_new_run(Path(out))  # one line now, not after the data is read
     if cfg.model.arch == AUTO:
         if resume is not None:
             raise ConfigError(f"--resume of an --arch auto run: resume its candidate instead (--resume {out}/candidates/ARCH), "
                               "then run --arch auto again with a new --out")
-        cfg.validate(default_score("skipganomaly"))
+        from skipgan_edge.model.networks import ARCHITECTURES
+
+        for arch in ARCHITECTURES:  # every candidate's config holds, before the first one trains
+            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)).validate(default_score(arch))
         check_writable_folder(Path(out), "--out")
         ds = _load(str(data), cfg)
         return train_auto(ds, size_batch(cfg, len(ds.train), batch_from), Path(out)), Path(out)

@@ -90,7 +90,17 @@ from skipgan_edge.data.progress import Progress
 from skipgan_edge.data.synthval import SyntheticDefects, make_defects
 from skipgan_edge.errors import ConfigError, ModelFolderError, SkipganError
 from skipgan_edge.metrics import auroc, f1_at
-from skipgan_edge.model.bank import BANK_KEY, bank_constants, bank_distance, bank_info, patch_features, source_patches, subsample
+from skipgan_edge.model.bank import (
+    BANK_KEY,
+    bank_info,
+    bank_term,
+    fit_gaussian,
+    gaussian_image_features,
+    gaussian_info,
+    head_constants,
+    patch_features,
+    subsample,
+)
 from skipgan_edge.model.networks import build_model, default_score, head_record, init_weights
 from skipgan_edge.model.scorer import combine, score_terms, to_model_input
 from skipgan_edge.thresholds import apply_policy, min_normal_images, parse_policy, resolve
@@ -165,13 +175,15 @@ def _autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, pool: int = 0, batch: int = 256,
-                keep_maps: bool = False, bank: torch.Tensor | None = None, bank_source: str = "discriminator") -> dict[str, np.ndarray]:
+                keep_maps: bool = False, bank: torch.Tensor | None = None, bank_source: str = "discriminator",
+                bank_kind: str = "nearest") -> dict[str, np.ndarray]:
     """Eval-mode reconstruction term, latent term and mean |x - G(x)| for a uint8 NHWC array (and the anomaly maps);
-    with a feature ``bank`` (M, C) of ``bank_source`` features, the bank term as ``"bank"`` (model/bank.py)."""
+    with a feature ``bank`` (a ``bank_kind`` bank of ``bank_source`` features), the bank term as ``"bank"``
+    (model/bank.py)."""
     was_training = net.training
     net.eval()
     rec, lat, l1s, peaks, maps, banks = [], [], [], [], [], []
-    consts = bank_constants(bank.to(device)) if bank is not None else None
+    consts = head_constants(bank.to(device), bank_kind) if bank is not None else None
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(images[i : i + batch]).to(device))
         fake, f_real, f_fake = net.terms(x)  # type: ignore[operator]
@@ -183,7 +195,7 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
         if keep_maps:
             maps.append(amap[:, 0].float().cpu().numpy())
         if consts is not None:
-            banks.append(bank_distance(source_patches(net, f_real, bank_source).float(), *consts).cpu().numpy())
+            banks.append(bank_term(net, f_real.float(), bank_kind, bank_source, consts).float().cpu().numpy())
     net.train(was_training)
     out = {"rec": np.concatenate(rec), "lat": np.concatenate(lat), "l1": np.concatenate(l1s), "map_peak": np.concatenate(peaks)}
     if keep_maps:
@@ -195,11 +207,22 @@ def score_split(net: torch.nn.Module, images: np.ndarray, device: torch.device, 
 
 def build_bank(net: torch.nn.Module, images: np.ndarray, cfg: RunConfig, device: torch.device,
                said: set[str] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The feature bank of ``net`` on the training ``images`` (score.bank_size features, score.bank_subsample) and the
-    card's record of it. Fewer patch features than the size asked are all kept, said in one console line (once per
-    run: ``said`` holds the lines already said)."""
+    """The feature bank of ``net`` on the training ``images`` and the card's record of it. ``gaussian``: fitted on at
+    most score.bank_size images' maps (a seeded random choice when there are more). ``nearest``: score.bank_size
+    patch features (score.bank_subsample); fewer patch features than the size asked are all kept, said in one
+    console line (once per run: ``said`` holds the lines already said)."""
     sc = cfg.score
     source = str(sc.bank_source)
+    if sc.bank_kind == "gaussian":
+        g = gaussian_image_features(net, images, device)
+        available, method = len(g), "all"
+        if len(g) < 2:
+            raise ConfigError(f"a gaussian bank is fitted on at least 2 training images, and there are {len(g)}: add normal "
+                              "images, or train with --bank-size 0")
+        if len(g) > int(sc.bank_size or 0):
+            g, method = subsample(g, int(sc.bank_size or 0), "random", cfg.train.seed), "random"
+        gauss = fit_gaussian(g)
+        return gauss, {**gaussian_info(gauss, method, len(g), available), "weight": float(sc.bank_weight)}
     feats = patch_features(net, images, device, source)
     if len(feats) < int(sc.bank_size or 0):
         _say_once(said, logging.WARNING, f"feature bank: the {len(images)} training images give {len(feats)} patch features, "
@@ -233,7 +256,7 @@ def validation_report(
     if bank is not None and not bool(torch.isfinite(bank).all()):
         raise NonFinite("feature bank")
     w_bank = float(sc.bank_weight) if bank is not None else 0.0
-    terms = score_split(net, data.val.images, device, pool, bank=bank, bank_source=str(sc.bank_source))
+    terms = score_split(net, data.val.images, device, pool, bank=bank, bank_source=str(sc.bank_source), bank_kind=str(sc.bank_kind))
     if not all(np.isfinite(v).all() for v in terms.values()):
         raise NonFinite("validation scores")
     is_normal = data.val.labels == 0
@@ -273,7 +296,8 @@ def validation_report(
         rep["signal"] = ("val_auroc", rep["val_auroc"], "max")
     else:
         if synthetic is not None and len(synthetic.images):
-            syn = score_split(net, synthetic.images, device, pool, keep_maps=True, bank=bank, bank_source=str(sc.bank_source))
+            syn = score_split(net, synthetic.images, device, pool, keep_maps=True, bank=bank, bank_source=str(sc.bank_source),
+                              bank_kind=str(sc.bank_kind))
             if not all(np.isfinite(v).all() for v in syn.values()):
                 raise NonFinite("synthetic validation scores")
             anomalous, source = np.asarray(combine(syn["rec"], syn["lat"], mode, lam, term_stats, syn.get("bank"), w_bank)), "synthetic"
@@ -722,11 +746,14 @@ class Trainer:
         bank = rep.get("bank_info")
         if bank is not None:
             w = bank["weight"]
-            formula = (f"(1-{w:g})*[{formula}] + {w:g}*" + ("(bank-bank_mean)/bank_std" if sc.mode != "paper" else "bank")
-                       + f"; bank = max over the {bank['patches']} patches of the "
-                       + ("generator encoder's 4x4 map" if bank.get("source") == "encoder" else "discriminator's f(x)")
-                       + f" of the distance to the nearest of {bank['size']} "
-                       f"normal training features ({bank['subsample']})")
+            formula = (f"(1-{w:g})*[{formula}] + {w:g}*" + ("(bank-bank_mean)/bank_std" if sc.mode != "paper" else "bank"))
+            if bank.get("kind") == "gaussian":
+                formula += (f"; bank = Mahalanobis distance of the generator encoder's 2x2 map ({bank['dim']} values) to the Gaussian "
+                            f"of {bank['size']} normal training images (ridge {bank['shrink']:g} x mean eigenvalue)")
+            else:
+                formula += (f"; bank = max over the {bank['patches']} patches of the "
+                            + ("generator encoder's 4x4 map" if bank.get("source") == "encoder" else "discriminator's f(x)")
+                            + f" of the distance to the nearest of {bank['size']} normal training features ({bank['subsample']})")
         score = ScoreSpec(lam=rep["lam"], lam_method=rep["lam_method"], mode=str(sc.mode), pool=int(sc.pool or 0),
                           term_stats=rep["term_stats"], formula=formula, val_stats=ValStats(**rep["val_stats"]),
                           map_scale=rep["map_scale"], bank=bank, head=head_record(self.cfg.model.arch, sc, rep["lam"]),
