@@ -197,7 +197,7 @@ def train(
     bank_size: Annotated[Optional[int], typer.Option(help="Feature-bank head, added to the score from constants in the exported graph: "
                                                      "the gaussian bank is fitted on at most this many training images, the nearest "
                                                      "bank keeps this many normal patch features (0 = off: the two-term score, λ 0.5 "
-                                                     "unless --lam; skipganomaly's default is 4096 with λ 1; measured cost and gain: "
+                                                     "unless --lam; skipganomaly's default is 4096 with λ 1, ganomaly's 0; measured cost and gain: "
                                                      "benchmarks/results/study_bank_gauss.md)." + _default("score", "bank_size"))] = None,
     bank_kind: Annotated[Optional[str], typer.Option(help="What the bank keeps: gaussian (a Gaussian of the generator encoder's 2x2 map; "
                                                      "the term is the Mahalanobis distance: skipganomaly's default) or nearest (normal "

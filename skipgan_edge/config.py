@@ -399,13 +399,15 @@ def paper_overrides(overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return out
 
 
-def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str, key: str = "weight") -> None:
+def refuse_idle_bank_weight(given: Any, bank_size: int | None, where: str, key: str = "weight",
+                            size_from: str = "--bank-size 0 or --paper") -> None:
     """One line when a bank weight was set (``given``: the value from ``where``, the option or config key that set it;
-    None: not set) for a run without a bank (``bank_size`` 0, from ``--bank-size 0`` or ``--paper``): it would weigh
-    nothing, and the card would record a weight that was never used. ``key``: what was set (weight, source or kind)."""
+    None: not set) for a run without a bank (``bank_size`` 0, from ``size_from``: ``--bank-size 0``, ``--paper``, a
+    config file or the architecture's default): it would weigh nothing, and the card would record a weight that was
+    never used. ``key``: what was set (weight, source or kind)."""
     if given is not None and bank_size == 0:
         what = {"source": "chooses the feature bank's source", "kind": "chooses the feature bank's kind"}.get(key, "weighs the feature bank")
-        raise ConfigError(f"{where} {given} {what}, but score.bank_size is 0 (--bank-size 0 or --paper): "
+        raise ConfigError(f"{where} {given} {what}, but score.bank_size is 0 ({size_from}): "
                           f"no bank; drop the bank {key}, or give --bank-size above 0")
 
 

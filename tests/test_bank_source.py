@@ -110,6 +110,11 @@ def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Pa
              "--paper", "--bank-kind")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
                      "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly", "nearest")
+    # GANomaly's default has no bank: an option for one names that default, not an option the user never gave
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-kind", "nearest", check=False),
+             "--bank-kind nearest", "ganomaly's default: no bank", "--bank-size above 0")
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "auto", "--bank-kind", "gaussian", check=False),
+             "--bank-kind gaussian", "ganomaly's default: no bank")
     # --arch auto trains both: a kind one of them cannot have is refused before the first trains
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "auto", "--bank-size", "64",
                      "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly")

@@ -76,13 +76,20 @@ def train_from_cli(
     if not data:
         raise ConfigError("--data is required: an MVTec-style folder or fmnist:<class>")
     cfg = RunConfig.from_dict(cfg_dict)
-    if resume is None:  # a weight set for a run without a bank: one line, before the weight's range is checked
-        bank_size = cfg.score.bank_size
-        if bank_size is None and cfg.model.arch != AUTO:
-            bank_size = int(default_score(cfg.model.arch).get("bank_size", 0))
-        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_weight"), bank_size, weight_from)
-        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_source"), bank_size, source_from, "source")
-        refuse_idle_bank_weight(cfg_dict.get("score", {}).get("bank_kind"), bank_size, kind_from, "kind")
+    if resume is None:  # a bank option set for a run without a bank: one line, before the weight's range is checked
+        from skipgan_edge.model.networks import ARCHITECTURES
+
+        given = cfg_dict.get("score", {})
+        size_from = ("--bank-size 0 or --paper" if overrides.get("score", {}).get("bank_size") is not None
+                     else f"score.bank_size in {config}")
+        # --arch auto trains every architecture: an option must hold for each candidate
+        for arch in (list(ARCHITECTURES) if cfg.model.arch == AUTO else [cfg.model.arch]):
+            bank_size, why = cfg.score.bank_size, size_from
+            if bank_size is None:
+                bank_size, why = int(default_score(arch).get("bank_size", 0)), f"{arch}'s default: no bank"
+            refuse_idle_bank_weight(given.get("bank_weight"), bank_size, weight_from, "weight", why)
+            refuse_idle_bank_weight(given.get("bank_source"), bank_size, source_from, "source", why)
+            refuse_idle_bank_weight(given.get("bank_kind"), bank_size, kind_from, "kind", why)
         check_new_run(Path(out))  # one line now, not after the data is read
     if cfg.model.arch == AUTO:
         if resume is not None:
