@@ -109,39 +109,49 @@ def evaluate(net: torch.nn.Module, ds: Any, seed: int) -> dict[str, Any]:
 
 
 def run() -> None:
+    run_rows("study_bank_source", config, evaluate, (BASE, DEFAULT, "rec+D bank 1024 (previous default)"))
+
+
+def run_rows(study: str, cfg: Any, evaluate_fn: Any, show: tuple[str, ...]) -> None:
+    """Train ``cfg(seed)`` on every split and seed not yet in ``benchmarks/peers/out/<study>_s<SEEDS>[_<PEERS_ONLY>].json``
+    and add its row: ``evaluate_fn(net, ds, seed)``'s heads (two processes with disjoint PEERS_ONLY lists may run)."""
     only = os.environ.get("PEERS_ONLY")  # two processes, one per core, take disjoint splits
-    path = OUT / f"study_bank_source_s{'-'.join(map(str, SEEDS))}{'_' + only.replace(',', '+') if only else ''}.json"
+    path = OUT / f"{study}_s{'-'.join(map(str, SEEDS))}{'_' + only.replace(',', '+') if only else ''}.json"
 
     def row(name: str, seed: int, ds: Any, card: Any, net: torch.nn.Module, train_s: float) -> dict[str, Any]:
         t1 = time.perf_counter()
-        return {"data": name, "seed": seed, "model": MODEL, "epoch": card.training.best_epoch, "heads": evaluate(net, ds, seed),
+        return {"data": name, "seed": seed, "model": MODEL, "epoch": card.training.best_epoch, "heads": evaluate_fn(net, ds, seed),
                 "train_seconds": train_s, "eval_seconds": round(time.perf_counter() - t1, 1)}
 
-    each_default_model(path, config, row, show=(BASE, DEFAULT, "rec+D bank 1024 (previous default)"))
+    each_default_model(path, cfg, row, show=show)
 
 
 def cost() -> None:
-    """Edge cost per head on real exports of a model trained by ``train`` (fmnist5, seed 0, 1 epoch: the cost depends
-    on shapes only), one thread: FLOPs of the whole graph, ONNX Runtime and OpenVINO latency at batch 1 and 64
-    (medians), the ONNX file's size, export's parity and the static TensorRT check."""
+    cost_rows("study_bank_source", config, {"rec+lat": (0, None, 0.5), "rec+D bank 1024 (previous default)": (1024, "discriminator", 0.5),
+                                            DEFAULT: (4096, "encoder", 0.75), "0.3 rec + 0.7 E bank 8192": (8192, "encoder", 0.7)})
+
+
+def cost_rows(study: str, cfg: Any, variants: dict[str, tuple[Any, ...]]) -> None:
+    """Edge cost per head (``variants``: head → the arguments after seed and epochs of ``cfg``) on real exports of a
+    model trained by ``train`` (fmnist5, seed 0, 1 epoch: the cost depends on shapes only), one thread: FLOPs of the
+    whole graph, ONNX Runtime and OpenVINO latency at batch 1 and 64 (medians), the ONNX file's size, export's parity
+    and the static TensorRT check, to ``benchmarks/peers/out/<study>_cost.json``."""
     from skipgan_edge.export.onnx import export_onnx
 
     ds = load("fmnist5", 0)
     x1 = ds.test.images[:1]
     x64 = np.ascontiguousarray(np.resize(ds.val.images, (64, *ds.val.images.shape[1:])))
     res: dict[str, Any] = {}
-    variants = {"rec+lat": (0, None, 0.5), "rec+D bank 1024 (previous default)": (1024, "discriminator", 0.5),
-                DEFAULT: (4096, "encoder", 0.75), "0.3 rec + 0.7 E bank 8192": (8192, "encoder", 0.7)}
     with tempfile.TemporaryDirectory() as tmp:
-        for head, (bank, source, weight) in variants.items():
+        for head, args in variants.items():
             folder = Path(tmp) / f"m{len(res)}"
-            Trainer(ds, config(0, 1, bank, source, weight), folder, progress=False).fit()
+            Trainer(ds, cfg(0, 1, *args), folder, progress=False).fit()
             onnx_path = folder / "scorer.onnx"
             parity = export_onnx(folder, onnx_path, ds.val.images[:64])["parity"]
             row = cost_row(folder, onnx_path, parity, x1, x64)
             res[head] = row
             print(json.dumps({head: {k: v for k, v in row.items() if k != "trt_dry_run"}}, default=str), flush=True)
-    (OUT / "study_bank_source_cost.json").write_text(json.dumps(res, indent=1, default=str))
+    (OUT / f"{study}_cost.json").write_text(json.dumps(res, indent=1, default=str))
 
 
 def _ms(v: list[float]) -> str:
@@ -149,7 +159,28 @@ def _ms(v: list[float]) -> str:
 
 
 def table() -> None:
-    rows = [r for p in sorted(OUT.glob("study_bank_source_s*.json")) for r in json.loads(p.read_text())]
+    write_table("study_bank_source", "Recall study, bank source: the generator encoder's features against the discriminator's",
+                _intro, HEADS, DEFAULT, BASE, COMMAND)
+
+
+def _intro(splits: list[str], seeds: list[int], missing: list[str]) -> str:
+    return (f"{len(splits)} splits × {len(seeds)} seeds ({', '.join(map(str, seeds))}); missing: {', '.join(missing) or 'none'}. "
+            "Protocol, heads and how the default was chosen: the docstring of benchmarks/study_bank_source.py. "
+            "Every head scores the same weights: the default model (isize 32, ngf = ndf 32, 1,500 normal training images, "
+            "batch 64, selected among 6 epochs). **E bank M**: M coreset-selected patch features of the generator encoder's "
+            "4×4 map; **D bank M**: of D's penultimate 4×4 map (the previous default: 1,024, rec 0.5); **w rec + (1 − w) E bank**: "
+            "the two terms standardised with the normal validation statistics, weighted. Recall @q: threshold at false-alarm "
+            "rate q on the 64 normal validation images' scores, recall on test. Mean ± std over the seeds of each seed's group "
+            "mean (the seed spread); \"beyond the spread\" as in study_recall.md, against rec+lat.")
+
+
+def write_table(study: str, title: str, intro: Any, heads: dict[str, dict[str, float]], default: str, base_head: str, command: str,
+                paired: str | None = None) -> None:
+    """``benchmarks/results/<study>.md`` and ``.json`` from the rows in ``benchmarks/peers/out/<study>_s*.json`` and the
+    cost file ``<study>_cost.json``: the heads by group, per split, the default against issue 22's targets, the cost.
+    ``intro(splits, seeds, missing)`` gives the paragraph under the title; ``paired``: a head whose recall at 5 % each
+    head's is compared with, seed by seed (a column)."""
+    rows = [r for p in sorted(OUT.glob(f"{study}_s*.json")) for r in json.loads(p.read_text())]
     seeds = sorted({r["seed"] for r in rows})
     splits = [n for n in split_names() if any(r["data"] == n for r in rows)]
     by = {(r["data"], r["seed"]): r["heads"] for r in rows}
@@ -167,53 +198,51 @@ def table() -> None:
         out = np.mean(a) - np.std(a) > np.mean(b) + np.std(b) or np.mean(a) + np.std(a) < np.mean(b) - np.std(b)
         return f"{d:+.3f} ({'beyond the spread' if out else 'within'})"
 
-    lines = ["# Recall study, bank source: the generator encoder's features against the discriminator's", "",
-             f"{len(splits)} splits × {len(seeds)} seeds ({', '.join(map(str, seeds))}); missing: {', '.join(missing) or 'none'}. "
-             "Protocol, heads and how the default was chosen: the docstring of benchmarks/study_bank_source.py. "
-             "Every head scores the same weights: the default model (isize 32, ngf = ndf 32, 1,500 normal training images, "
-             "batch 64, selected among 6 epochs). **E bank M**: M coreset-selected patch features of the generator encoder's "
-             "4×4 map; **D bank M**: of D's penultimate 4×4 map (the previous default: 1,024, rec 0.5); **w rec + (1 − w) E bank**: "
-             "the two terms standardised with the normal validation statistics, weighted. Recall @q: threshold at false-alarm "
-             "rate q on the 64 normal validation images' scores, recall on test. Mean ± std over the seeds of each seed's group "
-             "mean (the seed spread); \"beyond the spread\" as in study_recall.md, against rec+lat.", "",
-             f"Command: `{COMMAND}`", ""]
+    lines = [f"# {title}", "", intro(splits, seeds, missing), "",
+             f"Command: `{command}`", ""]
     summary: dict[str, Any] = {}
-    for title, prefix in GROUPS.items():
-        lines += [f"## {title}", "", "| head | " + " | ".join(METRICS.values()) + " | AUROC vs rec+lat | AUROC, seeds 1-2 |",
-                  "|---|" + "---|" * (len(METRICS) + 2)]
-        for head in HEADS:
+    for group_title, prefix in GROUPS.items():
+        extra = " recall @5 % minus the nearest bank's, per seed |" if paired else ""
+        lines += [f"## {group_title}", "", "| head | " + " | ".join(METRICS.values()) + " | AUROC vs rec+lat | AUROC, seeds 1-2 |" + extra,
+                  "|---|" + "---|" * (len(METRICS) + 2 + bool(paired))]
+        for head in heads:
             vals = {m: group(prefix, head, m) for m in METRICS}
             rest = [s for s in seeds if s != 0]
-            vs = beyond(vals["test_auroc"], group(prefix, BASE, "test_auroc"))
+            vs = beyond(vals["test_auroc"], group(prefix, base_head, "test_auroc"))
             late = np.mean(group(prefix, head, "test_auroc", rest))
-            lines.append(f"| {head} | " + " | ".join(_ms(vals[m]) for m in METRICS) + f" | {vs} | {late:.3f} |")
-            summary.setdefault(title, {})[head] = {m: [float(np.mean(v)), float(np.std(v))] for m, v in vals.items()}
+            cell = ""
+            if paired:
+                cell = " " + ", ".join(f"{a - b:+.3f}" for a, b in zip(vals["recall_at_0.05"], group(prefix, paired, "recall_at_0.05"),
+                                                                        strict=True)) + " |"
+            lines.append(f"| {head} | " + " | ".join(_ms(vals[m]) for m in METRICS) + f" | {vs} | {late:.3f} |" + cell)
+            summary.setdefault(group_title, {})[head] = {m: [float(np.mean(v)), float(np.std(v))] for m, v in vals.items()}
         lines.append("")
     for metric in ("test_auroc", "recall_at_0.05"):
         lines += [f"## {METRICS[metric]} per split (mean ± std over seeds)", "",
                   "| head | " + " | ".join(splits) + " | splits worse than rec+lat beyond their spread |", "|---|" + "---|" * (len(splits) + 1)]
-        for head in HEADS:
+        for head in heads:
             worse = [n for n in splits if np.mean(per_split(n, head, metric)) + np.std(per_split(n, head, metric))
-                     < np.mean(per_split(n, BASE, metric)) - np.std(per_split(n, BASE, metric))]
+                     < np.mean(per_split(n, base_head, metric)) - np.std(per_split(n, base_head, metric))]
             lines.append(f"| {head} | " + " | ".join(_ms(per_split(n, head, metric)) for n in splits) + f" | {', '.join(worse) or 'none'} |")
             summary.setdefault("per_split", {}).setdefault(metric, {})[head] = {n: [float(np.mean(per_split(n, head, metric))),
                                                                                      float(np.std(per_split(n, head, metric)))] for n in splits}
         lines.append("")
     fm, tx = GROUPS["semantic (Fashion-MNIST)"], GROUPS["local defects (textures)"]
-    auc, r5, tex = (np.mean(group(fm, DEFAULT, "test_auroc")), np.mean(group(fm, DEFAULT, "recall_at_0.05")),
-                    np.mean(group(tx, DEFAULT, "test_auroc")))
+    auc, r5, tex = (np.mean(group(fm, default, "test_auroc")), np.mean(group(fm, default, "recall_at_0.05")),
+                    np.mean(group(tx, default, "test_auroc")))
     worse = [f"{n} ({METRICS[m]})" for m in ("test_auroc", "recall_at_0.05") for n in splits
-             if np.mean(per_split(n, DEFAULT, m)) + np.std(per_split(n, DEFAULT, m)) < np.mean(per_split(n, BASE, m)) - np.std(per_split(n, BASE, m))]
+             if np.mean(per_split(n, default, m)) + np.std(per_split(n, default, m))
+             < np.mean(per_split(n, base_head, m)) - np.std(per_split(n, base_head, m))]
     lines += ["## The default against issue 22's targets", "", "| target | the default | met |", "|---|---|---|",
               f"| Fashion-MNIST AUROC ≥ 0.80 | {auc:.3f} | {'yes' if auc >= 0.80 else 'no'} |",
               f"| Fashion-MNIST recall at 5 % false alarms ≥ 0.45 | {r5:.3f} | {'yes' if r5 >= 0.45 else 'no'} |",
               f"| textures AUROC ≥ 0.99 | {tex:.3f} | {'yes' if tex >= 0.99 else 'no'} |",
               f"| no split worse than rec+lat beyond its spread (AUROC, recall @5 %) | {', '.join(worse) or 'none worse'} | "
               f"{'no' if worse else 'yes'} |", ""]
-    cost_path = OUT / "study_bank_source_cost.json"
+    cost_path = OUT / f"{study}_cost.json"
     costs = json.loads(cost_path.read_text()) if cost_path.exists() else {}
     if costs:
-        base = costs[BASE]
+        base = costs[base_head]
         lines += ["## Cost on the edge (one trained model per head, one CPU thread, medians)", "",
                   "| head | graph MFLOP/image | bank MFLOP | bank KiB | ONNX KiB | ORT b1 ms | ORT b64 ms | OpenVINO b1 ms | OpenVINO b64 ms | "
                   "ORT b1 vs rec+lat | export parity | TensorRT dry run |", "|---|" + "---|" * 11]
@@ -225,10 +254,10 @@ def table() -> None:
                          f"{ov.get('batch64_ms', float('nan')):.2f} | {c['ort']['batch1_ms'] / base['ort']['batch1_ms']:.2f}× | "
                          f"{_parity(c['parity'])} | {_trt(c['trt_dry_run'])} |")
         lines.append("")
-    (RESULTS / "study_bank_source.md").write_text("\n".join(lines))
-    (RESULTS / "study_bank_source.json").write_text(json.dumps({"benchmark": "study_bank_source", "date": time.strftime("%Y-%m-%d"),
-                                                                "command": COMMAND, "seeds": seeds, "splits": splits, "missing": missing,
-                                                                "default": DEFAULT, "baseline": BASE, "summary": summary, "cost": costs,
+    (RESULTS / f"{study}.md").write_text("\n".join(lines))
+    (RESULTS / f"{study}.json").write_text(json.dumps({"benchmark": study, "date": time.strftime("%Y-%m-%d"),
+                                                                "command": command, "seeds": seeds, "splits": splits, "missing": missing,
+                                                                "default": default, "baseline": base_head, "summary": summary, "cost": costs,
                                                                 "rows": rows}, indent=1, default=str))
     print("\n".join(lines))
 
@@ -247,18 +276,23 @@ def _trt(v: Any) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cost", action="store_true", help="measure each head's edge cost on real exports (study_bank_source_cost.json)")
-    ap.add_argument("--table", action="store_true", help="write benchmarks/results/study_bank_source.md and .json from the rows")
+    study_main(__doc__, "study_bank_source", run, cost, table)
+
+
+def study_main(doc: str | None, study: str, run_fn: Any, cost_fn: Any, table_fn: Any) -> None:
+    """The command line of a bank study: rows (default), ``--cost``, ``--table``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cost", action="store_true", help=f"measure each head's edge cost on real exports ({study}_cost.json)")
+    ap.add_argument("--table", action="store_true", help=f"write benchmarks/results/{study}.md and .json from the rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     if args.table:
-        table()
+        table_fn()
     elif args.cost:
-        cost()
+        cost_fn()
     else:
-        run()
+        run_fn()
 
 
 if __name__ == "__main__":
