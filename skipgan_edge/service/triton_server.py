@@ -405,7 +405,9 @@ def triton_serve(onnx: Path | None, export_dir: Path | None, *, http_port: int, 
                          f"--backend triton://{host}:{grpc_port}/{m.get('name')}", False)
                 echo(f"Triton: HTTP {address}:{http_port}, gRPC {address}:{grpc_port}, metrics http://{host}:{metrics_port}/metrics "
                      f"(repository {repo}); Ctrl-C stops it", True)
-            code = server.wait()  # SIGINT / SIGTERM now stop the server: its exit ends the wait
+                # SIGINT / SIGTERM now stop the server (wait forwards them) and its exit ends the wait; waiting inside this
+                # block leaves no moment in which a signal meets the default action and kills this process uncleaned
+                code = server.wait()
             if code not in (0, -2, -9, -15):
                 raise ConfigError(f"Triton exited with status {code}: {server.failure()}")
         finally:
