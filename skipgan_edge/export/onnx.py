@@ -83,9 +83,8 @@ def _read_taps(module: Any) -> list[Any]:
     """The encoder taps whose own output ``module`` (a Scorer) reads: none without a bank or with D's features."""
     from skipgan_edge.model.networks import TapConv2d
 
-    taps = [m for m in module.modules() if isinstance(m, TapConv2d)]
     if not hasattr(module, "bank_names"):
-        return taps
+        return [m for m in module.modules() if isinstance(m, TapConv2d)]
     if not module.bank_names:
         return []
     gen = module.model.generator

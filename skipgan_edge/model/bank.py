@@ -81,11 +81,21 @@ def as_patches(f: torch.Tensor, dim: int, patches: int) -> torch.Tensor:
     return f.reshape(-1, dim, patches).transpose(1, 2)
 
 
-@torch.no_grad()
 def patch_features(net: torch.nn.Module, images: np.ndarray, device: torch.device, source: str = "discriminator",
                    batch: int = 256) -> torch.Tensor:
     """The patch features (``source``: :data:`BANK_SOURCES`) of uint8 NHWC ``images`` in eval mode: (N·P, C) float32
     on the CPU."""
+    def patches(f_real: torch.Tensor) -> torch.Tensor:
+        f = source_patches(net, f_real, source).float()  # (B, P, C)
+        return f.reshape(-1, f.shape[2])
+
+    return _eval_features(net, images, device, batch, patches)
+
+
+@torch.no_grad()
+def _eval_features(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int, read: Any) -> torch.Tensor:
+    """``read(f_real)`` after each eval-mode ``net.terms`` pass over ``batch`` images at a time, concatenated on the CPU;
+    the network's training mode is restored."""
     from skipgan_edge.model.scorer import to_model_input
 
     was = net.training
@@ -93,8 +103,7 @@ def patch_features(net: torch.nn.Module, images: np.ndarray, device: torch.devic
     out = []
     for i in range(0, len(images), batch):
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device))
-        f = source_patches(net, net.terms(x)[1], source).float()  # type: ignore[operator]  # (B, P, C)
-        out.append(f.reshape(-1, f.shape[2]).cpu())
+        out.append(read(net.terms(x)[1]).float().cpu())  # type: ignore[operator]
     net.train(was)
     return torch.cat(out)
 
@@ -159,20 +168,9 @@ def gaussian_features(model: Any, dim: int | None = None) -> torch.Tensor:
     return m.reshape(-1, int(m.shape[1]) * 4 if dim is None else dim)
 
 
-@torch.no_grad()
 def gaussian_image_features(net: torch.nn.Module, images: np.ndarray, device: torch.device, batch: int = 256) -> torch.Tensor:
     """:func:`gaussian_features` of uint8 NHWC ``images`` in eval mode: (N, D) float32 on the CPU."""
-    from skipgan_edge.model.scorer import to_model_input
-
-    was = net.training
-    net.eval()
-    out = []
-    for i in range(0, len(images), batch):
-        x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device))
-        net.terms(x)  # type: ignore[operator]
-        out.append(gaussian_features(net).float().cpu())
-    net.train(was)
-    return torch.cat(out)
+    return _eval_features(net, images, device, batch, lambda _f: gaussian_features(net))
 
 
 def fit_gaussian(feats: torch.Tensor, shrink: float = GAUSS_SHRINK) -> torch.Tensor:
