@@ -201,6 +201,10 @@ BANK_KINDS = ("gaussian", "nearest")
 #: are 8 MiB of FP32 constants in the graph and 67 MFLOP per image, more than those networks' 54; the bank's channels,
 #: bytes and FLOPs double at width 64 and again at isize 64 and above (the encoder's 4×4 map has 8·ngf channels there).
 MAX_BANK = 16384
+#: The gaussian bank's upper bound on D, the length of the generator encoder's flattened 2×2 map (8·ngf channels × 4
+#: positions at every isize): its whitening matrix is D² FP32 constants in the graph and D² multiply-adds per image, 64
+#: MiB and 17 MFLOP at 4,096 (ngf 128), a quarter of that at ngf 64; fitting it is one D × D eigendecomposition.
+MAX_GAUSS_DIM = 4096
 #: 1 is the bank term alone (a measured head); 0 would keep a bank in the graph that counts for nothing
 BANK_WEIGHT = Limit(0, 1, lo_open=True, text="a weight in (0, 1] (1: the bank term alone); to turn the bank off use --bank-size 0")
 
@@ -335,6 +339,11 @@ class RunConfig:
             raise ConfigError(f"bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}")
         if kind == "gaussian" and bank_size == 1:
             raise ConfigError("a gaussian bank is fitted on at least 2 training images: give --bank-size 2 or more, or 0 (off)")
+        dim = 32 * self.model.ngf  # the gaussian bank's D: the 2×2 map's 8·ngf channels, flattened
+        if bank_size > 0 and kind == "gaussian" and dim > MAX_GAUSS_DIM:
+            raise ConfigError(f"the gaussian bank of a width-{self.model.ngf} generator is a {dim} x {dim} matrix "
+                              f"({4 * dim * dim / 2**20:.0f} MiB in the graph), above {MAX_GAUSS_DIM} x {MAX_GAUSS_DIM} "
+                              f"(--ngf {MAX_GAUSS_DIM // 32}): lower --ngf, or give --bank-kind nearest")
         if bank_size > 0 and kind == "gaussian" and source != "encoder":
             raise ConfigError(f"the gaussian bank fits the generator encoder's 2x2 map; --bank-source {source} chooses a nearest "
                               "bank's patch features: drop --bank-source, or give --bank-kind nearest")

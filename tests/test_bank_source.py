@@ -120,6 +120,13 @@ def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Pa
                      "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "1", check=False),
              "at least 2 training images", "--bank-size 2")
+    # a gaussian bank too large for the graph is refused before data: lower the width or take the nearest bank
+    _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--ngf", "129", check=False),
+             "4128 x 4128 matrix", "65 MiB", "--ngf 128", "--bank-kind nearest")
+    top = RunConfig(model=ModelConfig(ngf=128)).validate(default_score("skipganomaly")).score  # the bound itself is kept
+    assert top.bank_kind == "gaussian" and top.bank_size == 4096
+    wide = RunConfig(model=ModelConfig(ngf=129), score=ScoreConfig(bank_kind="nearest")).validate(default_score("skipganomaly"))
+    assert wide.score.bank_kind == "nearest"
     # the refusal names what was set, whatever the config file's path says ("source" in a folder name)
     cfg = tmp_path / "source_configs" / "c.toml"
     cfg.parent.mkdir()
