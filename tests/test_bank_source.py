@@ -75,9 +75,10 @@ def test_bank_sources_differ_in_dim_and_a_card_without_a_source_scores_with_ds(s
         c["score"]["bank"].pop("kind")  # written before either choice: a nearest bank of D's features
 
     old, _ = model_with_card(tmp_path / "discriminator", tmp_path / "old", no_source)
-    aucs = [json.loads(run_cli("eval", "--model", str(f), "--data", str(synth_dir), "--json", "--out", str(tmp_path / f"e{i}")).stdout)["auroc"]
-            for i, f in enumerate((tmp_path / "discriminator", old))]
-    assert aucs[0] == aucs[1]
+    reports = [json.loads(run_cli("eval", "--model", str(f), "--data", str(synth_dir), "--json", "--out", str(tmp_path / f"e{i}")).stdout)
+               for i, f in enumerate((tmp_path / "discriminator", old))]
+    assert reports[0]["auroc"] == reports[1]["auroc"]
+    assert reports[0]["score_bank"] == reports[1]["score_bank"] == "nearest"  # the old card's bank is named as it scores
     # and the encoder bank's features are what the trainer stored: the bank is a subset of them
     from skipgan_edge.data.datasets import load_folder
     from skipgan_edge.model.folder import load_model_and_bank

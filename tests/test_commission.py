@@ -332,4 +332,5 @@ def test_eval_names_the_threshold_in_force_and_where_it_was_set(demo_onnx: Path,
     assert report["model_threshold_set"] == f"commissioned {date}: fpr:0.05 on {r['frames']} normal frames of {normal}"
     # and which score head the numbers measure: the default's, as the card says
     assert report["score_head"] == read_card(onnx).score.head["name"] == "rec+bank"
-    assert run_cli(*eval_args).stdout.splitlines()[0].endswith("(score head rec+bank)")
+    assert report["score_bank"] == read_card(onnx).score.bank["kind"] == "gaussian"
+    assert run_cli(*eval_args).stdout.splitlines()[0].endswith("(score head rec+bank, gaussian bank)")
