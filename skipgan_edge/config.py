@@ -223,7 +223,8 @@ class ScoreConfig:
     # patch features in the graph; gaussian fits its Gaussian on at most this many training images' maps
     bank_weight: float = 0.75  # weight of the bank term; the two-term score gets 1 - bank_weight (bank_size > 0 only)
     bank_source: str | None = None  # whose patch features a nearest bank keeps: encoder (G's 4×4 map) or discriminator (D's f(x)); None = the arch's
-    bank_subsample: str = "coreset"  # how the bank is chosen from the training images' patch features: coreset or random
+    bank_subsample: str = "coreset"  # how a nearest bank is chosen from the training images' patch features: coreset or
+    # random; a gaussian bank fits all the training images' maps, a seeded random bank_size of them when there are more
     bank_kind: str | None = None  # gaussian (a Gaussian of G's 2×2 map) or nearest (patch features); None = the arch's (nearest with a bank_source)
 
     def validate(self) -> None:
