@@ -297,6 +297,12 @@ class ScoreSpec:
     #: another head, the settings that differ from the default. None in cards written before it: nothing scores with it
     head: dict[str, Any] | None = None
 
+    @property
+    def bank_kind(self) -> str | None:
+        """The feature bank's kind (gaussian or nearest), None without a bank: a card written before the kind was
+        recorded holds a nearest bank."""
+        return str(self.bank.get("kind", "nearest")) if self.bank is not None else None
+
 
 @dataclass(frozen=True)
 class Recovery:

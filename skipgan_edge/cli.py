@@ -263,9 +263,9 @@ def eval_cmd(
     if as_json:
         _echo_json(report)
     else:
+        head, bank = report.get("score_head"), report.get("score_bank")
         typer.echo(f"AUROC {report['auroc']:.4f}" + (f"  pixel AUROC {report['pixel_auroc']:.4f}" if "pixel_auroc" in report else "")
-                   + (f"  (score head {report['score_head']}" + (f", {report['score_bank']} bank" if report.get("score_bank") else "")
-                      + ")" if report.get("score_head") else ""))
+                   + (f"  (score head {head}{f', {bank} bank' if bank else ''})" if head else ""))
         at = report["at_model_threshold"]
         typer.echo(f"the alarm at the model's threshold {report['model_threshold_id']} ({report['model_threshold_set']}): "
                    f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps), "

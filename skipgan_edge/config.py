@@ -338,16 +338,17 @@ class RunConfig:
         sources = tuple(arch_default.get("bank_sources", BANK_SOURCES))
         if bank_size > 0 and source not in sources:
             raise ConfigError(f"bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}")
-        if kind == "gaussian" and bank_size == 1:
-            raise ConfigError("a gaussian bank is fitted on at least 2 training images: give --bank-size 2 or more, or 0 (off)")
-        dim = 32 * self.model.ngf  # the gaussian bank's D: the 2×2 map's 8·ngf channels, flattened
-        if bank_size > 0 and kind == "gaussian" and dim > MAX_GAUSS_DIM:
-            raise ConfigError(f"the gaussian bank of a width-{self.model.ngf} generator is a {dim} x {dim} matrix "
-                              f"({4 * dim * dim / 2**20:.0f} MiB in the graph), above {MAX_GAUSS_DIM} x {MAX_GAUSS_DIM} "
-                              f"(--ngf {MAX_GAUSS_DIM // 32}): lower --ngf, or give --bank-kind nearest")
-        if bank_size > 0 and kind == "gaussian" and source != "encoder":
-            raise ConfigError(f"the gaussian bank fits the generator encoder's 2x2 map; --bank-source {source} chooses a nearest "
-                              "bank's patch features: drop --bank-source, or give --bank-kind nearest")
+        if bank_size > 0 and kind == "gaussian":
+            if bank_size == 1:
+                raise ConfigError("a gaussian bank is fitted on at least 2 training images: give --bank-size 2 or more, or 0 (off)")
+            dim = 32 * self.model.ngf  # the gaussian bank's D: the 2×2 map's 8·ngf channels, flattened
+            if dim > MAX_GAUSS_DIM:
+                raise ConfigError(f"the gaussian bank of a width-{self.model.ngf} generator is a {dim} x {dim} matrix "
+                                  f"({4 * dim * dim / 2**20:.0f} MiB in the graph), above {MAX_GAUSS_DIM} x {MAX_GAUSS_DIM} "
+                                  f"(--ngf {MAX_GAUSS_DIM // 32}): lower --ngf, or give --bank-kind nearest")
+            if source != "encoder":
+                raise ConfigError(f"the gaussian bank fits the generator encoder's 2x2 map; --bank-source {source} chooses a "
+                                  "nearest bank's patch features: drop --bank-source, or give --bank-kind nearest")
         score = dataclasses.replace(self.score, lam=float(lam), mode=str(mode), pool=int(pool), bank_size=int(bank_size),
                                     bank_source=source, bank_kind=kind)
         return dataclasses.replace(self, score=score)

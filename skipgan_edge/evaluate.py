@@ -93,8 +93,8 @@ def evaluate_split(
         "model_id": card.model_id,
         # the score head the numbers above measure (model/networks.py head_record); None in a card from before it
         "score_head": (card.score.head or {}).get("name"),
-        # the bank that head scores with (gaussian or nearest; a card's bank without a kind is a nearest one), None without
-        "score_bank": (card.score.bank or {}).get("kind", "nearest") if card.score.bank else None,
+        # the kind of bank that head scores with (gaussian or nearest), None without one
+        "score_bank": card.score.bank_kind,
     }
     if split.masks is not None:
         ok = split.mask_valid if split.mask_valid is not None else np.ones(len(split), bool)

@@ -58,7 +58,6 @@ def build_scorer(folder: Path, device: str = "cpu") -> tuple[ModelCard, Any]:
     sc = card.score
     weight = float(sc.bank["weight"]) if sc.bank is not None else 0.0
     source = str(sc.bank.get("source", "discriminator")) if sc.bank is not None else "discriminator"  # older cards: D's
-    kind = str(sc.bank.get("kind", "nearest")) if sc.bank is not None else "nearest"  # cards without a kind: nearest
     scorer = Scorer(net, sc.lam, sc.val_stats.min, sc.val_stats.max, mode=sc.mode, pool=sc.pool, term_stats=sc.term_stats,
-                    bank=bank, bank_weight=weight, bank_source=source, bank_kind=kind).to(device).eval()
+                    bank=bank, bank_weight=weight, bank_source=source, bank_kind=sc.bank_kind or "nearest").to(device).eval()
     return card, scorer
