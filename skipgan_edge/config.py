@@ -64,7 +64,7 @@ class Limit:
     def check(self, name: str, value: Any) -> None:
         """One line naming ``name`` (an option like ``--batch`` or a file's key) unless ``value`` is allowed."""
         if value is not None and not self.ok(value):
-            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}")
+            raise ConfigError(f"{name} must be {self.describe()}, got {value!r}", key=name)
 
 
 def _num(x: float) -> str:
@@ -154,16 +154,16 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.isize not in VALID_ISIZES:
-            raise ConfigError(f"isize must be one of {VALID_ISIZES}, got {self.isize}")
+            raise ConfigError(f"model.isize must be one of {VALID_ISIZES}, got {self.isize}", key="model.isize")
         if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+            raise ConfigError(f"model.channels must be 1 or 3, got {self.channels}", key="model.channels")
         if self.feature_layer not in ("last", "penultimate"):
-            raise ConfigError(f"feature_layer must be last or penultimate, got {self.feature_layer!r}")
+            raise ConfigError(f"model.feature_layer must be last or penultimate, got {self.feature_layer!r}", key="model.feature_layer")
         if not 0.0 <= self.skip_dropout < 1.0:
-            raise ConfigError(f"skip_dropout must be in [0, 1), got {self.skip_dropout}")
+            raise ConfigError(f"model.skip_dropout must be in [0, 1), got {self.skip_dropout}", key="model.skip_dropout")
         for name in ("ngf", "ndf", "nz"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}", key=f"model.{name}")
         self.skip_level_set  # noqa: B018 (validates)
 
     @property
@@ -180,10 +180,11 @@ class ModelConfig:
         try:
             chosen = frozenset(int(t) for t in text.split(","))
         except ValueError:
-            raise ConfigError(f"skip_levels must be innermost, all, none or comma-separated levels like 1,3; got {self.skip_levels!r}") from None
+            raise ConfigError(f"model.skip_levels must be innermost, all, none or comma-separated levels like 1,3; got {self.skip_levels!r}",
+                              key="model.skip_levels") from None
         bad = sorted(chosen - set(levels))
         if bad:
-            raise ConfigError(f"skip_levels {bad} out of range: isize {self.isize} has levels 1..{self.depth - 1}")
+            raise ConfigError(f"model.skip_levels {bad} out of range: isize {self.isize} has levels 1..{self.depth - 1}", key="model.skip_levels")
         return chosen
 
     @property
@@ -229,24 +230,24 @@ class ScoreConfig:
 
     def validate(self) -> None:
         if self.mode not in (None, "paper", "standardized"):
-            raise ConfigError(f"score mode must be paper or standardized, got {self.mode!r}")
+            raise ConfigError(f"score.mode must be paper or standardized, got {self.mode!r}", key="score.mode")
         if self.bank_subsample not in ("coreset", "random"):
-            raise ConfigError(f"bank_subsample must be coreset or random, got {self.bank_subsample!r}")
+            raise ConfigError(f"score.bank_subsample must be coreset or random, got {self.bank_subsample!r}", key="score.bank_subsample")
         if self.bank_source not in (None, *BANK_SOURCES):
-            raise ConfigError(f"bank_source must be one of {', '.join(BANK_SOURCES)}, got {self.bank_source!r}")
+            raise ConfigError(f"score.bank_source must be one of {', '.join(BANK_SOURCES)}, got {self.bank_source!r}", key="score.bank_source")
         if self.bank_kind not in (None, *BANK_KINDS):
-            raise ConfigError(f"bank_kind must be one of {', '.join(BANK_KINDS)}, got {self.bank_kind!r}")
+            raise ConfigError(f"score.bank_kind must be one of {', '.join(BANK_KINDS)}, got {self.bank_kind!r}", key="score.bank_kind")
         if self.bank_size is not None:
             Limit(0, MAX_BANK, integer=True, text=f"0 (off) or at most {MAX_BANK} (features of a nearest bank, images a gaussian "
-                  "bank is fitted on)").check("bank_size", self.bank_size)
+                  "bank is fitted on)").check("score.bank_size", self.bank_size)
         # what a card may hold: [0, 1] (a card written before weight 0 was refused still loads); training asks for
         # (0, 1] with a bank (RunConfig.validate)
-        Limit(0, 1).check("bank_weight", self.bank_weight)
+        Limit(0, 1).check("score.bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
         parse_policy(self.threshold)
         if self.pool is not None and self.pool < 0:
-            raise ConfigError(f"pool must be >= 0, got {self.pool}")
+            raise ConfigError(f"score.pool must be >= 0, got {self.pool}", key="score.pool")
 
 
 @dataclass(frozen=True)
@@ -274,22 +275,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+            raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}", key="train.epochs")
         if self.batch < 2:
-            raise ConfigError(f"batch must be at least 2 (BatchNorm needs it), got {self.batch}")
+            raise ConfigError(f"train.batch must be at least 2 (BatchNorm needs it), got {self.batch}", key="train.batch")
         if not 0.0 < self.val_fraction < 0.9:
-            raise ConfigError(f"val_fraction must be in (0, 0.9), got {self.val_fraction}")
+            raise ConfigError(f"train.val_fraction must be in (0, 0.9), got {self.val_fraction}", key="train.val_fraction")
         if self.precision not in ("fp32", "bf16", "amp"):
-            raise ConfigError(f"precision must be fp32, bf16 or amp, got {self.precision!r}")
+            raise ConfigError(f"train.precision must be fp32, bf16 or amp, got {self.precision!r}", key="train.precision")
         if not 0 < self.lr < math.inf:
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr}")
+            raise ConfigError(f"train.lr must be a positive finite number, got {self.lr}", key="train.lr")
         if self.max_recoveries < 0:
-            raise ConfigError(f"max_recoveries must be 0 (stop at the first non-finite step) or more, got {self.max_recoveries}")
+            raise ConfigError(f"train.max_recoveries must be 0 (stop at the first non-finite step) or more, got {self.max_recoveries}",
+                              key="train.max_recoveries")
         if not 0.0 < self.recover_lr_factor < 1.0:
-            raise ConfigError(f"recover_lr_factor must be in (0, 1): a restart at the same learning rate diverges again; "
-                              f"got {self.recover_lr_factor}")
+            raise ConfigError(f"train.recover_lr_factor must be in (0, 1): a restart at the same learning rate diverges again; "
+                              f"got {self.recover_lr_factor}", key="train.recover_lr_factor")
         for key, limit in _TRAIN_LIMITS.items():  # the rest: finite, and in range
-            limit.check(key, getattr(self, key))
+            limit.check(f"train.{key}", getattr(self, key))
 
 
 _TRAIN_LIMITS = {"epochs": Limit(1, 100_000, integer=True), "batch": Limit(2, 65536, integer=True),
@@ -315,7 +317,7 @@ class RunConfig:
         arch_default = score_defaults
         bank_size = self.score.bank_size if self.score.bank_size is not None else int(arch_default.get("bank_size", 0))
         if isinstance(bank_size, int) and bank_size > 0:  # a weight of 0 would keep a bank that counts for nothing
-            BANK_WEIGHT.check("bank_weight", self.score.bank_weight)
+            BANK_WEIGHT.check("score.bank_weight", self.score.bank_weight)
         self.model.validate()
         self.train.validate()
         self.score.validate()
@@ -324,7 +326,7 @@ class RunConfig:
         else:
             lam = arch_default["lam"] if bank_size > 0 else arch_default.get("lam_without_bank", arch_default["lam"])
         if not 0.0 <= lam <= 1.0:
-            raise ConfigError(f"lam must be in [0, 1], got {lam}")
+            raise ConfigError(f"score.lam must be in [0, 1], got {lam}", key="score.lam")
         mode = self.score.mode if self.score.mode is not None else arch_default["mode"]
         pool = self.score.pool if self.score.pool is not None else arch_default["pool"]
         # a source names whose patch features to keep: a nearest bank's (the gaussian bank reads its own map)
@@ -332,12 +334,14 @@ class RunConfig:
         kind = self.score.bank_kind if self.score.bank_kind is not None else kind_default
         kinds = tuple(arch_default.get("bank_kinds", BANK_KINDS))
         if bank_size > 0 and kind not in kinds:
-            raise ConfigError(f"bank_kind {kind} is not available for arch {self.model.arch}: use {' or '.join(kinds)}")
+            raise ConfigError(f"score.bank_kind {kind} is not available for arch {self.model.arch}: use {' or '.join(kinds)}",
+                              key="score.bank_kind")
         source_default = "encoder" if kind == "gaussian" else str(arch_default.get("bank_source", "discriminator"))
         source = self.score.bank_source if self.score.bank_source is not None else source_default
         sources = tuple(arch_default.get("bank_sources", BANK_SOURCES))
         if bank_size > 0 and source not in sources:
-            raise ConfigError(f"bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}")
+            raise ConfigError(f"score.bank_source {source} is not available for arch {self.model.arch}: use {' or '.join(sources)}",
+                              key="score.bank_source")
         if bank_size > 0 and kind == "gaussian":
             if bank_size == 1:
                 raise ConfigError("a gaussian bank is fitted on at least 2 training images: give --bank-size 2 or more, or 0 (off)")

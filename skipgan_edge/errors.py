@@ -21,7 +21,12 @@ class ModelFolderError(SkipganError):
 
 
 class ConfigError(SkipganError):
-    """A configuration value is invalid."""
+    """A configuration value is invalid. ``key``: the value's qualified config key (``score.bank_kind``) when the message
+    begins with it; ``train`` says it in the user's terms (the option they typed, or the key and the file it came from)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class MissingDependencyError(SkipganError):

@@ -93,16 +93,16 @@ def test_bank_sources_differ_in_dim_and_a_card_without_a_source_scores_with_ds(s
 def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-source", "pixels", check=False),
-             "bank_source must be one of encoder, discriminator", "pixels")
+             "--bank-source must be one of encoder, discriminator", "pixels")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "0", "--bank-source", "encoder", check=False),
              "--bank-source encoder", "--bank-size 0")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--paper", "--bank-source", "encoder", check=False),
              "--paper", "--bank-source")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
-                     "--bank-source", "encoder", check=False), "bank_source encoder", "ganomaly", "discriminator")
+                     "--bank-source", "encoder", check=False), "--bank-source encoder is not available", "ganomaly", "discriminator")
     # the kind: one of two; the gaussian reads its own map (no source); GANomaly has only the nearest bank
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-kind", "knn", check=False),
-             "bank_kind must be one of gaussian, nearest", "knn")
+             "--bank-kind must be one of gaussian, nearest", "knn")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-kind", "gaussian", "--bank-source", "discriminator",
                      check=False), "gaussian bank", "drop --bank-source", "--bank-kind nearest")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "0", "--bank-kind", "gaussian", check=False),
@@ -110,7 +110,7 @@ def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Pa
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--paper", "--bank-kind", "nearest", check=False),
              "--paper", "--bank-kind")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-size", "64",
-                     "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly", "nearest")
+                     "--bank-kind", "gaussian", check=False), "--bank-kind gaussian is not available", "ganomaly", "nearest")
     # GANomaly's default has no bank: an option for one names that default, not an option the user never gave
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "ganomaly", "--bank-kind", "nearest", check=False),
              "--bank-kind nearest", "ganomaly's default: no bank", "--bank-size above 0")
@@ -118,7 +118,7 @@ def test_bank_source_refusals_are_one_line_before_the_data_is_read(synth_dir: Pa
              "--bank-kind gaussian", "ganomaly's default: no bank")
     # --arch auto trains both: a kind one of them cannot have is refused before the first trains
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--arch", "auto", "--bank-size", "64",
-                     "--bank-kind", "gaussian", check=False), "bank_kind gaussian", "ganomaly")
+                     "--bank-kind", "gaussian", check=False), "--bank-kind gaussian is not available", "ganomaly")
     _refused(run_cli("train", "--data", str(synth_dir), "--out", str(out), "--bank-size", "1", check=False),
              "at least 2 training images", "--bank-size 2")
     # a gaussian bank too large for the graph is refused before data: lower the width or take the nearest bank

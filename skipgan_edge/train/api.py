@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +100,42 @@ def train_from_cli(
         from skipgan_edge.model.networks import ARCHITECTURES
 
         for arch in ARCHITECTURES:  # every candidate's config holds, before the first one trains
-            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)).validate(default_score(arch))
+            with in_user_terms(overrides, config):
+                dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=arch)).validate(default_score(arch))
         check_writable_folder(Path(out), "--out")
         ds = _load(str(data), cfg)
         return train_auto(ds, size_batch(cfg, len(ds.train), batch_from), Path(out)), Path(out)
-    cfg = cfg.validate(default_score(cfg.model.arch))
+    with in_user_terms(overrides if resume is None else {}, config if resume is None else None):
+        cfg = cfg.validate(default_score(cfg.model.arch))
     check_writable_folder(Path(out), "--out")  # one line now, not after the data is read
     ds = _load(str(data), cfg)
     return train(ds, size_batch(cfg, len(ds.train), batch_from), Path(out), resume=resume is not None), Path(out)
+
+
+#: The options of ``train`` whose name is not the config key's (``score.mode`` is ``--score-mode``); every other key
+#: ``a_b`` of the overrides is ``--a-b``.
+TRAIN_OPTION = {"score.mode": "--score-mode"}
+
+
+@contextlib.contextmanager
+def in_user_terms(overrides: dict[str, dict[str, Any]], config: Path | None) -> Iterator[None]:
+    """A :class:`ConfigError` about one value, raised inside, names where the user set it: the option they typed
+    (``--bank-kind must be one of ...``), or the key and the file (``score.bank_kind in run.toml must be ...``).
+    A value neither set (a default) keeps its key."""
+    try:
+        yield
+    except ConfigError as exc:
+        key, text = exc.key, str(exc)
+        if key is None or "." not in key or not text.startswith(key):
+            raise
+        table, name = key.split(".", 1)
+        if overrides.get(table, {}).get(name) is not None:
+            where = TRAIN_OPTION.get(key, "--" + name.replace("_", "-"))
+        elif config is not None:
+            where = f"{key} in {config}"
+        else:
+            raise
+        raise ConfigError(where + text[len(key):], key=key) from None
 
 
 def size_batch(cfg: RunConfig, n_train: int, batch_from: str | None) -> RunConfig:
