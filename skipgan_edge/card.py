@@ -208,6 +208,21 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise SinkError(f"{what} {p} is not writable ({probe} is read-only); choose another path")
 
 
+def check_writable_file(path: Path, what: str) -> None:
+    """One line, before any work starts, if the file ``path`` cannot be written: it is a folder, a part of its path is a
+    file, or its nearest existing folder is not writable. Creates nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise SinkError(f"{what} {p} is a folder; give a file name")
+    probe = p.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SinkError(f"cannot write {what} {p}: {probe} is a file, not a folder; choose another path")
+    if not os.access(probe, os.W_OK):
+        raise SinkError(f"cannot write {what} {p}: {probe} is read-only; choose another path")
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

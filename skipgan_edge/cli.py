@@ -84,6 +84,20 @@ def _root(
 
 
 # ----------------------------------------------------------------------------------------- data
+def _check_out_folder(folder: Path, what: str = "--out") -> None:
+    """One line before any work if the folder ``folder`` cannot be made or written (a file, a path under a file)."""
+    from skipgan_edge.card import check_writable_folder
+
+    check_writable_folder(folder, what)
+
+
+def _check_out_file(path: Path, what: str) -> None:
+    """One line before any work if the file ``path`` cannot be written: it is a folder, or its folder cannot be made."""
+    from skipgan_edge.card import check_writable_file
+
+    check_writable_file(path, what)
+
+
 @data_app.command("synthetic")
 def data_synthetic(
     out: Annotated[Path, typer.Option(help="Folder to write (MVTec layout).")],
@@ -96,6 +110,7 @@ def data_synthetic(
 ) -> None:
     """Synthetic defect textures (scratch, spot, crack, hole) with masks; no download."""
     _check({"image_size": "--size"}, image_size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect)
+    _check_out_folder(out)
     from skipgan_edge.data.synthetic import SyntheticSpec, write_synthetic
 
     spec = SyntheticSpec(texture=texture, size=size, n_train=n_train, n_test_good=n_test_good, n_test_defect=n_test_defect, seed=seed)
@@ -113,6 +128,7 @@ def data_fmnist(
 ) -> None:
     """Fashion-MNIST leave-one-class-out (Debian's dataset-fashion-mnist) as PNG files."""
     _check(max_train=max_train, max_test=max_test)
+    _check_out_folder(out)
     from skipgan_edge.data.export_folder import write_fmnist
 
     counts = write_fmnist(out, anomaly_class, max_train=max_train, max_test=max_test, seed=seed)
@@ -662,6 +678,10 @@ def bench(
 ) -> None:
     """Latency (min/mean/median/p90/p95/p99) and throughput per backend × precision × batch, like trtexec."""
     _check(warmup=warmup, iterations=iterations, duration=duration, threads=threads)
+    if json_out is not None:
+        _check_out_file(json_out, "--json")
+    if plots is not None:
+        _check_out_folder(plots, "--plots")
     from skipgan_edge.bench.latency import BenchConfig, discover, format_table, pipeline_bench, run_bench
     from skipgan_edge.card import atomic_write_json
     from skipgan_edge.errors import ConfigError
@@ -726,6 +746,7 @@ def demo(
 ) -> None:
     """Synthetic data → train → eval → export (FP32/FP16/INT8, gated) → stream a video with known defects."""
     _check(epochs=epochs)
+    _check_out_folder(out)
     from skipgan_edge.demo import run_demo
 
     run_demo(out, epochs=epochs, fast=fast)
@@ -776,3 +797,10 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:  # a path the checks before the work did not foresee (/proc, a file made meanwhile): one line
+        if exc.filename is None:
+            raise
+        from skipgan_edge.logs import safe_line
+
+        typer.echo(safe_line(f"error: {exc.filename}: {exc.strerror or exc}; choose another path, or check its permissions"), err=True)
+        sys.exit(2)

@@ -31,21 +31,32 @@ DEFECT_FRAMES = (20, 21, 22, 55, 90, 91, 130)
 
 
 def write_demo_video(path: Path, n: int = 150, defects: tuple[int, ...] = DEFECT_FRAMES, seed: int = 7) -> Path:
-    """A 64×64 mp4v video of brick crops from the validation/test region; dark holes at ``defects``."""
+    """A 64×64 video of brick crops from the validation/test region (.mp4: mp4v, .avi: MJPG); dark holes at ``defects``.
+    Another suffix, a folder or a path OpenCV cannot open for writing is one line before anything is written."""
+    from skipgan_edge.card import check_writable_file
     from skipgan_edge.data.synthetic import _crop, texture
+    from skipgan_edge.errors import ConfigError, SinkError
 
+    path = Path(path)
+    fourcc = {".avi": "MJPG", ".mp4": "mp4v"}.get(path.suffix.lower())
+    if fourcc is None:
+        raise ConfigError(f"--out {path}: a video is written as .mp4 (mp4v) or .avi (MJPG); give a file name ending in one")
+    check_writable_file(path, "--out")
     rng = np.random.default_rng(seed)
     tex = texture("brick")
     h, w = tex.shape
-    fourcc = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 25, (64, 64))
+    if not writer.isOpened():
+        raise SinkError(f"OpenCV cannot write {path} ({fourcc}): its build lacks the encoder; try the other suffix (.mp4 or .avi)")
     for i in range(n):
         img = _crop(tex, rng, (int(0.6 * w), w, 0, h), 96, 64)
         if i in defects:
             cv2.circle(img, (int(rng.integers(18, 46)), int(rng.integers(18, 46))), 8, 0, -1)
         writer.write(cv2.cvtColor(img, cv2.COLOR_GRAY2BGR))
     writer.release()
+    if not path.is_file() or path.stat().st_size == 0:
+        raise SinkError(f"OpenCV wrote nothing to {path} (is the disk full?); free space or choose another path")
     return path
 
 

@@ -182,11 +182,15 @@ def test_rates_in_the_operators_units_and_a_raising_threshold_needs_yes(demo_onn
     assert "per hour at 25 fps" in lines[0] and onnx.read_bytes() == before
     assert f"on these 120 frames: {r['false_alarms_before']} false alarm(s) with the old threshold" in p.stdout
     assert "11 with the new (8250 per hour)" in p.stdout and "updated: nothing (refused: pass --yes to apply)" in p.stdout
+    # the report says nothing was commissioned, and compares the thresholds as raw scores, the only scale the two share
+    assert p.stdout.startswith("measured on (nothing written) 120 normal frame(s)"), p.stdout
+    raw = f"threshold: raw score {r['previous_threshold_raw']:.6g} -> {r['threshold_raw']:.6g}; normalized "
+    assert raw in p.stdout and "each on its own normalization" in p.stdout and r["threshold_raw"] < r["previous_threshold_raw"]
 
     # --yes applies it; --fps says the line's rate
     out = run_cli(*base, "--yes", "--fps", "10").stdout
     assert "false alarms per hour at 10 fps: expected" in out and "11 with the new (3300 per hour)" in out
-    assert f"updated: {onnx}" in out and onnx.read_bytes() != before
+    assert f"updated: {onnx}" in out and onnx.read_bytes() != before and out.startswith("commissioned on 120 normal frame(s)")
     # a second commissioning on the same frames does not raise them: no --yes needed
     assert "updated:" in run_cli(*base).stdout
 

@@ -577,11 +577,13 @@ def format_report(r: dict[str, Any]) -> str:
     target = (f"{r['alarms_per_hour_target']:g} false alarm(s) per hour at {fps}, a per-frame rate of {r['promised_fpr']:.3g}"
               if r.get("alarms_per_hour_target") is not None else f"<= {r['promised_fpr']:g}")
     lines = [
-        f"commissioned on {r['frames']} normal frame(s) scored with {r['scored_with']}"
-        + (f" ({r['unreadable']} unreadable)" if r["unreadable"] else ""),
-        f"threshold {r['threshold_normalized']:.4f} normalized (was {r['previous_threshold_normalized']:.4f}), raw {r['threshold_raw']:.6g}"
-        + (f" (was {r['previous_threshold_raw']:.6g})" if r.get("previous_threshold_raw") is not None else "") + "; "
-        f"threshold_id {r['threshold_id']}",
+        f"{'commissioned on' if r['updated'] else 'measured on (nothing written)'} {r['frames']} normal frame(s) scored with "
+        f"{r['scored_with']}" + (f" ({r['unreadable']} unreadable)" if r["unreadable"] else ""),
+        # raw scores compare across the two thresholds; normalized ones do not: commissioning sets the normalization anew
+        # on these frames, so a higher normalized threshold can alarm more
+        "threshold: raw score " + (f"{r['previous_threshold_raw']:.6g} -> " if r.get("previous_threshold_raw") is not None else "")
+        + f"{r['threshold_raw']:.6g}; normalized {r['previous_threshold_normalized']:.4f} -> {r['threshold_normalized']:.4f}, "
+        f"each on its own normalization (the new one from these frames); threshold_id {r['threshold_id']}",
         f"false alarms: promised {target}, expected {r['expected_fpr']:.4f} (95 % interval {lo:.4f}-{hi:.4f}), "
         f"{r['flagged_in_sample']} of {r['frames']} collected frames flagged",
         f"false alarms per hour at {fps}: expected {format_per_hour(r['expected_alarms_per_hour'])} "
