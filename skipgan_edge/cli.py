@@ -328,8 +328,14 @@ def calibrate(
     """Build an INT8 calibration set of real normal frames (near-duplicates dropped)."""
     _check({"calib_size": "--size"}, calib_size=size, isize=isize, channels=channels)
     from skipgan_edge import calibration
+    from skipgan_edge.config import VALID_ISIZES
     from skipgan_edge.errors import ConfigError
 
+    if size < calibration.MIN_FRAMES:  # the set would be refused after reading the frames, naming the data, not --size
+        raise ConfigError(f"--size must be at least {calibration.MIN_FRAMES}, got {size}: INT8 calibration needs "
+                          f"{calibration.MIN_FRAMES} distinct frames ({calibration.RECOMMENDED_FRAMES}+ recommended)")
+    if model is None and isize not in VALID_ISIZES:  # a set only a model of that size can use: train takes these
+        raise ConfigError(f"--isize must be one of {', '.join(map(str, VALID_ISIZES))} (the sizes train takes), got {isize}")
     if (data is None) == (source is None):
         raise ConfigError("give exactly one of --data (folder) or --source (video or camera)")
     from skipgan_edge.card import check_writable
@@ -494,7 +500,8 @@ def run_cmd(
     metrics_addr: Annotated[str, typer.Option(help="Address the metrics server binds (0.0.0.0: reachable from other hosts).")] = "127.0.0.1",
     width: Annotated[Optional[int], typer.Option(help="Capture width (cameras).")] = None,
     height: Annotated[Optional[int], typer.Option(help="Capture height (cameras).")] = None,
-    fps: Annotated[Optional[float], typer.Option(help="Capture frame rate (cameras).")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Capture frame rate asked of a camera; a video file keeps its own "
+                                                 "(--replay-fps paces it). --save-video plays at the frames' rate.")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Loop a video file (soak tests).")] = False,
     replay_fps: Annotated[Optional[float], typer.Option(help="Play a video file as a live camera at this frame rate.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after this many frames.")] = None,

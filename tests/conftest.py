@@ -108,7 +108,8 @@ def demo_onnx(demo_model: Path, synth_dir: Path, tmp_path_factory: pytest.TempPa
     return out
 
 
-def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str, size: int = 64, seed: int = 0) -> Path:
+def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str, size: int = 64, seed: int = 0,
+                       fps: float = 25) -> Path:
     """A real video written by OpenCV: normal texture crops, strong holes at ``defect_frames``."""
     import cv2
     import numpy as np
@@ -119,7 +120,7 @@ def write_defect_video(path: Path, n: int, defect_frames: set[int], fourcc: str,
     tex = texture("brick")
     h, w = tex.shape
     region = (int(0.6 * w), w, 0, h)  # the region the synthetic validation/test crops come from
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 25, (size, size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (size, size))
     for i in range(n):
         img = _crop(tex, rng, region, 96, size)
         if i in defect_frames:

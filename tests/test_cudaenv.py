@@ -75,3 +75,17 @@ def test_doctor_and_gpu_info_name_cuda_python_13_on_a_cuda_12_driver(monkeypatch
         assert "cuda-python>=12.6.1,<13" in info["cuda_python"]
     monkeypatch.setattr(cudaenv, "cuda_python_version", lambda: "12.9.0")
     assert doctor.cuda_line() == "CUDA: driver supports CUDA 12.6; cuda-python 12.9.0, a match"
+
+
+def test_doctor_without_a_driver_says_so_and_not_a_driver_upgrade() -> None:
+    """No libcuda loaded (a machine without an NVIDIA GPU): the missing item is the GPU and its driver, not the CUDA
+    runtime's error 35 ("driver version is insufficient"), which reads as "upgrade the driver"."""
+    from skipgan_edge import doctor
+    from skipgan_edge.runtime.cudaenv import driver_cuda_version
+
+    missing = doctor.gpu_stack_missing(tensorrt=False)
+    text = "\n".join(doctor.report())
+    if driver_cuda_version() is None:
+        assert "an NVIDIA GPU and its driver (no libcuda loaded)" in missing and "insufficient" not in text, text
+    else:  # a driver is loaded: no such item
+        assert not any("no libcuda loaded" in m for m in missing)

@@ -68,6 +68,8 @@ def test_threshold_refuses_before_opening_anything(args: list[str], name: str, t
     (["export", "--model", "absent", "--out", "x", "--max-drop", "nan"], "--max-drop"),
     (["export", "--model", "absent", "--out", "x", "--batch", "8,4,2"], "--batch"),
     (["calibrate", "--data", "absent", "--out", "c.npz", "--size", "0"], "--size"),
+    (["calibrate", "--data", "absent", "--out", "c.npz", "--size", "16"], "--size must be at least 32"),
+    (["calibrate", "--data", "absent", "--out", "c.npz", "--isize", "33"], "--isize must be one of 32, 64"),
     (["eval", "--data", "absent", "--threads", "-1"], "--threads"),
     (["train", "--data", "absent", "--out", "run", "--max-recoveries", "-1"], "--max-recoveries"),
     (["train", "--data", "absent", "--out", "run", "--recover-lr-factor", "1.5"], "--recover-lr-factor"),

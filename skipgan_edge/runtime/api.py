@@ -62,7 +62,7 @@ def run(
             if sinks.csv:
                 out.append(CsvSink(sinks.csv))
             if sinks.save_video:
-                out.append(VideoSink(sinks.save_video, fps=source_opts.fps or 25.0, vmax=vmax))
+                out.append(VideoSink(sinks.save_video, vmax=vmax))  # 25 fps unless the source says its rate (below)
             if sinks.save_images:
                 out.append(ImageFolderSink(sinks.save_images, vmax=vmax))
             if sinks.show:
@@ -70,6 +70,11 @@ def run(
             for make in extra_sinks:
                 out.append(make())
             src = open_source(source, source_opts)
+            # the annotated video plays at the frames' rate: a camera's asked --fps, a replay's, else the file's own
+            rate = source_opts.fps or source_opts.replay_fps or float(getattr(src, "fps", 0.0) or 0.0)
+            for s in out:
+                if isinstance(s, VideoSink) and rate > 0:
+                    s.fps = rate
             if do_race:
                 winner, race = race_cpu_runtimes(art.pair[1], max(1, pipeline.batch), options)
                 if winner != be.name:
