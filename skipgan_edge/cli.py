@@ -12,6 +12,7 @@ import typer
 
 from skipgan_edge import __version__
 from skipgan_edge.errors import SkipganError
+from skipgan_edge.thresholds import AUTO_UNLABELLED
 
 # Help is plain text, never Rich markup (rich_markup_mode=None). In Typer's "rich" mode every help string is parsed as
 # Rich markup, so square brackets are tags: run's "triton://HOST:PORT/MODEL[/VERSION]" crashed `run --help` with a
@@ -193,8 +194,10 @@ def train(
     skip_levels: Annotated[Optional[str], typer.Option(help="UNet skips kept: innermost (default, measured best), all (the paper), "
                                                       "none (autoencoder) or levels like 2,3,4 (1 = full resolution)."
                                                           + _default("model", "skip_levels"))] = None,
-    threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: fpr:Q (at most Q of normal images flagged), f1 (on labelled, "
-                                                    "else synthetic validation anomalies) or max-normal." + _default("score", "threshold"))] = None,
+    threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: auto (f1 with labelled validation anomalies, "
+                                                    f"else {AUTO_UNLABELLED}), fpr:Q (at most Q of normal images flagged), f1 (on "
+                                                    "labelled, else synthetic validation anomalies) or max-normal."
+                                                    + _default("score", "threshold"))] = None,
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",
                                                           help="Synthetic defects on normal validation images when val/ has no anomalies."
                                                                + _default("score", "synthetic_val"))] = None,
@@ -284,11 +287,12 @@ def eval_cmd(
                    + (f"  (score head {head}{f', {bank} bank' if bank else ''})" if head else ""))
         at = report["at_model_threshold"]
         typer.echo(f"the alarm at the model's threshold {report['model_threshold_id']} ({report['model_threshold_set']}): "
-                   f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps), "
+                   f"false alarms {at['fpr']:.3f} ({format_per_hour(at['false_alarms_per_hour'])} per hour at {at['fps']:g} fps, "
+                   f"95 % interval {'-'.join(format_per_hour(v) for v in at['false_alarms_per_hour_interval_95'])}), "
                    f"recall {at['recall']:.3f}, {at['flagged']} of {report['n_images']} flagged")
         typer.echo(f"F1 at the model's threshold {report['f1_at_model_threshold']:.4f}; best F1 {report['f1_optimal']:.4f}; "
                    f"average precision {report['average_precision']:.4f}" + (f"; AUPRO {report['aupro']:.4f}" if "aupro" in report else ""))
-        typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (reached {v['fpr']:.3f})"
+        typer.echo("recall at a false-alarm rate: " + ", ".join(f"{v['recall']:.3f} at {float(k):.0%} (false alarms {v['fpr']:.3f} on test)"
                                                                for k, v in report["recall_at_fpr"].items()))
         typer.echo(f"backend: {report['backend']} ({report['backend_chosen_by']})")
         if report.get("plots"):

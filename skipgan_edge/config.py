@@ -117,7 +117,7 @@ LIMITS: dict[str, Limit] = {
     "duration": Limit(0, 86_400, lo_open=True),
     "epochs": Limit(1, 100_000, integer=True),
     "image_size": Limit(8, 4096, integer=True),
-    "n_train": Limit(0, 10_000_000, integer=True),
+    "n_train": Limit(2, 10_000_000, integer=True, text="an integer of at least 2 (train needs 2 normal images)"),
     "n_test_good": Limit(0, 10_000_000, integer=True),
     "n_test_defect": Limit(0, 10_000_000, integer=True),
     "max_train": Limit(1, 10_000_000, integer=True),

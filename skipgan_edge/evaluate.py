@@ -31,7 +31,7 @@ from skipgan_edge.metrics import (
     plots_available,
     recall_at_fpr,
 )
-from skipgan_edge.thresholds import DEFAULT_FPS, alarms_per_hour
+from skipgan_edge.thresholds import DEFAULT_FPS, alarms_per_hour, rate_interval
 
 #: the false-alarm rates every accuracy report states the recall at (share of normal images flagged)
 ALARM_FPRS = (0.01, 0.05)
@@ -71,8 +71,11 @@ def evaluate_split(
     tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
     op_fpr, op_recall = fp / int((~y).sum()), tp / int(y.sum())
     op_precision = tp / (tp + fp) if tp + fp else None
+    n_normal = int((~y).sum())
+    lo, hi = rate_interval(fp, n_normal)  # a few dozen normal test images say little about a rate per hour
     at_model = {"fpr": op_fpr, "recall": op_recall, "precision": op_precision, "flagged": int(flagged.sum()),
-                "false_alarms_per_hour": alarms_per_hour(op_fpr, fps), "fps": fps}
+                "false_alarms_per_hour": alarms_per_hour(op_fpr, fps), "fps": fps,
+                "false_alarms_per_hour_interval_95": [alarms_per_hour(lo, fps), alarms_per_hour(hi, fps)]}
     report: dict[str, Any] = {
         "auroc": auroc(split.labels, res.score),
         "average_precision": average_precision(split.labels, res.score),

@@ -230,7 +230,12 @@ def test_eval_reports_false_alarms_per_hour(demo_onnx: Path, synth_dir: Path, tm
     r = json.loads(run_cli(*base, "--fps", "10", "--json").stdout)
     at = r["at_model_threshold"]
     assert at["fps"] == 10 and at["fpr"] > 0 and at["false_alarms_per_hour"] == pytest.approx(at["fpr"] * 10 * 3600)
+    # the rate comes from a few dozen normal images: its Clopper-Pearson interval, per hour, holds it
+    lo, hi = at["false_alarms_per_hour_interval_95"]
+    assert 0 < lo < at["false_alarms_per_hour"] < hi < 10 * 3600
     out = run_cli(*base).stdout
-    from skipgan_edge.thresholds import format_per_hour
+    from skipgan_edge.thresholds import format_per_hour, rate_interval
 
-    assert f"false alarms {at['fpr']:.3f} ({format_per_hour(at['fpr'] * 25 * 3600)} per hour at 25 fps)" in out
+    n_normal = len(list((synth_dir / "test" / "good").iterdir()))
+    interval = "-".join(format_per_hour(v * 25 * 3600) for v in rate_interval(round(at["fpr"] * n_normal), n_normal))
+    assert f"false alarms {at['fpr']:.3f} ({format_per_hour(at['fpr'] * 25 * 3600)} per hour at 25 fps, 95 % interval {interval})" in out, out

@@ -45,7 +45,7 @@ def test_train_on_a_plain_folder_states_its_split_and_the_resize(synth_dir: Path
     assert ("validation: a seeded 10% (at least 2 images) of the folder held out (seed 0): 8 images; training on the other 72; "
             "no test/ to evaluate on") in p.stderr, p.stderr
     resize = [line for line in p.stderr.splitlines() if "resized" in line]
-    assert resize == ["INFO images resized to the model's input 32x32 (--isize 32); their own size: 64x64 (80)"], p.stderr
+    assert resize == ["INFO images resized to the model's input 32x32 (--isize 32); their own size: 64x64 (80 images)"], p.stderr
     data = load_card(run).data
     assert data["layout"] == "plain" and data["val_split"] == {"from": "the folder", "fraction": 0.1, "seed": 0, "n_val": 8,
                                                                "n_train": 72}

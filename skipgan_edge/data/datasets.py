@@ -71,7 +71,7 @@ class Dataset:
             out.append(f"validation: {v['from']} ({v['n_val']} images); training on {v['n_train']}")
         other = {s: n for s, n in self.source_sizes.items() if s != f"{isize}x{isize}"}
         if other:
-            sizes = ", ".join(f"{s} ({n})" for s, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
+            sizes = ", ".join(f"{s} ({n} image{'s' if n != 1 else ''})" for s, n in sorted(other.items(), key=lambda kv: -kv[1])[:3])
             out.append(f"images resized to the model's input {isize}x{isize} (--isize {isize}); their own size: {sizes}")
         return out
 
