@@ -182,8 +182,7 @@ def check_writable(path: Path, what: str) -> None:
     """One line, before any work starts, if ``path`` cannot be written (its folder cannot be made, it is a folder, or
     it or its folder is not writable)."""
     p = Path(path)
-    if p.is_dir():
-        raise SinkError(f"{what} {p} is a folder; give a file path")
+    check_writable_file(p, what)  # a folder, a path under a file, a read-only folder: said before anything is made
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

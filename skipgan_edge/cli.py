@@ -650,6 +650,9 @@ def threshold_cmd(
     _check({"fps": "--fps"}, fps=fps)
     from skipgan_edge.runtime.backends import BackendOptions
     from skipgan_edge.runtime.commission import CommissioningRefused, commission, format_report
+    from skipgan_edge.runtime.preprocess import check_mode
+
+    check_mode(mode)  # one line before the model loads
     from skipgan_edge.runtime.sources import SourceOptions
 
     arts = {k: Path(p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None}

@@ -30,7 +30,7 @@ RUN_BAD = [
     (["--max-wait-ms", "nan"], "--max-wait-ms"), (["--overlap", "1"], "--overlap"), (["--fps", "-5"], "--fps"),
     (["--width", "0"], "--width"), (["--stop-after-idle", "0"], "--stop-after-idle"), (["--threads", "-1"], "--threads"),
     (["--reconnect-attempts", "-1"], "--reconnect-attempts"), (["--decode-threads", "-1"], "--decode-threads"),
-    (["--debounce", "0"], "--debounce"), (["--debounce", "-3"], "--debounce"),
+    (["--debounce", "0"], "--debounce"), (["--debounce", "-3"], "--debounce"), (["--mode", "tile"], "--mode"),
 ]
 
 
@@ -53,7 +53,7 @@ def test_run_refuses_before_opening_anything(args: list[str], name: str, tmp_pat
 
 @pytest.mark.parametrize(("args", "name"), [
     (["--batch", "0"], "--batch"), (["--batch", "-1"], "--batch"), (["--fpr", "nan"], "--fpr"), (["--frames", "-1"], "--frames"),
-    (["--camera-fps", "0"], "--camera-fps"), (["--threads", "-2"], "--threads")])
+    (["--camera-fps", "0"], "--camera-fps"), (["--threads", "-2"], "--threads"), (["--mode", "tile"], "--mode")])
 def test_threshold_refuses_before_opening_anything(args: list[str], name: str, tmp_path: Path) -> None:
     p = run_cli("threshold", "--onnx", str(tmp_path / "absent.onnx"), "--normal", str(tmp_path), *args, check=False, timeout=60)
     _one_line(p, name)

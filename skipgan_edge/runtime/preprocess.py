@@ -48,10 +48,15 @@ class Prepared:
     offset: tuple[int, int] = (0, 0)  # (x, y) of the view's top-left corner in the frame (crop mode)
 
 
+def check_mode(mode: str) -> None:
+    """One line for a --mode that is not one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
 class Preprocessor:
     def __init__(self, isize: int, channels: int, mode: str = "resize", overlap: float = 0.25) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        check_mode(mode)
         if not 0 <= overlap < 1:
             raise ConfigError(f"--overlap must be in [0, 1), got {overlap}")
         self.isize, self.channels, self.mode, self.overlap = isize, channels, mode, overlap

@@ -97,9 +97,11 @@ class RunRequest:
         """From ``run``'s parsed options (by their parameter names): the numeric ones checked against their limits, the
         artifact, the camera id and the MQTT URL checked, each mistake one line before the model loads."""
         from skipgan_edge.config import check_limits, option_name
+        from skipgan_edge.runtime.preprocess import check_mode
         from skipgan_edge.runtime.sinks import check_camera_id
 
         check_limits(_pick(RUN_LIMITED, flags), option_name)
+        check_mode(flags["mode"])
         art = Artifact.given(flags["model"], flags["onnx"], flags["engine"], flags["backend"])
         check_camera_id(flags["camera_id"])
         mqtt = None
