@@ -18,7 +18,9 @@ maps, multi-layer maps and the nearest bank beside them scored within 0.01 recal
 rec's weight were explored on seed 0's splits (test data), then all three seeds were run; the tables give all three
 seeds and seeds 1-2 alone. The default, 0.25·rec + 0.75·Gaussian (ridge 0.03), keeps the nearest bank's weights and
 is the head with the highest Fashion-MNIST recall at 5 % false alarms among those with textures AUROC ≥ 0.99 and no
-split worse than rec+lat beyond its seed spread.
+split worse than rec+lat beyond its seed spread. The two "untrained encoder" rows are a control, not a candidate: the
+same Gaussian fitted to the 2×2 map of the same generator with its initial weights (seeded by the run's seed), never
+trained, so the table shows what 6 epochs of training add to the features the head reads.
 
 Rows go to ``benchmarks/peers/out/study_bank_gauss_s<SEEDS>.json`` (a rerun skips finished rows; two processes
 with disjoint PEERS_ONLY split lists may run at once, one per core: the file name carries the list). ``--cost``
@@ -46,7 +48,7 @@ from study_recall import EPOCHS, POOL
 
 from skipgan_edge.config import ModelConfig, RunConfig, ScoreConfig, TrainConfig
 from skipgan_edge.model.bank import fit_gaussian, gaussian_image_features, patch_features, subsample
-from skipgan_edge.model.networks import default_score
+from skipgan_edge.model.networks import build_model, default_score
 from skipgan_edge.train.trainer import score_split
 
 #: head → {term: weight}; each term standardised with the normal validation statistics. ``default`` is rec+lat.
@@ -60,6 +62,8 @@ HEADS: dict[str, dict[str, float]] = {
     "0.25 rec + 0.75 Gaussian (ridge 0.01)": {"rec": 0.25, "G0.01": 0.75},
     "0.25 rec + 0.75 Gaussian (ridge 0.1)": {"rec": 0.25, "G0.1": 0.75},
     "Gaussian only (ridge 0.03)": {"G0.03": 1.0},
+    "0.25 rec + 0.75 Gaussian, untrained encoder (ridge 0.03)": {"rec": 0.25, "U0.03": 0.75},
+    "Gaussian only, untrained encoder (ridge 0.03)": {"U0.03": 1.0},
 }
 DEFAULT = "0.25 rec + 0.75 Gaussian (ridge 0.03, default)"
 NEAREST = "0.25 rec + 0.75 nearest 4096 (E patches)"
@@ -88,6 +92,14 @@ def evaluate(net: torch.nn.Module, ds: Any, seed: int) -> dict[str, Any]:
     for name, (kind, bank) in banks.items():
         for k, x in (("val", ds.val.images), ("test", ds.test.images)):
             terms[k][name] = score_split(net, x, cpu, POOL, bank=bank, bank_source="encoder", bank_kind=kind)["bank"]
+    # the control: the same Gaussian of the same architecture's 2×2 map, its weights as initialised (seeded by the
+    # seed), never trained: what training adds to the features the head reads
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        fresh = build_model(config(seed).model)
+    bank = fit_gaussian(gaussian_image_features(fresh, ds.train.images, cpu), 0.03)
+    for k, x in (("val", ds.val.images), ("test", ds.test.images)):
+        terms[k]["U0.03"] = score_split(fresh, x, cpu, POOL, bank=bank, bank_source="encoder", bank_kind="gaussian")["bank"]
 
     def std(k: str, name: str) -> np.ndarray:
         v = terms["val"][name]
