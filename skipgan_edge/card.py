@@ -218,8 +218,8 @@ def check_writable_file(path: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise SinkError(f"cannot write {what} {p}: {probe} is a file, not a folder; choose another path")
-    if not os.access(probe, os.W_OK):
-        raise SinkError(f"cannot write {what} {p}: {probe} is read-only; choose another path")
+    if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise SinkError(f"cannot write {what} {p}: {p if p.exists() else probe} is read-only; choose another path")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

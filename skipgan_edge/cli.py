@@ -138,7 +138,7 @@ def data_fmnist(
 
 @data_app.command("video")
 def data_video(
-    out: Annotated[Path, typer.Option(help="Video file to write (.mp4 = mp4v, .avi = MJPG).")],
+    out: Annotated[Path, typer.Option(help="Video file to write (.avi = MJPG; .mp4, .mkv, .mov, .m4v = mp4v).")],
     frames: Annotated[int, typer.Option(help="Number of frames.")] = 150,
     seed: Annotated[int, typer.Option(help="Seed of the texture crops and the holes' positions (same seed, same video).")] = 7,
     defects_: Annotated[bool, typer.Option("--defects/--no-defects", help="Draw the defects (off: normal frames only, "
@@ -816,5 +816,6 @@ def main() -> None:
             raise
         from skipgan_edge.logs import safe_line
 
-        typer.echo(safe_line(f"error: {exc.filename}: {exc.strerror or exc}; choose another path, or check its permissions"), err=True)
+        path = exc.filename2 if exc.filename2 is not None else exc.filename  # a rename's target, not its staging file
+        typer.echo(safe_line(f"error: {path}: {exc.strerror or exc}; choose another path, or check its permissions"), err=True)
         sys.exit(2)

@@ -245,7 +245,7 @@ class ScoreConfig:
         Limit(0, 1).check("score.bank_weight", self.bank_weight)
         from skipgan_edge.thresholds import parse_policy
 
-        parse_policy(self.threshold)
+        parse_policy(self.threshold, "score.threshold")
         if self.pool is not None and self.pool < 0:
             raise ConfigError(f"score.pool must be >= 0, got {self.pool}", key="score.pool")
 

@@ -31,16 +31,18 @@ DEFECT_FRAMES = (20, 21, 22, 55, 90, 91, 130)
 
 
 def write_demo_video(path: Path, n: int = 150, defects: tuple[int, ...] = DEFECT_FRAMES, seed: int = 7) -> Path:
-    """A 64×64 video of brick crops from the validation/test region (.mp4: mp4v, .avi: MJPG); dark holes at ``defects``.
-    Another suffix, a folder or a path OpenCV cannot open for writing is one line before anything is written."""
+    """A 64×64 video of brick crops from the validation/test region (.avi: MJPG; .mp4, .mkv, .mov, .m4v: mp4v); dark
+    holes at ``defects``. Another suffix (OpenCV would pick no container and write nothing), a folder or a path OpenCV
+    cannot open for writing is one line before anything is written."""
     from skipgan_edge.card import check_writable_file
     from skipgan_edge.data.synthetic import _crop, texture
     from skipgan_edge.errors import ConfigError, SinkError
 
     path = Path(path)
-    fourcc = {".avi": "MJPG", ".mp4": "mp4v"}.get(path.suffix.lower())
+    fourcc = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "mp4v", ".mov": "mp4v", ".m4v": "mp4v"}.get(path.suffix.lower())
     if fourcc is None:
-        raise ConfigError(f"--out {path}: a video is written as .mp4 (mp4v) or .avi (MJPG); give a file name ending in one")
+        raise ConfigError(f"--out {path}: a video is written as .avi (MJPG) or .mp4, .mkv, .mov, .m4v (mp4v); "
+                          "give a file name ending in one")
     check_writable_file(path, "--out")
     rng = np.random.default_rng(seed)
     tex = texture("brick")

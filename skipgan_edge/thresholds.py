@@ -72,8 +72,10 @@ class ThresholdChoice:
     flagged_normal: int  # validation normals above the threshold
 
 
-def parse_policy(text: str) -> tuple[str, float | None]:
-    """``"fpr:0.01"`` → ("fpr", 0.01); ``"f1"``; ``"max-normal"``; one line naming the choices otherwise."""
+def parse_policy(text: str, name: str = "--threshold") -> tuple[str, float | None]:
+    """``"fpr:0.01"`` → ("fpr", 0.01); ``"f1"``; ``"max-normal"``; one line naming the choices otherwise, the value
+    named ``name`` (the option, or a config's qualified key: the error's ``key`` then)."""
+    key = name if not name.startswith("-") else None
     t = text.strip().lower()
     if t in ("f1", "max-normal", "auto"):
         return t, None
@@ -83,9 +85,9 @@ def parse_policy(text: str) -> tuple[str, float | None]:
         except ValueError:
             q = -1.0
         if not 0.0 < q < 0.5:
-            raise ConfigError(f"--threshold {text}: the false-alarm rate must be a number in (0, 0.5), e.g. fpr:0.01")
+            raise ConfigError(f"{name} {text}: the false-alarm rate must be a number in (0, 0.5), e.g. fpr:0.01", key=key)
         return "fpr", q
-    raise ConfigError(f"--threshold {text!r}: choose auto, f1, max-normal or fpr:Q (e.g. fpr:0.01)")
+    raise ConfigError(f"{name} {text!r}: choose auto, f1, max-normal or fpr:Q (e.g. fpr:0.01)", key=key)
 
 
 def resolve(policy: str, labelled: bool) -> str:

@@ -89,3 +89,19 @@ def test_doctor_without_a_driver_says_so_and_not_a_driver_upgrade() -> None:
         assert "an NVIDIA GPU and its driver (no libcuda loaded)" in missing and "insufficient" not in text, text
     else:  # a driver is loaded: no such item
         assert not any("no libcuda loaded" in m for m in missing)
+
+
+def test_doctor_names_the_missing_driver_before_asking_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no libcuda (stood in: on a GPU machine the real answer is a version), the CUDA runtime is not asked at all:
+    its answer there is error 35, "driver version is insufficient"."""
+    from skipgan_edge import doctor
+    from skipgan_edge.runtime import cudaenv
+
+    monkeypatch.setattr(cudaenv, "driver_cuda_version", lambda: None)
+    monkeypatch.setattr(cudaenv, "cuda_python_mismatch", lambda: None)
+    import importlib.util
+
+    has_cuda_python = importlib.util.find_spec("cuda") is not None  # without it, that is the one thing missing
+    missing = doctor.gpu_stack_missing(tensorrt=False)
+    assert missing == (["an NVIDIA GPU and its driver (no libcuda loaded)"] if has_cuda_python else [missing[0]]), missing
+    assert has_cuda_python or missing[0].startswith("cuda-python (")

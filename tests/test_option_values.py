@@ -84,8 +84,8 @@ def test_other_verbs_refuse_too(args: list[str], name: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("args", "name"), [
-    (["data", "video", "--out", "f/v.mp4"], "f is a file"), (["data", "video", "--out", "v.txt"], ".mp4 (mp4v) or .avi"),
-    (["data", "video", "--out", "d"], ".mp4 (mp4v) or .avi"), (["data", "synthetic", "--out", "f"], "--out f is a file"),
+    (["data", "video", "--out", "f/v.mp4"], "f is a file"), (["data", "video", "--out", "v.txt"], "a video is written as .avi"),
+    (["data", "video", "--out", "d"], "a video is written as .avi"), (["data", "synthetic", "--out", "f"], "--out f is a file"),
     (["data", "fmnist", "--out", "f/x"], "f is a file"), (["demo", "--out", "f"], "--out f is a file"),
     (["bench", "--onnx", "absent.onnx", "--json", "f/b.json"], "f is a file"), (["bench", "--onnx", "absent.onnx", "--json", "d"], "is a folder"),
     (["bench", "--onnx", "absent.onnx", "--plots", "f"], "--plots f is a file"),
@@ -179,3 +179,14 @@ def test_a_refused_cell_value_opens_no_camera(tiny_model: Path, video: Path, tmp
     bad = _cell(tmp_path, "summary_every_s = 0", "threshold = 0.5", str(video), f'model = "{tiny_model}"')
     _one_line(run_cli("serve", "--config", str(bad), check=False, timeout=60), "'summary_every_s'")
     assert not (tmp_path / "out" / "cam1.jsonl").exists()
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mp4", ".mkv", ".mov", ".m4v"])
+def test_data_video_writes_every_container_it_names(suffix: str, tmp_path: Path) -> None:
+    import cv2
+
+    out = tmp_path / f"line{suffix}"
+    p = run_cli("data", "video", "--out", str(out), "--frames", "6")
+    assert p.stdout.startswith(f"wrote {out}: 6 frames")
+    cap = cv2.VideoCapture(str(out))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and cap.read()[1].shape == (64, 64, 3)

@@ -95,7 +95,8 @@ def test_the_box_does_not_depend_on_the_sinks(demo_onnx: Path, tmp_path: Path) -
     video = write_defect_video(tmp_path / "line.avi", 12, {3, 8}, "MJPG", size=96, fps=10)
     base = ["run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video), "--batch", "4"]
     run_cli(*base, "--jsonl", str(tmp_path / "a.jsonl"))
-    run_cli(*base, "--jsonl", str(tmp_path / "b.jsonl"), "--save-video", str(tmp_path / "annotated.avi"))
+    # --fps asks a camera for a rate: a video file plays at its own, and so does its annotated copy
+    run_cli(*base, "--jsonl", str(tmp_path / "b.jsonl"), "--save-video", str(tmp_path / "annotated.avi"), "--fps", "30")
     a, b = ([json.loads(x) for x in (tmp_path / f).read_text().splitlines()] for f in ("a.jsonl", "b.jsonl"))
     cap = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 12 and cap.get(cv2.CAP_PROP_FPS) == 10  # the file's own rate, not 25

@@ -99,6 +99,8 @@ def test_sigkill_leaves_loadable_folder(synth_dir: Path, tmp_path: Path) -> None
     proc.wait()
     load_model(run)  # the best model so far is complete
     done = len((run / "metrics.jsonl").read_text().splitlines())
+    bad = run_cli("train", "--resume", str(run), "--epochs", "0", check=False)  # the one option a resume takes, named
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "error: --epochs must be at least 1, got 0", bad.stderr
     p = run_cli("train", "--resume", str(run), "--epochs", str(done + 1))
     assert len((run / "metrics.jsonl").read_text().splitlines()) >= done + 1, p.stderr
 

@@ -95,12 +95,29 @@ def test_bad_recovery_options_are_one_line(synth_dir: Path, tmp_path: Path, key:
     cfg.write_text(f"[train]\n{key} = {value}\n")
     p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--config", str(cfg), *TINY, check=False)
     (line,) = _error_lines(p.stderr)
-    assert p.returncode == 2 and line.startswith(f"error: train.{key} in {cfg} {msg}"), p.stderr
+    assert p.returncode == 2 and line.startswith(f"error: {cfg}: train.{key} {msg}"), p.stderr
     flag = "--" + key.replace("_", "-")
     p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), flag, value, *TINY, check=False)
     (line,) = _error_lines(p.stderr)
     assert p.returncode == 2 and line.startswith(f"error: {flag} {msg}"), p.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("toml", "flags", "msg"), [
+    ('[score]\nthreshold = "fpr:2"\n', ["--threshold", "fpr:2"], "{} fpr:2: the false-alarm rate must be a number in (0, 0.5)"),
+    ('[model]\narch = "ganomaly"\n[score]\nbank_size = 64\nbank_kind = "gaussian"\n',
+     ["--arch", "ganomaly", "--bank-size", "64", "--bank-kind", "gaussian"], "{} gaussian is not available for arch ganomaly"),
+])
+def test_a_refusal_names_the_file_or_the_option(synth_dir: Path, tmp_path: Path, toml: str, flags: list[str], msg: str) -> None:
+    """A value checked against another (a bank kind against the arch) or parsed (the alarm policy) is named where it was
+    set: the file before its key, or the option typed."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml)
+    key = "score.threshold" if "threshold" in toml else "score.bank_kind"
+    p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), "--config", str(cfg), check=False)
+    assert p.returncode == 2 and _error_lines(p.stderr)[0].startswith(f"error: {cfg}: " + msg.format(key)), p.stderr
+    p = run_cli("train", "--data", str(synth_dir), "--out", str(tmp_path / "r"), *flags, check=False)
+    assert p.returncode == 2 and _error_lines(p.stderr)[0].startswith("error: " + msg.format(flags[-2])), p.stderr
 
 
 def test_selection_does_not_stop_at_a_saturated_epoch(synth_dir: Path, tmp_path: Path) -> None:

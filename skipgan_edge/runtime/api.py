@@ -70,10 +70,12 @@ def run(
             for make in extra_sinks:
                 out.append(make())
             src = open_source(source, source_opts)
-            # the annotated video plays at the frames' rate: a camera's asked --fps, a replay's, else the file's own
-            rate = source_opts.fps or source_opts.replay_fps or float(getattr(src, "fps", 0.0) or 0.0)
+            # the annotated video plays at the frames' rate: a replay's, a video file's own, a camera's asked --fps;
+            # a rate a file misreports (0, 90000) leaves 25, which OpenCV's writer opens
+            own = float(getattr(src, "fps", 0.0) or 0.0)
+            rate = source_opts.replay_fps or own or source_opts.fps or 0.0
             for s in out:
-                if isinstance(s, VideoSink) and rate > 0:
+                if isinstance(s, VideoSink) and 1.0 <= rate <= 240.0:
                     s.fps = rate
             if do_race:
                 winner, race = race_cpu_runtimes(art.pair[1], max(1, pipeline.batch), options)

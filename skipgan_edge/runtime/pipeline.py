@@ -55,7 +55,7 @@ from skipgan_edge.errors import SinkError, SkipganError
 from skipgan_edge.logs import redact
 from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.events import EventTracker
-from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate, prepare_frame, to_view
+from skipgan_edge.runtime.preprocess import Prepared, Preprocessor, combine, locate, prepare_frame
 from skipgan_edge.runtime.sinks import DEFAULT_MAP_SCALE, OUTLINE_OF_VMAX, SCHEMA_VERSION, Sink, iso_time
 from skipgan_edge.runtime.sources import Frame, Source
 from skipgan_edge.runtime.stats import Reservoir
@@ -355,10 +355,11 @@ class Pipeline:
             camera, thr = f.extra.get("camera", self.cfg.camera), f.extra.get("threshold", self.threshold)
             anomalous = res["normalized_score"] > thr
             box = None
-            if anomalous:  # where the defect is, in frame pixels: found on the map at the view's size (the overlay's), so
-                # that the box does not depend on whether an image sink asked combine for the full map
-                m = out.anomaly_map[k, 0] if self.direct else res["map"]
-                box = locate(to_view(m, p.view.shape[:2]), self.map_level, p.view.shape[:2], p.offset)
+            if anomalous:  # where the defect is, in frame pixels: found on the model's own map and scaled (tiles: on the
+                # map assembled at the frame's size), whether or not an image sink asked combine for the full map, and at
+                # the cost of a model-size map (a 4K one would take tens of ms)
+                m = out.anomaly_map[k, 0] if self.direct or p.layout is None else res["map"]
+                box = locate(m, self.map_level, p.view.shape[:2], p.offset)
             k += len(p.inputs)
             rec: dict[str, Any] = {
                 "schema": SCHEMA_VERSION, "camera": camera, "source": self._shown(f.source), "frame": f.index, "file": f.name,

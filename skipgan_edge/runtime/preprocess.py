@@ -116,16 +116,16 @@ def combine(p: Prepared, score: np.ndarray, norm: np.ndarray, amap: np.ndarray, 
 
 
 def to_view(amap: np.ndarray, view_hw: tuple[int, int]) -> np.ndarray:
-    """A model-resolution map at the view's size (bilinear): the map the overlay draws and a record's bbox encloses."""
+    """A model-resolution map at the view's size (bilinear): the map the overlay draws."""
     h, w = view_hw
     return cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR) if amap.shape != (h, w) else amap
 
 
 def locate(amap: np.ndarray, level: float, view_hw: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> list[int] | None:
     """Bounding box [x0, y0, x1, y1] (frame pixels, x1 and y1 exclusive) of the defect: the connected region of the map at
-    or above ``level`` that holds the map's maximum. None when no pixel reaches the level. ``amap`` is at the view's size
-    (:func:`to_view`), so that the box is the region the annotated video outlines, whatever the sinks; a smaller map is
-    scaled to the view, its cells whole."""
+    or above ``level`` that holds the map's maximum. None when no pixel reaches the level. ``amap`` is the model's own
+    map (its cells scaled whole to the view: the region the overlay outlines, drawn smooth, has its edge within about
+    half a cell of the box) or one already at the view's size (tiles)."""
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
     if not amap[peak] >= level:
         return None

@@ -105,7 +105,9 @@ def train_from_cli(
         check_writable_folder(Path(out), "--out")
         ds = _load(str(data), cfg)
         return train_auto(ds, size_batch(cfg, len(ds.train), batch_from), Path(out)), Path(out)
-    with in_user_terms(overrides if resume is None else {}, config if resume is None else None):
+    # a resumed run takes its config from the run; --epochs is the one option it accepts
+    given = overrides if resume is None else {"train": {"epochs": overrides.get("train", {}).get("epochs")}}
+    with in_user_terms(given, config if resume is None else None):
         cfg = cfg.validate(default_score(cfg.model.arch))
     check_writable_folder(Path(out), "--out")  # one line now, not after the data is read
     ds = _load(str(data), cfg)
@@ -120,7 +122,7 @@ TRAIN_OPTION = {"score.mode": "--score-mode"}
 @contextlib.contextmanager
 def in_user_terms(overrides: dict[str, dict[str, Any]], config: Path | None) -> Iterator[None]:
     """A :class:`ConfigError` about one value, raised inside, names where the user set it: the option they typed
-    (``--bank-kind must be one of ...``), or the key and the file (``score.bank_kind in run.toml must be ...``).
+    (``--bank-kind must be one of ...``), or the file before the key (``run.toml: score.bank_kind must be ...``).
     A value neither set (a default) keeps its key."""
     try:
         yield
@@ -130,12 +132,12 @@ def in_user_terms(overrides: dict[str, dict[str, Any]], config: Path | None) -> 
             raise
         table, name = key.split(".", 1)
         if overrides.get(table, {}).get(name) is not None:
-            where = TRAIN_OPTION.get(key, "--" + name.replace("_", "-"))
+            text = TRAIN_OPTION.get(key, "--" + name.replace("_", "-")) + text[len(key):]
         elif config is not None:
-            where = f"{key} in {config}"
+            text = f"{config}: {text}"
         else:
             raise
-        raise ConfigError(where + text[len(key):], key=key) from None
+        raise ConfigError(text, key=key) from None
 
 
 def size_batch(cfg: RunConfig, n_train: int, batch_from: str | None) -> RunConfig:
