@@ -539,6 +539,11 @@ def run_cmd(
         typer.echo(json.dumps(s, indent=2, default=str), err=to_stderr)
     else:
         typer.echo(format_summary(s), err=to_stderr)
+    if s["scored"] == 0 and s["unreadable"] > 0:  # every frame or file failed to decode: not a run that inspected anything
+        from skipgan_edge.errors import SourceError
+
+        raise SourceError(f"nothing was scored: none of the {s['unreadable']} frame(s) or file(s) from {s['source']} could "
+                          "be decoded; check the source (a video OpenCV reads, a folder of images)")
 
 
 # ---------------------------------------------------------------------------------------- serve

@@ -67,6 +67,7 @@ def test_threshold_refuses_before_opening_anything(args: list[str], name: str, t
     (["bench", "--onnx", "absent.onnx", "--batch", "1,0"], "--batch"),
     (["export", "--model", "absent", "--out", "x", "--max-drop", "nan"], "--max-drop"),
     (["export", "--model", "absent", "--out", "x", "--batch", "8,4,2"], "--batch"),
+    (["export", "--model", "absent", "--out", "x", "--calib-method", "foo"], "--calib-method must be auto, max"),
     (["calibrate", "--data", "absent", "--out", "c.npz", "--size", "0"], "--size"),
     (["calibrate", "--data", "absent", "--out", "c.npz", "--size", "16"], "--size must be at least 32"),
     (["calibrate", "--data", "absent", "--out", "c.npz", "--isize", "33"], "--isize must be one of 32, 64"),
@@ -190,3 +191,30 @@ def test_data_video_writes_every_container_it_names(suffix: str, tmp_path: Path)
     assert p.stdout.startswith(f"wrote {out}: 6 frames")
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6 and cap.read()[1].shape == (64, 64, 3)
+
+
+def test_export_engine_without_tensorrt_is_refused_before_any_work(tmp_path: Path) -> None:
+    """--engine builds after every ONNX and the gate: without TensorRT that is said first, with what to do instead."""
+    from skipgan_edge.errors import MissingDependencyError
+    from skipgan_edge.runtime.engine_file import import_tensorrt
+
+    try:
+        import_tensorrt()
+        present = True
+    except MissingDependencyError:
+        present = False
+    p = run_cli("export", "--model", "absent", "--out", "x", "--engine", check=False, timeout=120, cwd=tmp_path)
+    line = _one_line(p, "absent" if present else "--engine: TensorRT is not installed here")
+    assert present or "run skipgan-edge build on that device" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_scored_nothing_is_an_error(tiny_model: Path, tmp_path: Path) -> None:
+    """Every file of the source failed to decode: the summary is printed, then one line, exit 2 (not 0)."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a.png", "b.png"):
+        (junk / name).write_bytes(b"not an image")
+    p = run_cli("run", "--model", str(tiny_model), "--source", str(junk), check=False, timeout=120)
+    assert p.returncode == 2 and "scored 0" in p.stdout and "unreadable 2" in p.stdout, (p.stdout, p.stderr)
+    assert p.stderr.strip().splitlines()[-1].startswith("error: nothing was scored: none of the 2 frame(s)"), p.stderr

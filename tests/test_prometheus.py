@@ -44,6 +44,7 @@ def test_a_running_camera_is_scraped(demo_onnx: Path, tmp_path: Path) -> None:
         time.sleep(0.3)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    assert f"INFO metrics: http://127.0.0.1:{port}/metrics while this runs" in err.splitlines()  # where to point Prometheus
     summary = json.loads(out)
     assert len(seen) >= 2, "the run must be scraped while it streams"
     mid, last = seen[0], seen[-1]

@@ -26,7 +26,7 @@ from skipgan_edge.data.progress import score_in_chunks
 from skipgan_edge.errors import CalibrationError, DataError, ExportError, require
 from skipgan_edge.export.engine import HELDOUT_FILE
 from skipgan_edge.export.onnx import export_onnx
-from skipgan_edge.export.precision import head_violations, to_fp16, to_int8
+from skipgan_edge.export.precision import CALIBRATION_METHODS, head_violations, to_fp16, to_int8
 from skipgan_edge.metrics import auroc, recall_at_fpr, spearman
 from skipgan_edge.service.triton_repo import DEFAULT_MODEL_NAME, TritonSettings, write_repository
 
@@ -160,6 +160,17 @@ def export_all(
 def _check_options(job: ExportJob) -> None:
     for module in ("torch", "safetensors", "onnx"):
         require(module, "export", "skipgan-edge export")
+    if job.calibration_method not in ("auto", *CALIBRATION_METHODS):  # one line now, not after the calibration set
+        raise ExportError(f"--calib-method must be auto, {', '.join(CALIBRATION_METHODS)}, got {job.calibration_method!r}")
+    if job.engine:  # an engine is built after every ONNX and the gate: say now that this machine cannot build one
+        from skipgan_edge.errors import MissingDependencyError
+        from skipgan_edge.runtime.engine_file import import_tensorrt
+
+        try:
+            import_tensorrt()
+        except MissingDependencyError as exc:
+            raise MissingDependencyError(f"--engine: {exc}; or export here without --engine and run skipgan-edge build on "
+                                         "that device") from None
     job.card = load_card(job.model_dir)
     if job.triton and job.engine and job.batch[0] != 1:
         raise ExportError(f"a Triton plan needs a batch profile starting at 1 (Triton sends any batch from 1), got --batch "

@@ -23,12 +23,15 @@ daemon thread, bound to ``--metrics-addr`` (default 127.0.0.1; 0.0.0.0 to let a 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from skipgan_edge.errors import ConfigError, MissingDependencyError
 from skipgan_edge.runtime.sinks import STAGE_FIELDS, Sink
+
+log = logging.getLogger(__name__)
 
 #: latency buckets in seconds: 0.25 ms to 10 s (an edge GPU batch is about a millisecond, a CPU batch tens of them)
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -65,6 +68,8 @@ class Metrics:
         except OSError as exc:
             raise ConfigError(f"--metrics-port {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); choose another port") from None
         self.port = int(self.server.server_address[1])
+        host = f"[{addr}]" if ":" in addr else addr
+        log.info("metrics: http://%s:%d/metrics while this runs", host, self.port)
 
     def close(self) -> None:
         self.server.shutdown()
