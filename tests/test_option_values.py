@@ -218,3 +218,12 @@ def test_a_run_that_scored_nothing_is_an_error(tiny_model: Path, tmp_path: Path)
     p = run_cli("run", "--model", str(tiny_model), "--source", str(junk), check=False, timeout=120)
     assert p.returncode == 2 and "scored 0" in p.stdout and "unreadable 2" in p.stdout, (p.stdout, p.stderr)
     assert p.stderr.strip().splitlines()[-1].startswith("error: nothing was scored: none of the 2 frame(s)"), p.stderr
+
+
+def test_a_cell_path_not_found_says_which_folder_relative_paths_start_from(tmp_path: Path) -> None:
+    cfg = _cell(tmp_path, "", "", artifact='onnx = "models/absent.onnx"')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = run_cli("serve", "--config", str(cfg), "--check", check=False, timeout=60, cwd=elsewhere)
+    line = _one_line(p, "'onnx'")
+    assert "models/absent.onnx" in line and f"relative paths are taken from the folder serve runs in, {elsewhere}" in line, line

@@ -244,6 +244,8 @@ def as_keys(message: str) -> str:
 def in_cell(where: str, exc: BaseException) -> ConfigError:
     """``exc`` raised while opening what a cell names, as one line naming the table (``where``) in the file's words."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "not found" in text:  # a relative path is the folder serve runs in, not the file's (the unit sets WorkingDirectory)
+        text += f" (relative paths are taken from the folder serve runs in, {Path.cwd()})"
     return ConfigError(f"{where}: {as_keys(text)}")
 
 
