@@ -682,8 +682,9 @@ def bench(
     engine: Annotated[Optional[Path], typer.Option(help="A TensorRT engine.")] = None,
     model: Annotated[Optional[Path], typer.Option(help="A model folder (torch eager).")] = None,
     export_dir: Annotated[Optional[Path], typer.Option(help="Every scorer*.onnx and *.engine in this folder.")] = None,
-    backend: Annotated[str, typer.Option(help="auto, or a comma list: onnxruntime,openvino,tensorrt,torch; or a Triton server: "
-                                         "triton://HOST:PORT/MODEL (alone).")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, or a comma list: onnxruntime,openvino,tensorrt,torch (each file is timed "
+                                         "with those that run it: onnx on onnxruntime/openvino, engine on tensorrt, model on "
+                                         "torch); or a Triton server: triton://HOST:PORT/MODEL (alone).")] = "auto",
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1,8,64",
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
     iterations: Annotated[Optional[int], typer.Option(help="Timed calls (default: run for --duration).")] = None,
@@ -726,6 +727,14 @@ def bench(
     for b in batches:
         _check(batch=b)
     names = None if backend == "auto" else backend.split(",")
+    if names is not None and export_dir is None and not is_remote(backend):  # artifacts named one by one: each must run
+        from skipgan_edge.runtime.backends import RUNS, resolve_backend
+
+        for kind, p in arts:
+            if not any((kind, resolve_backend(kind, n)) in RUNS for n in names):
+                runs = ", ".join(b for k, b in sorted(RUNS) if k == kind)
+                raise ConfigError(f"--backend {backend} cannot run {p} ({kind}): {kind} runs on {runs}; give one of those, "
+                                  "or auto")
     if pipeline:
         if not source:
             raise ConfigError("--pipeline needs --source (a video file or image folder)")

@@ -94,6 +94,14 @@ def test_bench_subprocess_and_json_schema(demo_onnx: Path, tmp_path: Path) -> No
         assert r["flops_per_image"] > 1e6
     p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--pipeline", "--source", str(demo_onnx), check=False)
     assert p.returncode == 2 and "no image files" in p.stderr
+    # a backend asked for that cannot run the file is said: refused when none can, a warning for the one left out
+    p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "tensorrt", check=False)
+    assert p.returncode == 2 and p.stderr.strip() == (f"error: --backend tensorrt cannot run {demo_onnx / 'scorer.onnx'} (onnx): "
+                                                      "onnx runs on onnxruntime, openvino; give one of those, or auto"), p.stderr
+    p = run_cli("bench", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime,torch", "--batch", "1", "--iterations", "3",
+                "--warmup", "1")
+    assert "WARNING scorer.onnx (onnx): torch cannot run it; timed with onnxruntime" in p.stderr.splitlines(), p.stderr
+    assert [ln.split()[0] for ln in p.stdout.splitlines() if ln.split() and ln.split()[0] in ("onnxruntime", "torch")] == ["onnxruntime"]
 
 
 def test_gpu_peak_is_never_a_cpu_matmul() -> None:

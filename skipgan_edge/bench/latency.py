@@ -17,6 +17,7 @@ power can be read, and the model card's fingerprint.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,8 @@ from skipgan_edge.runtime.backends.base import Backend
 from skipgan_edge.runtime.backends.openvino import OpenVinoBackend
 from skipgan_edge.runtime.timing import BenchConfig
 from skipgan_edge.runtime.timing import time_backend as _time_backend
+
+log = logging.getLogger(__name__)
 
 
 def machine_info() -> dict[str, Any]:
@@ -106,6 +109,9 @@ def run_bench(
         # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
         names = ["auto"] if kind == "triton" else \
             [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
+        if backends and kind != "triton" and [n for n in backends if n not in names]:  # said, not silently swapped
+            log.warning("%s (%s): %s cannot run it; timed with %s", path.name, kind,
+                        ", ".join(n for n in backends if n not in names), ", ".join(names))
         opts = BackendOptions(threads=cfg.threads, profile=kind == "engine")
         for name in names:
             # auto: the rule every verb uses; a race is timed at the sweep's middle batch size
