@@ -167,9 +167,14 @@ def test_without_a_broker_messages_beyond_the_buffer_are_counted_as_dropped(demo
     t0 = time.monotonic()
     p = run_cli("run", "--onnx", str(demo_onnx / "scorer.onnx"), "--backend", "onnxruntime", "--source", str(video),
                 "--mqtt", f"mqtt://127.0.0.1:{port}/x", "--mqtt-buffer", "5", "--json")
-    stats = next(iter(json.loads(p.stdout)["sinks"].values()))
+    summary = json.loads(p.stdout)
+    stats = next(iter(summary["sinks"].values()))
     assert (stats["queued"], stats["dropped"], stats["published"], stats["connected"]) == (5, 25, 0, False)
     assert time.monotonic() - t0 < 60  # scoring did not wait for the network
+    # the end waited for the broker (10 s): not streaming, so not in the throughput, and said in one warning
+    assert summary["close_s"] >= 9 and summary["elapsed_s"] < summary["close_s"], summary
+    assert summary["throughput_fps"] == pytest.approx(30 / summary["elapsed_s"], rel=0.01)
+    assert f"WARNING MQTT: the broker 127.0.0.1:{port} was never reached: none of 5 message(s) was sent" in p.stderr, p.stderr
 
 
 def test_bad_mqtt_options_are_one_line(demo_onnx: Path, tmp_path: Path) -> None:

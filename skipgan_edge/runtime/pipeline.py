@@ -261,6 +261,7 @@ class Pipeline:
             self.stop_event.set()
             self.source.stop()
         finally:
+            t_streamed = time.perf_counter()  # the last frame is scored; closing the sinks (an MQTT flush) is not streaming
             cap.join(timeout=10)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -280,7 +281,8 @@ class Pipeline:
                 except OSError as exc:
                     close_errors.append(f"{sink.name}: {exc}")
             self.source.close()
-        summary = self._summary(time.perf_counter() - t_start, chan.dropped)
+        summary = self._summary(t_streamed - t_start, chan.dropped)
+        summary["close_s"] = round(time.perf_counter() - t_streamed, 3)
         # this process's CPU time while streaming (every thread: capture, runtime pool, sinks); with a server backend the
         # server's own CPU is not in it
         summary["cpu_s"] = round(time.process_time() - cpu_start, 3)
