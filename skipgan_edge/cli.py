@@ -687,8 +687,10 @@ def bench(
                                          "torch); or a Triton server: triton://HOST:PORT/MODEL (alone).")] = "auto",
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1,8,64",
     warmup: Annotated[int, typer.Option(help="Untimed calls first.")] = 10,
-    iterations: Annotated[Optional[int], typer.Option(help="Timed calls (default: run for --duration).")] = None,
-    duration: Annotated[float, typer.Option(help="Seconds of timed calls per configuration.")] = 3.0,
+    iterations: Annotated[Optional[int], typer.Option(help="Timed calls (default: run for --duration); not with --pipeline, "
+                                                      "which plays the source once.")] = None,
+    duration: Annotated[float, typer.Option(help="Seconds of timed calls per configuration; not with --pipeline, which "
+                                            "plays the source once.")] = 3.0,
     threads: Annotated[int, typer.Option(help="CPU runtime threads (0 = all cores).")] = 0,
     pipeline: Annotated[bool, typer.Option("--pipeline", help="End to end from --source, per-stage latency.")] = False,
     source: Annotated[Optional[str], typer.Option(help="Source for --pipeline (a video file, folder, ...).")] = None,

@@ -215,14 +215,15 @@ def format_table(result: dict[str, Any]) -> str:
     """A trtexec-style summary: one line per configuration."""
     lines = [
         f"{'backend':12s} {'prec':5s} {'batch':>5s} {'min':>8s} {'median':>8s} {'mean':>8s} {'p90':>8s} {'p95':>8s} {'p99':>8s}"
-        f" {'img/s':>9s} {'%peak':>6s}  (latency ms per batch)"
+        f" {'img/s':>9s} {'%peak':>6s} {'peak':>5s} {'calls':>6s}  (latency ms per batch; %peak: of the matmul peak at that"
+        " precision; calls: timed calls, the percentiles' sample)"
     ]
     for r in result["records"]:
         L = r["latency_ms"]
         frac = f"{100 * r['fraction_of_peak']:5.1f}%" if "fraction_of_peak" in r else "     -"
         lines.append(
             f"{r['backend']:12s} {r['precision']:5s} {r['batch']:5d} {L['min']:8.3f} {L['median']:8.3f} {L['mean']:8.3f} {L['p90']:8.3f}"
-            f" {L['p95']:8.3f} {L['p99']:8.3f} {r['throughput']:9.1f} {frac}"
+            f" {L['p95']:8.3f} {L['p99']:8.3f} {r['throughput']:9.1f} {frac} {r.get('peak_precision', '-'):>5s} {r['iterations']:6d}"
         )
         for k, st in r.get("stages_ms", {}).items():
             lines.append(f"{'':12s} {k:>11s} median {st['median']:.3f} ms  p99 {st['p99']:.3f} ms")
