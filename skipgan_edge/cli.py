@@ -576,8 +576,10 @@ def serve_cmd(
         _echo_json(s)
     else:
         for cid, c in s["cameras"].items():
+            state = ("finished" if c["finished"] else "stopped") if c["opens"] else \
+                "never opened" + (f" (last error: {c['last_error']})" if c.get("last_error") else "")
             typer.echo(f"{cid}: scored {c['scored']}, anomalies {c['anomalies']}, dropped {c['dropped']}, unreadable {c['unreadable']}, "
-                       f"{'finished' if c['finished'] else 'stopped'} (model {c['model_id']})")
+                       f"{state} (model {c['model_id']})")
 
 
 # --------------------------------------------------------------------------------- triton-serve

@@ -294,6 +294,31 @@ def test_idle_watch_cameras_stop_well_within_systemds_timeout(demo_onnx: Path, t
             proc.kill()
     assert proc.returncode == 0 and took < 5, (took, err.text)
     assert "SIGTERM received" in err.text
+    # every camera opened its folder and scored nothing: stopped, not "never opened"
+    assert [ln.split(", ")[-1] for ln in proc.stdout.read().splitlines() if ln.startswith("w")] == \
+        [f"finished (model {_model_id(demo_onnx)})"] * 4
+
+
+def _model_id(export: Path) -> str:
+    from skipgan_edge.runtime.artifact import Artifact
+
+    return Artifact("onnx", export / "scorer.onnx").read_card().model_id
+
+
+def test_a_camera_that_never_opened_says_so(demo_onnx: Path, tmp_path: Path) -> None:
+    cfg = _cell(tmp_path / "cell.toml", [{"id": "gone", "source": str(tmp_path / "absent.avi"), "onnx": str(demo_onnx / "scorer.onnx")}])
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = _Stderr(proc)
+    try:
+        assert err.wait_for("retrying"), err.text
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.text
+    (line,) = out.splitlines()
+    assert line.startswith("gone: scored 0,") and "never opened (last error: video file not found" in line, line
 
 
 def test_check_opens_what_serve_opens_and_names_the_key(demo_onnx: Path, tmp_path: Path) -> None:

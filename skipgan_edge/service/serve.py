@@ -267,7 +267,7 @@ def check_cell(cfg: CellConfig, path: Path) -> list[str]:
                 sock.bind((d.metrics_addr, d.metrics_port))
         except OSError as exc:
             raise ConfigError(f"{path} [serve]: 'metrics_port' {d.metrics_port} on {d.metrics_addr} cannot be bound: "
-                              f"{exc.strerror or exc}") from None
+                              f"{exc.strerror or exc}; choose another port") from None
     seen: dict[tuple[str, Path], str] = {}
     for i, cam in enumerate(cfg.cameras, 1):
         where = _where(path, i, cam)

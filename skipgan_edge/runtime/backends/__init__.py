@@ -211,7 +211,7 @@ def race_cpu_runtimes(path: Path, batch: int, options: BackendOptions | None = N
             x = np.random.default_rng(0).integers(0, 256, (b, *be.input_shape), dtype=np.uint8)
             per_call[name] = time_backend(be, x, b, cfg)["latency_ms"]["median"]
     best = min(per_call, key=per_call.__getitem__)
-    log.info("--backend auto: %s per batch of %d → %s (choose with --backend)",
+    log.info("--backend auto: %s per batch of %d → %s (choose with --backend, or a cell's 'backend')",
              ", ".join(f"{k} {v:.3f} ms" for k, v in per_call.items()), batch, best)
     return best, per_call
 
