@@ -478,7 +478,8 @@ def run_cmd(
     onnx: Annotated[Optional[Path], typer.Option(help="Exported scorer ONNX (ONNX Runtime).")] = None,
     engine: Annotated[Optional[Path], typer.Option(help="TensorRT engine.")] = None,
     backend: Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime, openvino, torch, or a Triton server: "
-                                         "triton://HOST:PORT/MODEL[/VERSION] (gRPC; then no --model/--onnx/--engine).")] = "auto",
+                                         "triton://HOST:PORT/MODEL[/VERSION][?retry=SECONDS&shm=auto|0|1] (gRPC; then no "
+                                         "--model/--onnx/--engine; retry: how long an absent server is waited for, default 60).")] = "auto",
     batch: Annotated[int, typer.Option(help="Frames per backend call.")] = 1,
     max_wait_ms: Annotated[float, typer.Option(help="Batcher wait for more frames after the first.")] = 5.0,
     mode: Annotated[str, typer.Option(help="Frame to input: resize, crop or tiles.")] = "resize",

@@ -195,6 +195,17 @@ def test_triton_urls_are_checked_in_one_line() -> None:
             parse_url(bad)
 
 
+def test_a_host_name_that_does_not_resolve_is_not_waited_for(tmp_path: Path) -> None:
+    """.invalid never resolves (RFC 6761): one line at once saying to check the host, not a minute of retries ending in
+    "start it"."""
+    t0 = time.monotonic()
+    p = run_cli("run", "--backend", "triton://nosuchhost.invalid:8001/scorer?retry=30", "--source", str(tmp_path / "a.mp4"),
+                check=False, timeout=60)
+    lines = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("WARNING ")]
+    assert p.returncode != 0 and len(lines) == 1 and "the host name does not resolve" in lines[0], p.stderr
+    assert "check HOST in the URL" in lines[0] and "triton-serve" not in lines[0] and time.monotonic() - t0 < 25
+
+
 # --------------------------------------------------------------------------------------------- a real server
 def _readme_commands() -> list[list[str]]:
     text = (ROOT / "docs" / "triton.md").read_text()

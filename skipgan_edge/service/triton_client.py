@@ -52,6 +52,9 @@ SHM_IMAGES, SHM_BYTES = 64, 256 << 20
 MAX_IMAGE_BYTES = 4096 * 4096 * 4
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 #: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
+#: what gRPC says of a host name that does not resolve (c-ares, getaddrinfo): no retry waits that out
+DNS_FAILURES = ("dns resolution failed", "name or service not known", "domain name not found", "could not resolve",
+                "temporary failure in name resolution")
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
 
 
@@ -255,9 +258,12 @@ class TritonBackend(Backend):
                     or "Socket closed" in msg or "connection" in msg.lower()
                 if isinstance(exc, _Unknown) or not transient:
                     raise ServerError(f"{self.url}: cannot {what}: {msg}") from None
+                if any(s in msg.lower() for s in DNS_FAILURES):  # a name that does not resolve does not come back by waiting
+                    raise ServerError(f"{self.url}: cannot {what}: the host name does not resolve ({msg}); check HOST in the "
+                                      "URL") from None
                 if time.monotonic() + delay > deadline:
                     raise ServerError(f"{self.url}: cannot {what}: the server did not answer for {self.url.retry_s:g} s ({msg}); "
-                                      "start it (skipgan-edge triton-serve) or raise ?retry=SECONDS") from None
+                                      "start it (skipgan-edge triton-serve), check HOST:PORT, or raise ?retry=SECONDS") from None
                 if not warned:
                     log.warning("%s: %s (%s); retrying for up to %g s", self.url, "server unreachable" if not lost_shm else
                                 "shared memory lost", msg, self.url.retry_s)
