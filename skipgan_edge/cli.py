@@ -433,13 +433,18 @@ def build(
                                         "Runtime's on more than 5 % of them (default on).")] = True,
     check_frames: Annotated[Optional[Path], typer.Option(help="Held-out frames for the check (export's heldout.npz; default: "
                                                          "heldout.npz beside the ONNX).")] = None,
-    sm: Annotated[Optional[int], typer.Option("--sm", help="GPU compute capability the dry run checks for, e.g. 87 (Jetson "
-                                              "Orin), 89 (Ada); default: Orin for 8.6 and 10.3, any for 11.")] = None,
+    sm: Annotated[Optional[int], typer.Option("--sm", help="GPU compute capability the dry run checks FP8 support for, e.g. 87 "
+                                              "(Jetson Orin), 89 (Ada); default: Orin for 8.6 and 10.3, any for 11.")] = None,
 ) -> None:
     """Build a TensorRT engine on the device that will run it (strongly typed: precision from the ONNX)."""
     _check(workspace=workspace, dla_core=dla_core, opt_level=opt_level, sm=sm)
     if dry_run:
         from skipgan_edge.export.trtcheck import DEFAULT_TARGETS, verdict
+
+        if dla_core is not None:  # what a DLA build refuses, the dry run refuses too
+            from skipgan_edge.export.engine import BuildConfig, onnx_precision
+
+            BuildConfig(_parse_batch(batch), workspace, timing_cache, dla_core, opt_level).validate(onnx_precision(onnx)[0])
 
         rep = verdict(onnx, [trt] if trt else list(DEFAULT_TARGETS), sm=sm, batch=_parse_batch(batch))
         bad = 0

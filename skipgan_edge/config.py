@@ -111,7 +111,7 @@ LIMITS: dict[str, Limit] = {
     "workspace": Limit(1, 1 << 20, integer=True),  # MiB
     "dla_core": Limit(0, 15, integer=True),
     "opt_level": Limit(0, 5, integer=True),
-    "sm": Limit(10, 1000, integer=True),
+    "sm": Limit(50, 129, integer=True, text="a compute capability such as 87 (Jetson Orin) or 89 (Ada), 50 to 129"),
     "warmup": Limit(0, 1_000_000, integer=True),
     "iterations": Limit(1, 100_000_000, integer=True),
     "duration": Limit(0, 86_400, lo_open=True),

@@ -225,6 +225,14 @@ def test_dla_combinations_are_refused_before_tensorrt(exported: tuple[Path, dict
     p = run_cli("build", "--onnx", str(out / "scorer.int8.onnx"), "--out", str(tmp_path / "e.engine"), "--dla-core", "0",
                 "--batch", "8,8,8", check=False)
     assert p.returncode == 2 and "TensorRT is not installed here" in p.stderr
+    # the dry run refuses what the build would, and takes a DLA build it would make
+    p = run_cli("build", "--onnx", str(out / "scorer.onnx"), "--dry-run", "--dla-core", "0", "--batch", "8,8,8", check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: DLA runs FP16 or INT8 only, and this ONNX is fp32; build scorer.fp16.onnx or scorer.int8.onnx for the DLA"], p.stderr
+    p = run_cli("build", "--onnx", str(out / "scorer.int8.onnx"), "--dry-run", "--dla-core", "0", "--batch", "8,8,8")
+    assert "TensorRT 10.3: ok" in p.stdout
+    p = run_cli("build", "--onnx", str(out / "scorer.onnx"), "--dry-run", "--sm", "999", check=False)
+    assert p.returncode == 2 and "--sm must be a compute capability" in p.stderr
 
 
 def test_engine_file_header_and_mismatch(tmp_path: Path) -> None:
