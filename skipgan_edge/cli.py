@@ -545,7 +545,9 @@ def run_cmd(
         typer.echo(json.dumps(s, indent=2, default=str), err=to_stderr)
     else:
         typer.echo(format_summary(s), err=to_stderr)
-    if s["scored"] == 0 and s["unreadable"] > 0:  # every frame or file failed to decode: not a run that inspected anything
+    # a file or folder read to its end of which every frame or file failed to decode inspected nothing (a watch folder, a
+    # live source and a --max-frames run may have met one bad upload or frame and stopped: not an error)
+    if s["scored"] == 0 and s["unreadable"] > 0 and not s["live"] and not source.startswith("watch:") and max_frames is None:
         from skipgan_edge.errors import SourceError
 
         raise SourceError(f"nothing was scored: none of the {s['unreadable']} frame(s) or file(s) from {s['source']} could "
@@ -720,6 +722,7 @@ def bench(
     for kind, p in (("onnx", onnx), ("engine", engine), ("model", model)):
         if p is not None:
             arts.append((kind, p))
+    named = list(arts)  # the files given one by one: a --backend that runs none of them is refused below
     if export_dir is not None:
         arts += discover(export_dir)
     from skipgan_edge.runtime.backends import Artifact, is_remote
@@ -737,10 +740,10 @@ def bench(
     for b in batches:
         _check(batch=b)
     names = None if backend == "auto" else backend.split(",")
-    if names is not None and export_dir is None and not is_remote(backend):  # artifacts named one by one: each must run
+    if names is not None and not is_remote(backend):  # artifacts named one by one: each must run on one of them
         from skipgan_edge.runtime.backends import RUNS, resolve_backend
 
-        for kind, p in arts:
+        for kind, p in named:
             if not any((kind, resolve_backend(kind, n)) in RUNS for n in names):
                 runs = ", ".join(b for k, b in sorted(RUNS) if k == kind)
                 raise ConfigError(f"--backend {backend} cannot run {p} ({kind}): {kind} runs on {runs}; give one of those, "

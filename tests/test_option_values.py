@@ -210,7 +210,8 @@ def test_export_engine_without_tensorrt_is_refused_before_any_work(tmp_path: Pat
 
 
 def test_a_run_that_scored_nothing_is_an_error(tiny_model: Path, tmp_path: Path) -> None:
-    """Every file of the source failed to decode: the summary is printed, then one line, exit 2 (not 0)."""
+    """Every file of a folder read to its end failed to decode: the summary is printed, then one line, exit 2 (not 0). A
+    watch folder that met one bad upload, or a --max-frames run, is not an error."""
     junk = tmp_path / "junk"
     junk.mkdir()
     for name in ("a.png", "b.png"):
@@ -218,6 +219,10 @@ def test_a_run_that_scored_nothing_is_an_error(tiny_model: Path, tmp_path: Path)
     p = run_cli("run", "--model", str(tiny_model), "--source", str(junk), check=False, timeout=120)
     assert p.returncode == 2 and "scored 0" in p.stdout and "unreadable 2" in p.stdout, (p.stdout, p.stderr)
     assert p.stderr.strip().splitlines()[-1].startswith("error: nothing was scored: none of the 2 frame(s)"), p.stderr
+    p = run_cli("run", "--model", str(tiny_model), "--source", str(junk), "--max-frames", "1", timeout=120)
+    assert "scored 0" in p.stdout and "unreadable 1" in p.stdout and "error" not in p.stderr
+    p = run_cli("run", "--model", str(tiny_model), "--source", f"watch:{junk}", "--stop-after-idle", "1", timeout=120)
+    assert "scored 0" in p.stdout and "error" not in p.stderr
 
 
 def test_a_cell_path_not_found_says_which_folder_relative_paths_start_from(tmp_path: Path) -> None:
@@ -226,4 +231,8 @@ def test_a_cell_path_not_found_says_which_folder_relative_paths_start_from(tmp_p
     elsewhere.mkdir()
     p = run_cli("serve", "--config", str(cfg), "--check", check=False, timeout=60, cwd=elsewhere)
     line = _one_line(p, "'onnx'")
-    assert "models/absent.onnx" in line and f"relative paths are taken from the folder serve runs in, {elsewhere}" in line, line
+    assert "models/absent.onnx" in line and f"relative paths in a cell start from the folder serve runs in, {elsewhere}" in line, line
+    # an absolute path not found, or a URL, gets no such note
+    cfg = _cell(tmp_path, "", "", artifact=f'onnx = "{tmp_path / "absent.onnx"}"')
+    line = _one_line(run_cli("serve", "--config", str(cfg), "--check", check=False, timeout=60, cwd=elsewhere), "'onnx'")
+    assert "relative paths" not in line, line

@@ -107,11 +107,7 @@ def run_bench(
     for kind, path in artifacts:
         # of the requested backends, those that run this kind of artifact (an engine in an export
         # folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT)
-        names = ["auto"] if kind == "triton" else \
-            [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
-        if backends and kind != "triton" and [n for n in backends if n not in names]:  # said, not silently swapped
-            log.warning("%s (%s): %s cannot run it; timed with %s", path.name, kind,
-                        ", ".join(n for n in backends if n not in names), ", ".join(names))
+        names = runnable(kind, path, backends)
         opts = BackendOptions(threads=cfg.threads, profile=kind == "engine")
         for name in names:
             # auto: the rule every verb uses; a race is timed at the sweep's middle batch size
@@ -211,6 +207,18 @@ def _onnx_for(kind: str, path: Path, be: Backend) -> Path | None:
     return None
 
 
+def runnable(kind: str, path: Path, backends: list[str] | None) -> list[str]:
+    """Of the requested ``backends``, those that run this kind of artifact; ``auto`` when none does (an engine in an
+    export folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT). One left out is a warning."""
+    if kind == "triton":
+        return ["auto"]
+    names = [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
+    if backends and [n for n in backends if n not in names]:  # said, not silently swapped
+        log.warning("%s (%s): %s cannot run it; timed with %s", path.name, kind, ", ".join(n for n in backends if n not in names),
+                    ", ".join(names))
+    return names
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A trtexec-style summary: one line per configuration."""
     lines = [
@@ -244,7 +252,7 @@ def pipeline_bench(artifacts: list[tuple[str, Path]], source: str, batches: tupl
 
     out = []
     for kind, path in artifacts:
-        for name in ["auto"] if kind == "triton" else backends or ["auto"]:
+        for name in runnable(kind, path, backends):
             with open_backend(kind, path, name, BackendOptions(threads=threads), batch=max(batches)) as be:
                 for b in batches:
                     s = Pipeline(open_source(source), be, [], PipelineConfig(batch=b, max_wait_ms=50)).run(handle_signals=False)

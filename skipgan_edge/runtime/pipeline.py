@@ -262,6 +262,7 @@ class Pipeline:
             self.source.stop()
         finally:
             t_streamed = time.perf_counter()  # the last frame is scored; closing the sinks (an MQTT flush) is not streaming
+            cpu_streamed = time.process_time()
             cap.join(timeout=10)
             for s, h in old.items():
                 signal.signal(s, h)
@@ -285,7 +286,7 @@ class Pipeline:
         summary["close_s"] = round(time.perf_counter() - t_streamed, 3)
         # this process's CPU time while streaming (every thread: capture, runtime pool, sinks); with a server backend the
         # server's own CPU is not in it
-        summary["cpu_s"] = round(time.process_time() - cpu_start, 3)
+        summary["cpu_s"] = round(cpu_streamed - cpu_start, 3)
         self.summary = summary
         if summary_path is not None:
             try:

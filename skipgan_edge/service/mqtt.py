@@ -494,8 +494,8 @@ class MqttSink(Sink):
             self._network(0.02)
         s = self.stats()
         if s["waiting"] and self.connects == 0:  # not one connection: nothing was sent, the run's end waited drain_s
-            log.warning("MQTT: the broker %s:%d was never reached: none of %d message(s) was sent (the run's end waited %.0f s "
-                        "for it)", self.broker.host, self.broker.port, s["waiting"], drain_s)
+            log.warning("MQTT: the broker %s:%d was never reached: nothing was sent (%d message(s) waiting, %d dropped; the "
+                        "run's end waited %.0f s for it)", self.broker.host, self.broker.port, s["waiting"], s["dropped"], drain_s)
         elif s["waiting"]:
             log.warning("MQTT: %d message(s) were not acknowledged by the broker before the run ended", s["waiting"])
         if self.conn is not None:

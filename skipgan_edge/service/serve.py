@@ -241,12 +241,18 @@ def as_keys(message: str) -> str:
     return _FLAG.sub(sub, message)
 
 
-def in_cell(where: str, exc: BaseException) -> ConfigError:
-    """``exc`` raised while opening what a cell names, as one line naming the table (``where``) in the file's words."""
+def in_cell(where: str, exc: BaseException, path: str | None = None) -> ConfigError:
+    """``exc`` raised while opening what a cell names, as one line naming the table (``where``) in the file's words.
+    ``path``: the value opened, when it is a file path: a relative one not found says where relative paths start."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "not found" in text:  # a relative path is the folder serve runs in, not the file's (the unit sets WorkingDirectory)
-        text += f" (relative paths are taken from the folder serve runs in, {Path.cwd()})"
+    if path is not None and "not found" in text and not Path(path).is_absolute():  # the unit sets WorkingDirectory
+        text += f"; relative paths in a cell start from the folder serve runs in, {Path.cwd()}"
     return ConfigError(f"{where}: {as_keys(text)}")
+
+
+def _file_path(value: str) -> str | None:
+    """``value`` when a cell names a file by it (not a URL, a device, a camera index or a watch folder)."""
+    return None if "://" in value or value.startswith(("watch:", "gst:", "/dev/")) or value.isdigit() else value
 
 
 def _where(path: Path, i: int, cam: CameraConfig) -> str:
@@ -278,13 +284,13 @@ def check_cell(cfg: CellConfig, path: Path) -> list[str]:
                 with open_backend(kind, art, d.backend, BackendOptions(threads=d.threads), batch=d.batch, race=False) as be:
                     seen[key] = f"{be.name} {be.precision}, model {be.card.model_id}"
             except (SkipganError, OSError, ValueError, RuntimeError) as exc:
-                raise in_cell(f"{where}: '{kind}'", exc) from None
+                raise in_cell(f"{where}: '{kind}'", exc, None if kind == "triton" else str(art)) from None
         opts = SourceOptions(width=cam.width, height=cam.height, fps=cam.fps, loop=cam.loop, replay_fps=cam.replay_fps,
                              stop_after_idle=cam.stop_after_idle)
         try:
             src = open_source(cam.source, opts)
         except (SkipganError, OSError, ValueError) as exc:
-            raise in_cell(f"{where}: 'source'", exc) from None
+            raise in_cell(f"{where}: 'source'", exc, _file_path(cam.source)) from None
         with contextlib.suppress(Exception):
             src.close()
         for sink_key in ("jsonl", "csv"):

@@ -52,9 +52,9 @@ SHM_IMAGES, SHM_BYTES = 64, 256 << 20
 MAX_IMAGE_BYTES = 4096 * 4096 * 4
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 #: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
-#: what gRPC says of a host name that does not resolve (c-ares, getaddrinfo): no retry waits that out
-DNS_FAILURES = ("dns resolution failed", "name or service not known", "domain name not found", "could not resolve",
-                "temporary failure in name resolution")
+#: what gRPC says of a host name that does not exist (c-ares' NXDOMAIN, getaddrinfo's EAI_NONAME): before the server
+#: ever answered, no retry waits that out (afterwards it may be a container restarting, and is retried)
+DNS_FAILURES = ("domain name not found", "name or service not known")
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
 
 
@@ -164,6 +164,7 @@ class TritonBackend(Backend):
         self.client: Any = None
         self.use_shm = False
         self.reconnects = 0
+        self.answered = False  # the server answered once: a name that stops resolving later is retried (a restart)
         self.chunk = 1
         self._regions: dict[str, Any] = {}
         self._tag = f"{CLIENT_SHM_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
@@ -250,7 +251,9 @@ class TritonBackend(Backend):
                         log.warning("%s: the server is back; resending", self.url)
                 elif first:
                     self._ready(first=True)
-                return fn()
+                out = fn()
+                self.answered = True
+                return out
             except Exception as exc:  # noqa: BLE001 - tritonclient raises its own and gRPC's exceptions
                 status, msg = _status(exc), _message(exc)
                 lost_shm = "shared memory" in msg.lower() or "shared_memory" in msg.lower()
@@ -258,7 +261,7 @@ class TritonBackend(Backend):
                     or "Socket closed" in msg or "connection" in msg.lower()
                 if isinstance(exc, _Unknown) or not transient:
                     raise ServerError(f"{self.url}: cannot {what}: {msg}") from None
-                if any(s in msg.lower() for s in DNS_FAILURES):  # a name that does not resolve does not come back by waiting
+                if not self.answered and any(s in msg.lower() for s in DNS_FAILURES):  # a name that never resolved
                     raise ServerError(f"{self.url}: cannot {what}: the host name does not resolve ({msg}); check HOST in the "
                                       "URL") from None
                 if time.monotonic() + delay > deadline:
