@@ -173,7 +173,7 @@ def test_without_a_broker_messages_beyond_the_buffer_are_counted_as_dropped(demo
     assert time.monotonic() - t0 < 60  # scoring did not wait for the network
     # the end waited for the broker (10 s): not streaming, so not in the throughput, and said in one warning
     assert summary["close_s"] >= 9 and summary["elapsed_s"] < summary["close_s"], summary
-    assert summary["throughput_fps"] == pytest.approx(30 / summary["elapsed_s"], rel=0.01)
+    assert abs(30 / summary["throughput_fps"] - summary["elapsed_s"]) <= 0.0006, summary  # elapsed_s is rounded to 1 ms
     assert f"WARNING MQTT: the broker 127.0.0.1:{port} was never reached: nothing was sent (5 message(s) waiting, 25 dropped" \
         in p.stderr, p.stderr
 
