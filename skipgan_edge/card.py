@@ -196,9 +196,7 @@ def check_writable_folder(folder: Path, what: str) -> None:
     a part of its path is a file, or its nearest existing folder is not writable. Creates nothing, so that a run that
     fails later leaves no empty folder behind."""
     p = Path(folder)
-    probe = p
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _nearest_existing(p)
     if probe == p and not p.is_dir():
         raise SinkError(f"{what} {p} is a file; give a folder")
     if not probe.is_dir():
@@ -207,15 +205,20 @@ def check_writable_folder(folder: Path, what: str) -> None:
         raise SinkError(f"{what} {p} is not writable ({probe} is read-only); choose another path")
 
 
+def _nearest_existing(p: Path) -> Path:
+    """``p``, or its nearest ancestor that exists (what a later mkdir would create under)."""
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
+
+
 def check_writable_file(path: Path, what: str) -> None:
     """One line, before any work starts, if the file ``path`` cannot be written: it is a folder, a part of its path is a
     file, or its nearest existing folder is not writable. Creates nothing."""
     p = Path(path)
     if p.is_dir():
         raise SinkError(f"{what} {p} is a folder; give a file name")
-    probe = p.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _nearest_existing(p.parent)
     if not probe.is_dir():
         raise SinkError(f"cannot write {what} {p}: {probe} is a file, not a folder; choose another path")
     if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from skipgan_edge import __version__
+from skipgan_edge.config import AUTO_UNLABELLED  # config, not thresholds: the help needs no numpy at start-up
 from skipgan_edge.errors import SkipganError
-from skipgan_edge.thresholds import AUTO_UNLABELLED
 
 # Help is plain text, never Rich markup (rich_markup_mode=None). In Typer's "rich" mode every help string is parsed as
 # Rich markup, so square brackets are tags: run's "triton://HOST:PORT/MODEL[/VERSION]" crashed `run --help` with a
@@ -90,13 +90,6 @@ def _check_out_folder(folder: Path, what: str = "--out") -> None:
     from skipgan_edge.card import check_writable_folder
 
     check_writable_folder(folder, what)
-
-
-def _check_out_file(path: Path, what: str) -> None:
-    """One line before any work if the file ``path`` cannot be written: it is a folder, or its folder cannot be made."""
-    from skipgan_edge.card import check_writable_file
-
-    check_writable_file(path, what)
 
 
 @data_app.command("synthetic")
@@ -666,9 +659,9 @@ def threshold_cmd(
     from skipgan_edge.runtime.backends import BackendOptions
     from skipgan_edge.runtime.commission import CommissioningRefused, commission, format_report
     from skipgan_edge.runtime.preprocess import check_mode
+    from skipgan_edge.runtime.sources import SourceOptions
 
     check_mode(mode)  # one line before the model loads
-    from skipgan_edge.runtime.sources import SourceOptions
 
     arts = {k: Path(p) for k, p in (("model", model), ("onnx", onnx), ("engine", engine)) if p is not None}
     try:
@@ -710,12 +703,13 @@ def bench(
 ) -> None:
     """Latency (min/mean/median/p90/p95/p99) and throughput per backend × precision × batch, like trtexec."""
     _check(warmup=warmup, iterations=iterations, duration=duration, threads=threads)
+    from skipgan_edge.card import atomic_write_json, check_writable_file
+
     if json_out is not None:
-        _check_out_file(json_out, "--json")
+        check_writable_file(json_out, "--json")
     if plots is not None:
         _check_out_folder(plots, "--plots")
-    from skipgan_edge.bench.latency import BenchConfig, discover, format_table, pipeline_bench, run_bench
-    from skipgan_edge.card import atomic_write_json
+    from skipgan_edge.bench.latency import BenchConfig, backends_for, discover, format_table, pipeline_bench, run_bench
     from skipgan_edge.errors import ConfigError
 
     arts: list[tuple[str, Path]] = []
@@ -741,10 +735,10 @@ def bench(
         _check(batch=b)
     names = None if backend == "auto" else backend.split(",")
     if names is not None and not is_remote(backend):  # artifacts named one by one: each must run on one of them
-        from skipgan_edge.runtime.backends import RUNS, resolve_backend
+        from skipgan_edge.runtime.backends import RUNS
 
         for kind, p in named:
-            if not any((kind, resolve_backend(kind, n)) in RUNS for n in names):
+            if not backends_for(kind, names):
                 runs = ", ".join(b for k, b in sorted(RUNS) if k == kind)
                 raise ConfigError(f"--backend {backend} cannot run {p} ({kind}): {kind} runs on {runs}; give one of those, "
                                   "or auto")

@@ -29,25 +29,20 @@ def gpu_stack_missing(tensorrt: bool = True) -> list[str]:
     except ImportError:
         missing.append("cuda-python (Jetson: make jetson installs the one the driver runs; x86-64: pip install 'skipgan-edge[tensorrt]')")
         cudart = None
-    mismatch = None
     if cudart is not None:
-        from skipgan_edge.runtime.cudaenv import cuda_python_mismatch
+        from skipgan_edge.runtime.cudaenv import cuda_python_mismatch, driver_cuda_version
 
         mismatch = cuda_python_mismatch()
         if mismatch is not None:  # every CUDA call would answer error 35: say why, not "no GPU"
             missing.append(f"a cuda-python that this GPU's driver runs ({mismatch})")
-    if cudart is not None and mismatch is None:
-        from skipgan_edge.runtime.cudaenv import driver_cuda_version
-
-        if driver_cuda_version() is None:  # no libcuda: the runtime's error 35 ("driver version is insufficient") would
+        elif driver_cuda_version() is None:  # no libcuda: the runtime's error 35 ("driver version is insufficient") would
             missing.append("an NVIDIA GPU and its driver (no libcuda loaded)")  # point at an upgrade on a machine without one
-            cudart = None
-    if cudart is not None and mismatch is None:
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) != 0 or int(count) == 0:
-            _, msg = cudart.cudaGetErrorString(err)
-            text = msg.decode() if isinstance(msg, bytes) else str(msg)
-            missing.append(f"an NVIDIA GPU with a working driver (cudaGetDeviceCount: CUDA error {int(err)}, {text})")
+        else:
+            err, count = cudart.cudaGetDeviceCount()
+            if int(err) != 0 or int(count) == 0:
+                _, msg = cudart.cudaGetErrorString(err)
+                text = msg.decode() if isinstance(msg, bytes) else str(msg)
+                missing.append(f"an NVIDIA GPU with a working driver (cudaGetDeviceCount: CUDA error {int(err)}, {text})")
     if tensorrt:
         try:
             import tensorrt as trt_mod

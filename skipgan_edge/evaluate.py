@@ -69,9 +69,9 @@ def evaluate_split(
     flagged = norm > thr_model
     y = split.labels.astype(bool)
     tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
-    op_fpr, op_recall = fp / int((~y).sum()), tp / int(y.sum())
-    op_precision = tp / (tp + fp) if tp + fp else None
     n_normal = int((~y).sum())
+    op_fpr, op_recall = fp / n_normal, tp / int(y.sum())
+    op_precision = tp / (tp + fp) if tp + fp else None
     lo, hi = rate_interval(fp, n_normal)  # a few dozen normal test images say little about a rate per hour
     at_model = {"fpr": op_fpr, "recall": op_recall, "precision": op_precision, "flagged": int(flagged.sum()),
                 "false_alarms_per_hour": alarms_per_hour(op_fpr, fps), "fps": fps,

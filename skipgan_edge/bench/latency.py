@@ -207,12 +207,17 @@ def _onnx_for(kind: str, path: Path, be: Backend) -> Path | None:
     return None
 
 
+def backends_for(kind: str, backends: list[str]) -> list[str]:
+    """Of ``backends``, those that run this kind of artifact (``auto`` always does)."""
+    return [n for n in backends if (kind, resolve_backend(kind, n)) in RUNS]
+
+
 def runnable(kind: str, path: Path, backends: list[str] | None) -> list[str]:
     """Of the requested ``backends``, those that run this kind of artifact; ``auto`` when none does (an engine in an
     export folder benchmarked with --backend onnxruntime,openvino still runs, on TensorRT). One left out is a warning."""
     if kind == "triton":
         return ["auto"]
-    names = [n for n in backends or ["auto"] if (kind, resolve_backend(kind, n)) in RUNS] or ["auto"]
+    names = backends_for(kind, backends or ["auto"]) or ["auto"]
     if backends and [n for n in backends if n not in names]:  # said, not silently swapped
         log.warning("%s (%s): %s cannot run it; timed with %s", path.name, kind, ", ".join(n for n in backends if n not in names),
                     ", ".join(names))

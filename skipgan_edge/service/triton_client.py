@@ -51,10 +51,10 @@ SHM_IMAGES, SHM_BYTES = 64, 256 << 20
 #: no scorer input is larger than this per image (4096×4096×4)
 MAX_IMAGE_BYTES = 4096 * 4096 * 4
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-#: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
 #: what gRPC says of a host name that does not exist (c-ares' NXDOMAIN, getaddrinfo's EAI_NONAME): before the server
 #: ever answered, no retry waits that out (afterwards it may be a container restarting, and is retried)
 DNS_FAILURES = ("domain name not found", "name or service not known")
+#: gRPC status codes a later try can fix: the server is restarting, overloaded, or lost our registrations
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN")
 
 
