@@ -11,7 +11,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from skipgan_edge import __version__
-from skipgan_edge.config import AUTO_UNLABELLED  # config, not thresholds: the help needs no numpy at start-up
 from skipgan_edge.errors import SkipganError
 
 # Help is plain text, never Rich markup (rich_markup_mode=None). In Typer's "rich" mode every help string is parsed as
@@ -188,7 +187,7 @@ def train(
                                                       "none (autoencoder) or levels like 2,3,4 (1 = full resolution)."
                                                           + _default("model", "skip_levels"))] = None,
     threshold: Annotated[Optional[str], typer.Option(help="Alarm policy: auto (f1 with labelled validation anomalies, "
-                                                    f"else {AUTO_UNLABELLED}), fpr:Q (at most Q of normal images flagged), f1 (on "
+                                                    "else fpr:0.05), fpr:Q (at most Q of normal images flagged), f1 (on "
                                                     "labelled, else synthetic validation anomalies) or max-normal."
                                                     + _default("score", "threshold"))] = None,
     synthetic_val: Annotated[Optional[bool], typer.Option("--synthetic-val/--no-synthetic-val",

@@ -202,9 +202,6 @@ BANK_KINDS = ("gaussian", "nearest")
 #: are 8 MiB of FP32 constants in the graph and 67 MFLOP per image, more than those networks' 54; the bank's channels,
 #: bytes and FLOPs double at width 64 and again at isize 64 and above (the encoder's 4×4 map has 8·ngf channels there).
 MAX_BANK = 16384
-#: what the alarm policy ``auto`` means without labelled validation anomalies: the winner of
-#: benchmarks/results/synthval_study.md (skipgan_edge/thresholds.py applies it)
-AUTO_UNLABELLED = "fpr:0.05"
 #: The gaussian bank's upper bound on D, the length of the generator encoder's flattened 2×2 map (8·ngf channels × 4
 #: positions at every isize): its whitening matrix is D² FP32 constants in the graph and D² multiply-adds per image, 64
 #: MiB and 17 MFLOP at 4,096 (ngf 128), a quarter of that at ngf 64; fitting it is one D × D eigendecomposition.

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skipgan_edge.config import AUTO_UNLABELLED  # defined in config: the CLI's help reads it without importing numpy
 from skipgan_edge.errors import ConfigError
 
 POLICIES = ("auto", "fpr:Q", "f1", "max-normal")
+#: what ``auto`` means without labelled validation anomalies: the winner of benchmarks/results/synthval_study.md (train's
+#: --threshold help says it too; tests/test_cli_help.py holds the two together)
+AUTO_UNLABELLED = "fpr:0.05"
 CONFIDENCE = 0.95
 #: the frame rate false alarms per hour are counted at when the frames have none (image folders) and --fps is not given
 DEFAULT_FPS = 25.0

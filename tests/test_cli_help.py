@@ -106,6 +106,9 @@ def test_train_shows_the_config_defaults_and_the_recovery_options() -> None:
     for opt, value in (("--batch", t.batch), ("--epochs", t.epochs), ("--max-recoveries", t.max_recoveries),
                        ("--recover-lr-factor", t.recover_lr_factor), ("--lr", t.lr)):
         assert re.search(re.escape(opt) + r"<[a-z]+>.*?\[default:" + re.escape(str(value)) + r"\]", out), opt
+    from skipgan_edge.thresholds import AUTO_UNLABELLED  # the help says it as text: importing it would load numpy at start-up
+
+    assert f"auto(f1withlabelledvalidationanomalies,else{AUTO_UNLABELLED})" in out, out
 
 
 def test_version_and_h_work_alone() -> None:
